@@ -1,0 +1,699 @@
+"""One client connection: bytes in, events out, on a uvloop ``asyncio.Protocol``.
+
+A connection starts as HTTP/1.1 (parsed by httptools). A request that asks for a
+WebSocket upgrade is handed to websockets' sans-I/O ``ServerProtocol``, which owns the
+handshake rules, the framing rules of RFC 6455 and permessage-deflate (RFC 7692); this
+module owns what a server adds on top: session ids, message reassembly and UTF-8
+validation (RFC 6455 §8.1), in-order dispatch, the close codes of SPEC §7, bounded
+buffers and timeouts.
+
+Dispatch keeps a connection's messages in order without a task per message: a plain
+function handler is called inline from ``data_received``; the first coroutine handler
+opens a per-connection inbox that one task works through until it is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import inspect
+import logging
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httptools
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import CLOSED, OPEN
+from websockets.server import ServerProtocol
+
+from .http import Request, Response, render_response, simple_response
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["BINARY", "TEXT", "Connection", "Frame", "encode_frame"]
+
+OP_TEXT, OP_BINARY, OP_CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+OP_CLOSE, OP_PING = Opcode.CLOSE, Opcode.PING
+
+TEXT = 1
+BINARY = 2
+
+# Close codes of RFC 6455 §7.4.1 that a server sends on its own.
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+SERVICE_RESTART = 1012
+INVALID_DATA = 1007
+
+CLOSE_TIMEOUT = 2.0  # seconds to wait for the client's half of a closing handshake
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers; more gets 431
+MAX_PIPELINED = 16  # parsed-but-unanswered requests before we stop reading
+
+_QUIET = logging.getLogger("swoolish.websockets")
+_QUIET.setLevel(logging.CRITICAL)  # the protocol's per-connection chatter is ours to log
+
+
+class Frame:
+    """A complete WebSocket message as ``message`` handlers get it (Swoole's Frame)."""
+
+    __slots__ = ("data", "fd", "finish", "opcode")
+
+    def __init__(self, fd: int, data: str | bytes, opcode: int) -> None:
+        self.fd = fd
+        self.data = data
+        self.opcode = opcode
+        self.finish = True
+
+    def __repr__(self) -> str:
+        return f"<Frame fd={self.fd} opcode={self.opcode} {len(self.data)} bytes>"
+
+
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked, unfragmented server frame (RFC 6455 §5.2), without the library."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return _HEADER_16.pack(0x80 | opcode, 126, n) + payload
+    return _HEADER_64.pack(0x80 | opcode, 127, n) + payload
+
+
+def open_protocol(extensions: list[Any], subprotocol: Any, max_size: int | None) -> ServerProtocol:
+    """A sans-I/O protocol already in the OPEN state, parsing frames from the first byte.
+
+    The handshake request was parsed by httptools, not by the protocol, so the protocol
+    that accepted it is still waiting for an HTTP request line; frames go to a protocol
+    created OPEN with the negotiated extensions. A connection adopted from another
+    worker is rebuilt the same way.
+    """
+    protocol = ServerProtocol(state=OPEN, max_size=max_size, logger=_QUIET)
+    protocol.extensions = list(extensions)
+    protocol.subprotocol = subprotocol
+    return protocol
+
+
+class Connection(asyncio.Protocol):
+    """A client connection and, once upgraded, its WebSocket session."""
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_close_after_response",
+        "_frag_opcode",
+        "_fragments",
+        "_header_bytes",
+        "_headers",
+        "_in_flight",
+        "_inbox",
+        "_parser",
+        "_pending_upgrade_bytes",
+        "_reading_paused",
+        "_requests",
+        "_text_decoder",
+        "_timer",
+        "_url",
+        "_worker",
+        "closing",
+        "connect_time",
+        "established",
+        "last_time",
+        "messages_in",
+        "messages_out",
+        "peer",
+        "sid",
+        "transport",
+        "ws",
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self.transport: asyncio.Transport | None = None
+        self.sid = 0
+        self.ws: ServerProtocol | None = None
+        self.established = False  # WebSocket handshake done (Swoole's isEstablished)
+        self.closing = False  # a close began; exists() is False from here on
+        self.peer: tuple[str, int] = ("", 0)
+        self.connect_time = self.last_time = 0.0
+        self.messages_in = self.messages_out = 0
+        self._parser: httptools.HttpRequestParser | None = None
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._requests: deque[Request] = deque()
+        self._in_flight = False  # an HTTP request is being answered
+        self._close_after_response = False
+        self._pending_upgrade_bytes: bytearray | None = None
+        self._fragments: list[bytes] = []
+        self._frag_opcode = 0
+        self._text_decoder: codecs.IncrementalDecoder | None = None
+        self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+
+    # ------------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
+        worker = self._worker
+        self.connect_time = self.last_time = time.time()
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = (peer[0], peer[1])
+        if len(worker.connections) >= worker.settings.max_connections:
+            # SPEC §7: more clients than max_connections are refused cleanly.
+            worker.stats["refused"] += 1
+            self.closing = True
+            transport.write(simple_response(503, "Server is at max_connections, retry later.\n"))
+            transport.close()
+            return
+        transport.set_write_buffer_limits(high=worker.settings.buffer_output_size)
+        self.sid = worker.ids.next_id()
+        worker.connections[self.sid] = self
+        worker.stats["accepted"] += 1
+        self._parser = httptools.HttpRequestParser(self)
+        self._arm_timer(worker.settings.handshake_timeout, self._on_request_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_time = time.time()
+        if self.ws is not None:
+            self._websocket_data(data)
+        elif self._pending_upgrade_bytes is not None:
+            self._pending_upgrade_bytes += data  # the handshake handler is still deciding
+        else:
+            self._http_data(data)
+
+    def eof_received(self) -> bool | None:
+        if self.ws is not None and self.ws.state is not CLOSED:
+            self.ws.receive_eof()
+            self._flush_protocol()
+        self._begin_close()
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._begin_close()
+        worker = self._worker
+        worker.stats["closed"] += 1
+        if self.established:
+            self.established = False
+            self._dispatch(worker.handler("close"), (worker.server, self.sid))
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        # The client is not reading: stop reading from it too, so a client that sends
+        # without reading cannot grow our memory (SPEC §7, bounded buffers).
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._resume_reading()
+
+    # ------------------------------------------------------------------ HTTP (httptools)
+
+    def _http_data(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._on_upgrade(data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserError:
+            self._parser = None
+            self._reject_http(400, "Bad Request: the request is not valid HTTP/1.1.\n")
+            return
+        if self._requests and not self._in_flight:
+            self._answer_next_request()
+
+    # httptools callbacks, in the order it calls them
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+        if not self._in_flight and not self._requests:
+            self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._count_header_bytes(len(name) + len(value))
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("header fields too large")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._worker.settings.max_request_size:
+            raise httptools.HttpParserError("request body too large")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        headers = Headers(self._headers)
+        request = Request(
+            parser.get_method().decode("ascii", "replace"),
+            self._url.decode("latin-1"),
+            headers,
+            b"".join(self._body),
+            parser.get_http_version(),
+            self.sid,
+        )
+        self._requests.append(request)
+        if len(self._requests) > MAX_PIPELINED:
+            self._pause_reading()
+
+    def _answer_next_request(self) -> None:
+        """Answer pipelined requests one at a time, in order."""
+        if not self._requests or self.transport is None:
+            return
+        self._cancel_timer()
+        request = self._requests.popleft()
+        worker = self._worker
+        handler = worker.handler("request")
+        worker.stats["requests"] += 1
+        if handler is None:
+            # SPEC §7: a plain HTTP request when the app serves only WebSockets.
+            self._reject_http(
+                426,
+                "Upgrade Required: this server speaks WebSocket only.\n",
+                [("Upgrade", "websocket")],
+            )
+            return
+        self._in_flight = True
+        keep_alive = request.keep_alive()
+        response = Response(
+            lambda resp, body: self._send_response(resp, body, keep_alive, request.method)
+        )
+        self._dispatch(handler, (request, response), after=lambda: self._finish(response))
+
+    def _finish(self, response: Response) -> None:
+        """Runs after the request handler returned: end a response it left open."""
+        if not response.ended:
+            response.end()
+
+    def _send_response(self, resp: Response, body: bytes, keep_alive: bool, method: str) -> None:
+        transport = self.transport
+        self._in_flight = False
+        if transport is None or transport.is_closing():
+            return
+        keep_alive = keep_alive and not self._close_after_response and not self._worker.draining
+        transport.write(
+            render_response(
+                resp.status_code, resp.headers, body, keep_alive, resp.reason, method == "HEAD"
+            )
+        )
+        if not keep_alive:
+            self._begin_close()
+            transport.close()
+            return
+        self._resume_reading()
+        if self._requests:
+            self._answer_next_request()
+        else:
+            self._arm_timer(self._worker.settings.keepalive_timeout, self._on_idle_timeout)
+
+    def _reject_http(
+        self, status: int, text: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(simple_response(status, text, headers))
+            self._begin_close()
+            self.transport.close()
+
+    def _on_request_timeout(self) -> None:
+        # SPEC §7: a client that never finishes its request or handshake is dropped.
+        self._worker.stats["handshake_timeouts"] += 1
+        self._reject_http(408, "Request Timeout\n")
+
+    def _on_idle_timeout(self) -> None:
+        if self.transport is not None and not self._in_flight and not self._requests:
+            self._begin_close()
+            self.transport.close()
+
+    # ------------------------------------------------------------------ WebSocket handshake
+
+    def _on_upgrade(self, rest: bytes) -> None:
+        request = self._requests.pop() if self._requests else None
+        self._parser = None
+        if request is None or self._requests or self._in_flight:
+            self._reject_http(400, "Bad Request: an upgrade must not follow pipelined requests.\n")
+            return
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            self._reject_http(400, "Bad Request: only WebSocket upgrades are supported.\n")
+            return
+        self._cancel_timer()
+        self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
+        self._pending_upgrade_bytes = bytearray(rest)
+        handler = self._worker.handler("handshake")
+        if handler is None:
+            self._accept_websocket(request, None)
+            return
+        response = Response(lambda resp, body: None)  # sent by _accept_websocket
+        result_box: list[Any] = []
+
+        def run_handshake_handler() -> Any:
+            result = handler(request, response)
+            if inspect.isawaitable(result):
+                return _store_result(result, result_box)
+            result_box.append(result)
+            return None
+
+        self._dispatch(
+            run_handshake_handler,
+            (),
+            after=lambda: self._accept_websocket(request, response, result_box),
+        )
+
+    def _accept_websocket(
+        self, request: Request, custom: Response | None, result: list[Any] | None = None
+    ) -> None:
+        """Complete the opening handshake (RFC 6455 §4.2.2) unless the app refused it."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        worker = self._worker
+        if custom is not None and (
+            (result and result[0] is False) or (custom.ended and custom.status_code != 101)
+        ):
+            status = custom.status_code if custom.status_code != 200 else 403
+            self.transport.write(render_response(status, custom.headers, b"", False, custom.reason))
+            self._begin_close()
+            self.transport.close()
+            return
+        extensions = []
+        if worker.settings.websocket_compression:
+            extensions.append(ServerPerMessageDeflateFactory())
+        protocol = ServerProtocol(
+            extensions=extensions, max_size=worker.settings.max_message_size, logger=_QUIET
+        )
+        ws_request = WsRequest(request.target, request.headers, request.method)
+        handshake = protocol.accept(ws_request)
+        if custom is not None:
+            for name, value in custom.headers:
+                handshake.headers[name] = value
+        protocol.send_response(handshake)
+        if handshake.status_code != 101:
+            self._flush(protocol)
+            self._begin_close()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._cancel_timer()
+        self.ws = open_protocol(
+            protocol.extensions, protocol.subprotocol, protocol.max_message_size
+        )
+        self.established = True
+        worker.stats["websocket_opened"] += 1
+        self._flush(protocol)
+        rest = bytes(self._pending_upgrade_bytes or b"")
+        self._pending_upgrade_bytes = None
+        self._dispatch(worker.handler("open"), (worker.server, request))
+        if rest:
+            self._websocket_data(rest)
+
+    # ------------------------------------------------------------------ WebSocket frames
+
+    def _websocket_data(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        ws.receive_data(data)
+        for frame in ws.events_received():
+            opcode = frame.opcode
+            if opcode is OP_TEXT or opcode is OP_BINARY or opcode is OP_CONT:
+                self._data_frame(frame.opcode, frame.data, frame.fin)
+            elif opcode is OP_CLOSE:
+                self._begin_close()
+            # PING is answered by the protocol itself; PONG needs nothing.
+            elif opcode is OP_PING:
+                pass
+        self._flush_protocol()
+
+    def _data_frame(self, opcode: Any, payload: bytes, fin: bool) -> None:
+        if self.closing:
+            return  # RFC 6455 §1.4: after a close is sent, data frames are discarded
+        if opcode is not OP_CONT:
+            self._frag_opcode = TEXT if opcode is OP_TEXT else BINARY
+            if self._frag_opcode == TEXT and not fin:
+                self._text_decoder = codecs.getincrementaldecoder("utf-8")()
+        if self._frag_opcode == TEXT:
+            try:
+                if self._text_decoder is not None:
+                    # Fail fast on invalid UTF-8 inside a fragmented message (§8.1).
+                    self._fragments.append(self._text_decoder.decode(payload, fin))
+                else:
+                    self._fragments.append(payload.decode())
+            except UnicodeDecodeError as exc:
+                self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+                return
+        else:
+            self._fragments.append(payload)
+        if not fin:
+            return
+        parts, self._fragments, self._text_decoder = self._fragments, [], None
+        if self._frag_opcode == TEXT:
+            data: str | bytes = parts[0] if len(parts) == 1 else "".join(parts)  # type: ignore[arg-type]
+        else:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[arg-type]
+        self.messages_in += 1
+        worker = self._worker
+        worker.stats["messages_in"] += 1
+        self._dispatch(
+            worker.handler("message"), (worker.server, Frame(self.sid, data, self._frag_opcode))
+        )
+
+    def _fail(self, code: int, reason: str) -> None:
+        ws = self.ws
+        if ws is not None and ws.state is OPEN:
+            ws.fail(code, reason)
+        self._begin_close()
+        self._flush_protocol()
+
+    def _flush_protocol(self) -> None:
+        if self.ws is not None:
+            self._flush(self.ws)
+
+    def _flush(self, protocol: ServerProtocol) -> None:
+        transport = self.transport
+        for data in protocol.data_to_send():
+            if transport is None:
+                return
+            if data:
+                transport.write(data)
+            else:
+                # websockets' SEND_EOF: the closing handshake is over (RFC 6455 §7.1.1),
+                # the server closes the TCP connection first.
+                self._cancel_timer()
+                transport.close()
+
+    # ------------------------------------------------------------------ server-side API
+
+    def push(self, data: str | bytes, opcode: int | None) -> bool:
+        """Send one message; ``False`` (never an exception) when it cannot be sent."""
+        transport = self.transport
+        worker = self._worker
+        if self.closing or not self.established or transport is None:
+            worker.stats["push_to_closed"] += 1
+            return False
+        if transport.get_write_buffer_size() > worker.settings.buffer_output_size:
+            worker.stats["push_over_buffer"] += 1
+            return False
+        if isinstance(data, str):
+            payload = data.encode()
+            opcode = opcode or TEXT
+        else:
+            payload = bytes(data)
+            opcode = opcode or BINARY
+        ws = self.ws
+        assert ws is not None
+        if ws.extensions:
+            if opcode == TEXT:
+                ws.send_text(payload)
+            else:
+                ws.send_binary(payload)
+            self._flush(ws)
+        else:
+            transport.write(encode_frame(opcode, payload))
+        self.messages_out += 1
+        worker.stats["messages_out"] += 1
+        return True
+
+    def disconnect(self, code: int = 1000, reason: str = "") -> bool:
+        """Start the closing handshake with ``code``; the session is gone from now on."""
+        ws = self.ws
+        if self.closing or ws is None or ws.state is not OPEN or self.transport is None:
+            return False
+        try:
+            ws.send_close(code, reason)
+        except Exception:  # an invalid code or a too-long reason (RFC 6455 §5.5)
+            raise ValueError(
+                f"cannot close with code {code!r} and reason {reason!r}: codes are 1000-4999 "
+                "(not 1004-1006, 1015) and the reason is at most 123 UTF-8 bytes"
+            ) from None
+        self._begin_close()
+        self._flush(ws)
+        self._arm_timer(CLOSE_TIMEOUT, self.abort)
+        return True
+
+    def close_http(self) -> None:
+        """Drain an HTTP connection: now if idle, else after the response in flight."""
+        if self.transport is None:
+            return
+        if self._in_flight or self._requests:
+            self._close_after_response = True
+        else:
+            self._begin_close()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self._begin_close()
+            self.transport.abort()
+
+    def client_info(self) -> dict[str, Any]:
+        return {
+            "fd": self.sid,
+            "worker_id": self._worker.worker_id,
+            "remote_ip": self.peer[0],
+            "remote_port": self.peer[1],
+            "connect_time": self.connect_time,
+            "last_time": self.last_time,
+            "websocket_status": 3 if self.established else 1,
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    def _begin_close(self) -> None:
+        """The session ends here for the app: exists() turns False, bound timers go."""
+        if self.closing:
+            return
+        self.closing = True
+        worker = self._worker
+        worker.connections.pop(self.sid, None)
+        if self.sid:
+            worker.clear_bound_timers(self.sid)
+
+    def _dispatch(
+        self,
+        handler: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """Run a handler in this connection's order: inline if nothing is pending."""
+        if self._inbox is not None:
+            self._inbox.append((_then(handler, after), args))
+            if len(self._inbox) > MAX_PIPELINED * 64:
+                self._pause_reading()
+            return
+        if handler is not None:
+            try:
+                result = handler(*args)
+            except Exception:
+                self._handler_failed(handler)
+                return
+            if result is not None and inspect.isawaitable(result):
+                self._inbox = deque()
+                self._worker.track(self._work_inbox(result, handler, after))
+                return
+        if after is not None:
+            after()
+
+    async def _work_inbox(
+        self, first: Any, handler: Callable[..., Any], after: Callable[[], None] | None
+    ) -> None:
+        """Await coroutine handlers one after another until the inbox is empty."""
+        inbox = self._inbox
+        assert inbox is not None
+        try:
+            await first
+        except Exception:
+            self._handler_failed(handler)
+        else:
+            if after is not None:
+                after()
+        while inbox:
+            step, args = inbox.popleft()
+            try:
+                result = step(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self._handler_failed(step)
+        self._inbox = None
+        self._resume_reading()
+
+    def _handler_failed(self, handler: Callable[..., Any]) -> None:
+        """SPEC §7: log with traceback; close this connection only, with 1011."""
+        worker = self._worker
+        worker.stats["handler_errors"] += 1
+        name = getattr(handler, "__qualname__", repr(handler))
+        worker.log.exception(
+            "handler %s raised for session %d; closing it with 1011", name, self.sid
+        )
+        if self.established:
+            if not self.disconnect(INTERNAL_ERROR, "internal error"):
+                self.abort()
+        elif self.ws is None and self.transport is not None:
+            self._in_flight = False
+            self._reject_http(500, "Internal Server Error\n")
+
+    def _arm_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = self._worker.loop.call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and self._inbox is None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+
+def _then(
+    handler: Callable[..., Any] | None, after: Callable[[], None] | None
+) -> Callable[..., Any]:
+    """A step for the inbox: the handler (sync or async), then ``after``."""
+
+    async def step(*args: Any) -> None:
+        if handler is not None:
+            result = handler(*args)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        if after is not None:
+            after()
+
+    if after is None and handler is not None:
+        return handler
+    return step
+
+
+async def _store_result(awaitable: Any, box: list[Any]) -> None:
+    box.append(await awaitable)

@@ -1,0 +1,152 @@
+"""Finding the app: ``module:attr``, ``path/file.py:attr``, or the script that called start().
+
+The master loads the app once, to read its settings and to fail early (exit 2) on a bad
+TARGET. Each worker loads it *again after the fork*, after dropping every user module
+the master had imported, so a reload runs the code that is on disk now (the trap of
+code loaded before the fork, which Swoole's and gunicorn's users fall into).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import TargetError
+
+if TYPE_CHECKING:
+    from .server import WebSocketServer
+
+__all__ = ["AppSpec", "load", "loading_in_worker", "parse_target", "purge_user_modules"]
+
+_loading_depth = 0
+_created_during_load: list[Any] = []
+
+
+@dataclasses.dataclass(frozen=True)
+class AppSpec:
+    """Where the app's server object lives: ``kind`` is "module" or "path"."""
+
+    kind: str
+    ref: str
+    attr: str
+
+    def __str__(self) -> str:
+        return f"{self.ref}:{self.attr}"
+
+
+def parse_target(target: str) -> AppSpec:
+    """Parse ``module:attr`` or ``path/file.py:attr`` (attr defaults to ``server``)."""
+    if not isinstance(target, str) or not target.strip():
+        raise TargetError("TARGET is empty; give module:attr or path/to/file.py:attr")
+    ref, sep, attr = target.rpartition(":")
+    if not sep:
+        ref, attr = target, "server"
+    if not attr.isidentifier():
+        raise TargetError(f"{target!r}: {attr!r} is not a Python name; use module:attr")
+    if ref.endswith(".py") or os.sep in ref:
+        path = os.path.abspath(ref)
+        if not os.path.isfile(path):
+            raise TargetError(f"{target!r}: no such file {path}")
+        return AppSpec("path", path, attr)
+    if not all(part.isidentifier() for part in ref.split(".")):
+        raise TargetError(f"{target!r}: {ref!r} is neither a module name nor a .py file")
+    return AppSpec("module", ref, attr)
+
+
+def loading_in_worker() -> bool:
+    """True while a worker imports the app; ``server.start()`` is then a no-op."""
+    return _loading_depth > 0
+
+
+@contextlib.contextmanager
+def _loading() -> Iterator[None]:
+    global _loading_depth
+    _loading_depth += 1
+    try:
+        yield
+    finally:
+        _loading_depth -= 1
+
+
+def note_server_created(server: WebSocketServer) -> None:
+    """Remember servers built while loading: a script's server may have no known name."""
+    if _loading_depth:
+        _created_during_load.append(server)
+
+
+def load(spec: AppSpec) -> WebSocketServer:
+    """Import the app named by ``spec`` and return its server object."""
+    from .server import WebSocketServer
+
+    _created_during_load.clear()
+    with _loading():
+        module = _import(spec)
+    server = getattr(module, spec.attr, None)
+    if server is None and len(_created_during_load) == 1:
+        server = _created_during_load[0]
+    if not isinstance(server, WebSocketServer):
+        found = type(server).__name__ if server is not None else "nothing"
+        raise TargetError(
+            f"{spec}: expected a swoolish.WebSocketServer named {spec.attr!r} at module "
+            f"level, found {found}"
+        )
+    return server
+
+
+def _import(spec: AppSpec) -> Any:
+    if spec.kind == "module":
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            return importlib.import_module(spec.ref)
+        except ModuleNotFoundError as exc:
+            if exc.name and spec.ref.startswith(exc.name):
+                raise TargetError(
+                    f"{spec}: no module named {spec.ref!r} (run from the directory that "
+                    "contains it, or give path/to/file.py:attr)"
+                ) from None
+            raise
+    directory = os.path.dirname(spec.ref)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    name = "swoolish_app_" + os.path.splitext(os.path.basename(spec.ref))[0]
+    module_spec = importlib.util.spec_from_file_location(name, spec.ref)
+    if module_spec is None or module_spec.loader is None:
+        raise TargetError(f"{spec}: cannot import {spec.ref}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    dirs.add(os.path.dirname(os.path.abspath(__file__)))  # swoolish itself
+    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
+
+
+def purge_user_modules() -> int:
+    """Forget every module loaded from outside the Python installation: the app's code.
+
+    Run in a freshly forked worker before :func:`load`, so the app and its own modules
+    are imported from disk again. Library modules (stdlib, site-packages, swoolish) stay.
+    """
+    library = _library_dirs()
+    purged = 0
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name == "__main__" or not path:
+            continue
+        if not os.path.realpath(path).startswith(library):
+            del sys.modules[name]
+            purged += 1
+    importlib.invalidate_caches()
+    return purged

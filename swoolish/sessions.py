@@ -1,0 +1,102 @@
+"""Session ids and the worker's table of its own sessions.
+
+Swoole reuses file descriptors as session ids, so a timer left over from a dead
+connection can push into whoever gets the same fd next. swoolish ids are never reused:
+
+* An id is ``node << NODE_SHIFT | n`` where ``n`` comes from one counter shared by every
+  worker of every generation for the master's whole life. Ids are positive, stay below
+  2**52 (exact in JavaScript clients), and keep 7 bits for a node number so a future
+  cluster mode can make them unique across machines.
+* Workers take ids from the shared counter in blocks (one locked fetch-and-add per
+  ``BLOCK`` accepts), so the shared counter costs nothing on the hot path.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import struct
+import threading
+from typing import Protocol
+
+__all__ = [
+    "BLOCK",
+    "MAX_NODE",
+    "NODE_SHIFT",
+    "IdAllocator",
+    "IdSource",
+    "LocalIdSource",
+    "SharedIdSource",
+]
+
+NODE_SHIFT = 45  # 2**45 ids per node: 35 trillion, more than a master will ever accept
+MAX_NODE = 127  # node numbers 0..127 keep every id below 2**52
+BLOCK = 4096  # ids a worker takes from the shared counter at once
+
+
+class IdSource(Protocol):
+    """Hands out disjoint blocks ``[start, start + BLOCK)`` of the id space."""
+
+    def take_block(self) -> int: ...
+
+
+class LocalIdSource:
+    """An id source for one process (unit tests, a server without a master)."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take_block(self) -> int:
+        with self._lock:
+            start = self._next
+            self._next += BLOCK
+            return start
+
+
+class SharedIdSource:
+    """A counter in shared memory, created by the master before it forks.
+
+    The counter lives in an anonymous shared mapping, so every worker forked from the
+    master, in any generation, draws from the same sequence; the lock makes each
+    fetch-and-add atomic across processes.
+    """
+
+    _FORMAT = struct.Struct("=Q")
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, self._FORMAT.size)
+        self._lock = multiprocessing.get_context("fork").Lock()
+
+    def take_block(self) -> int:
+        with self._lock:
+            (start,) = self._FORMAT.unpack_from(self._memory, 0)
+            self._FORMAT.pack_into(self._memory, 0, start + BLOCK)
+        return start
+
+    def issued(self) -> int:
+        """How many ids have been handed out in blocks so far (for stats)."""
+        return self._FORMAT.unpack_from(self._memory, 0)[0]
+
+
+class IdAllocator:
+    """Gives each new connection of this worker the next never-used session id."""
+
+    __slots__ = ("_base", "_end", "_next", "_source")
+
+    def __init__(self, source: IdSource, node: int = 0) -> None:
+        if not 0 <= node <= MAX_NODE:
+            raise ValueError(f"node must be between 0 and {MAX_NODE}, got {node}")
+        self._source = source
+        self._base = node << NODE_SHIFT
+        self._next = 0
+        self._end = 0
+
+    def next_id(self) -> int:
+        if self._next >= self._end:
+            start = self._source.take_block()
+            # +1 so that the first id ever is 1: ids are positive, 0 is never a session.
+            self._next, self._end = start + 1, start + 1 + BLOCK
+        sid = self._next
+        self._next += 1
+        return self._base | sid

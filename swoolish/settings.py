@@ -1,0 +1,200 @@
+"""Every setting of the server, declared once.
+
+Each setting has a name, a default, a validator and a one-line doc. The server's
+constructor, the CLI options and the settings reference in ``docs/settings.md`` are all
+derived from this table, so they cannot disagree (gunicorn's ``config.py`` habit).
+
+Settings are validated in the master *before anything is forked*: a bad value is a
+:class:`SettingError` whose message says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import SettingError
+
+__all__ = ["SETTINGS", "Setting", "Settings", "render_reference"]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise SettingError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _positive_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingError(f"{name} must be a number of seconds, got {value!r}")
+    if value <= 0:
+        raise SettingError(f"{name} must be > 0 seconds, got {value}")
+    return float(value)
+
+
+def _port(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise SettingError(f"{name} must be an integer between 0 and 65535, got {value!r}")
+    return value
+
+
+def _host(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise SettingError(f"{name} must be an address such as 127.0.0.1 or ::1, got {value!r}")
+    return value
+
+
+def _log_level(name: str, value: Any) -> str:
+    levels = ("debug", "info", "warning", "error", "critical")
+    if not isinstance(value, str) or value.lower() not in levels:
+        raise SettingError(f"{name} must be one of {', '.join(levels)}, got {value!r}")
+    return value.lower()
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SettingError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _optional_path(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SettingError(f"{name} must be a file path, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One declared setting: the single source of its default, validation and doc."""
+
+    name: str
+    default: Any
+    validate: Callable[[str, Any], Any]
+    doc: str
+    cli: str | None = None  # the `swoolish serve` option that overrides it, if any
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "127.0.0.1", _host, "Address to listen on.", "--host"),
+    Setting("port", 9501, _port, "TCP port to listen on (0 picks a free one).", "--port"),
+    Setting("worker_num", 1, _positive_int, "Number of worker processes.", "--workers"),
+    Setting(
+        "max_wait_time",
+        3.0,
+        _positive_number,
+        "Seconds a stopping worker gives in-flight handlers before it exits.",
+        "--max-wait-time",
+    ),
+    Setting(
+        "worker_start_timeout",
+        10.0,
+        _positive_number,
+        "Seconds a new worker has to import the app and finish worker_start.",
+    ),
+    Setting(
+        "max_message_size",
+        1024 * 1024,
+        _positive_int,
+        "Largest WebSocket message accepted, in bytes; larger ones close with 1009.",
+    ),
+    Setting(
+        "max_request_size",
+        1024 * 1024,
+        _positive_int,
+        "Largest HTTP request body accepted, in bytes; larger ones get 413.",
+    ),
+    Setting(
+        "handshake_timeout",
+        10.0,
+        _positive_number,
+        "Seconds a client has to complete its HTTP request or WebSocket handshake.",
+    ),
+    Setting(
+        "keepalive_timeout",
+        5.0,
+        _positive_number,
+        "Seconds an idle HTTP keep-alive connection is kept open.",
+    ),
+    Setting(
+        "buffer_output_size",
+        2 * 1024 * 1024,
+        _positive_int,
+        "Bytes that may wait unsent for one client; past it push() returns False.",
+    ),
+    Setting(
+        "max_connections",
+        10000,
+        _positive_int,
+        "Connections one worker serves at once; more are refused with 503.",
+    ),
+    Setting(
+        "websocket_compression",
+        True,
+        _bool,
+        "Offer permessage-deflate (RFC 7692) to clients that ask for it.",
+    ),
+    Setting("pid_file", None, _optional_path, "File the master writes its pid to.", "--pid-file"),
+    Setting("log_level", "info", _log_level, "Logging threshold.", "--log-level"),
+)
+
+_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+class Settings:
+    """The validated settings of one server, as attributes (``settings.worker_num``)."""
+
+    __slots__ = tuple(_BY_NAME)
+
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        for setting in SETTINGS:
+            object.__setattr__(self, setting.name, setting.default)
+        self.update(values or {})
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Validate and apply ``values``; an unknown name lists the known ones."""
+        for name, value in values.items():
+            setting = _BY_NAME.get(name)
+            if setting is None:
+                known = ", ".join(sorted(_BY_NAME))
+                raise SettingError(f"unknown setting {name!r}; known settings: {known}")
+            object.__setattr__(self, name, setting.validate(name, value))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _BY_NAME}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.update({name: value})
+
+    def __repr__(self) -> str:
+        return f"Settings({self.as_dict()!r})"
+
+
+def render_reference() -> str:
+    """The Markdown settings reference, generated so that docs never go stale."""
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated from `swoolish/settings.py`; `tests/unit/test_settings.py` fails when",
+        "this file is stale (regenerate with `python -m swoolish.settings > docs/settings.md`).",
+        "",
+        "Pass settings as keyword arguments: `WebSocketServer(host, port, worker_num=4)`",
+        "or `server.set(worker_num=4)`. A CLI option overrides the value set in code.",
+        "Settings take effect on a full restart, not on a reload (as in Swoole).",
+        "",
+        "| setting | default | CLI option | meaning |",
+        "|---|---|---|---|",
+    ]
+    for s in SETTINGS:
+        lines.append(
+            f"| `{s.name}` | `{s.default!r}` | {f'`{s.cli}`' if s.cli else ''} | {s.doc} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_reference(), end="")

@@ -1,0 +1,288 @@
+"""A worker process: one uvloop loop serving the shared listening socket.
+
+Lifecycle (SPEC §3-4), in this order and each step exactly once::
+
+    import the app (fresh, after the fork) -> worker_start -> ready -> serve
+    -> stop accepting -> worker_stop -> worker_exit -> timers the app forgot cleared
+    -> drain (close frames, in-flight handlers up to max_wait_time) -> exit
+
+``worker_exit`` runs *before* the drain and every timer is gone after it, so no timer
+of a stopping worker can push into a connection that is being closed: the Swoole
+``session#1 does not exists`` flood cannot happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import uvloop
+
+from . import ipc, timers
+from .connection import GOING_AWAY, Connection
+from .sessions import IdAllocator, IdSource
+
+if TYPE_CHECKING:
+    from .server import WebSocketServer
+
+__all__ = ["EXIT_BOOT_ERROR", "Worker", "run_worker"]
+
+EXIT_BOOT_ERROR = 3  # the app failed to import or worker_start raised: do not hot-loop
+MASTER_CHECK_INTERVAL = 0.5  # seconds between checks that the master is still alive
+_PR_SET_PDEATHSIG = 1
+
+
+class Worker:
+    """The state of one worker process; ``WebSocketServer`` methods delegate here."""
+
+    def __init__(
+        self,
+        server: WebSocketServer,
+        worker_id: int,
+        generation: int,
+        listen_sock: socket.socket,
+        id_source: IdSource,
+        channel: socket.socket | None,
+        master_pid: int,
+    ) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.worker_id = worker_id
+        self.generation = generation
+        self.master_pid = master_pid
+        self.listen_sock = listen_sock
+        self.channel = channel
+        self.ids = IdAllocator(id_source)
+        self.connections: dict[int, Connection] = {}
+        self.stats: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.draining = False
+        self.log = logging.getLogger(f"swoolish.worker.{worker_id}")
+        self.loop = asyncio.get_event_loop()
+        self.timers = timers.uvloop_wheel(
+            self.loop,
+            spawn=self.track,
+            session_alive=self.connections.__contains__,
+            logger=logging.getLogger("swoolish.timer"),
+        )
+        self._handlers = server._handlers
+        self._asyncio_server: asyncio.AbstractServer | None = None
+        self._stop_requested: asyncio.Future[int] | None = None
+
+    # -- used by connections and the server facade
+
+    def handler(self, event: str) -> Callable[..., Any] | None:
+        return self._handlers.get(event)
+
+    def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the drain waits for (up to max_wait_time)."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task failed", exc_info=task.exception())
+
+    def clear_bound_timers(self, sid: int) -> None:
+        cleared = self.timers.clear_bound(sid)
+        if cleared:
+            self.stats["bound_timers_cleared"] += cleared
+
+    def request_stop(self, close_code: int) -> None:
+        """Ask the serving loop to stop; the first request's close code wins."""
+        if self._stop_requested is not None and not self._stop_requested.done():
+            self._stop_requested.set_result(close_code)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This worker's figures for ``server.stats()`` and ``swoolish status``."""
+        figures = dict(self.stats)
+        figures.update(
+            worker_id=self.worker_id,
+            worker_pid=os.getpid(),
+            generation=self.generation,
+            connections=len(self.connections),
+            websocket_connections=sum(1 for c in self.connections.values() if c.established),
+            timers=len(self.timers.list()),
+            tasks=len(self.tasks),
+            draining=self.draining,
+        )
+        return figures
+
+    # -- the lifecycle
+
+    async def serve(self) -> int:
+        """Boot, serve until told to stop, drain; returns the process exit code."""
+        self._stop_requested = self.loop.create_future()
+        timers.install(self.timers)
+        try:
+            await self._call_hook("worker_start")
+        except Exception:
+            self.log.exception(
+                "worker %d gen %d: worker_start raised; this worker will not serve",
+                self.worker_id,
+                self.generation,
+            )
+            return EXIT_BOOT_ERROR
+        self._asyncio_server = await self.loop.create_server(
+            lambda: Connection(self), sock=self.listen_sock, backlog=2048
+        )
+        self._install_signal_handlers()
+        self._watch_master()
+        self._report({"type": "ready", "pid": os.getpid()})
+        self.log.info(
+            "worker %d gen %d (pid %d) serving", self.worker_id, self.generation, os.getpid()
+        )
+        close_code = await self._stop_requested
+        await self.shutdown(close_code)
+        return 0
+
+    async def shutdown(self, close_code: int) -> None:
+        """Stop accepting, run worker_stop then worker_exit, clear timers, then drain."""
+        self.draining = True
+        if self._asyncio_server is not None:
+            self._asyncio_server.close()  # closes this process's copy of the listening fd
+        await self._call_hook_logged("worker_stop")
+        await self._call_hook_logged("worker_exit")
+        leftover = self.timers.clear_all()
+        if leftover:
+            # Logged once per worker, never once per timer or per push (SPEC §4).
+            self.log.warning(
+                "worker %d gen %d: %d timers still active after worker_exit, cleared",
+                self.worker_id,
+                self.generation,
+                leftover,
+            )
+        closed = await self._drain(close_code)
+        self.log.info(
+            "worker %d gen %d (pid %d) exiting: %d timers cleared, %d connections closed",
+            self.worker_id,
+            self.generation,
+            os.getpid(),
+            leftover,
+            closed,
+        )
+        timers.uninstall()
+
+    async def _drain(self, close_code: int) -> int:
+        """Close every connection (WebSockets with ``close_code``), wait, then force."""
+        conns = list(self.connections.values())
+        for conn in conns:
+            if conn.established:
+                conn.disconnect(close_code, "server restarting" if close_code != GOING_AWAY else "")
+            else:
+                conn.close_http()
+        deadline = self.loop.time() + self.settings.max_wait_time
+        while self.loop.time() < deadline and (
+            self.tasks or any(c.transport is not None for c in conns)
+        ):
+            await asyncio.sleep(0.01)
+        for conn in conns:
+            conn.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.sleep(0)  # let aborted transports call connection_lost
+        return len(conns)
+
+    async def _call_hook(self, event: str) -> None:
+        handler = self.handler(event)
+        if handler is None:
+            return
+        result = handler(self.server, self.worker_id)
+        if inspect.isawaitable(result):
+            await result
+
+    async def _call_hook_logged(self, event: str) -> None:
+        try:
+            await asyncio.wait_for(self._call_hook(event), self.settings.max_wait_time)
+        except Exception:
+            self.log.exception("worker %d: %s handler raised", self.worker_id, event)
+
+    # -- signals, the master, the control channel
+
+    def _install_signal_handlers(self) -> None:
+        self.loop.add_signal_handler(signal.SIGTERM, self.request_stop, GOING_AWAY)
+        self.loop.add_signal_handler(signal.SIGINT, self.request_stop, GOING_AWAY)
+        self.loop.add_signal_handler(signal.SIGQUIT, os._exit, 0)
+
+    def _watch_master(self) -> None:
+        """Stop within about a second if the master dies (even by SIGKILL): no orphans."""
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+        def check() -> None:
+            if os.getppid() != self.master_pid:
+                self.log.warning("worker %d: master is gone, shutting down", self.worker_id)
+                self.request_stop(GOING_AWAY)
+            else:
+                self.loop.call_later(MASTER_CHECK_INTERVAL, check)
+
+        check()
+        if self.channel is not None:
+            self.loop.add_reader(self.channel.fileno(), self._on_channel_readable)
+
+    def _on_channel_readable(self) -> None:
+        assert self.channel is not None
+        try:
+            messages = ipc.receive(self.channel)
+        except (ConnectionError, EOFError):
+            self.loop.remove_reader(self.channel.fileno())
+            self.request_stop(GOING_AWAY)
+            return
+        for message in messages:
+            self._on_master_message(message)
+
+    def _on_master_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "stop":
+            self.request_stop(int(message.get("code", GOING_AWAY)))
+        elif kind == "stats":
+            self._report({"type": "stats", "stats": self.snapshot()})
+
+    def _report(self, message: dict[str, Any]) -> None:
+        if self.channel is not None:
+            try:
+                ipc.send(self.channel, message)
+            except OSError:
+                self.log.debug("worker %d: master channel closed", self.worker_id)
+
+
+def run_worker(
+    load_server: Callable[[], WebSocketServer],
+    worker_id: int,
+    generation: int,
+    listen_sock: socket.socket,
+    id_source: IdSource,
+    channel: socket.socket | None,
+    master_pid: int,
+) -> int:
+    """The body of a forked worker process; returns its exit code."""
+    log = logging.getLogger(f"swoolish.worker.{worker_id}")
+    try:
+        server = load_server()
+    except BaseException:
+        log.exception("worker %d gen %d: the app failed to load", worker_id, generation)
+        return EXIT_BOOT_ERROR
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        worker = Worker(server, worker_id, generation, listen_sock, id_source, channel, master_pid)
+        server._attach(worker)
+        return loop.run_until_complete(worker.serve())
+    finally:
+        with contextlib.suppress(Exception):
+            loop.close()
+        sys.stdout.flush()

@@ -118,6 +118,7 @@ class Connection(asyncio.Protocol):
         "_parser",
         "_pending_upgrade_bytes",
         "_reading_paused",
+        "_rejection",
         "_requests",
         "_text_decoder",
         "_timer",
@@ -161,6 +162,9 @@ class Connection(asyncio.Protocol):
         self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
+        # set by a parser callback that refuses the request for a reason with its own
+        # status (413, 431); the parser itself only reports a generic error
+        self._rejection: tuple[int, str] | None = None
 
     # ------------------------------------------------------------------ transport events
 
@@ -232,7 +236,11 @@ class Connection(asyncio.Protocol):
             return
         except httptools.HttpParserError:
             self._parser = None
-            self._reject_http(400, "Bad Request: the request is not valid HTTP/1.1.\n")
+            status, text = self._rejection or (
+                400,
+                "Bad Request: the request is not valid HTTP/1.1.\n",
+            )
+            self._reject_http(status, text)
             return
         if self._requests and not self._in_flight:
             self._answer_next_request()
@@ -258,11 +266,16 @@ class Connection(asyncio.Protocol):
     def _count_header_bytes(self, n: int) -> None:
         self._header_bytes += n
         if self._header_bytes > MAX_HEADER_BYTES:
+            # RFC 6585 §5: 431, not a generic 400, so the client knows what to fix
+            self._rejection = (431, "Request Header Fields Too Large: 64 KiB at most.\n")
             raise httptools.HttpParserError("header fields too large")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > self._worker.settings.max_request_size:
+        limit = self._worker.settings.max_request_size
+        if self._body_size > limit:
+            # RFC 9110 §15.5.14: 413, not a generic 400, so the client knows what to fix
+            self._rejection = (413, f"Payload Too Large: the body may be {limit} bytes at most.\n")
             raise httptools.HttpParserError("request body too large")
         self._body.append(body)
 
@@ -353,6 +366,22 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ WebSocket handshake
 
     def _on_upgrade(self, rest: bytes) -> None:
+        last = self._requests[-1] if self._requests else None
+        if (
+            last is not None
+            and last.method != "CONNECT"
+            and last.headers.get("Upgrade", "").lower() != "websocket"
+            and last.headers.get("Content-Length", "0") == "0"
+            and "Transfer-Encoding" not in last.headers
+        ):
+            # RFC 9110 §7.8: a server may ignore an Upgrade it does not support, and
+            # clients such as `curl --http2` offer h2c on ordinary requests expecting an
+            # HTTP/1.1 answer: serve it as a plain request, keep parsing what follows.
+            # (The parser hands a body of an upgrade request over as upgraded bytes, so
+            # only body-less requests can be served this way; others still get 400.)
+            self._parser = httptools.HttpRequestParser(self)
+            self._http_data(rest)
+            return
         request = self._requests.pop() if self._requests else None
         self._parser = None
         if request is None or self._requests or self._in_flight:

@@ -18,13 +18,14 @@ import sysconfig
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import TargetError
+from .errors import SettingError, TargetError
 
 if TYPE_CHECKING:
     from .server import WebSocketServer
 
 __all__ = ["AppSpec", "load", "loading_in_worker", "parse_target", "purge_user_modules"]
 
+ANY_SERVER = "*"  # AppSpec.attr of a script whose server has no module-level name
 _loading_depth = 0
 _created_during_load: list[Any] = []
 
@@ -87,10 +88,21 @@ def load(spec: AppSpec) -> WebSocketServer:
 
     _created_during_load.clear()
     with _loading():
-        module = _import(spec)
-    server = getattr(module, spec.attr, None)
-    if server is None and len(_created_during_load) == 1:
-        server = _created_during_load[0]
+        try:
+            module = _import(spec)
+        except (TargetError, SettingError):
+            raise
+        except Exception as exc:
+            where = _innermost_frame(exc)
+            raise TargetError(
+                f"{spec}: importing the app raised {type(exc).__name__}: {exc}{where}"
+            ) from exc
+    if spec.attr == ANY_SERVER:
+        # A script that called server.start() on a server it keeps in no module-level
+        # name: take the one server its import built.
+        server = _created_during_load[0] if len(_created_during_load) == 1 else None
+    else:
+        server = getattr(module, spec.attr, None)
     if not isinstance(server, WebSocketServer):
         found = type(server).__name__ if server is not None else "nothing"
         raise TargetError(
@@ -98,6 +110,16 @@ def load(spec: AppSpec) -> WebSocketServer:
             f"level, found {found}"
         )
     return server
+
+
+def _innermost_frame(exc: BaseException) -> str:
+    """`` (at file:line)`` of the deepest frame, so a one-line error still points home."""
+    tb = exc.__traceback__
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (at {exc.filename}:{exc.lineno})"
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb else ""
 
 
 def _import(spec: AppSpec) -> Any:

@@ -359,7 +359,7 @@ def run_script(server: WebSocketServer) -> None:
     path = getattr(main, "__file__", None)
     if not path:
         raise RuntimeError("server.start() must be called from a script file")
-    attr = next((k for k, v in vars(main).items() if v is server), "server")
+    attr = next((k for k, v in vars(main).items() if v is server), loader.ANY_SERVER)
     configure_logging(server.settings.log_level)
     try:
         code = serve(server, loader.AppSpec("path", os.path.abspath(path), attr), {})

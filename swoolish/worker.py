@@ -38,6 +38,21 @@ if TYPE_CHECKING:
 __all__ = ["EXIT_BOOT_ERROR", "Worker", "run_worker"]
 
 EXIT_BOOT_ERROR = 3  # the app failed to import or worker_start raised: do not hot-loop
+# Every counter a worker keeps; stats() reports each one, zero included.
+COUNTERS = (
+    "accepted",
+    "closed",
+    "refused",
+    "requests",
+    "websocket_opened",
+    "messages_in",
+    "messages_out",
+    "push_to_closed",
+    "push_over_buffer",
+    "handler_errors",
+    "handshake_timeouts",
+    "bound_timers_cleared",
+)
 MASTER_CHECK_INTERVAL = 0.5  # seconds between checks that the master is still alive
 _PR_SET_PDEATHSIG = 1
 
@@ -64,7 +79,7 @@ class Worker:
         self.channel = channel
         self.ids = IdAllocator(id_source)
         self.connections: dict[int, Connection] = {}
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.log = logging.getLogger(f"swoolish.worker.{worker_id}")

@@ -1,0 +1,8 @@
+#!/bin/sh
+# Run the whole test suite; creates .venv on first use. Extra arguments go to pytest.
+set -e
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+. "$ROOT/scripts/env.sh"
+cd "$ROOT"
+"$VENV/bin/ruff" check swoolish tests examples benchmarks
+exec "$VENV/bin/python" -m pytest "$@"

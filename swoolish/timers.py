@@ -1,0 +1,590 @@
+"""Swoole's Timer API (``Timer.tick`` / ``Timer.after`` / ``Timer.clear``) for swoolish workers.
+
+Each worker process owns exactly one :class:`TimerWheel`. The wheel is pure scheduling logic:
+it never touches the event loop itself but asks its host, through ``wakeup``, to call
+:meth:`TimerWheel.run_due` at a given deadline. Keeping the loop out of the wheel is what lets
+the tests drive it with a fake clock instead of sleeping, and it means the production loop
+carries a single ``call_at`` handle however many timers exist, instead of one handle per timer.
+
+Timers live in a binary heap of ``(deadline, seq, timer)`` entries. Cancelling a timer only
+flags it (lazy deletion) because removing an arbitrary heap element is O(n); the stale entries
+are skipped when they surface and the heap is rebuilt once they make up more than half of it.
+
+The :class:`Timer` facade mirrors Swoole's static API and delegates to the wheel installed in
+the current process with :func:`install`, which the worker does after ``worker_start``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import os
+from collections.abc import Callable, Coroutine
+from heapq import heapify, heappop, heappush
+from typing import Any
+
+__all__ = [
+    "Timer",
+    "TimerWheel",
+    "current",
+    "install",
+    "uninstall",
+    "uvloop_wheel",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Upper bound of callbacks run by one ``run_due`` pass. If a large batch falls due at once the
+#: wheel hands control back to the loop after this many so that socket I/O is not starved; the
+#: rest runs on the next pass, which the wheel requests immediately.
+DEFAULT_MAX_PER_PASS = 10_000
+
+#: Below this heap size compaction is not worth its cost; stale entries drain on their own.
+_COMPACT_MIN = 64
+
+_INF = math.inf
+
+Clock = Callable[[], float]
+Wakeup = Callable[[float | None], None]
+Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
+SessionAlive = Callable[[int], bool]
+
+
+class _TimerEntry:
+    """State of one armed timer; slotted because a worker may hold a very large number."""
+
+    __slots__ = (
+        "active",
+        "args",
+        "bind",
+        "callback",
+        "deadline",
+        "exec_count",
+        "id",
+        "interval",
+        "repeat",
+    )
+
+    def __init__(
+        self,
+        timer_id: int,
+        repeat: bool,
+        interval: float,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        bind: int | None,
+        deadline: float,
+    ) -> None:
+        self.id = timer_id
+        self.repeat = repeat
+        self.interval = interval
+        self.callback = callback
+        self.args = args
+        self.bind = bind
+        self.deadline = deadline
+        self.exec_count = 0
+        self.active = True
+
+
+def _callback_name(callback: Callable[..., Any]) -> str:
+    """Readable name for logs and ``info()``; partials and callable objects have no qualname."""
+    name = getattr(callback, "__qualname__", None)
+    return name if isinstance(name, str) else repr(callback)
+
+
+def _check_interval(ms: object) -> None:
+    """Reject bad intervals at the call site, where the mistake is, not when the timer fires."""
+    if type(ms) is int:  # fast path: by far the common case
+        if ms >= 1:
+            return
+    elif isinstance(ms, bool) or not isinstance(ms, int | float):
+        raise TypeError(
+            f"Timer interval must be an int or float number of milliseconds, "
+            f"got {type(ms).__name__}"
+        )
+    elif ms >= 1 and math.isfinite(ms):
+        return
+    raise ValueError(f"Timer interval must be >= 1 ms, got {ms!r}")
+
+
+def _check_callback(callback: object) -> None:
+    if not callable(callback):
+        raise TypeError(f"Timer callback must be callable, got {type(callback).__name__}")
+
+
+def _check_bind(bind: object) -> None:
+    if isinstance(bind, bool) or not isinstance(bind, int):
+        raise TypeError(f"Timer bind must be None or a session fd (int), got {type(bind).__name__}")
+    if bind < 1:
+        raise ValueError(f"Timer bind must be a positive session fd, got {bind!r}")
+
+
+class TimerWheel:
+    """Per-worker timer scheduler with an injectable clock.
+
+    ``clock`` returns monotonic seconds (``loop.time`` in production). ``wakeup(deadline)`` asks
+    the host to call :meth:`run_due` at that absolute clock value, ``None`` meaning nothing is
+    pending; the wheel calls it only when the earliest deadline changes and after every
+    :meth:`run_due`. ``spawn`` turns a coroutine returned by a callback into a task.
+    ``session_alive(fd)`` lets ``bind=fd`` refuse to arm timers for sessions already closed.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        wakeup: Wakeup,
+        spawn: Spawn | None = None,
+        session_alive: SessionAlive | None = None,
+        logger: logging.Logger | None = None,
+        *,
+        max_per_pass: int = DEFAULT_MAX_PER_PASS,
+    ) -> None:
+        if max_per_pass < 1:
+            raise ValueError(f"max_per_pass must be >= 1, got {max_per_pass!r}")
+        self._clock = clock
+        self._wakeup = wakeup
+        self._spawn = spawn
+        self._session_alive = session_alive
+        self._log = logger if logger is not None else _log
+        self._max_per_pass = max_per_pass
+
+        # The heap list object is never replaced, only mutated in place: run_due keeps a local
+        # reference to it while callbacks may call clear_all() or trigger a compaction.
+        self._heap: list[tuple[float, int, _TimerEntry]] = []
+        # Insertion order == ascending id, since ids only grow; list() relies on that.
+        self._timers: dict[int, _TimerEntry] = {}
+        self._bound: dict[int, set[int]] = {}
+        self._tasks: set[Any] = set()
+        self._stale = 0  # cancelled entries still sitting in the heap
+        self._next_id = 1
+        # Last deadline handed to wakeup(); +inf stands for None so that arming a timer costs a
+        # single comparison, and run_due parks it at -inf so callbacks never trigger wakeups.
+        self._wakeup_at = _INF
+        self._running = False
+
+        self._fired = 0
+        self._cleared = 0
+        self._bound_to_gone = 0
+        self._errors = 0
+
+    # -- creating ----------------------------------------------------------------------------
+
+    def tick(
+        self, ms: float, callback: Callable[..., Any], *args: Any, bind: int | None = None
+    ) -> int:
+        """Run ``callback(timer_id, *args)`` every ``ms`` milliseconds until cleared."""
+        return self._add(True, ms, callback, args, bind)
+
+    def after(
+        self, ms: float, callback: Callable[..., Any], *args: Any, bind: int | None = None
+    ) -> int:
+        """Run ``callback(*args)`` once, ``ms`` milliseconds from now."""
+        return self._add(False, ms, callback, args, bind)
+
+    def _add(
+        self,
+        repeat: bool,
+        ms: float,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        bind: int | None,
+    ) -> int:
+        if type(ms) is not int or ms < 1:
+            _check_interval(ms)
+        if not callable(callback):
+            _check_callback(callback)
+        timer_id = self._next_id
+        if bind is not None:
+            _check_bind(bind)
+            self._next_id = timer_id + 1
+            alive = self._session_alive
+            if alive is not None and not alive(bind):
+                # A handler racing the session's close must not blow up: hand back an id that
+                # simply reads as already cleared.
+                self._bound_to_gone += 1
+                return timer_id
+            bound = self._bound.get(bind)
+            if bound is None:
+                bound = self._bound[bind] = set()
+            bound.add(timer_id)
+        else:
+            self._next_id = timer_id + 1
+        deadline = self._clock() + ms / 1000.0
+        timer = _TimerEntry(timer_id, repeat, ms, callback, args, bind, deadline)
+        self._timers[timer_id] = timer
+        # The id doubles as the heap tie-breaker: a timer has at most one entry in the heap at
+        # any time, so (deadline, id) is unique and the timer objects are never compared.
+        heappush(self._heap, (deadline, timer_id, timer))
+        if deadline < self._wakeup_at:
+            self._wakeup_at = deadline
+            self._wakeup(deadline)
+        return timer_id
+
+    # -- clearing ----------------------------------------------------------------------------
+
+    def clear(self, timer_id: int) -> bool:
+        """Cancel a timer; True if it was active. Unknown or non-int ids just return False."""
+        try:
+            timer = self._timers.pop(timer_id)
+        except (KeyError, TypeError):  # TypeError: unhashable id
+            return False
+        self._deactivate(timer)
+        self._cleared += 1
+        if not self._timers:
+            self._request_wakeup(None)
+        else:
+            self._maybe_compact()
+        return True
+
+    def clear_all(self) -> int:
+        """Cancel every timer at once; returns how many were active.
+
+        Entries are dropped wholesale rather than cancelled one by one: nothing else refers to
+        them once the heap and the indexes are emptied, so flagging each would be wasted work.
+        """
+        count = len(self._timers)
+        # Heap first: the dict then releases the timers in creation order, which walks memory
+        # sequentially and is markedly faster than freeing them in heap order.
+        self._heap.clear()
+        self._timers.clear()
+        self._bound.clear()
+        self._stale = 0
+        self._cleared += count
+        self._request_wakeup(None)
+        return count
+
+    def clear_bound(self, fd: int) -> int:
+        """Cancel every timer bound to session ``fd``; the server calls this when it closes."""
+        ids = self._bound.pop(fd, None)
+        if not ids:
+            return 0
+        timers = self._timers
+        count = 0
+        for timer_id in ids:
+            timer = timers.pop(timer_id, None)
+            if timer is not None:
+                timer.active = False
+                self._stale += 1
+                count += 1
+        self._cleared += count
+        if not timers:
+            self._request_wakeup(None)
+        else:
+            self._maybe_compact()
+        return count
+
+    def _deactivate(self, timer: _TimerEntry) -> None:
+        """Flag a timer dead and drop it from the fd index; its heap entry becomes stale."""
+        timer.active = False
+        self._stale += 1
+        if timer.bind is not None:
+            self._unbind(timer)
+
+    def _unbind(self, timer: _TimerEntry) -> None:
+        bound = self._bound.get(timer.bind)  # type: ignore[arg-type]
+        if bound is not None:
+            bound.discard(timer.id)
+            if not bound:
+                del self._bound[timer.bind]  # type: ignore[arg-type]
+
+    def _maybe_compact(self) -> None:
+        """Rebuild the heap once dead entries outnumber live ones, bounding memory and pops."""
+        heap = self._heap
+        if self._stale * 2 > len(heap) and len(heap) >= _COMPACT_MIN:
+            heap[:] = [entry for entry in heap if entry[2].active]
+            heapify(heap)
+            self._stale = 0
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def list(self) -> list[int]:
+        """Ids of active timers, ascending."""
+        return [*self._timers]
+
+    def info(self, timer_id: int) -> dict[str, Any] | None:
+        """Describe an active timer, or None if it is unknown, cleared or already fired."""
+        try:
+            timer = self._timers.get(timer_id)
+        except TypeError:
+            return None
+        if timer is None:
+            return None
+        return {
+            "id": timer.id,
+            "type": "tick" if timer.repeat else "after",
+            "interval": timer.interval,
+            "exec_count": timer.exec_count,
+            "next_run": max(0.0, timer.deadline - self._clock()),
+            "deadline": timer.deadline,
+            "bind": timer.bind,
+            "callback": _callback_name(timer.callback),
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the worker's status page."""
+        return {
+            "active": len(self._timers),
+            "created": self._next_id - 1 - self._bound_to_gone,
+            "fired": self._fired,
+            "cleared": self._cleared,
+            "bound_to_gone": self._bound_to_gone,
+            "errors": self._errors,
+            "tasks_pending": len(self._tasks),
+        }
+
+    def pending_tasks(self) -> set[Any]:
+        """Tasks spawned from coroutine callbacks that have not finished yet (a copy)."""
+        return set(self._tasks)
+
+    def next_deadline(self) -> float | None:
+        """Earliest deadline of an active timer, discarding stale entries on the way."""
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            if entry[2].active:
+                return entry[0]
+            heappop(heap)
+            self._stale -= 1
+        return None
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run_due(self) -> int:
+        """Run every timer due at the current clock; returns how many callbacks ran.
+
+        ``now`` is read once, so a timer created or rescheduled by a callback is never run in
+        the same pass, and the pass is capped at ``max_per_pass`` callbacks so one burst cannot
+        starve the loop. Never raises for a failing callback; the next wakeup is always
+        requested afterwards.
+        """
+        if self._running:  # re-entered from a callback: the outer pass will finish the job
+            return 0
+        self._running = True
+        self._wakeup_at = -_INF
+        ran = 0
+        try:
+            now = self._clock()
+            heap = self._heap
+            limit = self._max_per_pass
+            while heap and ran < limit:
+                deadline, _, timer = heap[0]
+                if not timer.active:
+                    heappop(heap)
+                    self._stale -= 1
+                    continue
+                if deadline > now:
+                    break
+                heappop(heap)
+                self._prepare(timer, deadline, now)
+                self._invoke(timer)
+                ran += 1
+        finally:
+            self._running = False
+            self._fired += ran
+            nxt = self.next_deadline()
+            # Always re-request: the host's pending wakeup was consumed by this very call.
+            self._wakeup_at = _INF if nxt is None else nxt
+            self._wakeup(nxt)
+        return ran
+
+    def _prepare(self, timer: _TimerEntry, deadline: float, now: float) -> None:
+        """Book-keep before the callback runs so it sees (and may clear) its next schedule."""
+        timer.exec_count += 1
+        if timer.repeat:
+            # Anchor on the previous deadline so the period does not drift with loop latency;
+            # if we are more than an interval late, skip ahead instead of bursting to catch up.
+            interval_s = timer.interval / 1000.0
+            nxt = deadline + interval_s
+            if nxt <= now:
+                nxt = now + interval_s
+            timer.deadline = nxt
+            heappush(self._heap, (nxt, timer.id, timer))
+        else:
+            timer.active = False
+            del self._timers[timer.id]
+            if timer.bind is not None:
+                self._unbind(timer)
+
+    def _invoke(self, timer: _TimerEntry) -> None:
+        try:
+            if timer.repeat:
+                result = timer.callback(timer.id, *timer.args)
+            else:
+                result = timer.callback(*timer.args)
+        except (SystemExit, KeyboardInterrupt):
+            raise  # the process is being told to stop; that is not a timer's error to swallow
+        except BaseException:  # includes a stray CancelledError, which must not kill the pass
+            self._errors += 1
+            self._log.exception(
+                "Timer %d callback %s raised", timer.id, _callback_name(timer.callback)
+            )
+            return
+        if result is not None and asyncio.iscoroutine(result):
+            self._start_task(timer, result)
+
+    def _start_task(self, timer: _TimerEntry, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine callback as a task and keep a strong reference until it is done."""
+        name = _callback_name(timer.callback)
+        if self._spawn is None:
+            coro.close()
+            self._errors += 1
+            self._log.error(
+                "Timer %d callback %s returned a coroutine but this wheel has no spawn function; "
+                "it was discarded",
+                timer.id,
+                name,
+            )
+            return
+        try:
+            task = self._spawn(coro)
+        except Exception:
+            coro.close()
+            self._errors += 1
+            self._log.exception("Timer %d: could not start coroutine of %s", timer.id, name)
+            return
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, timer.id, name))
+
+    def _task_done(self, timer_id: int, name: str, task: Any) -> None:
+        """Retrieve the task's outcome so failures are logged, not 'never retrieved'."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._errors += 1
+            self._log.error("Timer %d coroutine %s raised", timer_id, name, exc_info=exc)
+
+    def _request_wakeup(self, deadline: float | None) -> None:
+        """Forward a changed earliest deadline to the host, unless run_due will do it anyway."""
+        wakeup_at = _INF if deadline is None else deadline
+        if self._running or wakeup_at == self._wakeup_at:
+            return
+        self._wakeup_at = wakeup_at
+        self._wakeup(deadline)
+
+
+# -- process-wide installation ---------------------------------------------------------------
+
+_wheel: TimerWheel | None = None
+_wheel_pid: int | None = None
+
+_NOT_INSTALLED = (
+    "swoolish.Timer can only be used inside a worker (after worker_start); "
+    "no timer wheel is running in this process"
+)
+
+
+def install(wheel: TimerWheel) -> None:
+    """Make ``wheel`` the one behind :class:`Timer` in this process (done at worker start)."""
+    global _wheel, _wheel_pid
+    _wheel = wheel
+    _wheel_pid = os.getpid()
+
+
+def uninstall() -> None:
+    """Detach the installed wheel; :class:`Timer` calls raise until the next :func:`install`."""
+    global _wheel, _wheel_pid
+    _wheel = None
+    _wheel_pid = None
+
+
+def current() -> TimerWheel:
+    """The wheel installed in this process.
+
+    The pid check matters after ``fork``: a child inherits the parent's module globals, and a
+    wheel belonging to the parent's loop would accept timers that never fire.
+    """
+    wheel = _wheel
+    if wheel is None or _wheel_pid != os.getpid():
+        raise RuntimeError(_NOT_INSTALLED)
+    return wheel
+
+
+class Timer:
+    """Swoole's static Timer API, bound to the current worker's wheel."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def tick(ms: float, callback: Callable[..., Any], *args: Any, bind: int | None = None) -> int:
+        """Repeat ``callback(timer_id, *args)`` every ``ms`` milliseconds; returns the id."""
+        return current().tick(ms, callback, *args, bind=bind)
+
+    @staticmethod
+    def after(ms: float, callback: Callable[..., Any], *args: Any, bind: int | None = None) -> int:
+        """Run ``callback(*args)`` once after ``ms`` milliseconds; returns the id."""
+        return current().after(ms, callback, *args, bind=bind)
+
+    @staticmethod
+    def clear(timer_id: int) -> bool:
+        """Cancel one timer; True if it was active."""
+        return current().clear(timer_id)
+
+    @staticmethod
+    def clear_all() -> int:
+        """Cancel every timer of this worker; returns how many were active."""
+        return current().clear_all()
+
+    @staticmethod
+    def list() -> list[int]:
+        """Active timer ids of this worker, ascending."""
+        return current().list()
+
+    @staticmethod
+    def info(timer_id: int) -> dict[str, Any] | None:
+        """Details of one active timer, or None."""
+        return current().info(timer_id)
+
+    @staticmethod
+    def stats() -> dict[str, int]:
+        """Timer counters of this worker."""
+        return current().stats()
+
+    # Swoole spelling.
+    clearAll = clear_all
+
+
+def uvloop_wheel(
+    loop: asyncio.AbstractEventLoop,
+    spawn: Spawn | None = None,
+    session_alive: SessionAlive | None = None,
+    logger: logging.Logger | None = None,
+) -> TimerWheel:
+    """Build the production wheel on ``loop``: clock ``loop.time`` and one ``call_at`` handle.
+
+    The handle is only cancelled and rescheduled when the requested deadline actually changes,
+    so adding timers that fire later than the earliest one costs the loop nothing.
+    ``spawn`` defaults to ``loop.create_task``.
+    """
+    handle: asyncio.TimerHandle | None = None
+    handle_when: float | None = None
+
+    def fire() -> None:
+        nonlocal handle, handle_when
+        handle = None
+        handle_when = None
+        wheel.run_due()
+
+    def wakeup(deadline: float | None) -> None:
+        nonlocal handle, handle_when
+        if handle is not None:
+            if deadline == handle_when:
+                return
+            handle.cancel()
+            handle = None
+            handle_when = None
+        if deadline is not None:
+            handle = loop.call_at(deadline, fire)
+            handle_when = deadline
+
+    wheel = TimerWheel(
+        clock=loop.time,
+        wakeup=wakeup,
+        spawn=spawn if spawn is not None else loop.create_task,
+        session_alive=session_alive,
+        logger=logger,
+    )
+    return wheel

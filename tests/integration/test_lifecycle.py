@@ -1,0 +1,224 @@
+"""Lifecycle, signals and the serve CLI on real processes (SPEC §3, §6, §7)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+from support import ROOT, ServerProcess, free_port, serving, timeout, wait_until, write_app
+from websockets.exceptions import ConnectionClosed
+
+HOOKS_APP = """
+    import sys
+    from swoolish import Timer, WebSocketServer
+
+    server = WebSocketServer()
+
+    def say(text):
+        print(text, file=sys.stderr, flush=True)
+
+    @server.on("WorkerStart")
+    def start(server, worker_id):
+        say(f"hook worker_start {worker_id}")
+
+    @server.on("workerStop")
+    def stop(server, worker_id):
+        say(f"hook worker_stop {worker_id} timers={len(Timer.list())}")
+
+    @server.on("worker_exit")
+    def exit_(server, worker_id):
+        say(f"hook worker_exit {worker_id} timers={len(Timer.list())}")
+
+    @server.on("message")
+    def message(server, frame):
+        # three timers the app forgets: the framework clears them after worker_exit
+        for _ in range(3):
+            Timer.tick(50, lambda timer_id: server.push(frame.fd, "tick"))
+        server.push(frame.fd, "armed")
+"""
+
+
+def run_cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "swoolish", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout(30),
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no/such/file.py:server", "no such file"),
+        ("nosuchmodule:server", "no module named 'nosuchmodule'"),
+        ("tests/apps/echo_app.py:missing", "expected a swoolish.WebSocketServer named 'missing'"),
+        ("tests/apps/echo_app.py:1x", "is not a Python name"),
+    ],
+)
+def test_bad_target_is_one_line_and_exit_2(target, message):
+    result = run_cli("serve", target, "--port", str(free_port()))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_app_that_fails_to_import_is_one_line_and_exit_2(tmp_path):
+    app = write_app(tmp_path, "import swoolish\nvalue = 1 / 0\n")
+    result = run_cli("serve", f"{app}:server")
+    assert result.returncode == 2
+    assert "ZeroDivisionError" in result.stderr and f"{app}:2" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "worker_num must be >= 1"),
+        (["--max-wait-time", "-1"], "max_wait_time must be > 0"),
+    ],
+)
+def test_bad_setting_is_one_line_and_exit_2(args, message):
+    result = run_cli("serve", "tests/apps/echo_app.py:server", *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_port_in_use_is_one_line_and_exit_2(tmp_path):
+    with serving("tests/apps/echo_app.py:server", tmp_path) as server:
+        result = run_cli("serve", "tests/apps/echo_app.py:server", "--port", str(server.port))
+        assert result.returncode == 2 and "Address already in use" in result.stderr
+
+
+def test_unwritable_pid_file_is_a_clear_error(tmp_path):
+    result = run_cli(
+        "serve",
+        "tests/apps/echo_app.py:server",
+        "--port",
+        str(free_port()),
+        "--pid-file",
+        "/proc/no/such/dir/x.pid",
+    )
+    assert result.returncode == 2 and "cannot write pid_file" in result.stderr
+
+
+def test_sigterm_runs_hooks_in_order_closes_1001_and_exits_0(tmp_path):
+    """1. serve an app whose handler leaves 3 timers running  2. SIGTERM the master
+    3. the client gets 1001  4. worker_stop, worker_exit ran in that order, then the
+    forgotten timers were cleared with one log line  5. the master exits 0."""
+    app = write_app(tmp_path, HOOKS_APP)
+    pid_file = tmp_path / "master.pid"
+    with serving(f"{app}:server", tmp_path, "--pid-file", str(pid_file)) as server:
+        assert int(pid_file.read_text()) == server.pid
+        with server.connect() as ws:
+            ws.send("go")
+            assert ws.recv(timeout=5) == "armed"
+            assert ws.recv(timeout=5) == "tick"
+            server.signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert server.wait_exit() == 0
+        log = server.log()
+        order = [
+            log.index(x)
+            for x in (
+                "hook worker_start 0",
+                "hook worker_stop 0 timers=3",
+                "hook worker_exit 0 timers=3",
+                "3 timers still active after worker_exit, cleared",
+            )
+        ]
+        assert order == sorted(order)
+        assert log.count("timers still active") == 1
+        assert not pid_file.exists()
+
+
+def test_killed_worker_is_replaced_without_touching_the_others(tmp_path):
+    """1. 3 workers  2. SIGKILL one  3. worker_error logged, a new worker takes its slot
+    4. the other two pids are unchanged and the server still serves."""
+    with serving("tests/apps/echo_app.py:server", tmp_path, workers=3) as server:
+        before = {p.pid for p in server.workers()}
+        victim = sorted(before)[0]
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for_log(r"died: killed by SIGKILL")
+        after = wait_until(
+            lambda: (
+                {p.pid for p in server.workers()}
+                if len(server.workers()) == 3 and victim not in {p.pid for p in server.workers()}
+                else None
+            ),
+            10,
+            what="a replacement worker",
+        )
+        assert before - {victim} <= after and victim not in after
+        with server.connect() as ws:
+            ws.send("still here")
+            assert ws.recv(timeout=5) == "still here"
+
+
+def test_no_worker_survives_a_sigkilled_master(tmp_path):
+    """1. 2 workers  2. SIGKILL the master  3. every worker is gone within 3 s."""
+    with serving("tests/apps/echo_app.py:server", tmp_path, workers=2) as server:
+        workers = server.workers()
+        assert len(workers) == 2
+        server.signal(signal.SIGKILL)
+        _, alive = psutil.wait_procs(workers, timeout=timeout(3))
+        assert alive == []
+
+
+def test_sigquit_is_immediate(tmp_path):
+    with serving("tests/apps/echo_app.py:server", tmp_path, workers=2) as server:
+        workers = server.workers()
+        server.signal(signal.SIGQUIT)
+        assert server.wait_exit() == 0
+        _, alive = psutil.wait_procs(workers, timeout=timeout(3))
+        assert alive == []
+
+
+def test_script_with_start_at_the_bottom_serves(tmp_path):
+    """``python app.py`` with ``server.start()`` unguarded at module level."""
+    port = free_port()
+    app = write_app(
+        tmp_path,
+        f"""
+        from swoolish import WebSocketServer
+
+        server = WebSocketServer("127.0.0.1", {port})
+
+        @server.on("message")
+        def echo(server, frame):
+            server.push(frame.fd, "script:" + frame.data)
+
+        server.start()
+        """,
+    )
+    server = ServerProcess.__new__(ServerProcess)
+    log_path = tmp_path / "script.log"
+    server.port, server.log_path = port, log_path
+    server._log = open(log_path, "wb")  # closed by stop()
+    server.proc = subprocess.Popen(
+        [sys.executable, str(app)],
+        cwd=tmp_path,
+        stdout=server._log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    server.pid = server.proc.pid
+    server._known = {server.pid}
+    try:
+        server.wait_ready(1)
+        with server.connect() as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=5) == "script:hi"
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit() == 0
+    finally:
+        server.stop()

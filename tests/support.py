@@ -1,0 +1,241 @@
+"""Shared helpers for tests: real ``swoolish serve`` processes, real clients.
+
+Every process a test starts is tracked by pid (the master and, through psutil, every
+worker it forked) and killed by pid at teardown, even when the test fails. Waiting is
+always on a condition with a deadline; deadlines scale with ``SWOOLISH_TIMEOUT_FACTOR``
+for slow machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+from websockets.sync.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+FACTOR = float(os.environ.get("SWOOLISH_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float) -> float:
+    return seconds * FACTOR
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(
+    predicate: Callable[[], Any], seconds: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout(seconds)
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout(seconds):.1f}s waiting for {what or predicate}"
+            )
+        time.sleep(interval)
+
+
+def write_app(directory: Path, source: str, name: str = "app.py") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+class ServerProcess:
+    """A ``swoolish serve`` master started by a test, with everything it forked."""
+
+    def __init__(self, args: list[str], port: int, cwd: Path, log_path: Path) -> None:
+        self.port = port
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # closed in stop()
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swoolish", *args],
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.pid = self.proc.pid
+        self._known: set[int] = {self.pid}
+
+    # -- observation
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, seconds: float = 10.0, count: int = 1) -> list[str]:
+        regex = re.compile(pattern)
+
+        def found() -> list[str] | None:
+            hits = regex.findall(self.log())
+            return hits if len(hits) >= count else None
+
+        return wait_until(found, seconds, what=f"{count}x /{pattern}/ in the server log")
+
+    def workers(self) -> list[psutil.Process]:
+        """Live worker processes (children of the master), remembered for cleanup."""
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        live = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        self._known.update(c.pid for c in live)
+        return live
+
+    def wait_ready(self, workers: int = 1, seconds: float = 15.0) -> None:
+        self.wait_for_log(r"serving", seconds, count=workers)
+        wait_until(lambda: self.accepts(), seconds, what=f"port {self.port} accepting")
+        self.workers()
+
+    def accepts(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def url(self, path: str = "/") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def connect(self, path: str = "/", **kwargs: Any) -> ClientConnection:
+        kwargs.setdefault("open_timeout", timeout(5))
+        kwargs.setdefault("close_timeout", timeout(5))
+        return connect(self.url(path), **kwargs)
+
+    # -- control
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, seconds: float = 10.0) -> int:
+        return self.proc.wait(timeout=timeout(seconds))
+
+    def stop(self) -> None:
+        """Stop the master and every process it forked, by pid, whatever happened."""
+        self.workers()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout(8))
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in self._known:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def serving(
+    target: str,
+    tmp_path: Path,
+    *extra: str,
+    workers: int = 1,
+    cwd: Path | None = None,
+    wait: bool = True,
+) -> Iterator[ServerProcess]:
+    """Run ``swoolish serve TARGET`` on a free loopback port for the ``with`` block."""
+    port = free_port()
+    args = ["serve", target, "--port", str(port), "--workers", str(workers), *extra]
+    server = ServerProcess(args, port, cwd or ROOT, tmp_path / f"server-{port}.log")
+    try:
+        if wait:
+            server.wait_ready(workers)
+        yield server
+    finally:
+        server.stop()
+
+
+def raw_connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout(5))
+    return sock
+
+
+def raw_handshake(port: int, path: str = "/") -> tuple[socket.socket, bytes]:
+    """Open a WebSocket with exact bytes on the wire; returns the socket and leftover."""
+    sock = raw_connect(port)
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed during handshake: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock, rest
+
+
+def masked_frame(
+    opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04"
+) -> bytes:
+    """A client frame (RFC 6455 §5.2), built by hand so tests control every bit."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def read_close_code(sock: socket.socket, seconds: float = 5.0) -> int | None:
+    """Read frames until a close frame; return its code (None if the TCP closed first)."""
+    sock.settimeout(timeout(seconds))
+    buffer = b""
+    while True:
+        while len(buffer) >= 2:
+            opcode, length = buffer[0] & 0x0F, buffer[1] & 0x7F
+            offset = 2
+            if length == 126:
+                if len(buffer) < 4:
+                    break
+                length, offset = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    break
+                length, offset = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < offset + length:
+                break
+            payload = buffer[offset : offset + length]
+            buffer = buffer[offset + length :]
+            if opcode == 8:
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        buffer += chunk

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import loader
+from . import commands, loader
 from .errors import SettingError, TargetError
 
 __all__ = ["configure_logging", "main"]
@@ -62,7 +62,49 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error", "critical"],
         help="logging threshold (default: info)",
     )
+    reload = commands.add_parser(
+        "reload",
+        help="rolling reload of every worker (new code from disk)",
+        description="Send SIGUSR1 to the master. With --wait, follow the reload worker by "
+        "worker and exit 0 when it completed, 1 when it was rolled back or timed out.",
+        epilog="examples:\n  swoolish reload --pid-file /tmp/swoolish.pid --wait\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_pid_file(reload)
+    reload.add_argument("--wait", action="store_true", help="follow the reload to its end")
+    _add_timeout(reload, 30.0)
+    stop = commands.add_parser(
+        "stop",
+        help="graceful shutdown (SIGTERM), waiting for the master to exit",
+        epilog="examples:\n  swoolish stop --pid-file /tmp/swoolish.pid --timeout 10\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_pid_file(stop)
+    _add_timeout(stop, 15.0)
+    status = commands.add_parser(
+        "status",
+        help="the master and each worker: pid, generation, state, connections, RSS, CPU",
+        epilog="examples:\n  swoolish status\n  swoolish status --json | jq .workers\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_pid_file(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_timeout(status, 5.0)
     return parser
+
+
+def _add_pid_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pid-file",
+        dest="pid_file",
+        help="the master's pid file (default: the only swoolish master running)",
+    )
+
+
+def _add_timeout(parser: argparse.ArgumentParser, default: float) -> None:
+    parser.add_argument(
+        "--timeout", type=float, default=default, help=f"seconds to wait (default {default:g})"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -85,11 +127,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "reload":
+            return commands.reload(args.pid_file, args.wait, args.timeout)
+        if args.command == "stop":
+            return commands.stop(args.pid_file, args.timeout)
+        if args.command == "status":
+            return commands.status(args.pid_file, args.json, args.timeout)
+    except commands.CommandError as exc:
+        print(f"swoolish: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (TargetError, SettingError) as exc:
         print(f"swoolish: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `swoolish status --json | head`
+        sys.stderr.close()
+        return 0
     return EXIT_USAGE
 
 

@@ -1,15 +1,21 @@
 """The master process: bind once, fork workers, supervise them, never serve a client.
 
 The listening socket is bound before the first fork and stays open in the master for
-its whole life, so the kernel keeps queuing connections while workers come and go.
+its whole life, so the kernel keeps queuing connections while workers come and go: a
+reload never refuses a connection.
 
 Signal handlers only wake the main loop (``signal.set_wakeup_fd``); the loop does the
 work, one method per duty, as gunicorn's arbiter does:
 
-* ``_handle_signals`` -- SIGTERM/SIGINT graceful, a second one forces; SIGQUIT immediate
+* ``_handle_signals`` -- USR1/HUP reload; TERM/INT graceful (a second one forces);
+  QUIT immediate
+* ``_read_channel``   -- worker messages: ready, paused, exiting, stats, requests
 * ``_reap``           -- collect exited workers, fire ``worker_error`` for crashes
-* ``_spawn_missing``  -- replace dead workers, with back-off for crash loops
-* ``_read_channels``  -- messages from workers (ready, shutdown requests, stats)
+* ``_kill_overdue``   -- SIGKILL stopping workers past max_wait_time + grace
+* ``_spawn_missing``  -- keep every slot filled, with back-off for crash loops
+
+What a reload does is decided by :class:`swoolish.reload.ReloadPlan`; the master only
+executes its actions (``_execute``).
 """
 
 from __future__ import annotations
@@ -30,20 +36,28 @@ from typing import TYPE_CHECKING, Any
 from setproctitle import setproctitle
 
 from . import ipc, loader
+from .control import ControlClient, ControlServer
 from .errors import SettingError
+from .reload import Finished, Kill, Pause, ReloadPlan, RequestAgain, Spawn, Stop
 from .sessions import SharedIdSource
 from .worker import EXIT_BOOT_ERROR, run_worker
 
 if TYPE_CHECKING:
+    from .reload import Action
     from .server import WebSocketServer
 
-__all__ = ["Master", "run_script"]
+__all__ = ["Master", "run_script", "serve"]
 
 log = logging.getLogger("swoolish.master")
 
 SHUTDOWN_GRACE = 1.5  # seconds past max_wait_time before a stopping worker is killed
 BACKOFF_START, BACKOFF_MAX = 0.1, 10.0  # seconds between restarts of a crash-looping slot
+PAUSE_TIMEOUT = 1.0  # seconds old workers get to confirm they stopped accepting
+STATS_TIMEOUT = 1.0  # seconds workers get to answer a status request
 LOOP_TICK = 0.5
+RELOAD_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HANDLED_SIGNALS = (*RELOAD_SIGNALS, *STOP_SIGNALS, signal.SIGQUIT, signal.SIGCHLD)
 
 
 @dataclasses.dataclass
@@ -55,28 +69,55 @@ class WorkerProcess:
     generation: int
     channel: socket.socket
     started: float
-    state: str = "booting"  # booting -> serving -> stopping
+    state: str = "booting"  # booting -> serving -> paused -> stopping | killed
+    ready_at: float | None = None
     stop_deadline: float | None = None
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class StatusRequest:
+    client: ControlClient
+    waiting: set[int]
+    deadline: float
 
 
 class Master:
     """Supervises ``worker_num`` workers over one listening socket."""
 
-    def __init__(self, server: WebSocketServer, spec: loader.AppSpec, overrides: dict[str, Any]):
+    def __init__(
+        self, server: WebSocketServer, spec: loader.AppSpec, overrides: dict[str, Any]
+    ) -> None:
         self.server = server
         self.settings = server.settings
         self.spec = spec
         self.overrides = overrides
-        self.generation = 1
+        self.plan = ReloadPlan(
+            generation=1,
+            slots=self.settings.worker_num,
+            batch=self.settings.reload_batch_size,
+            start_timeout=self.settings.worker_start_timeout,
+            pause_timeout=PAUSE_TIMEOUT,
+        )
         self.workers: dict[int, WorkerProcess] = {}  # by pid
         self.failures: dict[int, int] = {}  # slot -> consecutive boot failures
         self.respawn_at: dict[int, float] = {}  # slot -> when to fork it again
         self.stopping = False
+        self.started = time.time()
         self.listen_sock: socket.socket | None = None
         self.ids = SharedIdSource()
         self.selector = selectors.DefaultSelector()
+        self.control: ControlServer | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._pid_file_written = False
+        self._reload_waiters: list[ControlClient] = []  # get this reload's progress
+        self._next_reload_waiters: list[ControlClient] = []  # wait for the coalesced one
+        self._status_requests: list[StatusRequest] = []
+        self.reload_history: list[dict[str, Any]] = []
+
+    @property
+    def generation(self) -> int:
+        return self.plan.generation
 
     # ------------------------------------------------------------------ startup
 
@@ -87,6 +128,8 @@ class Master:
         self._write_pid_file()
         setproctitle(f"swoolish: master {self.spec} [{host}:{port}]")
         self._install_signal_handlers()
+        self.control = ControlServer(os.getpid(), self._on_control_request)
+        self.selector.register(self.control.sock, selectors.EVENT_READ, "control")
         log.info(
             "master (pid %d) listening on %s:%d with %d workers",
             os.getpid(),
@@ -97,11 +140,12 @@ class Master:
         self._fire("start")
         try:
             for slot in range(self.settings.worker_num):
-                self._spawn(slot)
+                self._spawn(slot, self.generation)
             return self._loop()
         finally:
             self._fire("shutdown")
             self._remove_pid_file()
+            self.control.close()
             self.listen_sock.close()
 
     def _write_pid_file(self) -> None:
@@ -126,7 +170,7 @@ class Master:
         os.set_blocking(self._wakeup_w, False)
         os.set_blocking(self._wakeup_r, False)
         signal.set_wakeup_fd(self._wakeup_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+        for sig in HANDLED_SIGNALS:
             # The handler does nothing: the wakeup fd carries the signal number to the loop.
             signal.signal(sig, _noop_handler)
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, "signals")
@@ -135,19 +179,35 @@ class Master:
 
     def _loop(self) -> int:
         while True:
-            for key, _ in self.selector.select(LOOP_TICK):
+            for key, _ in self.selector.select(self._select_timeout()):
                 if key.data == "signals":
                     self._handle_signals()
+                elif key.data == "control":
+                    self._accept_control()
+                elif isinstance(key.data, ControlClient):
+                    self._read_control(key.data)
                 else:
                     self._read_channel(key.data)
             self._reap()
+            now = time.monotonic()
+            self._execute(self.plan.tick(now))
+            self._answer_status_requests(now)
+            self._kill_overdue(now)
             if self.stopping:
-                self._kill_overdue()
                 if not self.workers:
                     log.info("master (pid %d): all workers gone, exiting", os.getpid())
                     return 0
-            else:
-                self._spawn_missing()
+            elif not self.plan.active:
+                self._spawn_missing(now)
+
+    def _select_timeout(self) -> float:
+        deadline = self.plan.next_deadline()
+        timeout = LOOP_TICK
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+        if self._status_requests:
+            timeout = min(timeout, 0.05)
+        return timeout
 
     def _handle_signals(self) -> None:
         try:
@@ -155,38 +215,152 @@ class Master:
         except BlockingIOError:
             return
         for signum in data:
-            if signum in (signal.SIGTERM, signal.SIGINT):
+            name = signal.Signals(signum).name
+            if signum in RELOAD_SIGNALS:
+                self.request_reload(name)
+            elif signum in STOP_SIGNALS:
                 if self.stopping:
-                    log.warning("second %s: forcing shutdown", signal.Signals(signum).name)
+                    log.warning("second %s: forcing shutdown", name)
                     self._kill_all()
                 else:
-                    log.info("%s: graceful shutdown", signal.Signals(signum).name)
+                    log.info("%s: graceful shutdown", name)
                     self.shutdown()
             elif signum == signal.SIGQUIT:
                 log.info("SIGQUIT: immediate shutdown")
                 self.stopping = True
+                self._execute(self.plan.abort())
                 self._kill_all()
+
+    # ------------------------------------------------------------------ reload
+
+    def request_reload(self, source: str) -> bool:
+        """Start a rolling reload, or queue one after the reload in progress."""
+        if self.stopping:
+            return False
+        if self.plan.active:
+            log.info("%s: reload requested during a reload; one more will follow it", source)
+        else:
+            log.info(
+                "%s: reload to generation %d started (%d workers)",
+                source,
+                self.generation + 1,
+                self.settings.worker_num,
+            )
+            self._fire("before_reload")
+            self._reload_waiters.extend(self._next_reload_waiters)
+            self._next_reload_waiters.clear()
+            self._notify_waiters({"event": "started", "generation": self.generation + 1})
+        self._execute(self.plan.request(time.monotonic(), self._serving()))
+        return True
+
+    def _serving(self) -> dict[int, int]:
+        """pid -> slot of the workers of the serving generation that are not stopping."""
+        return {
+            proc.pid: proc.slot
+            for proc in self.workers.values()
+            if proc.state in ("booting", "serving") and not self.plan.owns(proc.pid)
+        }
+
+    def _execute(self, actions: list[Action]) -> None:
+        """Carry out the plan's actions; some of them produce more (spawned -> …)."""
+        queue = list(actions)
+        while queue:
+            action = queue.pop(0)
+            if isinstance(action, Spawn):
+                proc = self._spawn(action.slot, action.generation)
+                queue.extend(self.plan.spawned(action.slot, proc.pid, time.monotonic()))
+            elif isinstance(action, Pause):
+                self._send(action.pid, {"type": "pause"})
+            elif isinstance(action, Stop):
+                proc = self.workers.get(action.pid)
+                if proc is not None:
+                    self._stop_worker(proc, action.code, self._stop_deadline())
+            elif isinstance(action, Kill):
+                self._kill(action.pid, action.reason)
+            elif isinstance(action, Finished):
+                self._reload_finished(action)
+            elif isinstance(action, RequestAgain):
+                self.request_reload("coalesced request")
+
+    def _reload_finished(self, result: Finished) -> None:
+        seconds = result.ended_at - result.started_at
+        if result.ok:
+            new = ", ".join(
+                f"worker {self.workers[pid].slot} pid {pid}"
+                for pid in result.new_pids
+                if pid in self.workers
+            )
+            log.info(
+                "reload to generation %d complete in %.3fs: new %s; %d old workers draining",
+                result.generation,
+                seconds,
+                new,
+                len(result.old_pids),
+            )
+        else:
+            log.error(
+                "reload to generation %d rolled back after %.3fs: %s; generation %d keeps serving",
+                self.generation + 1,
+                seconds,
+                result.reason,
+                self.generation,
+            )
+        self.reload_history.append(
+            {
+                "generation": result.generation,
+                "ok": result.ok,
+                "reason": result.reason,
+                "seconds": round(seconds, 4),
+            }
+        )
+        del self.reload_history[:-20]
+        self._fire("after_reload")
+        self._notify_waiters(
+            {
+                "event": "finished",
+                "ok": result.ok,
+                "generation": result.generation,
+                "reason": result.reason,
+                "seconds": round(seconds, 4),
+            },
+            final=True,
+        )
+
+    def _notify_waiters(self, message: dict[str, Any], final: bool = False) -> None:
+        for client in self._reload_waiters:
+            client.send(message)
+            if final:
+                self._drop_control(client)
+        if final:
+            self._reload_waiters = []
+
+    # ------------------------------------------------------------------ stopping
 
     def shutdown(self) -> None:
         """Every worker runs worker_stop and worker_exit, then drains with 1001."""
         self.stopping = True
-        deadline = time.monotonic() + self.settings.max_wait_time + SHUTDOWN_GRACE
-        for proc in self.workers.values():
+        self._execute(self.plan.abort())
+        for client in self._reload_waiters + self._next_reload_waiters:
+            client.send({"event": "finished", "ok": False, "reason": "server shutting down"})
+            self._drop_control(client)
+        self._reload_waiters, self._next_reload_waiters = [], []
+        deadline = self._stop_deadline()
+        for proc in list(self.workers.values()):
             self._stop_worker(proc, 1001, deadline)
 
+    def _stop_deadline(self) -> float:
+        return time.monotonic() + self.settings.max_wait_time + SHUTDOWN_GRACE
+
     def _stop_worker(self, proc: WorkerProcess, code: int, deadline: float) -> None:
-        if proc.state == "stopping":
+        if proc.state in ("stopping", "killed"):
             return
         proc.state = "stopping"
         proc.stop_deadline = deadline
-        try:
-            ipc.send(proc.channel, {"type": "stop", "code": code})
-        except OSError:
+        if not self._send(proc.pid, {"type": "stop", "code": code}):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
 
-    def _kill_overdue(self) -> None:
-        now = time.monotonic()
+    def _kill_overdue(self, now: float) -> None:
         for proc in self.workers.values():
             if proc.stop_deadline is not None and now > proc.stop_deadline:
                 log.warning(
@@ -196,47 +370,60 @@ class Master:
                     proc.pid,
                 )
                 proc.stop_deadline = None
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
+                self._kill(proc.pid, "")
+
+    def _kill(self, pid: int, reason: str) -> None:
+        proc = self.workers.get(pid)
+        if proc is not None:
+            proc.state = "killed"
+            if reason:
+                log.warning(
+                    "killing worker %d gen %d (pid %d): %s", proc.slot, proc.generation, pid, reason
+                )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
     def _kill_all(self) -> None:
-        for proc in self.workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
+        for pid in list(self.workers):
+            self._kill(pid, "")
 
     # ------------------------------------------------------------------ workers
 
-    def _spawn(self, slot: int) -> WorkerProcess:
+    def _spawn(self, slot: int, generation: int) -> WorkerProcess:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         master_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             parent.close()
-            self._become_worker(slot, child, master_pid)
+            self._become_worker(slot, generation, child, master_pid)
         child.close()
         parent.setblocking(False)
-        proc = WorkerProcess(pid, slot, self.generation, parent, time.monotonic())
+        proc = WorkerProcess(pid, slot, generation, parent, time.monotonic())
         self.workers[pid] = proc
         self.selector.register(parent, selectors.EVENT_READ, proc)
         return proc
 
-    def _become_worker(self, slot: int, channel: socket.socket, master_pid: int) -> None:
+    def _become_worker(
+        self, slot: int, generation: int, channel: socket.socket, master_pid: int
+    ) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+            for sig in HANDLED_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             self.selector.close()
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
+            if self.control is not None:
+                self.control.close()
             for proc in self.workers.values():
                 proc.channel.close()
-            setproctitle(f"swoolish: worker {slot} gen {self.generation}")
+            setproctitle(f"swoolish: worker {slot} gen {generation}")
             assert self.listen_sock is not None
             code = run_worker(
                 self._load_fresh_app,
                 slot,
-                self.generation,
+                generation,
                 self.listen_sock,
                 self.ids,
                 channel,
@@ -254,20 +441,79 @@ class Master:
         server.settings.update(self.overrides)
         return server
 
+    def _send(self, pid: int, message: dict[str, Any]) -> bool:
+        proc = self.workers.get(pid)
+        if proc is None:
+            return False
+        try:
+            ipc.send(proc.channel, message)
+            return True
+        except OSError:
+            return False
+
     def _read_channel(self, proc: WorkerProcess) -> None:
         try:
             messages = ipc.receive(proc.channel)
         except (EOFError, OSError):
-            self.selector.unregister(proc.channel)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(proc.channel)
             return
         for message in messages:
-            kind = message.get("type")
-            if kind == "ready":
-                proc.state = "serving" if proc.state == "booting" else proc.state
-                self.failures.pop(proc.slot, None)
-            elif kind == "shutdown" and not self.stopping:
-                log.info("worker %d asked for shutdown", proc.slot)
-                self.shutdown()
+            self._on_worker_message(proc, message)
+
+    def _on_worker_message(self, proc: WorkerProcess, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        now = time.monotonic()
+        if kind == "ready":
+            proc.ready_at = now
+            if proc.state == "booting":
+                proc.state = "serving"
+            self.failures.pop(proc.slot, None)
+            if self.plan.owns(proc.pid):
+                log.info(
+                    "worker %d gen %d (pid %d) ready in %.3fs",
+                    proc.slot,
+                    proc.generation,
+                    proc.pid,
+                    now - proc.started,
+                )
+                self._notify_waiters(
+                    {
+                        "event": "ready",
+                        "slot": proc.slot,
+                        "pid": proc.pid,
+                        "generation": proc.generation,
+                        "seconds": round(now - proc.started, 4),
+                    }
+                )
+            self._execute(self.plan.ready(proc.pid, now))
+        elif kind == "paused":
+            if proc.state == "serving":
+                proc.state = "paused"
+            self._execute(self.plan.paused(proc.pid, now))
+        elif kind == "exiting":
+            self._log_drained(proc, message)
+        elif kind == "stats":
+            proc.stats = message.get("stats", {})
+            for request in self._status_requests:
+                request.waiting.discard(proc.pid)
+        elif kind == "reload":
+            self.request_reload(f"worker {proc.slot} (server.reload())")
+        elif kind == "shutdown" and not self.stopping:
+            log.info("worker %d asked for shutdown (server.shutdown())", proc.slot)
+            self.shutdown()
+
+    def _log_drained(self, proc: WorkerProcess, figures: dict[str, Any]) -> None:
+        log.info(
+            "worker %d gen %d (pid %d) drained in %.3fs: %d timers cleared, %d connections closed",
+            proc.slot,
+            proc.generation,
+            proc.pid,
+            figures.get("seconds", 0.0),
+            figures.get("timers_cleared", 0),
+            figures.get("connections_closed", 0),
+        )
+        self._notify_waiters({"event": "drained", "slot": proc.slot, "pid": proc.pid, **figures})
 
     def _reap(self) -> None:
         while True:
@@ -284,31 +530,49 @@ class Master:
                 self.selector.unregister(proc.channel)
             ipc.forget(proc.channel)
             proc.channel.close()
+            for request in self._status_requests:
+                request.waiting.discard(pid)
             self._on_worker_exit(proc, status)
 
     def _on_worker_exit(self, proc: WorkerProcess, status: int) -> None:
-        if proc.state == "stopping":
-            return  # an exit we asked for
+        now = time.monotonic()
         how = describe_status(status)
-        log.error("worker %d gen %d (pid %d) died: %s", proc.slot, proc.generation, proc.pid, how)
+        expected = proc.state in ("stopping", "killed")
+        if not expected:
+            log.error(
+                "worker %d gen %d (pid %d) died: %s", proc.slot, proc.generation, proc.pid, how
+            )
+            exit_code = os.waitstatus_to_exitcode(status)
+            self._fire("worker_error", proc.slot, proc.pid, exit_code, max(0, -exit_code))
+        in_reload = self.plan.owns(proc.pid)
+        self._execute(self.plan.exited(proc.pid, now, how))
+        if expected or in_reload or self.stopping:
+            return
         exit_code = os.waitstatus_to_exitcode(status)
-        self._fire("worker_error", proc.slot, proc.pid, exit_code, max(0, -exit_code))
-        booting = proc.state == "booting" or exit_code == EXIT_BOOT_ERROR
+        booting = proc.ready_at is None or exit_code == EXIT_BOOT_ERROR
         failures = self.failures.get(proc.slot, 0) + 1 if booting else 0
         self.failures[proc.slot] = failures
         delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1)) if failures else 0.0
         if delay:
             log.warning(
-                "worker %d failed to boot %d times; next try in %.1fs", proc.slot, failures, delay
+                "worker %d failed to boot %d times in a row; next try in %.1fs",
+                proc.slot,
+                failures,
+                delay,
             )
-        self.respawn_at[proc.slot] = time.monotonic() + delay
+        self.respawn_at[proc.slot] = now + delay
 
-    def _spawn_missing(self) -> None:
-        now = time.monotonic()
-        for slot, when in list(self.respawn_at.items()):
+    def _spawn_missing(self, now: float) -> None:
+        """Keep one live worker per slot (after crashes, and after a rollback)."""
+        filled = {p.slot for p in self.workers.values() if p.state in ("booting", "serving")}
+        for slot in range(self.settings.worker_num):
+            if slot in filled:
+                self.respawn_at.pop(slot, None)
+                continue
+            when = self.respawn_at.setdefault(slot, now)
             if now >= when:
                 del self.respawn_at[slot]
-                self._spawn(slot)
+                self._spawn(slot, self.generation)
 
     def _fire(self, event: str, *args: Any) -> None:
         handler = self.server._handlers.get(event)
@@ -318,6 +582,82 @@ class Master:
             handler(self.server, *args)
         except Exception:
             log.exception("master hook %s raised", event)
+
+    # ------------------------------------------------------------------ control socket
+
+    def _accept_control(self) -> None:
+        assert self.control is not None
+        client = self.control.accept()
+        if client is not None:
+            self.selector.register(client.sock, selectors.EVENT_READ, client)
+
+    def _read_control(self, client: ControlClient) -> None:
+        assert self.control is not None
+        if not self.control.readable(client):
+            self._drop_control(client)
+
+    def _drop_control(self, client: ControlClient) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.selector.unregister(client.sock)
+        client.close()
+
+    def _on_control_request(self, client: ControlClient, request: dict[str, Any]) -> None:
+        command = request.get("command")
+        if command == "reload":
+            waiting = self.plan.active
+            (self._next_reload_waiters if waiting else self._reload_waiters).append(client)
+            if waiting:
+                client.send({"event": "queued", "generation": self.generation + 2})
+            if not self.request_reload("swoolish reload"):
+                client.send({"event": "finished", "ok": False, "reason": "server shutting down"})
+                self._drop_control(client)
+        elif command == "status":
+            live = [p for p in self.workers.values() if p.state not in ("killed",)]
+            for proc in live:
+                self._send(proc.pid, {"type": "stats"})
+            self._status_requests.append(
+                StatusRequest(client, {p.pid for p in live}, time.monotonic() + STATS_TIMEOUT)
+            )
+        else:
+            client.send({"error": f"unknown command {command!r}; use reload or status"})
+            self._drop_control(client)
+
+    def _answer_status_requests(self, now: float) -> None:
+        for request in list(self._status_requests):
+            if request.waiting and now < request.deadline:
+                continue
+            self._status_requests.remove(request)
+            request.client.send(self.status())
+            self._drop_control(request.client)
+
+    def status(self) -> dict[str, Any]:
+        """The master and its workers, for ``swoolish status``."""
+        assert self.listen_sock is not None
+        host, port = self.listen_sock.getsockname()[:2]
+        return {
+            "master": {
+                "pid": os.getpid(),
+                "target": str(self.spec),
+                "listen": f"{host}:{port}",
+                "generation": self.generation,
+                "reloading": self.plan.active,
+                "started": self.started,
+                "reloads": self.reload_history,
+            },
+            "workers": [
+                {
+                    "pid": proc.pid,
+                    "slot": proc.slot,
+                    "generation": proc.generation,
+                    "state": proc.state,
+                    "connections": proc.stats.get("websocket_connections", 0),
+                    "timers": proc.stats.get("timers", 0),
+                    "messages": proc.stats.get("messages_in", 0),
+                    "requests": proc.stats.get("requests", 0),
+                }
+                for proc in sorted(self.workers.values(), key=lambda p: (p.slot, p.generation))
+            ],
+        }
 
 
 def _noop_handler(signum: int, frame: Any) -> None:

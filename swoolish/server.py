@@ -116,6 +116,18 @@ class WebSocketServer:
 
     # ------------------------------------------------------------------ process control
 
+    def reload(self) -> bool:
+        """Ask the master for a rolling reload (Swoole's ``$server->reload()``).
+
+        Returns True when the request was handed to the master; the reload itself runs
+        after this handler returns, and this worker is among those it replaces.
+        """
+        worker = self._require_worker("reload")
+        if worker.channel is None:
+            return False
+        worker._report({"type": "reload"})
+        return True
+
     def shutdown(self) -> None:
         """Gracefully stop the whole server (every worker drains with 1001)."""
         worker = self._require_worker("shutdown")

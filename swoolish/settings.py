@@ -27,6 +27,12 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def _non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SettingError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
 def _positive_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SettingError(f"{name} must be a number of seconds, got {value!r}")
@@ -95,6 +101,12 @@ SETTINGS: tuple[Setting, ...] = (
         10.0,
         _positive_number,
         "Seconds a new worker has to import the app and finish worker_start.",
+    ),
+    Setting(
+        "reload_batch_size",
+        0,
+        _non_negative_int,
+        "New workers booted at once during a reload (0: all of them).",
     ),
     Setting(
         "max_message_size",

@@ -164,11 +164,20 @@ class Worker:
         await self.shutdown(close_code)
         return 0
 
+    def stop_accepting(self) -> None:
+        """Close this process's copy of the listening socket.
+
+        The socket itself stays open in the master and in the other workers, so
+        connections the kernel queues from now on go to them, never to this worker.
+        """
+        if self._asyncio_server is not None:
+            self._asyncio_server.close()
+
     async def shutdown(self, close_code: int) -> None:
         """Stop accepting, run worker_stop then worker_exit, clear timers, then drain."""
+        started = self.loop.time()
         self.draining = True
-        if self._asyncio_server is not None:
-            self._asyncio_server.close()  # closes this process's copy of the listening fd
+        self.stop_accepting()
         await self._call_hook_logged("worker_stop")
         await self._call_hook_logged("worker_exit")
         leftover = self.timers.clear_all()
@@ -181,6 +190,14 @@ class Worker:
                 leftover,
             )
         closed = await self._drain(close_code)
+        self._report(
+            {
+                "type": "exiting",
+                "timers_cleared": leftover,
+                "connections_closed": closed,
+                "seconds": round(self.loop.time() - started, 4),
+            }
+        )
         self.log.info(
             "worker %d gen %d (pid %d) exiting: %d timers cleared, %d connections closed",
             self.worker_id,
@@ -262,7 +279,10 @@ class Worker:
 
     def _on_master_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        if kind == "stop":
+        if kind == "pause":
+            self.stop_accepting()
+            self._report({"type": "paused"})
+        elif kind == "stop":
             self.request_stop(int(message.get("code", GOING_AWAY)))
         elif kind == "stats":
             self._report({"type": "stats", "stats": self.snapshot()})

@@ -1,0 +1,217 @@
+"""``swoolish reload``, ``stop`` and ``status``: talking to a running master.
+
+Before any signal is sent, the pid is checked with psutil to be a live swoolish master
+(its process title starts with ``swoolish: master``): a stale pid file whose number now
+belongs to an unrelated process must never get a signal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from . import control
+
+__all__ = ["CommandError", "find_master", "reload", "status", "stop"]
+
+MASTER_TITLE = "swoolish: master"
+
+
+class CommandError(Exception):
+    """A CLI command failed; the message says why, ``exit_code`` is what to exit with."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _is_master(proc: psutil.Process) -> bool:
+    try:
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return bool(cmdline) and cmdline[0].startswith(MASTER_TITLE)
+
+
+def find_master(pid_file: str | None) -> psutil.Process:
+    """The master named by ``pid_file``, or the only master running when none is given."""
+    if pid_file is None:
+        masters = [p for p in psutil.process_iter() if _is_master(p)]
+        if len(masters) == 1:
+            return masters[0]
+        if not masters:
+            raise CommandError("no swoolish master is running")
+        pids = ", ".join(str(p.pid) for p in masters)
+        raise CommandError(f"several swoolish masters are running ({pids}); pass --pid-file")
+    try:
+        with open(pid_file) as f:
+            text = f.read().strip()
+    except OSError as exc:
+        raise CommandError(f"cannot read pid file {pid_file}: {exc.strerror}") from None
+    if not text.isdigit():
+        raise CommandError(f"pid file {pid_file} does not hold a pid: {text[:40]!r}")
+    pid = int(text)
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        raise CommandError(f"stale pid file {pid_file}: no process {pid} is running") from None
+    if not _is_master(proc):
+        raise CommandError(
+            f"stale pid file {pid_file}: process {pid} is not a swoolish master "
+            f"({' '.join(proc.cmdline())[:60]!r}); not signalling it"
+        )
+    return proc
+
+
+def reload(pid_file: str | None, wait: bool, timeout: float) -> int:
+    master = find_master(pid_file)
+    if not wait:
+        os.kill(master.pid, signal.SIGUSR1)
+        print(f"reload requested (master pid {master.pid})")
+        return 0
+    started = time.monotonic()
+    try:
+        for event in control.request(master.pid, {"command": "reload"}, timeout):
+            line = _describe_reload_event(event)
+            if line:
+                print(line, flush=True)
+            if event.get("event") == "finished":
+                return 0 if event.get("ok") else 1
+    except (TimeoutError, ConnectionError) as exc:
+        raise CommandError(f"reload: {exc}") from None
+    raise CommandError(
+        f"reload: master {master.pid} hung up after {time.monotonic() - started:.1f}s "
+        "without a result"
+    )
+
+
+def _describe_reload_event(event: dict[str, Any]) -> str:
+    kind = event.get("event")
+    if kind == "queued":
+        return "a reload is in progress; this request will run right after it"
+    if kind == "started":
+        return f"reload to generation {event['generation']} started"
+    if kind == "ready":
+        return (
+            f"  worker {event['slot']} gen {event['generation']} (pid {event['pid']}) ready "
+            f"in {event['seconds']:.3f}s"
+        )
+    if kind == "drained":
+        return (
+            f"  old worker {event['slot']} (pid {event['pid']}) drained: "
+            f"{event.get('timers_cleared', 0)} timers cleared, "
+            f"{event.get('connections_closed', 0)} connections closed"
+        )
+    if kind == "finished":
+        if event.get("ok"):
+            return (
+                f"reload complete: generation {event['generation']} serving "
+                f"({event['seconds']:.3f}s)"
+            )
+        return f"reload rolled back: {event.get('reason')}"
+    if "error" in event:
+        return f"error: {event['error']}"
+    return ""
+
+
+def stop(pid_file: str | None, timeout: float) -> int:
+    master = find_master(pid_file)
+    master.send_signal(signal.SIGTERM)
+    try:
+        master.wait(timeout)
+    except psutil.TimeoutExpired:
+        raise CommandError(
+            f"master {master.pid} still running after {timeout:g}s "
+            "(send SIGTERM again, or SIGQUIT, to force)"
+        ) from None
+    print(f"stopped (master pid {master.pid})")
+    return 0
+
+
+def status(pid_file: str | None, as_json: bool, timeout: float) -> int:
+    master = find_master(pid_file)
+    try:
+        replies = list(control.request(master.pid, {"command": "status"}, timeout))
+    except (TimeoutError, ConnectionError) as exc:
+        raise CommandError(f"status: {exc}") from None
+    if not replies or "master" not in replies[0]:
+        raise CommandError(f"status: unexpected reply from master {master.pid}: {replies!r}")
+    report = replies[0]
+    _add_process_figures(report)
+    if as_json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print(render_status(report))
+    return 0
+
+
+def _add_process_figures(report: dict[str, Any]) -> None:
+    """RSS, CPU and uptime from psutil, for the master and each worker."""
+    now = time.time()
+    for entry in [report["master"], *report["workers"]]:
+        try:
+            proc = psutil.Process(entry["pid"])
+            with proc.oneshot():
+                entry["rss_mib"] = round(proc.memory_info().rss / 2**20, 1)
+                times = proc.cpu_times()
+                entry["cpu_seconds"] = round(times.user + times.system, 2)
+                entry["uptime_seconds"] = round(now - proc.create_time(), 1)
+        except psutil.NoSuchProcess:
+            entry.update(rss_mib=None, cpu_seconds=None, uptime_seconds=None)
+
+
+def render_status(report: dict[str, Any]) -> str:
+    master = report["master"]
+    lines = [
+        f"swoolish master pid {master['pid']}  {master['target']}  on {master['listen']}  "
+        f"generation {master['generation']}{'  (reloading)' if master['reloading'] else ''}  "
+        f"RSS {master.get('rss_mib')} MiB  up {_duration(master.get('uptime_seconds'))}",
+        "",
+    ]
+    header = (
+        "slot",
+        "pid",
+        "gen",
+        "state",
+        "conns",
+        "timers",
+        "messages",
+        "RSS MiB",
+        "CPU s",
+        "uptime",
+    )
+    rows = [header]
+    for w in report["workers"]:
+        rows.append(
+            (
+                str(w["slot"]),
+                str(w["pid"]),
+                str(w["generation"]),
+                w["state"],
+                str(w["connections"]),
+                str(w["timers"]),
+                str(w["messages"]),
+                str(w.get("rss_mib")),
+                str(w.get("cpu_seconds")),
+                _duration(w.get("uptime_seconds")),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append("  ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -1,0 +1,328 @@
+"""The rolling reload as a pure state machine: events in, actions out, no I/O, no clock.
+
+The master feeds events (a reload was requested, a worker was spawned, became ready,
+paused, exited; time passed) and executes the actions it gets back (spawn, pause,
+stop, kill, report). Because nothing here forks, sleeps or reads a clock, every
+ordering of events is tested directly (tests/unit/test_reload.py), the way h11 and
+websockets test their protocol cores.
+
+A reload of generation ``g`` to ``g + 1`` goes through these phases::
+
+    IDLE --request--> BOOTING --all new ready--> PAUSING --all old paused--> IDLE
+                         |                          (or pause deadline)
+                         +--new worker exited / start deadline--> IDLE (rolled back)
+
+* BOOTING: new workers are forked, ``batch`` at a time. Old workers keep serving.
+* PAUSING: every new worker is ready. Each old worker is told to stop accepting and
+  acknowledges. Only when all have (or after ``pause_timeout``) are they told to stop:
+  ``worker_stop`` -> ``worker_exit`` -> drain with 1012. A client closed by an old
+  worker can therefore only reconnect to a new one: nobody is closed twice.
+* Rollback: if a new worker exits before it is ready, or is not ready within
+  ``start_timeout``, every new worker is killed and the old ones never noticed.
+  A reload is all-or-nothing: generations are never mixed.
+
+Reload requests that arrive during a reload are coalesced into one more reload after
+the current one ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+__all__ = [
+    "Finished",
+    "Kill",
+    "Pause",
+    "Phase",
+    "ReloadPlan",
+    "RequestAgain",
+    "Spawn",
+    "Stop",
+]
+
+SERVICE_RESTART = 1012  # RFC 6455 §7.4.1 close code, registered for server restarts
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    BOOTING = "booting"
+    PAUSING = "pausing"
+
+
+# ---------------------------------------------------------------------------- actions
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawn:
+    """Fork a worker of ``generation`` for ``slot``; report it with ``spawned()``."""
+
+    slot: int
+    generation: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Pause:
+    """Tell an old worker to stop accepting; it answers with ``paused()``."""
+
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """Tell an old worker to run worker_stop, worker_exit, then drain with ``code``."""
+
+    pid: int
+    code: int = SERVICE_RESTART
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill:
+    """SIGKILL a worker (a new worker of a rolled-back reload)."""
+
+    pid: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """A reload ended: ``ok`` (generation is now ``generation``) or rolled back."""
+
+    generation: int
+    ok: bool
+    reason: str
+    started_at: float
+    ended_at: float
+    new_pids: tuple[int, ...]
+    old_pids: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestAgain:
+    """A coalesced request is due: call ``request()`` again with the serving workers."""
+
+    at: float
+
+
+Action = Spawn | Pause | Stop | Kill | Finished | RequestAgain
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+class _Boot(enum.Enum):
+    WAITING = "waiting"  # not forked yet (its batch has not come)
+    FORKING = "forking"  # Spawn issued, spawned() not yet seen
+    BOOTING = "booting"  # forked, importing the app and running worker_start
+    READY = "ready"
+
+
+@dataclasses.dataclass
+class _NewWorker:
+    slot: int
+    pid: int | None = None
+    deadline: float | None = None
+    boot: _Boot = _Boot.WAITING
+
+    @property
+    def ready(self) -> bool:
+        return self.boot is _Boot.READY
+
+
+class ReloadPlan:
+    """Decides what the master does during reloads; holds no process or clock."""
+
+    def __init__(
+        self,
+        generation: int,
+        slots: int,
+        batch: int = 0,
+        start_timeout: float = 10.0,
+        pause_timeout: float = 1.0,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("a reload needs at least one slot")
+        self.generation = generation  # the generation that is serving
+        self.slots = slots
+        self.batch = batch if batch > 0 else slots
+        self.start_timeout = start_timeout
+        self.pause_timeout = pause_timeout
+        self.phase = Phase.IDLE
+        self.pending = False  # a request arrived during a reload: one more after it
+        self.reloads = 0  # reloads started
+        self._old: dict[int, int] = {}  # pid -> slot of the serving generation
+        self._new: dict[int, _NewWorker] = {}  # slot -> new worker
+        self._unpaused: set[int] = set()
+        self._pause_deadline: float | None = None
+        self._started_at = 0.0
+
+    # -- what the master asks
+
+    @property
+    def target(self) -> int:
+        """The generation being started (equals ``generation`` when idle)."""
+        return self.generation + 1 if self.phase is not Phase.IDLE else self.generation
+
+    @property
+    def active(self) -> bool:
+        return self.phase is not Phase.IDLE
+
+    def owns(self, pid: int) -> bool:
+        """True for a new worker this reload has spawned and not yet handed over."""
+        return any(w.pid == pid for w in self._new.values())
+
+    def next_deadline(self) -> float | None:
+        deadlines = [w.deadline for w in self._new.values() if w.deadline and not w.ready]
+        if self._pause_deadline is not None:
+            deadlines.append(self._pause_deadline)
+        return min(deadlines) if deadlines else None
+
+    # -- events
+
+    def request(self, now: float, serving: dict[int, int]) -> list[Action]:
+        """A reload was asked for; ``serving`` maps pid -> slot of the live workers."""
+        if self.phase is not Phase.IDLE:
+            self.pending = True
+            return []
+        self.reloads += 1
+        self.phase = Phase.BOOTING
+        self._started_at = now
+        self._old = dict(serving)
+        self._new = {slot: _NewWorker(slot) for slot in range(self.slots)}
+        return self._spawn_next_batch()
+
+    def spawned(self, slot: int, pid: int, now: float) -> list[Action]:
+        worker = self._new.get(slot)
+        if self.phase is not Phase.BOOTING or worker is None or worker.boot is not _Boot.FORKING:
+            return [Kill(pid, "spawned for a reload that is no longer booting")]
+        worker.pid = pid
+        worker.boot = _Boot.BOOTING
+        worker.deadline = now + self.start_timeout
+        return []
+
+    def ready(self, pid: int, now: float) -> list[Action]:
+        worker = self._find_new(pid)
+        if self.phase is not Phase.BOOTING or worker is None or worker.ready:
+            return []
+        worker.boot = _Boot.READY
+        worker.deadline = None
+        if all(w.ready for w in self._new.values()):
+            return self._begin_pausing(now)
+        return self._spawn_next_batch()
+
+    def paused(self, pid: int, now: float) -> list[Action]:
+        if self.phase is not Phase.PAUSING:
+            return []
+        self._unpaused.discard(pid)
+        return self._finish_if_paused(now)
+
+    def exited(self, pid: int, now: float, reason: str = "exited") -> list[Action]:
+        """A worker process ended (for any reason)."""
+        if self._old.pop(pid, None) is not None:
+            # An old worker died mid-reload: nothing to pause or stop any more.
+            self._unpaused.discard(pid)
+            return self._finish_if_paused(now) if self.phase is Phase.PAUSING else []
+        worker = self._find_new(pid)
+        if worker is None:
+            return []
+        if self.phase is Phase.BOOTING:
+            worker.pid = None  # gone: not to be killed again
+            return self._roll_back(now, f"new worker {worker.slot} {reason} before it was ready")
+        return []  # after PAUSING began it is an ordinary worker: the supervisor's business
+
+    def tick(self, now: float) -> list[Action]:
+        """Time passed: enforce the start and pause deadlines."""
+        if self.phase is Phase.BOOTING:
+            for worker in self._new.values():
+                if worker.deadline is not None and now >= worker.deadline and not worker.ready:
+                    return self._roll_back(
+                        now,
+                        f"new worker {worker.slot} was not ready within "
+                        f"{self.start_timeout:g}s (worker_start_timeout)",
+                    )
+        elif self.phase is Phase.PAUSING and self._pause_deadline is not None:
+            if now >= self._pause_deadline:
+                self._unpaused.clear()
+                return self._finish_if_paused(now)
+        return []
+
+    def abort(self) -> list[Action]:
+        """The master is shutting down: forget the reload, kill unfinished new workers."""
+        actions: list[Action] = []
+        if self.phase is Phase.BOOTING:
+            actions = [
+                Kill(w.pid, "shutdown during reload")
+                for w in self._new.values()
+                if w.pid is not None and not w.ready
+            ]
+        self._reset()
+        self.pending = False
+        return actions
+
+    # -- internals
+
+    def _find_new(self, pid: int) -> _NewWorker | None:
+        return next((w for w in self._new.values() if w.pid == pid), None)
+
+    def _spawn_next_batch(self) -> list[Action]:
+        in_progress = sum(1 for w in self._new.values() if w.boot in (_Boot.FORKING, _Boot.BOOTING))
+        room = self.batch - in_progress
+        actions: list[Action] = []
+        for worker in self._new.values():
+            if room <= 0:
+                break
+            if worker.boot is _Boot.WAITING:
+                worker.boot = _Boot.FORKING
+                actions.append(Spawn(worker.slot, self.generation + 1))
+                room -= 1
+        return actions
+
+    def _begin_pausing(self, now: float) -> list[Action]:
+        self.phase = Phase.PAUSING
+        self._unpaused = set(self._old)
+        self._pause_deadline = now + self.pause_timeout
+        actions: list[Action] = [Pause(pid) for pid in sorted(self._old)]
+        return actions + self._finish_if_paused(now)
+
+    def _finish_if_paused(self, now: float) -> list[Action]:
+        if self._unpaused:
+            return []
+        actions: list[Action] = [Stop(pid) for pid in sorted(self._old)]
+        finished = self._finished(now, ok=True, reason="complete")
+        self.generation += 1
+        self._reset()
+        return [*actions, finished, *self._start_pending(now)]
+
+    def _roll_back(self, now: float, reason: str) -> list[Action]:
+        actions: list[Action] = [
+            Kill(w.pid, "reload rolled back") for w in self._new.values() if w.pid is not None
+        ]
+        finished = self._finished(now, ok=False, reason=reason)
+        self._reset()
+        return [*actions, finished, *self._start_pending(now)]
+
+    def _finished(self, now: float, ok: bool, reason: str) -> Finished:
+        return Finished(
+            generation=self.generation + 1 if ok else self.generation,
+            ok=ok,
+            reason=reason,
+            started_at=self._started_at,
+            ended_at=now,
+            new_pids=tuple(w.pid for w in self._new.values() if w.pid is not None),
+            old_pids=tuple(sorted(self._old)),
+        )
+
+    def _start_pending(self, now: float) -> list[Action]:
+        """A coalesced request is due. The serving set after a reload is the master's
+        to give (it knows which processes are alive), so it is asked for it."""
+        if not self.pending:
+            return []
+        self.pending = False
+        return [RequestAgain(now)]
+
+    def _reset(self) -> None:
+        self.phase = Phase.IDLE
+        self._old = {}
+        self._new = {}
+        self._unpaused = set()
+        self._pause_deadline = None

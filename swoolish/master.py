@@ -523,9 +523,11 @@ class Master:
                 return
             if pid == 0:
                 return
-            proc = self.workers.pop(pid, None)
+            proc = self.workers.get(pid)
             if proc is None:
                 continue
+            self._read_channel(proc)  # its last words ("exiting") may still be unread
+            del self.workers[pid]
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(proc.channel)
             ipc.forget(proc.channel)

@@ -172,7 +172,9 @@ class ReloadPlan:
         return any(w.pid == pid for w in self._new.values())
 
     def next_deadline(self) -> float | None:
-        deadlines = [w.deadline for w in self._new.values() if w.deadline and not w.ready]
+        deadlines = [
+            w.deadline for w in self._new.values() if w.deadline is not None and not w.ready
+        ]
         if self._pause_deadline is not None:
             deadlines.append(self._pause_deadline)
         return min(deadlines) if deadlines else None

@@ -47,13 +47,14 @@ def on_message(server, frame):
         interval = max(10, int(frame.data))
     except (TypeError, ValueError):
         interval = 1000
-    state = {"seq": 0}
+    Timer.tick(interval, tick, frame.fd, {"seq": 0}, bind=frame.fd)
 
-    def tick(timer_id):
-        state["seq"] += 1
-        server.push(frame.fd, json.dumps({**hello(server, frame.fd), "seq": state["seq"]}))
 
-    Timer.tick(interval, tick, bind=frame.fd)
+def tick(timer_id, fd, state):
+    """A module-level function with plain-data args: on a reload, the timer moves with
+    its connection to the new worker, which runs the new code's ``tick``."""
+    state["seq"] += 1
+    server.push(fd, json.dumps({**hello(server, fd), "seq": state["seq"]}))
 
 
 @server.on("worker_exit")

@@ -123,15 +123,27 @@ def _describe_reload_event(event: dict[str, Any]) -> str:
 def stop(pid_file: str | None, timeout: float) -> int:
     master = find_master(pid_file)
     master.send_signal(signal.SIGTERM)
-    try:
-        master.wait(timeout)
-    except psutil.TimeoutExpired:
+    if not _wait_gone(master, timeout):
         raise CommandError(
             f"master {master.pid} still running after {timeout:g}s "
             "(send SIGTERM again, or SIGQUIT, to force)"
-        ) from None
+        )
     print(f"stopped (master pid {master.pid})")
     return 0
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """True once ``proc`` has exited. An exited process its parent has not reaped yet (a
+    zombie) counts as gone: it runs nothing and holds nothing but its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def status(pid_file: str | None, as_json: bool, timeout: float) -> int:

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import CLOSED, OPEN
 from websockets.server import ServerProtocol
 
 from .http import Request, Response, render_response, simple_response
+from .migration import Movable
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -41,6 +43,7 @@ __all__ = ["BINARY", "TEXT", "Connection", "Frame", "encode_frame"]
 
 OP_TEXT, OP_BINARY, OP_CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 OP_CLOSE, OP_PING = Opcode.CLOSE, Opcode.PING
+PONG_HEAD = bytes((0x80 | Opcode.PONG,))  # a server's pong frame starts so (RFC 6455 §5.2)
 
 TEXT = 1
 BINARY = 2
@@ -88,6 +91,21 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     return _HEADER_64.pack(0x80 | opcode, 127, n) + payload
 
 
+class _FrameProtocol(ServerProtocol):
+    """websockets' protocol with one rule changed, for a close inside a fragmented message.
+
+    RFC 6455 §5.4 lets control frames arrive between the fragments of a message, and
+    §5.5.1 says a Close is answered with a Close; the message left incomplete is simply
+    abandoned. websockets instead fails the connection with 1002 ("incomplete fragmented
+    message"), which Autobahn case 7.1.5 reports as FAILED: echo the close instead.
+    """
+
+    def recv_frame(self, frame: WsFrame) -> None:
+        if frame.opcode is OP_CLOSE:
+            self.current_size = None  # the unfinished message is dropped, not an error
+        super().recv_frame(frame)
+
+
 def open_protocol(extensions: list[Any], subprotocol: Any, max_size: int | None) -> ServerProtocol:
     """A sans-I/O protocol already in the OPEN state, parsing frames from the first byte.
 
@@ -96,19 +114,21 @@ def open_protocol(extensions: list[Any], subprotocol: Any, max_size: int | None)
     created OPEN with the negotiated extensions. A connection adopted from another
     worker is rebuilt the same way.
     """
-    protocol = ServerProtocol(state=OPEN, max_size=max_size, logger=_QUIET)
+    protocol = _FrameProtocol(state=OPEN, max_size=max_size, logger=_QUIET)
     protocol.extensions = list(extensions)
     protocol.subprotocol = subprotocol
     return protocol
 
 
-class Connection(asyncio.Protocol):
+class Connection(Movable, asyncio.Protocol):
     """A client connection and, once upgraded, its WebSocket session."""
 
     __slots__ = (
+        "_answered",
         "_body",
         "_body_size",
         "_close_after_response",
+        "_closing_code",
         "_frag_opcode",
         "_fragments",
         "_header_bytes",
@@ -120,6 +140,7 @@ class Connection(asyncio.Protocol):
         "_reading_paused",
         "_rejection",
         "_requests",
+        "_resume_state",
         "_text_decoder",
         "_timer",
         "_url",
@@ -136,8 +157,18 @@ class Connection(asyncio.Protocol):
         "ws",
     )
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        resume: dict[str, Any] | None = None,
+        closing_code: int | None = None,
+    ) -> None:
+        """``resume``: the state of a session moved from another worker (live hand-off);
+        ``closing_code``: take such a session back only to close it with this code."""
         self._worker = worker
+        self._resume_state = resume
+        self._closing_code = closing_code
+        self._init_movable(worker.settings.reload_handoff)
         self.transport: asyncio.Transport | None = None
         self.sid = 0
         self.ws: ServerProtocol | None = None
@@ -155,6 +186,7 @@ class Connection(asyncio.Protocol):
         self._requests: deque[Request] = deque()
         self._in_flight = False  # an HTTP request is being answered
         self._close_after_response = False
+        self._answered = 0  # HTTP responses sent on this connection
         self._pending_upgrade_bytes: bytearray | None = None
         self._fragments: list[bytes] = []
         self._frag_opcode = 0
@@ -170,6 +202,11 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
+        self._worker.live.add(self)
+        if self._resume_state is not None:
+            state, self._resume_state = self._resume_state, None
+            self._resume_from(state, self._closing_code)
+            return
         worker = self._worker
         self.connect_time = self.last_time = time.time()
         peer = transport.get_extra_info("peername")
@@ -206,6 +243,11 @@ class Connection(asyncio.Protocol):
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._worker.live.discard(self)
+        if self._moving:  # handed to another worker: the session lives on over there
+            self._moved_lost()
+            self.transport = None
+            return
         self._cancel_timer()
         self._begin_close()
         worker = self._worker
@@ -329,6 +371,7 @@ class Connection(asyncio.Protocol):
         self._in_flight = False
         if transport is None or transport.is_closing():
             return
+        self._answered += 1
         keep_alive = keep_alive and not self._close_after_response and not self._worker.draining
         transport.write(
             render_response(
@@ -430,7 +473,13 @@ class Connection(asyncio.Protocol):
             return
         extensions = []
         if worker.settings.websocket_compression:
-            extensions.append(ServerPerMessageDeflateFactory())
+            # With live hand-off, ask the client not to keep its compression context
+            # (RFC 7692 §7.1.1.1): then no decompression window has to move.
+            extensions.append(
+                ServerPerMessageDeflateFactory(
+                    client_no_context_takeover=worker.settings.reload_handoff
+                )
+            )
         protocol = ServerProtocol(
             extensions=extensions, max_size=worker.settings.max_message_size, logger=_QUIET
         )
@@ -458,23 +507,43 @@ class Connection(asyncio.Protocol):
         self._dispatch(worker.handler("open"), (worker.server, request))
         if rest:
             self._websocket_data(rest)
+        if worker.draining:
+            # Accepted just before this worker stopped accepting: the client reconnects
+            # to a worker that is staying (1012), or is told the server is going (1001).
+            self.disconnect_when_idle(worker.stop_code, "server restarting")
 
     # ------------------------------------------------------------------ WebSocket frames
 
     def _websocket_data(self, data: bytes) -> None:
         ws = self.ws
         assert ws is not None
+        if self._track:
+            self._note_received(data)
         ws.receive_data(data)
-        for frame in ws.events_received():
+        events = ws.events_received()
+        # The protocol queued its replies while parsing the whole chunk: one pong per
+        # ping, then a close (echoed, or its own on a protocol error) and EOF. Send each
+        # pong when its ping comes up among the events, so that replies keep the order
+        # of the frames that caused them (RFC 6455 §5.5.2: a pong answers a ping "as
+        # soon as is practical"; Autobahn 5.6, 5.19 expect the pong before a message
+        # completed after the ping). The close goes last, after echoed messages.
+        writes = ws.data_to_send()
+        w = 0
+        for frame in events:
             opcode = frame.opcode
             if opcode is OP_TEXT or opcode is OP_BINARY or opcode is OP_CONT:
-                self._data_frame(frame.opcode, frame.data, frame.fin)
+                self._data_frame(opcode, frame.data, frame.fin)
+            elif opcode is OP_PING:
+                if w < len(writes) and writes[w][:1] == PONG_HEAD:
+                    transport = self.transport
+                    if transport is not None and not transport.is_closing():
+                        transport.write(writes[w])
+                    w += 1
             elif opcode is OP_CLOSE:
                 self._begin_close()
-            # PING is answered by the protocol itself; PONG needs nothing.
-            elif opcode is OP_PING:
-                pass
-        self._flush_protocol()
+            # PONG needs nothing.
+        self._write_all(writes[w:] if w else writes)
+        self._flush_protocol()  # anything a handler's disconnect() queued meanwhile
 
     def _data_frame(self, opcode: Any, payload: bytes, fin: bool) -> None:
         if self.closing:
@@ -510,9 +579,20 @@ class Connection(asyncio.Protocol):
         )
 
     def _fail(self, code: int, reason: str) -> None:
+        """Fail the WebSocket connection (RFC 6455 §7.1.7) with ``code``, from an event."""
         ws = self.ws
         if ws is not None and ws.state is OPEN:
             ws.fail(code, reason)
+        elif ws is not None and not self.closing and self.transport is not None:
+            # The protocol already queued a close for a later frame of the same chunk
+            # (its own 1002, or the echo of the client's close); it is not on the wire
+            # yet. The first error wins (§7.1.7): send this close, drop the queued one.
+            payload = struct.pack("!H", code) + reason.encode()[:123]
+            self.transport.write(encode_frame(OP_CLOSE, payload))
+            self._cancel_timer()
+            self._begin_close()
+            self.transport.close()
+            return
         self._begin_close()
         self._flush_protocol()
 
@@ -521,17 +601,24 @@ class Connection(asyncio.Protocol):
             self._flush(self.ws)
 
     def _flush(self, protocol: ServerProtocol) -> None:
+        self._write_all(protocol.data_to_send())
+
+    def _write_all(self, writes: list[bytes]) -> None:
         transport = self.transport
-        for data in protocol.data_to_send():
-            if transport is None:
+        for data in writes:
+            if transport is None or transport.is_closing():
                 return
             if data:
                 transport.write(data)
+                if self._track:
+                    self._note_written(data)
             else:
                 # websockets' SEND_EOF: the closing handshake is over (RFC 6455 §7.1.1),
                 # the server closes the TCP connection first.
                 self._cancel_timer()
+                self._begin_close()
                 transport.close()
+                return
 
     # ------------------------------------------------------------------ server-side API
 
@@ -554,13 +641,16 @@ class Connection(asyncio.Protocol):
         ws = self.ws
         assert ws is not None
         if ws.extensions:
-            if opcode == TEXT:
-                ws.send_text(payload)
-            else:
-                ws.send_binary(payload)
-            self._flush(ws)
+            # permessage-deflate (RFC 7692 §7.2.1) compresses the frame; serialised here
+            # rather than with ws.send_text(), which refuses once the protocol has queued
+            # a close: a message answered before that close still goes out before it.
+            frame = WsFrame(Opcode.TEXT if opcode == TEXT else Opcode.BINARY, payload)
+            wire = frame.serialize(mask=False, extensions=ws.extensions)
         else:
-            transport.write(encode_frame(opcode, payload))
+            wire = encode_frame(opcode, payload)
+        transport.write(wire)
+        if self._track:
+            self._note_written(wire)
         self.messages_out += 1
         worker.stats["messages_out"] += 1
         return True
@@ -586,7 +676,9 @@ class Connection(asyncio.Protocol):
         """Drain an HTTP connection: now if idle, else after the response in flight."""
         if self.transport is None:
             return
-        if self._in_flight or self._requests:
+        if self._in_flight or self._requests or (self._parser is not None and not self._answered):
+            # Busy, or accepted just before this worker stopped accepting and its first
+            # request is still on its way: answer it (Connection: close), then close.
             self._close_after_response = True
         else:
             self._begin_close()
@@ -669,6 +761,10 @@ class Connection(asyncio.Protocol):
             except Exception:
                 self._handler_failed(step)
         self._inbox = None
+        if self._close_when_idle is not None:
+            code, reason = self._close_when_idle
+            self._close_when_idle = None
+            self.disconnect(code, reason)
         self._resume_reading()
 
     def _handler_failed(self, handler: Callable[..., Any]) -> None:
@@ -680,7 +776,11 @@ class Connection(asyncio.Protocol):
             "handler %s raised for session %d; closing it with 1011", name, self.sid
         )
         if self.established:
-            if not self.disconnect(INTERNAL_ERROR, "internal error"):
+            if self.disconnect(INTERNAL_ERROR, "internal error"):
+                return
+            if not self.closing and self.ws is not None:
+                self._fail(INTERNAL_ERROR, "internal error")  # a close is queued, unsent
+            else:
                 self.abort()
         elif self.ws is None and self.transport is not None:
             self._in_flight = False
@@ -701,7 +801,12 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and self._inbox is None:
+        if (
+            self._reading_paused
+            and self.transport is not None
+            and self._inbox is None
+            and not self._frozen  # a connection about to move stays paused
+        ):
             self._reading_paused = False
             self.transport.resume_reading()
 

@@ -30,6 +30,8 @@ WORKER_EVENTS: tuple[str, ...] = (
     "pipe_message",
     "worker_stop",
     "worker_exit",
+    "handoff",
+    "resume",
 )
 
 # Events that fire in the master process (they take effect on a full restart).

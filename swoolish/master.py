@@ -55,6 +55,7 @@ BACKOFF_START, BACKOFF_MAX = 0.1, 10.0  # seconds between restarts of a crash-lo
 PAUSE_TIMEOUT = 1.0  # seconds old workers get to confirm they stopped accepting
 STATS_TIMEOUT = 1.0  # seconds workers get to answer a status request
 LOOP_TICK = 0.5
+CHANNEL_BUFFER = 8 * 1024 * 1024  # adoption inboxes carry batches of up to 253 sockets
 RELOAD_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*RELOAD_SIGNALS, *STOP_SIGNALS, signal.SIGQUIT, signal.SIGCHLD)
@@ -72,6 +73,7 @@ class WorkerProcess:
     state: str = "booting"  # booting -> serving -> paused -> stopping | killed
     ready_at: float | None = None
     stop_deadline: float | None = None
+    inbox: socket.socket | None = None  # our end of its adoption inbox (live hand-off)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -274,7 +276,8 @@ class Master:
             elif isinstance(action, Stop):
                 proc = self.workers.get(action.pid)
                 if proc is not None:
-                    self._stop_worker(proc, action.code, self._stop_deadline())
+                    successor = self._successor(proc)
+                    self._stop_worker(proc, action.code, self._stop_deadline(), successor)
             elif isinstance(action, Kill):
                 self._kill(action.pid, action.reason)
             elif isinstance(action, Finished):
@@ -351,12 +354,42 @@ class Master:
     def _stop_deadline(self) -> float:
         return time.monotonic() + self.settings.max_wait_time + SHUTDOWN_GRACE
 
-    def _stop_worker(self, proc: WorkerProcess, code: int, deadline: float) -> None:
+    def _successor(self, proc: WorkerProcess) -> WorkerProcess | None:
+        """The new worker of ``proc``'s slot, if it can adopt ``proc``'s connections."""
+        return next(
+            (
+                p
+                for p in self.workers.values()
+                if p.slot == proc.slot
+                and p.generation == self.generation
+                and p.state == "serving"
+                and p.inbox is not None
+            ),
+            None,
+        )
+
+    def _stop_worker(
+        self,
+        proc: WorkerProcess,
+        code: int,
+        deadline: float,
+        successor: WorkerProcess | None = None,
+    ) -> None:
         if proc.state in ("stopping", "killed"):
             return
         proc.state = "stopping"
         proc.stop_deadline = deadline
-        if not self._send(proc.pid, {"type": "stop", "code": code}):
+        message: dict[str, Any] = {"type": "stop", "code": code}
+        fds: tuple[int, ...] = ()
+        if successor is not None and successor.inbox is not None:
+            message["handoff"] = {"slot": successor.slot, "pid": successor.pid}
+            fds = (successor.inbox.fileno(),)
+        sent = self._send(proc.pid, message, fds)
+        if fds and successor is not None and successor.inbox is not None:
+            # One hand-off per inbox: the old worker now holds the only other end.
+            successor.inbox.close()
+            successor.inbox = None
+        if not sent:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
 
@@ -390,21 +423,35 @@ class Master:
     # ------------------------------------------------------------------ workers
 
     def _spawn(self, slot: int, generation: int) -> WorkerProcess:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent, child = ipc.channel_pair()
+        # The adoption inbox: the old worker of this slot will get our end of it in
+        # its stop message, and move its connections through it (live hand-off).
+        inbox, inbox_child = (
+            ipc.channel_pair(CHANNEL_BUFFER) if self.settings.reload_handoff else (None, None)
+        )
         master_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             parent.close()
-            self._become_worker(slot, generation, child, master_pid)
+            if inbox is not None:
+                inbox.close()
+            self._become_worker(slot, generation, child, inbox_child, master_pid)
         child.close()
+        if inbox_child is not None:
+            inbox_child.close()
         parent.setblocking(False)
-        proc = WorkerProcess(pid, slot, generation, parent, time.monotonic())
+        proc = WorkerProcess(pid, slot, generation, parent, time.monotonic(), inbox=inbox)
         self.workers[pid] = proc
         self.selector.register(parent, selectors.EVENT_READ, proc)
         return proc
 
     def _become_worker(
-        self, slot: int, generation: int, channel: socket.socket, master_pid: int
+        self,
+        slot: int,
+        generation: int,
+        channel: socket.socket,
+        inbox: socket.socket | None,
+        master_pid: int,
     ) -> None:
         code = 1
         try:
@@ -418,6 +465,8 @@ class Master:
                 self.control.close()
             for proc in self.workers.values():
                 proc.channel.close()
+                if proc.inbox is not None:
+                    proc.inbox.close()
             setproctitle(f"swoolish: worker {slot} gen {generation}")
             assert self.listen_sock is not None
             code = run_worker(
@@ -428,6 +477,7 @@ class Master:
                 self.ids,
                 channel,
                 master_pid,
+                inbox,
             )
         except BaseException:
             traceback.print_exc()
@@ -441,12 +491,12 @@ class Master:
         server.settings.update(self.overrides)
         return server
 
-    def _send(self, pid: int, message: dict[str, Any]) -> bool:
+    def _send(self, pid: int, message: dict[str, Any], fds: tuple[int, ...] = ()) -> bool:
         proc = self.workers.get(pid)
         if proc is None:
             return False
         try:
-            ipc.send(proc.channel, message)
+            ipc.send(proc.channel, message, fds)
             return True
         except OSError:
             return False
@@ -454,11 +504,12 @@ class Master:
     def _read_channel(self, proc: WorkerProcess) -> None:
         try:
             messages = ipc.receive(proc.channel)
-        except (EOFError, OSError):
+        except (EOFError, OSError, ipc.Truncated):
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(proc.channel)
             return
-        for message in messages:
+        for message, fds in messages:
+            ipc.close_fds(fds)  # workers send the master no descriptors
             self._on_worker_message(proc, message)
 
     def _on_worker_message(self, proc: WorkerProcess, message: dict[str, Any]) -> None:
@@ -504,14 +555,25 @@ class Master:
             self.shutdown()
 
     def _log_drained(self, proc: WorkerProcess, figures: dict[str, Any]) -> None:
+        moved = ""
+        if "moved" in figures:
+            moved = (
+                f", {figures['moved']} moved to the new worker in "
+                f"{figures.get('handoff_seconds', 0.0):.3f}s, "
+                f"{figures.get('fell_back', 0)} fell back to a 1012 close"
+            )
+            if figures.get("fallback_reasons"):
+                moved += f" {figures['fallback_reasons']}"
         log.info(
-            "worker %d gen %d (pid %d) drained in %.3fs: %d timers cleared, %d connections closed",
+            "worker %d gen %d (pid %d) drained in %.3fs: %d timers cleared, "
+            "%d connections closed%s",
             proc.slot,
             proc.generation,
             proc.pid,
             figures.get("seconds", 0.0),
             figures.get("timers_cleared", 0),
             figures.get("connections_closed", 0),
+            moved,
         )
         self._notify_waiters({"event": "drained", "slot": proc.slot, "pid": proc.pid, **figures})
 
@@ -530,8 +592,9 @@ class Master:
             del self.workers[pid]
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(proc.channel)
-            ipc.forget(proc.channel)
             proc.channel.close()
+            if proc.inbox is not None:
+                proc.inbox.close()
             for request in self._status_requests:
                 request.waiting.discard(pid)
             self._on_worker_exit(proc, status)

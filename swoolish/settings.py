@@ -103,6 +103,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a new worker has to import the app and finish worker_start.",
     ),
     Setting(
+        "reload_handoff",
+        True,
+        _bool,
+        "On reload, move open WebSockets to the new worker instead of closing them 1012.",
+    ),
+    Setting(
         "reload_batch_size",
         0,
         _non_negative_int,

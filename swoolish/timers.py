@@ -28,8 +28,10 @@ from typing import Any
 __all__ = [
     "Timer",
     "TimerWheel",
+    "callback_reference",
     "current",
     "install",
+    "resolve_callback",
     "uninstall",
     "uvloop_wheel",
 ]
@@ -92,6 +94,43 @@ def _callback_name(callback: Callable[..., Any]) -> str:
     """Readable name for logs and ``info()``; partials and callable objects have no qualname."""
     name = getattr(callback, "__qualname__", None)
     return name if isinstance(name, str) else repr(callback)
+
+
+def callback_reference(callback: Callable[..., Any]) -> str | None:
+    """``module:qualname`` for a module-level function, the only kind new code can
+    provide again under the same name; None for lambdas, closures and methods."""
+    module = getattr(callback, "__module__", None)
+    qualname = getattr(callback, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"
+
+
+def resolve_callback(reference: str) -> Callable[..., Any] | None:
+    """The function the code loaded *now* defines under ``reference``, or None."""
+    import sys
+
+    module_name, _, qualname = reference.partition(":")
+    target: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return target if callable(target) else None
+
+
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+def _plain_data(value: Any, depth: int = 0) -> bool:
+    """True for plain data (what survives new code): no instances of the app's classes."""
+    if depth > 20:
+        return False
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain_data(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, _PLAIN) and _plain_data(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def _check_interval(ms: object) -> None:
@@ -190,6 +229,7 @@ class TimerWheel:
         callback: Callable[..., Any],
         args: tuple[Any, ...],
         bind: int | None,
+        first_delay: float | None = None,
     ) -> int:
         if type(ms) is not int or ms < 1:
             _check_interval(ms)
@@ -211,7 +251,7 @@ class TimerWheel:
             bound.add(timer_id)
         else:
             self._next_id = timer_id + 1
-        deadline = self._clock() + ms / 1000.0
+        deadline = self._clock() + (ms / 1000.0 if first_delay is None else first_delay)
         timer = _TimerEntry(timer_id, repeat, ms, callback, args, bind, deadline)
         self._timers[timer_id] = timer
         # The id doubles as the heap tie-breaker: a timer has at most one entry in the heap at
@@ -274,6 +314,61 @@ class TimerWheel:
         else:
             self._maybe_compact()
         return count
+
+    def export_bound(self, fd: int) -> tuple[list[dict[str, Any]], int]:
+        """Take the timers bound to ``fd`` out of this wheel, as data another process can
+        re-arm (a live hand-off moves them with their session).
+
+        A callable cannot cross processes, so a timer moves by its callback's name: a
+        module-level function (``module:qualname``) that the new code defines again.
+        Timers whose callback has no such name (lambdas, closures) or whose args do not
+        pickle are cleared here; their number is returned beside the snapshots.
+        """
+        ids = self._bound.pop(fd, None) or set()
+        now = self._clock()
+        moved: list[dict[str, Any]] = []
+        dropped = 0
+        for timer_id in sorted(ids):
+            timer = self._timers.pop(timer_id, None)
+            if timer is None:
+                continue
+            timer.active = False
+            self._stale += 1
+            name = callback_reference(timer.callback)
+            if name is None or not _plain_data(timer.args):
+                dropped += 1
+                continue
+            moved.append(
+                {
+                    "name": name,
+                    "repeat": timer.repeat,
+                    "interval": timer.interval,
+                    "delay": max(0.0, timer.deadline - now),
+                    "args": timer.args,
+                    "exec_count": timer.exec_count,
+                }
+            )
+        if not self._timers:
+            self._request_wakeup(None)
+        return moved, dropped
+
+    def import_bound(self, fd: int, snapshot: dict[str, Any], callback: Callable[..., Any]) -> int:
+        """Re-arm a timer exported by :meth:`export_bound`, bound to ``fd`` here.
+
+        An overdue timer fires once, immediately: no catch-up burst.
+        """
+        adder = self._add(
+            bool(snapshot["repeat"]),
+            snapshot["interval"],
+            callback,
+            tuple(snapshot["args"]),
+            fd,
+            first_delay=float(snapshot["delay"]),
+        )
+        timer = self._timers.get(adder)
+        if timer is not None:
+            timer.exec_count = int(snapshot.get("exec_count", 0))
+        return adder
 
     def _deactivate(self, timer: _TimerEntry) -> None:
         """Flag a timer dead and drop it from the fd index; its heap entry becomes stale."""

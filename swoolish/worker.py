@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import uvloop
 
 from . import ipc, timers
-from .connection import GOING_AWAY, Connection
+from .connection import GOING_AWAY, SERVICE_RESTART, Connection
+from .handoff import Adopter, hand_off
 from .sessions import IdAllocator, IdSource
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ COUNTERS = (
     "handler_errors",
     "handshake_timeouts",
     "bound_timers_cleared",
+    "adopted",
+    "handed_off",
+    "timers_not_movable",
+    "timers_not_resumed",
 )
 MASTER_CHECK_INTERVAL = 0.5  # seconds between checks that the master is still alive
 _PR_SET_PDEATHSIG = 1
@@ -69,6 +74,7 @@ class Worker:
         id_source: IdSource,
         channel: socket.socket | None,
         master_pid: int,
+        inbox: socket.socket | None = None,
     ) -> None:
         self.server = server
         self.settings = server.settings
@@ -77,11 +83,16 @@ class Worker:
         self.master_pid = master_pid
         self.listen_sock = listen_sock
         self.channel = channel
+        self.inbox = inbox  # where the previous generation hands us its connections
+        self.adopter: Adopter | None = None
+        self.handoff_channel: socket.socket | None = None  # where we hand ours on
         self.ids = IdAllocator(id_source)
-        self.connections: dict[int, Connection] = {}
+        self.connections: dict[int, Connection] = {}  # sessions: open, not closing
+        self.live: set[Connection] = set()  # every transport, closing ones included
         self.stats: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
+        self.stop_code = GOING_AWAY  # the close code of the drain, once stopping
         self.log = logging.getLogger(f"swoolish.worker.{worker_id}")
         self.loop = asyncio.get_event_loop()
         self.timers = timers.uvloop_wheel(
@@ -156,6 +167,8 @@ class Worker:
         )
         self._install_signal_handlers()
         self._watch_master()
+        if self.inbox is not None:
+            self.adopter = Adopter(self, self.inbox)
         self._report({"type": "ready", "pid": os.getpid()})
         self.log.info(
             "worker %d gen %d (pid %d) serving", self.worker_id, self.generation, os.getpid()
@@ -177,7 +190,15 @@ class Worker:
         """Stop accepting, run worker_stop then worker_exit, clear timers, then drain."""
         started = self.loop.time()
         self.draining = True
+        self.stop_code = close_code
         self.stop_accepting()
+        if self.adopter is not None:
+            self.adopter.close()
+        moving = self._connections_to_move(close_code)
+        for conn in moving:
+            # Bound timers move with their session as data; taking them out now, before
+            # worker_exit, is what keeps them from firing here and again over there.
+            conn.prepare_move()
         await self._call_hook_logged("worker_stop")
         await self._call_hook_logged("worker_exit")
         leftover = self.timers.clear_all()
@@ -189,6 +210,11 @@ class Worker:
                 self.generation,
                 leftover,
             )
+        figures: dict[str, Any] = {}
+        if moving:
+            assert self.handoff_channel is not None
+            report = await hand_off(self, self.handoff_channel, moving)
+            figures.update(report.as_dict())
         closed = await self._drain(close_code)
         self._report(
             {
@@ -196,6 +222,7 @@ class Worker:
                 "timers_cleared": leftover,
                 "connections_closed": closed,
                 "seconds": round(self.loop.time() - started, 4),
+                **figures,
             }
         )
         self.log.info(
@@ -208,20 +235,29 @@ class Worker:
         )
         timers.uninstall()
 
+    def _connections_to_move(self, close_code: int) -> list[Connection]:
+        """The open WebSockets a reload hands to the new worker (none on shutdown)."""
+        if self.handoff_channel is None or close_code != SERVICE_RESTART:
+            return []
+        return [c for c in self.connections.values() if c.established and not c.closing]
+
     async def _drain(self, close_code: int) -> int:
         """Close every connection (WebSockets with ``close_code``), wait, then force."""
         conns = list(self.connections.values())
+        reason = "server restarting" if close_code != GOING_AWAY else ""
         for conn in conns:
             if conn.established:
-                conn.disconnect(close_code, "server restarting" if close_code != GOING_AWAY else "")
+                # A handler in flight finishes first (up to max_wait_time): its reply
+                # is owed to the client and goes out before the close frame.
+                conn.disconnect_when_idle(close_code, reason)
             else:
                 conn.close_http()
         deadline = self.loop.time() + self.settings.max_wait_time
-        while self.loop.time() < deadline and (
-            self.tasks or any(c.transport is not None for c in conns)
-        ):
+        # Closing connections are no longer sessions but may still owe bytes (a close
+        # frame, an answer, what a hand-off gave back): wait for every transport.
+        while self.loop.time() < deadline and (self.tasks or self.live):
             await asyncio.sleep(0.01)
-        for conn in conns:
+        for conn in list(self.live):
             conn.abort()
         for task in list(self.tasks):
             task.cancel()
@@ -270,15 +306,18 @@ class Worker:
         assert self.channel is not None
         try:
             messages = ipc.receive(self.channel)
-        except (ConnectionError, EOFError):
+        except (OSError, EOFError, ipc.Truncated):
             self.loop.remove_reader(self.channel.fileno())
             self.request_stop(GOING_AWAY)
             return
-        for message in messages:
-            self._on_master_message(message)
+        for message, fds in messages:
+            self._on_master_message(message, fds)
 
-    def _on_master_message(self, message: dict[str, Any]) -> None:
+    def _on_master_message(self, message: dict[str, Any], fds: list[int]) -> None:
         kind = message.get("type")
+        if kind == "stop" and message.get("handoff") and len(fds) == 1:
+            self.handoff_channel = socket.socket(fileno=fds.pop())
+        ipc.close_fds(fds)
         if kind == "pause":
             self.stop_accepting()
             self._report({"type": "paused"})
@@ -303,6 +342,7 @@ def run_worker(
     id_source: IdSource,
     channel: socket.socket | None,
     master_pid: int,
+    inbox: socket.socket | None = None,
 ) -> int:
     """The body of a forked worker process; returns its exit code."""
     log = logging.getLogger(f"swoolish.worker.{worker_id}")
@@ -314,7 +354,9 @@ def run_worker(
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        worker = Worker(server, worker_id, generation, listen_sock, id_source, channel, master_pid)
+        worker = Worker(
+            server, worker_id, generation, listen_sock, id_source, channel, master_pid, inbox
+        )
         server._attach(worker)
         return loop.run_until_complete(worker.serve())
     finally:

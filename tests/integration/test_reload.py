@@ -25,7 +25,7 @@ TICKER = """
 
     VERSION = {version!r}
     ADVICE = {advice!r}
-    server = WebSocketServer()
+    server = WebSocketServer(reload_handoff=False)  # the 1012 close of a plain reload
 
     @server.on("message")
     def on_message(server, frame):
@@ -183,7 +183,7 @@ BROKEN_APPS = {
 
 GOOD_APP = """
     from swoolish import WebSocketServer
-    server = WebSocketServer(worker_start_timeout=1.0)
+    server = WebSocketServer(worker_start_timeout=1.0, reload_handoff=False)
     VERSION = {version!r}
 
     @server.on("message")

@@ -1,0 +1,326 @@
+"""Live hand-off: a stopping worker moves its open WebSockets to its successor.
+
+Instead of closing each client with 1012 on a reload, the old worker passes the socket
+itself (SCM_RIGHTS) with the connection's protocol state to the new worker of its slot,
+and the client never notices. The measured call sequence and the rules below come from
+``research/handoff.md``; each rule exists because breaking it lost or duplicated bytes:
+
+* **One writer per connection.** A connection moves only when it is quiescent: reading
+  paused and no handler of it in flight (bounded wait). From the detach on, the old
+  worker never writes to it (``push`` returns False there).
+* **abort(), never close().** The old worker keeps a dup of the fd and aborts the
+  transport: no FIN, no RST, no flush racing the new writer. Bytes still in the
+  transport move verbatim (``unsent``, a suffix of what was written) and the new worker
+  writes them first; bytes read but not yet a complete frame move as ``unparsed`` and
+  are parsed first.
+* **Two phases.** The old worker keeps its dup until the new one acknowledges the batch;
+  on a refusal, a timeout, a truncated message or state over its cap, it re-adopts its
+  own dup through the same resume path, sends what it owed, then closes with 1012.
+  The worst case is the 1012 close of a reload without hand-off, never a lost client.
+* **Plain data only.** The state is versioned plain data (a reload's new code may not
+  unpickle old classes); bound timers move by callback name; callables never move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import pickle
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import ipc
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .worker import Worker
+
+__all__ = ["Adopter", "HandoffReport", "hand_off"]
+
+log = logging.getLogger("swoolish.handoff")
+
+VERSION = 1
+QUIESCE_TIMEOUT = 1.0  # seconds a busy connection gets to finish its handlers
+ACK_TIMEOUT = 3.0  # seconds the new worker gets to acknowledge a batch
+MAX_MOVED_BYTES = 256 * 1024  # unsent + unparsed bytes one connection may carry
+MAX_BATCH_BYTES = 2 * 1024 * 1024  # one SEQPACKET message
+CHANNEL_BUFFER = 8 * 1024 * 1024
+SERVICE_RESTART = 1012
+
+
+class HandoffReport:
+    """What one worker's hand-off did, for the reload log."""
+
+    def __init__(self) -> None:
+        self.moved = 0
+        self.fell_back: Counter[str] = Counter()
+        self.seconds = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "moved": self.moved,
+            "fell_back": sum(self.fell_back.values()),
+            "fallback_reasons": dict(self.fell_back),
+            "handoff_seconds": round(self.seconds, 4),
+        }
+
+
+# ---------------------------------------------------------------------------- old worker
+
+
+async def hand_off(
+    worker: Worker, channel: socket.socket, conns: list[Connection]
+) -> HandoffReport:
+    """Move ``conns`` to the worker at the other end of ``channel``; close the rest 1012."""
+    report = HandoffReport()
+    started = time.monotonic()
+    loop = worker.loop
+    channel.setblocking(False)
+    acks = _AckReader(loop, channel)
+    try:
+        for conn in conns:
+            conn.freeze()
+        await _quiesce(worker, conns)
+        movable: list[Connection] = []
+        for conn in conns:
+            reason = conn.unmovable_reason()
+            if reason is None:
+                movable.append(conn)
+            else:
+                _fall_back_attached(conn, reason, report)
+        # Most recently active first: the busiest clients see the shortest pause.
+        movable.sort(key=lambda c: c.last_time, reverse=True)
+        for number, batch in enumerate(_batches(movable), 1):
+            await _send_batch(worker, channel, acks, number, batch, report)
+        with contextlib.suppress(OSError):
+            ipc.send(channel, {"type": "done"})
+    finally:
+        acks.close()
+        report.seconds = time.monotonic() - started
+    return report
+
+
+def _batches(conns: list[Connection]) -> Iterator[list[Connection]]:
+    for start in range(0, len(conns), ipc.MAX_FDS):
+        yield conns[start : start + ipc.MAX_FDS]
+
+
+async def _quiesce(worker: Worker, conns: list[Connection]) -> None:
+    """Wait (bounded) until no handler of these connections is in flight."""
+    deadline = worker.loop.time() + min(QUIESCE_TIMEOUT, worker.settings.max_wait_time)
+    while worker.loop.time() < deadline and not all(c.quiescent() for c in conns):
+        await asyncio.sleep(0.005)
+
+
+def _fall_back_attached(conn: Connection, reason: str, report: HandoffReport) -> None:
+    """A connection that cannot move stays here and gets the 1012 close of a reload."""
+    report.fell_back[reason] += 1
+    conn.thaw()
+    conn.disconnect_when_idle(SERVICE_RESTART, "server restarting")
+
+
+async def _send_batch(
+    worker: Worker,
+    channel: socket.socket,
+    acks: _AckReader,
+    number: int,
+    batch: list[Connection],
+    report: HandoffReport,
+) -> None:
+    detached = [(conn, conn.begin_move()) for conn in batch]
+    # uvloop delivers connection_lost (and only then knows how much was left unsent)
+    # on the next loop iteration after abort().
+    await asyncio.gather(*(conn.moved_out for conn, _ in detached))
+    states: list[dict[str, Any]] = []
+    fds: list[int] = []
+    size = 0
+    for conn, fd in detached:
+        state = conn.export_state()
+        moved_bytes = len(state["unsent"]) + len(state["unparsed"])
+        blob = len(pickle.dumps(state["app"])) if state["app"] is not None else 0
+        if moved_bytes > MAX_MOVED_BYTES or size + moved_bytes + blob > MAX_BATCH_BYTES:
+            await _readopt(worker, fd, state, "state over its cap", report)
+            continue
+        size += moved_bytes + blob
+        states.append(state)
+        fds.append(fd)
+    if not fds:
+        return
+    message = {"type": "batch", "v": VERSION, "id": number, "conns": states}
+    waiter = acks.expect(number)
+    try:
+        ipc.send(channel, message, fds)
+    except (OSError, pickle.PicklingError) as exc:
+        acks.forget(number)
+        reason = f"send failed ({exc.__class__.__name__})"
+        for state, fd in zip(states, fds, strict=True):
+            await _readopt(worker, fd, state, reason, report)
+        return
+    try:
+        ack = await asyncio.wait_for(waiter, ACK_TIMEOUT)
+    except (TimeoutError, EOFError, ConnectionError):
+        ack = {"accepted": [], "reason": "no answer from the new worker"}
+    accepted = set(ack.get("accepted", ()))
+    for state, fd in zip(states, fds, strict=True):
+        if state["sid"] in accepted:
+            os.close(fd)  # the new worker owns it now; ours was the second reference
+            report.moved += 1
+        else:
+            await _readopt(worker, fd, state, ack.get("reason", "refused"), report)
+
+
+async def _readopt(
+    worker: Worker, fd: int, state: dict[str, Any], reason: str, report: HandoffReport
+) -> None:
+    """Take a detached connection back, deliver what it owed, then close it with 1012."""
+    from .connection import Connection
+
+    report.fell_back[reason] += 1
+    try:
+        sock = socket.socket(fileno=fd)
+        conn = Connection(worker, resume=state, closing_code=SERVICE_RESTART)
+        await worker.loop.connect_accepted_socket(lambda: conn, sock)
+    except OSError:
+        log.exception("session %d could not be taken back after a failed hand-off", state["sid"])
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class _AckReader:
+    """Reads the new worker's acknowledgements from the hand-off channel."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, channel: socket.socket) -> None:
+        self.loop = loop
+        self.channel = channel
+        self.waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        loop.add_reader(channel.fileno(), self._readable)
+
+    def expect(self, number: int) -> asyncio.Future[dict[str, Any]]:
+        future = self.loop.create_future()
+        self.waiters[number] = future
+        return future
+
+    def forget(self, number: int) -> None:
+        self.waiters.pop(number, None)
+
+    def _readable(self) -> None:
+        try:
+            messages = ipc.receive(self.channel)
+        except (EOFError, OSError, ipc.Truncated):
+            self.loop.remove_reader(self.channel.fileno())
+            for future in self.waiters.values():
+                if not future.done():
+                    future.set_exception(EOFError("hand-off channel closed"))
+            return
+        for message, fds in messages:
+            ipc.close_fds(fds)
+            if isinstance(message, dict) and message.get("type") == "ack":
+                future = self.waiters.pop(message.get("id", -1), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.channel.fileno())
+
+
+# ---------------------------------------------------------------------------- new worker
+
+
+class Adopter:
+    """Receives connections on this worker's inbox and adopts them."""
+
+    def __init__(self, worker: Worker, inbox: socket.socket) -> None:
+        self.worker = worker
+        self.inbox = inbox
+        self.adopted = 0
+        inbox.setblocking(False)
+        worker.loop.add_reader(inbox.fileno(), self._readable)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.worker.loop.remove_reader(self.inbox.fileno())
+
+    def _readable(self) -> None:
+        try:
+            messages = ipc.receive(self.inbox)
+        except ipc.Truncated as exc:
+            # The kernel dropped descriptors (or bytes) of this batch: refuse all of it by
+            # not acknowledging; the old worker still holds every socket and falls back.
+            log.error("hand-off batch truncated in transit; refusing it")
+            ipc.close_fds(exc.fds)
+            return
+        except (EOFError, OSError):
+            self.close()
+            return
+        for message, fds in messages:
+            if isinstance(message, dict) and message.get("type") == "batch":
+                self._on_batch(message, fds)
+            else:
+                ipc.close_fds(fds)
+
+    def _on_batch(self, message: dict[str, Any], fds: list[int]) -> None:
+        states = message.get("conns", [])
+        reason = self._refusal(message, states, fds)
+        accepted = [] if reason else [state["sid"] for state in states]
+        room = self.worker.settings.max_connections - len(self.worker.connections)
+        if len(accepted) > room:
+            # Take what fits; the old worker closes the rest with 1012.
+            accepted, reason = accepted[: max(0, room)], "the new worker is at max_connections"
+        # Acknowledge before any I/O: from here on these connections are ours.
+        try:
+            ipc.send(
+                self.inbox,
+                {
+                    "type": "ack",
+                    "id": message.get("id"),
+                    "accepted": accepted,
+                    "reason": reason or "",
+                },
+            )
+        except OSError:
+            accepted = []
+        keep = set(accepted)
+        taken = [(state, fd) for state, fd in zip(states, fds, strict=True) if state["sid"] in keep]
+        ipc.close_fds(
+            [fd for state, fd in zip(states, fds, strict=True) if state["sid"] not in keep]
+        )
+        if taken:
+            self.worker.track(self._adopt(taken))
+
+    def _refusal(self, message: dict[str, Any], states: list[Any], fds: list[int]) -> str | None:
+        if message.get("v") != VERSION:
+            return f"unknown hand-off version {message.get('v')!r}"
+        if len(states) != len(fds):
+            return "descriptor count does not match the batch"
+        if self.worker.draining:
+            return "the new worker is stopping"
+        return None
+
+    async def _adopt(self, taken: list[tuple[dict[str, Any], int]]) -> None:
+        from .connection import Connection
+
+        worker = self.worker
+        # Python's cyclic GC walking every live connection is a third of adoption time.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for state, fd in taken:
+                try:
+                    sock = socket.socket(fileno=fd)
+                    conn = Connection(worker, resume=state)
+                    await worker.loop.connect_accepted_socket(lambda conn=conn: conn, sock)
+                    self.adopted += 1
+                except OSError:
+                    log.exception("could not adopt session %d", state.get("sid", 0))
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        finally:
+            if gc_was_enabled:
+                gc.enable()

@@ -1,0 +1,409 @@
+"""Live hand-off (reload_handoff): WebSockets survive a reload, on real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import socket
+import threading
+
+import psutil
+import pytest
+import uvloop
+from support import (
+    masked_frame,
+    raw_handshake,
+    read_close_code,
+    serving,
+    timeout,
+    wait_until,
+    write_app,
+)
+from websockets.exceptions import ConnectionClosed
+
+APP = """
+    import asyncio
+    import json
+    from swoolish import Timer, WebSocketServer
+
+    VERSION = {version!r}
+    server = WebSocketServer(max_wait_time=3, max_connections={max_connections},
+                             buffer_output_size=64 * 1024 * 1024)
+
+    def tick(timer_id, fd, state):
+        state["seq"] += 1
+        server.push(fd, json.dumps({{"t": state["seq"], "v": VERSION}}))
+
+    @server.on("message")
+    async def on_message(server, frame):
+        kind, _, arg = frame.data.partition(":")
+        if kind == "start":
+            Timer.tick(int(arg or 20), tick, frame.fd, {{"seq": 0}}, bind=frame.fd)
+        elif kind == "slow":
+            await asyncio.sleep(float(arg))
+            server.push(frame.fd, json.dumps({{"slept": arg, "v": VERSION}}))
+        elif kind == "flood":
+            chunk = "x" * 1000
+            for i in range(int(arg)):
+                server.push(frame.fd, f"{{i}}:{{chunk}}")
+            server.push(frame.fd, "flood done")
+        elif kind == "who":
+            server.push(frame.fd, json.dumps({{"gen": server.generation, "fd": frame.fd,
+                                              "v": VERSION}}))
+        else:
+            server.push(frame.fd, json.dumps({{"e": frame.data, "v": VERSION}}))
+
+    @server.on("worker_exit")
+    def on_worker_exit(server, worker_id):
+        Timer.clear_all()   # what Swoole's docs advise; bound timers move all the same
+
+    {extra}
+"""
+
+
+def app(tmp_path, version, max_connections=10000, extra=""):
+    return write_app(
+        tmp_path,
+        APP.format(version=version, max_connections=max_connections, extra=extra),
+        "handoff_app.py",
+    )
+
+
+def reload_and_wait(server, generation):
+    server.signal(signal.SIGUSR1)
+    server.wait_for_log(rf"reload to generation {generation} complete", 20)
+    server.wait_for_log(r"moved to the new worker", 20, count=generation - 1)
+
+
+class Ticked(threading.Thread):
+    """A client with a 20 ms bound ticker; records every tick and any close."""
+
+    def __init__(self, server):
+        super().__init__(daemon=True)
+        self.server = server
+        self.stop = threading.Event()
+        self.ticks: list[int] = []
+        self.versions: list[str] = []
+        self.closed: list[BaseException] = []
+
+    def run(self):
+        try:
+            with self.server.connect() as ws:
+                ws.send("start:20")
+                while not self.stop.is_set():
+                    try:
+                        msg = json.loads(ws.recv(timeout=0.2))
+                    except TimeoutError:
+                        continue
+                    self.ticks.append(msg["t"])
+                    if not self.versions or self.versions[-1] != msg["v"]:
+                        self.versions.append(msg["v"])
+        except BaseException as exc:  # reported by the test
+            self.closed.append(exc)
+
+
+def test_seed_scenario_with_handoff_no_client_is_closed(tmp_path):
+    """1. 2 workers, 20 clients ticked every 20 ms by a connection-bound timer
+    2. new code on disk; SIGUSR1  3. no client is closed; every tick sequence is
+    continuous (no gap, no duplicate); the new code ticks on the same connections
+    4. the old workers are gone; the master moved all 20 connections."""
+    target = app(tmp_path, "v1")
+    with serving(f"{target}:server", tmp_path, workers=2) as server:
+        old = server.workers()
+        clients = [Ticked(server) for _ in range(20)]
+        for c in clients:
+            c.start()
+        wait_until(lambda: all(len(c.ticks) >= 3 for c in clients), 15, what="ticking")
+        app(tmp_path, "v2")
+        reload_and_wait(server, 2)
+        wait_until(lambda: all(c.versions == ["v1", "v2"] for c in clients), 15, what="v2")
+        counts = [len(c.ticks) for c in clients]
+        wait_until(
+            lambda: all(len(c.ticks) >= n + 3 for c, n in zip(clients, counts, strict=True)),
+            10,
+            what="more ticks from the new code",
+        )
+        for c in clients:
+            c.stop.set()
+            c.join(5)
+        assert [c.closed for c in clients] == [[]] * 20
+        for c in clients:
+            assert c.ticks == list(range(1, len(c.ticks) + 1)), c.ticks
+        _, alive = psutil.wait_procs(old, timeout=timeout(5))
+        assert alive == []
+        log = server.log()
+        assert sum(int(n) for n in re.findall(r"(\d+) moved to the new worker", log)) == 20
+        assert re.findall(r"(\d+) fell back", log) == ["0", "0"]
+
+
+class Busy(threading.Thread):
+    """Sends a numbered message every few ms; checks each echo comes back once, in order."""
+
+    def __init__(self, server, name):
+        super().__init__(daemon=True)
+        self.server, self.name = server, name
+        self.stop = threading.Event()
+        self.sent = 0
+        self.echoed: list[int] = []
+        self.versions: set[str] = set()
+        self.errors: list[BaseException] = []
+
+    def run(self):
+        try:
+            with self.server.connect() as ws:
+                while not self.stop.is_set():
+                    ws.send(f"{self.name}-{self.sent}")
+                    self.sent += 1
+                    reply = json.loads(ws.recv(timeout=timeout(5)))
+                    self.echoed.append(int(reply["e"].rsplit("-", 1)[1]))
+                    self.versions.add(reply["v"])
+                    self.stop.wait(0.003)
+        except BaseException as exc:  # reported by the test
+            self.errors.append(exc)
+
+
+def test_busy_clients_see_no_close_and_no_lost_duplicated_or_reordered_message(tmp_path):
+    """1. 6 clients each send a message every ~3 ms and wait for its echo
+    2. three reloads, each with new code  3. no client sees a close or an error, every
+    echo arrives once and in order, and the last code answers on the same connections."""
+    target = app(tmp_path, "v1")
+    with serving(f"{target}:server", tmp_path, workers=2) as server:
+        clients = [Busy(server, f"c{i}") for i in range(6)]
+        for c in clients:
+            c.start()
+        wait_until(lambda: all(len(c.echoed) > 20 for c in clients), 15, what="busy")
+        for generation in (2, 3, 4):
+            app(tmp_path, f"v{generation}")
+            reload_and_wait(server, generation)
+            counts = [len(c.echoed) for c in clients]
+            wait_until(
+                lambda counts=counts: all(
+                    len(c.echoed) > n + 10 for c, n in zip(clients, counts, strict=True)
+                ),
+                15,
+                what="echoes after the reload",
+            )
+        for c in clients:
+            c.stop.set()
+            c.join(10)
+        assert [c.errors for c in clients] == [[]] * 6
+        for c in clients:
+            assert c.echoed == list(range(len(c.echoed)))
+            assert "v4" in c.versions
+
+
+def test_ten_thousand_idle_connections_survive_a_reload(tmp_path):
+    """1. 10,000 idle WebSockets on 2 workers  2. reload  3. every one of them then
+    answers from generation 2 on the same connection, with its session id unchanged."""
+    count = 10_000
+    target = app(tmp_path, "v1", max_connections=20_000)
+    with serving(f"{target}:server", tmp_path, workers=2) as server:
+
+        async def scenario():
+            conns = await open_raw_connections(server.port, count)
+            try:
+                before = await ask_all(conns, "who")
+                await asyncio.get_running_loop().run_in_executor(None, reload_and_wait, server, 2)
+                after = await ask_all(conns, "who")
+            finally:
+                for _reader, writer in conns:
+                    writer.close()
+            return before, after
+
+        before, after = uvloop.run(scenario())
+        assert [a["fd"] for a in after] == [b["fd"] for b in before]
+        assert {b["gen"] for b in before} == {1}
+        assert {a["gen"] for a in after} == {2}
+        print(server.log()[-2000:])
+
+
+async def open_raw_connections(port, count):
+    async def one():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return reader, writer
+
+    conns = []
+    for start in range(0, count, 500):
+        conns += await asyncio.gather(*(one() for _ in range(min(500, count - start))))
+    return conns
+
+
+async def ask_all(conns, text):
+    frame = masked_frame(1, text.encode())
+
+    async def ask(reader, writer):
+        writer.write(frame)
+        head = await reader.readexactly(2)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(await reader.readexactly(2), "big")
+        return json.loads(await reader.readexactly(length))
+
+    answers = []
+    for start in range(0, len(conns), 500):
+        answers += await asyncio.wait_for(
+            asyncio.gather(*(ask(r, w) for r, w in conns[start : start + 500])), timeout(60)
+        )
+    return answers
+
+
+def test_a_connection_busy_past_the_bound_gets_its_reply_then_one_1012(tmp_path):
+    """1. a handler is awaiting for 2 s when the reload comes  2. the connection cannot
+    move in time: it stays with the old worker  3. the reply still arrives, then exactly
+    one close, 1012."""
+    target = app(tmp_path, "v1")
+    with serving(f"{target}:server", tmp_path) as server, server.connect() as ws:
+        ws.send("slow:2")
+        server.signal(signal.SIGUSR1)
+        assert json.loads(ws.recv(timeout=10)) == {"slept": "2", "v": "v1"}
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1012
+        server.wait_for_log(r"1 fell back to a 1012 close")
+
+
+def test_a_client_with_too_much_unsent_data_gets_it_all_then_one_1012(tmp_path):
+    """1. the server floods 30 MB to a client that does not read: the kernel's buffers
+    hold a few MB, the rest waits in the transport  2. reload  3. more than the cap would
+    have to move: the old worker keeps the connection, delivers every byte it owed, in
+    order, then closes it with exactly one 1012."""
+    count = 30_000
+    target = app(tmp_path, "v1")
+    with serving(f"{target}:server", tmp_path) as server:
+        sock, rest = raw_handshake(server.port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(masked_frame(1, f"flood:{count}".encode()))
+        wait_until(lambda: worker_rss_grew(server), 10, what="the flood buffered")
+        server.signal(signal.SIGUSR1)
+        server.wait_for_log(r"reload to generation 2 complete", 20)
+        messages, code = read_all_messages(sock, rest)
+        sock.close()
+        assert len(messages) == count + 1
+        assert messages[:count] == [f"{i}:{'x' * 1000}" for i in range(count)]
+        assert messages[count:] == ["flood done"]
+        assert code == 1012
+        server.wait_for_log(r"1 fell back to a 1012 close .*over its cap")
+
+
+def worker_rss_grew(server, megabytes=10):
+    return any(w.memory_info().rss > megabytes * 2**20 * 3 for w in server.workers())
+
+
+def read_all_messages(sock, buffer=b""):
+    """Read text frames until a close frame; returns (messages, close code)."""
+    sock.settimeout(timeout(30))
+    data = bytearray(buffer)
+    pos = 0
+    messages = []
+    while True:
+        while len(data) - pos >= 2:
+            opcode, length, offset = data[pos] & 0x0F, data[pos + 1] & 0x7F, 2
+            if length == 126:
+                length, offset = int.from_bytes(data[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                length, offset = int.from_bytes(data[pos + 2 : pos + 10], "big"), 10
+            if len(data) - pos < offset + length:
+                break
+            payload = bytes(data[pos + offset : pos + offset + length])
+            pos += offset + length
+            if opcode == 8:
+                return messages, int.from_bytes(payload[:2], "big")
+            messages.append(payload.decode())
+        if pos > 1 << 20:
+            del data[:pos]
+            pos = 0
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return messages, None
+        data += chunk
+
+
+def test_app_state_that_is_not_plain_data_falls_back_to_one_1012(tmp_path):
+    """A handoff hook returning an object of the app's own class cannot move (new code
+    may not unpickle it): that client gets exactly one 1012; a plain-data one moves."""
+    extra = """
+    class Session:
+        pass
+
+    @server.on("handoff")
+    def on_handoff(server, fd):
+        return {"ok": 1} if fd % 2 else Session()
+    """
+    target = app(tmp_path, "v1", extra=extra)
+    with serving(f"{target}:server", tmp_path) as server, contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(server.connect()) for _ in range(6)]
+        fds = []
+        for ws in clients:
+            ws.send("who")
+            fds.append(json.loads(ws.recv(timeout=5))["fd"])
+        reload_and_wait(server, 2)
+        for ws, fd in zip(clients, fds, strict=True):
+            if fd % 2:
+                ws.send("who")
+                assert json.loads(ws.recv(timeout=5))["gen"] == 2
+            else:
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=10)
+                assert closed.value.rcvd.code == 1012
+        server.wait_for_log(r"fell back to a 1012 close .*not plain data")
+
+
+def test_resume_hook_gets_the_state_the_handoff_hook_returned(tmp_path):
+    extra = """
+    @server.on("handoff")
+    def on_handoff(server, fd):
+        return {"user": f"u{fd}", "generation": server.generation}
+
+    @server.on("resume")
+    def on_resume(server, fd, state):
+        server.push(fd, json.dumps({"resumed": state, "gen": server.generation}))
+    """
+    target = app(tmp_path, "v1", extra=extra)
+    with serving(f"{target}:server", tmp_path) as server, server.connect() as ws:
+        ws.send("who")
+        fd = json.loads(ws.recv(timeout=5))["fd"]
+        reload_and_wait(server, 2)
+        assert json.loads(ws.recv(timeout=5)) == {
+            "resumed": {"user": f"u{fd}", "generation": 1},
+            "gen": 2,
+        }
+
+
+def test_new_worker_refusing_some_connections_closes_exactly_those_with_1012(tmp_path):
+    """New code lowers max_connections to 3: the new worker adopts 3 of 5 clients; the
+    other 2 are taken back by the old worker and closed with one 1012 each."""
+    target = app(tmp_path, "v1")
+    with serving(f"{target}:server", tmp_path) as server, contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(server.connect()) for _ in range(5)]
+        for ws in clients:
+            ws.send("who")
+            ws.recv(timeout=5)
+        app(tmp_path, "v2", max_connections=3)
+        reload_and_wait(server, 2)
+        moved, closed = 0, []
+        for ws in clients:
+            try:
+                ws.send("who")
+                assert json.loads(ws.recv(timeout=5))["v"] == "v2"
+                moved += 1
+            except ConnectionClosed as exc:
+                closed.append(exc.rcvd.code if exc.rcvd else None)
+        assert moved == 3 and closed == [1012, 1012]
+
+
+def test_shutdown_does_not_hand_off(tmp_path):
+    target = app(tmp_path, "v1")
+    with serving(f"{target}:server", tmp_path) as server:
+        sock, _ = raw_handshake(server.port)
+        server.signal(signal.SIGTERM)
+        assert read_close_code(sock) == 1001
+        sock.close()

@@ -1,0 +1,440 @@
+"""A cheap WebSocket load client on uvloop.
+
+Every connection is a plain ``asyncio.Protocol`` with a hand-made opening handshake. Once open,
+it does closed-loop round trips: it writes one pre-built, pre-masked text frame, waits for the
+echo, records the round-trip time and writes the same bytes again. Replies are not decoded:
+frames are only counted by walking their headers (opcode and payload length), with a fast path
+for the common case where one ``data_received`` call carries exactly one expected reply.
+
+The client shares the machine with the server under test, so it is built to be cheap per
+message and it reports its own CPU time per message (``client_cpu_us_per_msg``).
+
+Standalone use::
+
+    python benchmarks/loadclient.py --port 9501 --conns 100 --size 64 --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a swoolish dependency
+    uvloop = None
+
+__all__ = [
+    "EchoStats",
+    "WSClient",
+    "build_frame",
+    "close_all",
+    "handshake_request",
+    "open_connections",
+    "percentile",
+    "run_echo",
+]
+
+#: Fixed mask key: masking is required by RFC 6455, unpredictability does not matter here.
+MASK = b"\x37\xfa\x21\x3d"
+#: A masked close frame with status 1000 (normal closure).
+CLOSE_FRAME = bytes([0x88, 0x82]) + MASK + bytes([0x03 ^ MASK[0], 0xE8 ^ MASK[1]])
+
+
+def build_frame(payload: bytes, opcode: int = 0x1, mask: bytes = MASK) -> bytes:
+    """One final, masked client frame carrying ``payload`` (built once, sent many times)."""
+    n = len(payload)
+    head = bytearray([0x80 | opcode])
+    if n < 126:
+        head.append(0x80 | n)
+    elif n < 65536:
+        head.append(0x80 | 126)
+        head += n.to_bytes(2, "big")
+    else:
+        head.append(0x80 | 127)
+        head += n.to_bytes(8, "big")
+    head += mask
+    masked = (
+        int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    ).to_bytes(n, "big")
+    return bytes(head) + masked
+
+
+def server_header(n: int, opcode: int = 0x1) -> bytes:
+    """The unmasked header a server puts in front of an ``n``-byte echo."""
+    if n < 126:
+        return bytes([0x80 | opcode, n])
+    if n < 65536:
+        return bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    return bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+
+
+def handshake_request(host: str, port: int, path: str = "/") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "\r\n"
+    ).encode()
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (``nan`` when empty)."""
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+class EchoStats:
+    """Counters shared by every connection of one run."""
+
+    __slots__ = ("count", "dropped", "errors", "latencies", "recording", "unanswered")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.latencies: list[float] = []
+        self.recording = False
+        self.errors = 0  # failed connects or handshakes
+        self.dropped = 0  # connections lost while running
+        self.unanswered = 0  # round trips in flight when a connection was lost
+
+
+class WSClient(asyncio.Protocol):
+    """One client connection: handshake, then closed-loop echo round trips."""
+
+    __slots__ = (
+        "_buf",
+        "_expect",
+        "_fast",
+        "_frame",
+        "_hbuf",
+        "_lat_append",
+        "_opcode",
+        "_remaining",
+        "_stats",
+        "_t0",
+        "closed",
+        "in_flight",
+        "on_lost",
+        "open",
+        "ready",
+        "request",
+        "running",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        request: bytes,
+        frame: bytes,
+        payload_len: int,
+        stats: EchoStats,
+        ready: asyncio.Future[bool],
+        on_lost: Callable[[WSClient], None] | None = None,
+    ) -> None:
+        # on_lost(client) is called when a connection is lost while doing round trips.
+        self.request = request
+        self._frame = frame
+        self._fast = server_header(payload_len)
+        self._expect = len(self._fast) + payload_len
+        self._stats = stats
+        self._lat_append = stats.latencies.append
+        self.ready = ready
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self.open = False
+        self.closed = False
+        self.running = False
+        self.in_flight = False
+        self._hbuf = b""
+        self._buf = b""
+        self._remaining = 0
+        self._opcode = 0
+        self._t0 = 0.0
+
+    # -- asyncio callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_open = self.open
+        self.closed = True
+        self.transport = None
+        if not self.ready.done():
+            self.ready.set_result(False)
+        was_running = was_open and self.running
+        self.running = False
+        if was_running:
+            self._stats.dropped += 1
+            if self.in_flight:
+                self._stats.unanswered += 1
+            if self.on_lost is not None:
+                self.on_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open:
+            self._handshake(data)
+            return
+        # Fast path: exactly one whole echo, header as expected.
+        if (
+            not self._remaining
+            and not self._buf
+            and len(data) == self._expect
+            and data.startswith(self._fast)
+        ):
+            self._message()
+            return
+        self._parse(data)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
+        buf = self._hbuf + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > 16384:
+                self.transport.close()  # type: ignore[union-attr]
+            self._hbuf = buf
+            return
+        self._hbuf = b""
+        ok = buf.startswith(b"HTTP/1.1 101")
+        if not ok:
+            self.transport.close()  # type: ignore[union-attr]
+            if not self.ready.done():
+                self.ready.set_result(False)
+            return
+        self.open = True
+        if not self.ready.done():
+            self.ready.set_result(True)
+        rest = buf[end + 4 :]
+        if rest:
+            self._parse(rest)
+
+    def _parse(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        pos = 0
+        n = len(buf)
+        while True:
+            if self._remaining:
+                take = min(self._remaining, n - pos)
+                pos += take
+                self._remaining -= take
+                if self._remaining:
+                    return
+                self._frame_done()
+            if pos >= n:
+                return
+            if n - pos < 2:
+                self._buf = buf[pos:]
+                return
+            b0 = buf[pos]
+            ln = buf[pos + 1] & 0x7F
+            hl = 2
+            if ln == 126:
+                if n - pos < 4:
+                    self._buf = buf[pos:]
+                    return
+                ln = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                hl = 4
+            elif ln == 127:
+                if n - pos < 10:
+                    self._buf = buf[pos:]
+                    return
+                ln = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                hl = 10
+            pos += hl
+            self._opcode = b0 & 0x0F
+            self._remaining = ln
+            if not ln:
+                self._frame_done()
+
+    def _frame_done(self) -> None:
+        op = self._opcode
+        if op == 0x1 or op == 0x2:
+            self._message()
+        elif op == 0x8:  # close from the server: connection_lost does the accounting
+            if self.transport is not None:
+                self.transport.close()
+        # continuation, ping and pong frames are only counted past; the reference servers
+        # run with their keepalive pings off and replies are never fragmented.
+
+    def _message(self) -> None:
+        now = time.perf_counter()
+        self.in_flight = False
+        stats = self._stats
+        if stats.recording:
+            stats.count += 1
+            self._lat_append(now - self._t0)
+        if self.running:
+            self._t0 = now
+            self.in_flight = True
+            self.transport.write(self._frame)  # type: ignore[union-attr]
+
+    def start(self) -> None:
+        if self.transport is None or not self.open:
+            return
+        self.running = True
+        self.in_flight = True
+        self._t0 = time.perf_counter()
+        self.transport.write(self._frame)
+
+    def stop(self) -> None:
+        self.running = False
+
+    def stalled(self, now: float, after: float = 1.0) -> bool:
+        """True when a round trip has been waiting for its echo longer than ``after`` s."""
+        return self.running and self.in_flight and now - self._t0 > after
+
+    def close(self) -> None:
+        self.running = False
+        t = self.transport
+        if t is not None:
+            if self.open:
+                t.write(CLOSE_FRAME)
+            t.close()
+
+
+async def open_connections(
+    host: str,
+    port: int,
+    n: int,
+    payload_len: int,
+    stats: EchoStats,
+    *,
+    frame: bytes | None = None,
+    concurrency: int = 200,
+    timeout: float = 15.0,
+    on_lost: Callable[[WSClient], None] | None = None,
+) -> list[WSClient]:
+    """Open ``n`` WebSocket connections, ``concurrency`` handshakes at a time.
+
+    Failures are counted in ``stats.errors``; only established clients are returned.
+    """
+    loop = asyncio.get_running_loop()
+    if frame is None:
+        frame = build_frame(b"x" * payload_len)
+    request = handshake_request(host, port)
+    clients: list[WSClient] = []
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with sem:
+            ready: asyncio.Future[bool] = loop.create_future()
+            proto = WSClient(request, frame, payload_len, stats, ready, on_lost)
+            try:
+                async with asyncio.timeout(timeout):
+                    await loop.create_connection(lambda: proto, host, port)
+                    ok = await ready
+            except (OSError, TimeoutError):
+                ok = False
+            if ok:
+                clients.append(proto)
+            else:
+                stats.errors += 1
+                proto.close()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return clients
+
+
+async def close_all(clients: list[WSClient], settle: float = 0.2) -> None:
+    for c in clients:
+        c.close()
+    await asyncio.sleep(settle)
+
+
+async def run_echo(
+    host: str,
+    port: int,
+    *,
+    conns: int = 100,
+    size: int = 64,
+    warmup: float = 1.0,
+    duration: float = 5.0,
+    on_start: Callable[[], Any] | None = None,
+    on_end: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Echo load: ``conns`` connections doing round trips of a ``size``-byte text message.
+
+    ``on_start``/``on_end`` run right at the edges of the measured window (after warm-up), so a
+    caller can sample the server's CPU time around exactly the messages counted here.
+    """
+    stats = EchoStats()
+    frame = build_frame(b"x" * size)
+    clients = await open_connections(host, port, conns, size, stats, frame=frame)
+    try:
+        for c in clients:
+            c.start()
+        await asyncio.sleep(warmup)
+        stats.latencies.clear()
+        stats.count = 0
+        if on_start is not None:
+            on_start()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        stats.recording = True
+        await asyncio.sleep(duration)
+        stats.recording = False
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        if on_end is not None:
+            on_end()
+        for c in clients:
+            c.stop()
+        # let in-flight round trips land before closing
+        deadline = time.perf_counter() + 1.0
+        while time.perf_counter() < deadline and any(c.in_flight and c.open for c in clients):
+            await asyncio.sleep(0.01)
+    finally:
+        await close_all(clients)
+    lat = sorted(stats.latencies)
+    count = stats.count
+    return {
+        "conns": len(clients),
+        "size": size,
+        "msgs": count,
+        "seconds": elapsed,
+        "msgs_per_s": count / elapsed if elapsed else 0.0,
+        "p50_us": percentile(lat, 50) * 1e6,
+        "p99_us": percentile(lat, 99) * 1e6,
+        "client_cpu_us_per_msg": cpu / count * 1e6 if count else float("nan"),
+        "connect_errors": stats.errors,
+        "dropped": stats.dropped,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="WebSocket echo load client (uvloop)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--conns", type=int, default=100)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--duration", type=float, default=5.0)
+    a = p.parse_args(argv)
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        p.error("loopback only")
+    coro = run_echo(
+        a.host, a.port, conns=a.conns, size=a.size, warmup=a.warmup, duration=a.duration
+    )
+    result = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

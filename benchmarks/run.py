@@ -1,0 +1,718 @@
+"""Side-by-side benchmark: swoolish against the websockets, aiohttp and picows echo servers.
+
+Every server runs as a subprocess on loopback, on a free port. Scenarios are interleaved
+(A B C D, A B C D, ...) so that slow drifts of a shared, noisy machine hit every server alike,
+and every figure is also given as a ratio to the ``websockets`` server of the same round.
+
+The stable figure is the server's CPU time per message: user+sys of the server process and all
+its children (psutil), sampled right at the edges of the measured window, divided by the
+messages echoed in it. Throughput and latency are reported too, but they depend on how much
+CPU the load client and everything else on the machine leave to the server.
+
+Usage::
+
+    python benchmarks/run.py [--quick] [--rounds N] [--only SCENARIO[,SCENARIO...]]
+
+Results: a table on stdout and ``benchmarks/results/<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from loadclient import (  # noqa: E402
+    EchoStats,
+    WSClient,
+    close_all,
+    open_connections,
+    percentile,
+    run_echo,
+)
+
+HOST = "127.0.0.1"
+PY = sys.executable
+BASELINE = "websockets"
+
+
+def _swoolish_cmd(target: str, workers: int, log_level: str = "warning") -> Callable[[int], list]:
+    def cmd(port: int) -> list[str]:
+        return [
+            PY,
+            "-m",
+            "swoolish",
+            "serve",
+            target,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            log_level,
+        ]
+
+    return cmd
+
+
+def _script_cmd(script: str) -> Callable[[int], list]:
+    def cmd(port: int) -> list[str]:
+        return [PY, str(HERE / "servers" / script), "--port", str(port)]
+
+    return cmd
+
+
+SERVERS: dict[str, Callable[[int], list[str]]] = {
+    "websockets": _script_cmd("ws_websockets.py"),
+    "aiohttp": _script_cmd("ws_aiohttp.py"),
+    "picows": _script_cmd("ws_picows.py"),
+    "swoolish": _swoolish_cmd("examples/echo.py:server", 1),
+    "swoolish-2w": _swoolish_cmd("examples/echo.py:server", 2),
+}
+
+ECHO_SERVERS = ["websockets", "aiohttp", "picows", "swoolish"]
+
+#: name -> (kind, parameters, participants)
+SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
+    "echo64": ("echo", {"size": 64, "conns": 100}, ECHO_SERVERS),
+    "echo4k": ("echo", {"size": 4096, "conns": 100}, ECHO_SERVERS),
+    "workers": ("echo", {"size": 64, "conns": 100}, ["websockets", "swoolish", "swoolish-2w"]),
+    "idle1k": ("idle", {"conns": 1_000}, ECHO_SERVERS),
+    "idle10k": ("idle", {"conns": 10_000}, ECHO_SERVERS),
+    "timers": ("timers", {}, ["swoolish"]),
+    "reload": ("reload", {"workers": 4, "ws_conns": 50, "http_concurrency": 8}, ["swoolish"]),
+    "broadcast": ("hook", {"sessions": 10_000, "workers": 2}, ["swoolish"]),
+}
+
+
+# -- server processes -------------------------------------------------------------------------
+
+_RUNNING: list[Server] = []
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One server under test: a subprocess (plus its children), stopped by pid."""
+
+    def __init__(self, name: str, cmd: list[str] | Callable[[int], list[str]], logdir: Path):
+        self.name = name
+        self.port = free_port()
+        self.cmd = cmd(self.port) if callable(cmd) else cmd
+        self.log_path = logdir / f"{name}-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        log = open(self.log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(
+                self.cmd,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop it in a finally
+            )
+        finally:
+            log.close()
+        _RUNNING.append(self)
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_text()[-2000:]}")
+            try:
+                _r, w = await asyncio.open_connection(HOST, self.port)
+                w.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.name} not listening after {timeout}s")
+
+    def processes(self) -> list[psutil.Process]:
+        if self.proc is None:
+            return []
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    @staticmethod
+    def cpu_seconds(procs: list[psutil.Process]) -> float:
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for p in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return total
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        with contextlib.suppress(ValueError):
+            _RUNNING.remove(self)
+        try:
+            kids = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            kids = []
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for kid in kids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                kid.terminate()
+        _gone, alive = psutil.wait_procs(kids, timeout=3)
+        for kid in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                kid.kill()
+
+
+def stop_all() -> None:
+    for server in list(_RUNNING):
+        try:
+            server.stop()
+        except Exception as exc:  # keep stopping the others
+            print(f"warning: stopping {server.name}: {exc}", file=sys.stderr)
+
+
+# -- scenarios --------------------------------------------------------------------------------
+
+
+async def measure_echo(server: Server, size: int, conns: int, cfg: dict) -> dict[str, Any]:
+    marks: dict[str, Any] = {}
+
+    def on_start() -> None:
+        marks["procs"] = server.processes()
+        marks["cpu0"] = Server.cpu_seconds(marks["procs"])
+
+    def on_end() -> None:
+        marks["cpu1"] = Server.cpu_seconds(marks["procs"])
+
+    r = await run_echo(
+        HOST,
+        server.port,
+        conns=conns,
+        size=size,
+        warmup=cfg["warmup"],
+        duration=cfg["duration"],
+        on_start=on_start,
+        on_end=on_end,
+    )
+    cpu = marks["cpu1"] - marks["cpu0"]
+    r["server_cpu_s"] = cpu
+    r["server_cpu_us_per_msg"] = cpu / r["msgs"] * 1e6 if r["msgs"] else float("nan")
+    r["server_cores_busy"] = cpu / r["seconds"]
+    return r
+
+
+async def measure_idle(name: str, conns: int, cfg: dict, logdir: Path) -> dict[str, Any]:
+    """RSS per idle WebSocket connection, on a fresh server process."""
+    server = Server(name, SERVERS[name], logdir).start()
+    try:
+        await server.wait_ready()
+        # touch every code path once so lazily built state is not charged to the connections
+        await run_echo(HOST, server.port, conns=5, size=64, warmup=0.1, duration=0.2)
+        await asyncio.sleep(0.3)
+        rss0 = server.rss()
+        stats = EchoStats()
+        t0 = time.perf_counter()
+        clients = await open_connections(HOST, server.port, conns, 64, stats, concurrency=100)
+        open_s = time.perf_counter() - t0
+        await asyncio.sleep(cfg["idle_settle"])
+        rss1 = server.rss()
+        # every connection still answers: one round trip each
+        stats.recording = True
+        for c in clients:
+            c.start()
+            c.stop()
+        deadline = time.monotonic() + 15
+        while stats.count < len(clients) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        answered = stats.count
+        await close_all(clients, settle=0.5)
+    finally:
+        server.stop()
+    return {
+        "conns": len(clients),
+        "connect_errors": stats.errors,
+        "echo_answered": answered,
+        "dropped": stats.dropped,
+        "open_s": open_s,
+        "rss_before_mib": rss0 / 2**20,
+        "rss_after_mib": rss1 / 2**20,
+        "kib_per_conn": (rss1 - rss0) / conns / 1024,
+    }
+
+
+async def measure_timers(cfg: dict) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        PY,
+        str(HERE / "timers_bench.py"),
+        "--tick-seconds",
+        str(cfg["tick_seconds"]),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return json.loads(out)
+
+
+_RELOAD_DONE = re.compile(rb"reload to generation (\d+) (complete|rolled back)[^\d]*([\d.]+)s")
+
+
+async def measure_reload(params: dict, cfg: dict, logdir: Path) -> dict[str, Any]:
+    """Rolling reload of N workers under WebSocket echo load plus fresh-connection HTTP load.
+
+    Reload time comes from the master's log line "reload to generation N complete in X s".
+    Failures: HTTP requests without a 200 answer; WebSocket round trips left waiting > 1 s;
+    WebSocket connections lost while doing round trips (reopened to keep the load up) and
+    the round trips in flight when that happened; reconnects that failed.
+    """
+    loop = asyncio.get_running_loop()
+    cmd = _swoolish_cmd(
+        "benchmarks/servers/swoolish_reload_app.py:server", params["workers"], "info"
+    )
+    server = Server("swoolish-reload", cmd, logdir).start()
+    phase = "warmup"
+    http: dict[str, dict[str, Any]] = {
+        p: {"ok": 0, "failed": 0, "lat": []} for p in ("before", "during", "after")
+    }
+    ws_lat: dict[str, list[float]] = {}
+    stats = EchoStats()
+    clients: list[WSClient] = []
+    tasks: set[asyncio.Task] = set()
+    running = True
+
+    def on_lost(_client: WSClient) -> None:
+        if running:
+            t = loop.create_task(reopen())
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+    async def reopen() -> None:
+        new = await open_connections(HOST, server.port, 1, 64, stats, on_lost=on_lost)
+        for c in new:
+            clients.append(c)
+            if running:
+                c.start()
+
+    async def http_loop() -> None:
+        req = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
+        while running:
+            ph = phase
+            t0 = time.perf_counter()
+            ok = False
+            writer = None
+            try:
+                async with asyncio.timeout(5):
+                    reader, writer = await asyncio.open_connection(HOST, server.port)
+                    writer.write(req)
+                    data = await reader.read()
+                    ok = data.startswith(b"HTTP/1.1 200")
+            except (OSError, TimeoutError):
+                ok = False
+            finally:
+                if writer is not None:
+                    writer.close()
+            if ph in http:
+                bucket = http[ph]
+                bucket["ok" if ok else "failed"] += 1
+                if ok:
+                    bucket["lat"].append(time.perf_counter() - t0)
+
+    http_tasks: list[asyncio.Task] = []
+    try:
+        await server.wait_ready()
+        await run_echo(HOST, server.port, conns=10, size=64, warmup=0.2, duration=0.3)
+        clients.extend(
+            await open_connections(
+                HOST, server.port, params["ws_conns"], 64, stats, on_lost=on_lost
+            )
+        )
+        for c in clients:
+            c.start()
+        http_tasks = [loop.create_task(http_loop()) for _ in range(params["http_concurrency"])]
+        stats.recording = True
+        phase = "before"
+        await asyncio.sleep(cfg["reload_before"])
+        ws_lat["before"], stats.latencies[:] = list(stats.latencies), []
+        drops_before, unanswered_before = stats.dropped, stats.unanswered
+        log_offset = len(server.log_text().encode())
+        phase = "during"
+        t0 = time.perf_counter()
+        os.kill(server.proc.pid, signal.SIGUSR1)
+        match = None
+        deadline = time.monotonic() + cfg["reload_timeout"]
+        while match is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            match = _RELOAD_DONE.search(server.log_path.read_bytes()[log_offset:])
+        observed = time.perf_counter() - t0
+        ws_lat["during"], stats.latencies[:] = list(stats.latencies), []
+        now = time.perf_counter()
+        stalled_during = sum(c.stalled(now) for c in clients)
+        drops_during, unanswered_during = stats.dropped, stats.unanswered
+        phase = "after"
+        await asyncio.sleep(cfg["reload_after"])
+        ws_lat["after"] = list(stats.latencies)
+        now = time.perf_counter()
+        stalled_after = sum(c.stalled(now) for c in clients)
+        phase = "done"
+    finally:
+        running = False
+        for t in http_tasks:
+            t.cancel()
+        await asyncio.gather(*http_tasks, return_exceptions=True)
+        for t in list(tasks):
+            t.cancel()
+        await close_all(clients, settle=0.3)
+        server.stop()
+
+    def p99_ms(values: list[float]) -> float:
+        return percentile(sorted(values), 99) * 1000
+
+    out: dict[str, Any] = {
+        "workers": params["workers"],
+        "reload_ok": bool(match and match.group(2) == b"complete"),
+        "reload_s": float(match.group(3)) if match else float("nan"),
+        "reload_observed_s": observed,
+        "http_failed": sum(h["failed"] for h in http.values()),
+        "http_failed_during": http["during"]["failed"],
+        "http_ok": sum(h["ok"] for h in http.values()),
+        "ws_dropped": stats.dropped,
+        "ws_dropped_during": drops_during - drops_before,
+        "ws_unanswered": stats.unanswered,
+        "ws_unanswered_during": unanswered_during - unanswered_before,
+        "ws_reconnect_errors": stats.errors,
+        # connections whose round trip had waited > 1 s for its echo at the end of the phase
+        "ws_stalled_end_during": stalled_during,
+        "ws_stalled_end_after": stalled_after,
+    }
+    for ph in ("before", "during", "after"):
+        out[f"ws_p99_ms_{ph}"] = p99_ms(ws_lat.get(ph, []))
+        out[f"ws_msgs_{ph}"] = len(ws_lat.get(ph, []))
+        out[f"http_p99_ms_{ph}"] = p99_ms(http[ph]["lat"])
+    return out
+
+
+def hook_broadcast_10k_sessions_2_workers(params: dict) -> dict[str, Any]:
+    """Placeholder, measures nothing: broadcast to 10k sessions spread over 2 workers.
+
+    Needs a cross-worker broadcast API in swoolish (push to every session of every worker),
+    which is not built yet. When it is: open 10k idle connections to a 2-worker server whose
+    app broadcasts on an HTTP request, then measure time until all 10k clients received the
+    message, and server CPU per delivered message.
+    """
+    return {"status": "not measured", "reason": "cross-worker broadcast not implemented yet"}
+
+
+# -- summary ----------------------------------------------------------------------------------
+
+ECHO_METRICS = [
+    ("msgs_per_s", "msgs/s", "{:,.0f}"),
+    ("server_cpu_us_per_msg", "srv CPU us/msg", "{:.2f}"),
+    ("p50_us", "p50 us", "{:,.0f}"),
+    ("p99_us", "p99 us", "{:,.0f}"),
+    ("client_cpu_us_per_msg", "client us/msg", "{:.2f}"),
+    ("server_cores_busy", "srv cores", "{:.2f}"),
+]
+IDLE_METRICS = [
+    ("kib_per_conn", "KiB/conn", "{:.2f}"),
+    ("open_s", "open s", "{:.2f}"),
+    ("conns", "conns", "{:,.0f}"),
+    ("connect_errors", "errors", "{:.0f}"),
+    ("echo_answered", "answered", "{:,.0f}"),
+]
+RATIO_KEYS = {"msgs_per_s", "server_cpu_us_per_msg", "p50_us", "p99_us", "kib_per_conn"}
+
+
+def _median(values: list[float]) -> float:
+    vals = [v for v in values if v == v]  # drop NaN
+    return statistics.median(vals) if vals else float("nan")
+
+
+def summarise(name: str, kind: str, rounds: dict[str, list[dict]]) -> dict[str, Any]:
+    """Median over rounds of every numeric figure, plus the median per-round ratio to the
+    baseline server (``websockets``) where it took part."""
+    summary: dict[str, Any] = {}
+    base = rounds.get(BASELINE)
+    for server, runs in rounds.items():
+        keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+        s: dict[str, Any] = {k: _median([r[k] for r in runs]) for k in keys}
+        if base is not None and kind in ("echo", "idle"):
+            for k in keys:
+                if k not in RATIO_KEYS:
+                    continue
+                ratios = [
+                    r[k] / b[k]
+                    for r, b in zip(runs, base, strict=False)
+                    if b.get(k) and r[k] == r[k]
+                ]
+                s[f"{k}_vs_{BASELINE}"] = _median(ratios)
+        summary[server] = s
+    return summary
+
+
+def print_table(name: str, kind: str, summary: dict[str, Any]) -> None:
+    if kind in ("echo", "idle"):
+        metrics = ECHO_METRICS if kind == "echo" else IDLE_METRICS
+        headers = ["server"]
+        for key, label, _ in metrics:
+            headers.append(label)
+            if key in RATIO_KEYS:
+                headers.append("x ws")
+        rows = []
+        for server, s in summary.items():
+            row = [server]
+            for key, _, fmt in metrics:
+                row.append(fmt.format(s.get(key, float("nan"))))
+                if key in RATIO_KEYS:
+                    ratio = s.get(f"{key}_vs_{BASELINE}")
+                    row.append("-" if ratio is None else f"{ratio:.2f}")
+            rows.append(row)
+        widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+        print(f"\n## {name}")
+        print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
+        for row in rows:
+            print("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
+    else:
+        print(f"\n## {name}")
+        for server, s in summary.items():
+            for k, v in s.items():
+                shown = f"{v:.4g}" if isinstance(v, float) else v
+                print(f"  {server:>10}  {k:<28} {shown}")
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for pkg in ("swoolish", "uvloop", "websockets", "aiohttp", "picows", "psutil"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def raise_nofile(needed: int) -> dict[str, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        print(f"warning: RLIMIT_NOFILE is {soft} (< {needed} wanted)", file=sys.stderr)
+    return {"soft": soft, "hard": hard}
+
+
+# -- driver -----------------------------------------------------------------------------------
+
+
+def _rotated(items: list[str], r: int) -> list[str]:
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, Any]:
+    selected = args.only or list(SCENARIOS)
+    raw: dict[str, dict[str, list[dict]]] = {name: {} for name in selected}
+
+    # Long-lived echo servers, started once and shared by the echo scenarios.
+    echo_names: list[str] = []
+    for name in selected:
+        kind, _p, participants = SCENARIOS[name]
+        if kind == "echo":
+            echo_names += [s for s in participants if s not in echo_names]
+    servers = {name: Server(name, SERVERS[name], logdir).start() for name in echo_names}
+    for s in servers.values():
+        await s.wait_ready()
+    for s in servers.values():  # warm-up: imports, first connections, JIT-free but cache-warm
+        await run_echo(HOST, s.port, conns=20, size=64, warmup=0.2, duration=cfg["warmup"])
+
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        for name in selected:
+            kind, params, participants = SCENARIOS[name]
+            if kind == "echo":
+                for sname in _rotated(participants, r):
+                    res = await measure_echo(servers[sname], params["size"], params["conns"], cfg)
+                    raw[name].setdefault(sname, []).append(res)
+                    _progress(name, sname, f"{res['server_cpu_us_per_msg']:.2f} us/msg")
+            elif kind == "idle":
+                participants = cfg.get("idle_servers", {}).get(name, participants)
+                for sname in _rotated(participants, r):
+                    res = await measure_idle(sname, params["conns"], cfg, logdir)
+                    raw[name].setdefault(sname, []).append(res)
+                    _progress(name, sname, f"{res['kib_per_conn']:.2f} KiB/conn")
+            elif kind == "timers":
+                res = await measure_timers(cfg)
+                raw[name].setdefault("swoolish", []).append(res)
+                _progress(name, "swoolish", f"after 100k {res['after_100k_s']:.3f}s")
+            elif kind == "reload" and (r == 0 or not args.quick):
+                res = await measure_reload(params, cfg, logdir)
+                raw[name].setdefault("swoolish", []).append(res)
+                _progress(name, "swoolish", f"reload {res['reload_s']:.3f}s")
+
+    for s in servers.values():
+        s.stop()
+
+    results: dict[str, Any] = {}
+    for name in selected:
+        kind, params, participants = SCENARIOS[name]
+        if kind == "hook":
+            results[name] = {"kind": kind, "params": params}
+            results[name]["hook"] = hook_broadcast_10k_sessions_2_workers(params)
+            continue
+        summary = summarise(name, kind, raw[name])
+        results[name] = {"kind": kind, "params": params, "summary": summary, "rounds": raw[name]}
+    return results
+
+
+def _progress(scenario: str, server: str, text: str) -> None:
+    print(f"  {scenario:<8} {server:<12} {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 round, short durations (smoke check)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
+    p.add_argument(
+        "--only",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        help=f"comma-separated scenarios: {', '.join(SCENARIOS)}",
+    )
+    p.add_argument("--no-save", action="store_true", help="do not write the JSON file")
+    args = p.parse_args(argv)
+    if args.only:
+        unknown = [s for s in args.only if s not in SCENARIOS]
+        if unknown:
+            p.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    if args.quick:
+        cfg = {"warmup": 0.3, "duration": 1.0, "idle_settle": 0.3, "tick_seconds": 1.0}
+        cfg |= {"reload_before": 0.8, "reload_after": 1.5, "reload_timeout": 20.0}
+        # keep the smoke check short: 10k idle connections only for the baseline and swoolish
+        cfg["idle_servers"] = {"idle10k": [BASELINE, "swoolish"]}
+    else:
+        cfg = {"warmup": 1.0, "duration": 5.0, "idle_settle": 1.0, "tick_seconds": 2.0}
+        cfg |= {"reload_before": 2.0, "reload_after": 4.0, "reload_timeout": 30.0}
+
+    max_idle = max(
+        (SCENARIOS[s][1]["conns"] for s in (args.only or SCENARIOS) if SCENARIOS[s][0] == "idle"),
+        default=0,
+    )
+    nofile = raise_nofile(max_idle + 1024)
+
+    def on_sigterm(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    started = time.time()
+    results: dict[str, Any] | None = None
+    logdir = Path(tempfile.mkdtemp(prefix="swoolish-bench-"))
+    try:
+        results = uvloop.run(amain(args, cfg, logdir))
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping servers", file=sys.stderr)
+        return 130
+    finally:
+        stop_all()
+    report = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": time.time() - started,
+        "mode": "quick" if args.quick else "full",
+        "rounds": args.rounds,
+        "config": cfg,
+        "rlimit_nofile": nofile,
+        "machine": machine_info(),
+        "baseline": BASELINE,
+        "scenarios": results,
+        "server_logs": str(logdir),
+    }
+    m = report["machine"]
+    print(
+        f"\n# swoolish benchmark ({report['mode']}, {args.rounds} round(s), "
+        f"{report['wall_s']:.0f}s) on {m['nproc']} x {m['cpu_model']}, Python {m['python']}"
+    )
+    for name, res in results.items():
+        if res["kind"] == "hook":
+            print(f"\n## {name}\n  {res['hook']['status']}: {res['hook']['reason']}")
+        else:
+            print_table(name, res["kind"], res["summary"])
+    if not args.no_save:
+        out_dir = HERE / "results"
+        out_dir.mkdir(exist_ok=True)
+        path = out_dir / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}.json"
+        path.write_text(json.dumps(report, indent=2, default=str))
+        print(f"\nJSON: {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Reference echo servers for the benchmark suite; each is a script taking ``--port``."""

@@ -33,6 +33,11 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import CLOSED, OPEN
 from websockets.server import ServerProtocol
 
+try:  # websockets' C speedups: unmasking at C speed
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a build without its C extension
+    from websockets.utils import apply_mask
+
 from .http import Request, Response, render_response, simple_response
 from .migration import Movable
 
@@ -129,6 +134,7 @@ class Connection(Movable, asyncio.Protocol):
         "_body_size",
         "_close_after_response",
         "_closing_code",
+        "_fast",
         "_frag_opcode",
         "_fragments",
         "_header_bytes",
@@ -197,6 +203,7 @@ class Connection(Movable, asyncio.Protocol):
         # set by a parser callback that refuses the request for a reason with its own
         # status (413, 431); the parser itself only reports a generic error
         self._rejection: tuple[int, str] | None = None
+        self._fast = False  # the next WebSocket bytes start at a frame boundary, may go fast
 
     # ------------------------------------------------------------------ transport events
 
@@ -499,7 +506,9 @@ class Connection(Movable, asyncio.Protocol):
         self.ws = open_protocol(
             protocol.extensions, protocol.subprotocol, protocol.max_message_size
         )
+        self._fast = not self.ws.extensions
         self.established = True
+        worker.session_established(self.sid)
         worker.stats["websocket_opened"] += 1
         self._flush(protocol)
         rest = bytes(self._pending_upgrade_bytes or b"")
@@ -517,8 +526,12 @@ class Connection(Movable, asyncio.Protocol):
     def _websocket_data(self, data: bytes) -> None:
         ws = self.ws
         assert ws is not None
-        if self._track:
-            self._note_received(data)
+        if self._fast and not self.closing and ws.state is OPEN:
+            consumed = self._fast_frames(data)
+            if consumed == len(data):
+                return
+            data = data[consumed:]  # the rest starts at a frame boundary
+        self._note_received(data)
         ws.receive_data(data)
         events = ws.events_received()
         # The protocol queued its replies while parsing the whole chunk: one pong per
@@ -544,6 +557,67 @@ class Connection(Movable, asyncio.Protocol):
             # PONG needs nothing.
         self._write_all(writes[w:] if w else writes)
         self._flush_protocol()  # anything a handler's disconnect() queued meanwhile
+        # Back at a frame boundary with nothing pending: the next chunk may go fast.
+        self._fast = (
+            not self._rx_pending
+            and ws.state is OPEN
+            and ws.current_size is None
+            and not self._fragments
+            and not ws.extensions
+        )
+
+    def _fast_frames(self, data: bytes) -> int:
+        """Handle the common case without the protocol object; returns bytes consumed.
+
+        Only complete, final, masked text or binary frames without RSV bits, shorter
+        than 64 KiB and within max_message_size, taken from a frame boundary (RFC 6455
+        §5.2). The first frame that is anything else -- a control frame, a fragment, an
+        extension's, too large, cut by the read -- and everything after it goes to
+        websockets' protocol, which then owns every rule this path does not check.
+        """
+        worker = self._worker
+        handler = worker.handler("message")
+        server = worker.server
+        limit = worker.settings.max_message_size
+        n = len(data)
+        pos = 0
+        while n - pos >= 6:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80:  # FIN, no RSV, text/binary; masked
+                break
+            length = b1 & 0x7F
+            head = pos + 6
+            if length == 126:
+                if n - pos < 8:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                head = pos + 8
+            elif length == 127:
+                break
+            end = head + length
+            if end > n or length > limit:
+                break
+            payload = apply_mask(data[head:end], data[head - 4 : head])
+            pos = end
+            if b0 == 0x81:
+                try:
+                    message: str | bytes = payload.decode()
+                except UnicodeDecodeError as exc:
+                    self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+                    return n  # failing: the rest is discarded (RFC 6455 §7.1.7)
+                opcode = TEXT
+            else:
+                message, opcode = payload, BINARY
+            self.messages_in += 1
+            worker.stats["messages_in"] += 1
+            self._dispatch(handler, (server, Frame(self.sid, message, opcode)))
+            if self.closing or self.ws is None or self.ws.state is not OPEN:
+                # A handler closed the session: the client's reply to that close, and
+                # whatever else follows, belongs to the protocol.
+                self._fast = False
+                return pos
+        return pos
 
     def _data_frame(self, opcode: Any, payload: bytes, fin: bool) -> None:
         if self.closing:

@@ -129,6 +129,7 @@ class Movable:
     messages_out: int
     _inbox: Any
     _reading_paused: bool
+    _fast: bool
     _fragments: list[Any]
     _frag_opcode: int
     _text_decoder: codecs.IncrementalDecoder | None
@@ -284,6 +285,7 @@ class Movable:
             self._text_decoder = codecs.getincrementaldecoder("utf-8")()
             self._text_decoder.setstate(tuple(state["decoder"]))
         self.established = True
+        self._fast = not ws.extensions and not self._fragments and ws.current_size is None
         worker.connections[self.sid] = self
         if state["unsent"]:
             transport.write(state["unsent"])  # what the old worker owed goes first

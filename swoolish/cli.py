@@ -7,8 +7,10 @@ and exits with status 2 before anything is bound or forked.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,19 +21,95 @@ __all__ = ["configure_logging", "main"]
 
 EXIT_USAGE = 2
 
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+MAIN_EXAMPLES = """\
+examples:
+  swoolish serve examples/ticker.py:server --workers 2 --pid-file /tmp/swoolish.pid
+  swoolish status --pid-file /tmp/swoolish.pid
+  swoolish reload --pid-file /tmp/swoolish.pid --wait
+  swoolish stop --pid-file /tmp/swoolish.pid
+
+Run `swoolish COMMAND --help` for a command's options. Documentation: docs/cli.md.
+"""
+
 SERVE_EXAMPLES = """\
 examples:
   swoolish serve examples/ticker.py:server --port 9501
   swoolish serve myapp:server --workers 4 --pid-file /tmp/swoolish.pid
+  swoolish serve myapp:server --log-format json 2>> /var/log/myapp.jsonl
+
+exit status: 0 after a graceful shutdown; 2 for a bad TARGET or setting (one line on
+stderr says what is wrong, before anything is forked).
+"""
+
+RELOAD_EXAMPLES = """\
+examples:
+  swoolish reload --pid-file /tmp/swoolish.pid --wait
+  swoolish reload                 # the only swoolish master running, no waiting
+
+exit status: 0 reload requested (or, with --wait, completed); 1 rolled back, timed out,
+or no master found (including a stale pid file, which is never signalled).
+"""
+
+STOP_EXAMPLES = """\
+examples:
+  swoolish stop --pid-file /tmp/swoolish.pid --timeout 10
+
+exit status: 0 the master exited; 1 it is still running after --timeout, or no master
+was found.
+"""
+
+STATUS_EXAMPLES = """\
+examples:
+  swoolish status
+  swoolish status --pid-file /tmp/swoolish.pid --json | jq .workers
+
+exit status: 0 printed; 1 no master found or it did not answer within --timeout.
 """
 
 
-def configure_logging(level: str) -> None:
-    """Log lines to stderr, each with time, pid and logger name."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, pid, logger, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """ISO 8601 with milliseconds and the UTC offset: 2024-05-01T12:00:00.123+02:00."""
+        local = time.localtime(record.created)
+        offset = time.strftime("%z", local)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+        return f"{stamp}.{int(record.msecs):03d}{offset[:3]}:{offset[3:]}"
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr: ``text`` lines with time, pid and logger name, or ``json`` objects.
+
+    ``server.start()`` scripts call this with the default, text.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}: {log_format!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
     logging.basicConfig(
-        stream=sys.stderr,
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
         force=True,
     )
 
@@ -40,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swoolish",
         description="Swoole's server model for Python: prefork uvloop WebSocket/HTTP workers.",
+        epilog=MAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = commands.add_parser(
@@ -62,12 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error", "critical"],
         help="logging threshold (default: info)",
     )
+    serve.add_argument(
+        "--log-format",
+        dest="log_format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text lines, or one JSON object per line with time, level, pid, logger, "
+        "message (default: text)",
+    )
     reload = commands.add_parser(
         "reload",
         help="rolling reload of every worker (new code from disk)",
         description="Send SIGUSR1 to the master. With --wait, follow the reload worker by "
         "worker and exit 0 when it completed, 1 when it was rolled back or timed out.",
-        epilog="examples:\n  swoolish reload --pid-file /tmp/swoolish.pid --wait\n",
+        epilog=RELOAD_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_pid_file(reload)
@@ -76,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser(
         "stop",
         help="graceful shutdown (SIGTERM), waiting for the master to exit",
-        epilog="examples:\n  swoolish stop --pid-file /tmp/swoolish.pid --timeout 10\n",
+        description="Send SIGTERM to the master and wait until it has exited: every worker "
+        "runs worker_stop and worker_exit, closes its WebSockets with 1001 and finishes the "
+        "HTTP requests in flight.",
+        epilog=STOP_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_pid_file(stop)
@@ -84,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="the master and each worker: pid, generation, state, connections, RSS, CPU",
-        epilog="examples:\n  swoolish status\n  swoolish status --json | jq .workers\n",
+        description="Ask the master for a table of itself and each worker: pid, slot, "
+        "generation, state, connections, timers, messages handled, RSS, CPU and uptime.",
+        epilog=STATUS_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_pid_file(status)
@@ -118,7 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
     spec = loader.parse_target(args.target)
     server = loader.load(spec)
     server.settings.update(overrides)
-    configure_logging(server.settings.log_level)
+    configure_logging(server.settings.log_level, args.log_format)
     return serve(server, spec, overrides)
 
 

@@ -32,7 +32,6 @@ import pickle
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import ipc
@@ -83,32 +82,33 @@ async def hand_off(
     loop = worker.loop
     channel.setblocking(False)
     acks = _AckReader(loop, channel)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a GC pass walks every connection object: not while clients wait
     try:
+        # Most recently active first: the busiest clients see the shortest pause. Each
+        # batch is checked just before it moves, so the first one leaves at once.
+        conns = sorted(conns, key=lambda c: c.last_time, reverse=True)
         for conn in conns:
             conn.freeze()
         await _quiesce(worker, conns)
-        movable: list[Connection] = []
-        for conn in conns:
-            reason = conn.unmovable_reason()
-            if reason is None:
-                movable.append(conn)
-            else:
-                _fall_back_attached(conn, reason, report)
-        # Most recently active first: the busiest clients see the shortest pause.
-        movable.sort(key=lambda c: c.last_time, reverse=True)
-        for number, batch in enumerate(_batches(movable), 1):
-            await _send_batch(worker, channel, acks, number, batch, report)
+        for number, start in enumerate(range(0, len(conns), ipc.MAX_FDS), 1):
+            batch: list[Connection] = []
+            for conn in conns[start : start + ipc.MAX_FDS]:
+                reason = conn.unmovable_reason()
+                if reason is None:
+                    batch.append(conn)
+                else:
+                    _fall_back_attached(conn, reason, report)
+            if batch:
+                await _send_batch(worker, channel, acks, number, batch, report)
         with contextlib.suppress(OSError):
             ipc.send(channel, {"type": "done"})
     finally:
         acks.close()
+        if gc_was_enabled:
+            gc.enable()
         report.seconds = time.monotonic() - started
     return report
-
-
-def _batches(conns: list[Connection]) -> Iterator[list[Connection]]:
-    for start in range(0, len(conns), ipc.MAX_FDS):
-        yield conns[start : start + ipc.MAX_FDS]
 
 
 async def _quiesce(worker: Worker, conns: list[Connection]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import re
 import signal
@@ -59,6 +60,10 @@ APP = """
     @server.on("worker_exit")
     def on_worker_exit(server, worker_id):
         Timer.clear_all()   # what Swoole's docs advise; bound timers move all the same
+
+    @server.on("request")
+    def on_request(request, response):
+        response.end(VERSION)
 
     {extra}
 """
@@ -193,6 +198,57 @@ def test_busy_clients_see_no_close_and_no_lost_duplicated_or_reordered_message(t
         for c in clients:
             assert c.echoed == list(range(len(c.echoed)))
             assert "v4" in c.versions
+
+
+def test_ten_reloads_under_steady_load_close_nothing_and_fail_nothing(tmp_path):
+    """1. 2 workers; 4 busy WebSocket clients and 2 threads of HTTP requests, each on a
+    fresh connection  2. ten reloads, each with new code  3. no WebSocket client was
+    closed or lost an echo, no HTTP request failed, and the last code answers both."""
+    target = app(tmp_path, "v1")
+    with serving(f"{target}:server", tmp_path, workers=2) as server:
+        clients = [Busy(server, f"c{i}") for i in range(4)]
+        http = [HttpLoad(server.port) for _ in range(2)]
+        for t in [*clients, *http]:
+            t.start()
+        wait_until(lambda: all(len(c.echoed) > 10 for c in clients), 15, what="busy")
+        for generation in range(2, 12):
+            app(tmp_path, f"v{generation}")
+            reload_and_wait(server, generation)
+            wait_until(lambda g=generation: all(h.answers.get(f"v{g}") for h in http), 15)
+        for t in [*clients, *http]:
+            t.stop.set()
+            t.join(10)
+        assert [c.errors for c in clients] == [[]] * 4
+        for c in clients:
+            assert c.echoed == list(range(len(c.echoed)))
+            assert "v11" in c.versions
+        assert [h.failures for h in http] == [[]] * 2
+        assert sum(sum(h.answers.values()) for h in http) > 50
+        print("HTTP answers by version:", [dict(h.answers) for h in http])
+
+
+class HttpLoad(threading.Thread):
+    """HTTP GETs, each on a new TCP connection; records answers and failures."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.answers: dict[str, int] = {}
+        self.failures: list[BaseException] = []
+
+    def run(self):
+        while not self.stop.is_set():
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                connection.request("GET", "/")
+                body = connection.getresponse().read().decode()
+                self.answers[body] = self.answers.get(body, 0) + 1
+            except Exception as exc:  # reported by the test
+                self.failures.append(exc)
+            finally:
+                connection.close()
+            self.stop.wait(0.005)
 
 
 def test_ten_thousand_idle_connections_survive_a_reload(tmp_path):

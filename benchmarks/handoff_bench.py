@@ -1,0 +1,191 @@
+"""Live hand-off cost: time to move N idle connections, and the pause a busy client sees.
+
+One worker (one old/new pair, as in research/handoff.md), N idle WebSocket connections
+plus one busy client doing echo round trips every 2 ms. After SIGUSR1 the script reads
+the old worker's "N moved to the new worker in X s" log line, checks every idle
+connection still answers (from generation 2), and reports the longest gap between two
+consecutive echoes of the busy client.
+
+    python benchmarks/handoff_bench.py --conns 1000 10000 [--busy-first]
+
+Loopback only; the server is stopped by pid (and its children through psutil).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = """
+import json
+from swoolish import WebSocketServer
+server = WebSocketServer(max_connections=30000, max_wait_time=5)
+
+@server.on("message")
+def on_message(server, frame):
+    if frame.data == "who":
+        server.push(frame.fd, json.dumps({"gen": server.generation, "fd": frame.fd}))
+    else:
+        server.push(frame.fd, frame.data)
+"""
+HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def masked(text: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    return (
+        bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    )
+
+
+WHO = masked(b"who")
+
+
+async def open_conn(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HANDSHAKE)
+    await reader.readuntil(b"\r\n\r\n")
+    return reader, writer
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readexactly(2)
+    length = head[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    return await reader.readexactly(length)
+
+
+async def busy_client(port: int, stop: asyncio.Event, gaps: list[float]) -> None:
+    reader, writer = await open_conn(port)
+    frame = masked(b"busy")
+    last = time.monotonic()
+    while not stop.is_set():
+        writer.write(frame)
+        await read_frame(reader)
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+        await asyncio.sleep(0.002)
+    writer.close()
+
+
+async def scenario(port: int, count: int, busy_first: bool, master: int, log: Path) -> dict:
+    stop = asyncio.Event()
+    gaps: list[float] = []
+    busy = None
+    if busy_first:
+        busy = asyncio.create_task(busy_client(port, stop, gaps))
+    conns = []
+    for start in range(0, count, 500):
+        conns += await asyncio.gather(*(open_conn(port) for _ in range(min(500, count - start))))
+    if not busy_first:
+        busy = asyncio.create_task(busy_client(port, stop, gaps))
+    while len(gaps) < 50:
+        await asyncio.sleep(0.01)
+    before = len(gaps)
+    os.kill(master, signal.SIGUSR1)
+    moved_line = await wait_for_log(log, r"(\d+) moved to the new worker in ([\d.]+)s")
+    reload_line = await wait_for_log(log, r"reload to generation 2 complete in ([\d.]+)s")
+    await asyncio.sleep(0.3)
+    stop.set()
+    await busy
+    answers = []
+    for start in range(0, count, 500):
+        chunk = conns[start : start + 500]
+        for _, writer in chunk:
+            writer.write(WHO)
+        answers += [json.loads(await read_frame(r)) for r, _ in chunk]
+    for _, writer in conns:
+        writer.close()
+    return {
+        "connections": count,
+        "busy_client": "first" if busy_first else "last",
+        "moved": int(moved_line[0]),
+        "handoff_seconds": float(moved_line[1]),
+        "reload_seconds": float(reload_line[0]),
+        "all_answer_from_gen2": all(a["gen"] == 2 for a in answers),
+        "busy_longest_gap_ms": round(max(gaps[before:]) * 1000, 1),
+        "busy_gap_before_p100_ms": round(max(gaps[10:before]) * 1000, 1),
+    }
+
+
+async def wait_for_log(log: Path, pattern: str, seconds: float = 60) -> tuple[str, ...]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        match = re.search(pattern, log.read_text())
+        if match:
+            return match.groups()
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"no /{pattern}/ in {log}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_one(count: int, busy_first: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Path(tmp) / "handoff_bench_app.py"
+        app.write_text(APP)
+        log = Path(tmp) / "server.log"
+        port = free_port()
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "swoolish", "serve", f"{app}:server", "--port", str(port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            )
+        known = {proc.pid}
+        try:
+            deadline = time.monotonic() + 15
+            while "serving" not in log.read_text():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("server did not start")
+                time.sleep(0.02)
+            known.update(c.pid for c in psutil.Process(proc.pid).children())
+            return uvloop.run(scenario(port, count, busy_first, proc.pid, log))
+        finally:
+            with contextlib.suppress(psutil.Error):
+                known.update(c.pid for c in psutil.Process(proc.pid).children())
+            for pid in known:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conns", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--busy-first", action="store_true")
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    for count in args.conns:
+        print(json.dumps(run_one(count, args.busy_first)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

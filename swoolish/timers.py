@@ -6,9 +6,14 @@ it never touches the event loop itself but asks its host, through ``wakeup``, to
 the tests drive it with a fake clock instead of sleeping, and it means the production loop
 carries a single ``call_at`` handle however many timers exist, instead of one handle per timer.
 
-Timers live in a binary heap of ``(deadline, seq, timer)`` entries. Cancelling a timer only
-flags it (lazy deletion) because removing an arbitrary heap element is O(n); the stale entries
-are skipped when they surface and the heap is rebuilt once they make up more than half of it.
+Each timer is one list, ``[deadline, id, callback, args, repeat, interval, bind, exec_count,
+active]``, that is at once its heap entry and its record in the id index: arming a timer builds
+a single object (half the garbage collector's work of a record plus a heap tuple), and a tick is
+rescheduled by rewriting its deadline in place and sifting it down (``heapreplace``), without
+allocating. Lists compare element by element and ``(deadline, id)`` is unique, so the heap
+never compares beyond the id. Cancelling a timer only flags it (lazy deletion) because removing
+an arbitrary heap element is O(n); the stale entries are skipped when they surface and the heap
+is rebuilt once they make up more than half of it.
 
 The :class:`Timer` facade mirrors Swoole's static API and delegates to the wheel installed in
 the current process with :func:`install`, which the worker does after ``worker_start``.
@@ -22,7 +27,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Coroutine
-from heapq import heapify, heappop, heappush
+from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any
 
 __all__ = [
@@ -54,40 +59,12 @@ Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
 SessionAlive = Callable[[int], bool]
 
 
-class _TimerEntry:
-    """State of one armed timer; slotted because a worker may hold a very large number."""
+# Fields of a timer entry (a list, see the module docstring). The hot paths index with the
+# literal numbers for speed; the comments there name the field.
+_DEADLINE, _ID, _CALLBACK, _ARGS, _REPEAT, _INTERVAL, _BIND, _EXEC, _ACTIVE = range(9)
 
-    __slots__ = (
-        "active",
-        "args",
-        "bind",
-        "callback",
-        "deadline",
-        "exec_count",
-        "id",
-        "interval",
-        "repeat",
-    )
-
-    def __init__(
-        self,
-        timer_id: int,
-        repeat: bool,
-        interval: float,
-        callback: Callable[..., Any],
-        args: tuple[Any, ...],
-        bind: int | None,
-        deadline: float,
-    ) -> None:
-        self.id = timer_id
-        self.repeat = repeat
-        self.interval = interval
-        self.callback = callback
-        self.args = args
-        self.bind = bind
-        self.deadline = deadline
-        self.exec_count = 0
-        self.active = True
+#: A timer: ``[deadline, id, callback, args, repeat, interval_ms, bind, exec_count, active]``.
+_Entry = list[Any]
 
 
 def _callback_name(callback: Callable[..., Any]) -> str:
@@ -168,6 +145,9 @@ class TimerWheel:
     pending; the wheel calls it only when the earliest deadline changes and after every
     :meth:`run_due`. ``spawn`` turns a coroutine returned by a callback into a task.
     ``session_alive(fd)`` lets ``bind=fd`` refuse to arm timers for sessions already closed.
+    ``resolution`` is the clock's step in seconds (0 for an exact clock): a deadline counts as
+    due once the clock is within half a step of it, which rounds it to the nearest step as
+    ``loop.call_at`` does.
     """
 
     def __init__(
@@ -179,6 +159,7 @@ class TimerWheel:
         logger: logging.Logger | None = None,
         *,
         max_per_pass: int = DEFAULT_MAX_PER_PASS,
+        resolution: float = 0.0,
     ) -> None:
         if max_per_pass < 1:
             raise ValueError(f"max_per_pass must be >= 1, got {max_per_pass!r}")
@@ -188,12 +169,16 @@ class TimerWheel:
         self._session_alive = session_alive
         self._log = logger if logger is not None else _log
         self._max_per_pass = max_per_pass
+        # A pass also runs the timers due within half of the clock's resolution: with a clock
+        # that steps in whole milliseconds (uvloop's), a deadline one float rounding error
+        # past the current step would otherwise wait for the next step.
+        self._slack = resolution / 2
 
         # The heap list object is never replaced, only mutated in place: run_due keeps a local
         # reference to it while callbacks may call clear_all() or trigger a compaction.
-        self._heap: list[tuple[float, int, _TimerEntry]] = []
+        self._heap: list[_Entry] = []
         # Insertion order == ascending id, since ids only grow; list() relies on that.
-        self._timers: dict[int, _TimerEntry] = {}
+        self._timers: dict[int, _Entry] = {}
         self._bound: dict[int, set[int]] = {}
         self._tasks: set[Any] = set()
         self._stale = 0  # cancelled entries still sitting in the heap
@@ -214,12 +199,36 @@ class TimerWheel:
         self, ms: float, callback: Callable[..., Any], *args: Any, bind: int | None = None
     ) -> int:
         """Run ``callback(timer_id, *args)`` every ``ms`` milliseconds until cleared."""
+        if bind is None and type(ms) is int and ms >= 1 and callable(callback):
+            # Fast path, the common case: the same steps as _add without bind or checks.
+            timer_id = self._next_id
+            self._next_id = timer_id + 1
+            deadline = self._clock() + ms / 1000.0
+            entry = [deadline, timer_id, callback, args, True, ms, None, 0, True]
+            self._timers[timer_id] = entry
+            heappush(self._heap, entry)
+            if deadline < self._wakeup_at:
+                self._wakeup_at = deadline
+                self._wakeup(deadline)
+            return timer_id
         return self._add(True, ms, callback, args, bind)
 
     def after(
         self, ms: float, callback: Callable[..., Any], *args: Any, bind: int | None = None
     ) -> int:
         """Run ``callback(*args)`` once, ``ms`` milliseconds from now."""
+        if bind is None and type(ms) is int and ms >= 1 and callable(callback):
+            # Fast path, the common case: the same steps as _add without bind or checks.
+            timer_id = self._next_id
+            self._next_id = timer_id + 1
+            deadline = self._clock() + ms / 1000.0
+            entry = [deadline, timer_id, callback, args, False, ms, None, 0, True]
+            self._timers[timer_id] = entry
+            heappush(self._heap, entry)
+            if deadline < self._wakeup_at:
+                self._wakeup_at = deadline
+                self._wakeup(deadline)
+            return timer_id
         return self._add(False, ms, callback, args, bind)
 
     def _add(
@@ -252,11 +261,11 @@ class TimerWheel:
         else:
             self._next_id = timer_id + 1
         deadline = self._clock() + (ms / 1000.0 if first_delay is None else first_delay)
-        timer = _TimerEntry(timer_id, repeat, ms, callback, args, bind, deadline)
+        # The id doubles as the heap tie-breaker: a timer has exactly one entry, so (deadline,
+        # id) is unique and the comparison of two entries never reaches the callback.
+        timer = [deadline, timer_id, callback, args, repeat, ms, bind, 0, True]
         self._timers[timer_id] = timer
-        # The id doubles as the heap tie-breaker: a timer has at most one entry in the heap at
-        # any time, so (deadline, id) is unique and the timer objects are never compared.
-        heappush(self._heap, (deadline, timer_id, timer))
+        heappush(self._heap, timer)
         if deadline < self._wakeup_at:
             self._wakeup_at = deadline
             self._wakeup(deadline)
@@ -305,7 +314,7 @@ class TimerWheel:
         for timer_id in ids:
             timer = timers.pop(timer_id, None)
             if timer is not None:
-                timer.active = False
+                timer[_ACTIVE] = False
                 self._stale += 1
                 count += 1
         self._cleared += count
@@ -332,20 +341,20 @@ class TimerWheel:
             timer = self._timers.pop(timer_id, None)
             if timer is None:
                 continue
-            timer.active = False
+            timer[_ACTIVE] = False
             self._stale += 1
-            name = callback_reference(timer.callback)
-            if name is None or not _plain_data(timer.args):
+            name = callback_reference(timer[_CALLBACK])
+            if name is None or not _plain_data(timer[_ARGS]):
                 dropped += 1
                 continue
             moved.append(
                 {
                     "name": name,
-                    "repeat": timer.repeat,
-                    "interval": timer.interval,
-                    "delay": max(0.0, timer.deadline - now),
-                    "args": timer.args,
-                    "exec_count": timer.exec_count,
+                    "repeat": timer[_REPEAT],
+                    "interval": timer[_INTERVAL],
+                    "delay": max(0.0, timer[_DEADLINE] - now),
+                    "args": timer[_ARGS],
+                    "exec_count": timer[_EXEC],
                 }
             )
         if not self._timers:
@@ -367,28 +376,28 @@ class TimerWheel:
         )
         timer = self._timers.get(adder)
         if timer is not None:
-            timer.exec_count = int(snapshot.get("exec_count", 0))
+            timer[_EXEC] = int(snapshot.get("exec_count", 0))
         return adder
 
-    def _deactivate(self, timer: _TimerEntry) -> None:
+    def _deactivate(self, timer: _Entry) -> None:
         """Flag a timer dead and drop it from the fd index; its heap entry becomes stale."""
-        timer.active = False
+        timer[_ACTIVE] = False
         self._stale += 1
-        if timer.bind is not None:
+        if timer[_BIND] is not None:
             self._unbind(timer)
 
-    def _unbind(self, timer: _TimerEntry) -> None:
-        bound = self._bound.get(timer.bind)  # type: ignore[arg-type]
+    def _unbind(self, timer: _Entry) -> None:
+        bound = self._bound.get(timer[_BIND])
         if bound is not None:
-            bound.discard(timer.id)
+            bound.discard(timer[_ID])
             if not bound:
-                del self._bound[timer.bind]  # type: ignore[arg-type]
+                del self._bound[timer[_BIND]]
 
     def _maybe_compact(self) -> None:
         """Rebuild the heap once dead entries outnumber live ones, bounding memory and pops."""
         heap = self._heap
         if self._stale * 2 > len(heap) and len(heap) >= _COMPACT_MIN:
-            heap[:] = [entry for entry in heap if entry[2].active]
+            heap[:] = [entry for entry in heap if entry[_ACTIVE]]
             heapify(heap)
             self._stale = 0
 
@@ -407,14 +416,14 @@ class TimerWheel:
         if timer is None:
             return None
         return {
-            "id": timer.id,
-            "type": "tick" if timer.repeat else "after",
-            "interval": timer.interval,
-            "exec_count": timer.exec_count,
-            "next_run": max(0.0, timer.deadline - self._clock()),
-            "deadline": timer.deadline,
-            "bind": timer.bind,
-            "callback": _callback_name(timer.callback),
+            "id": timer[_ID],
+            "type": "tick" if timer[_REPEAT] else "after",
+            "interval": timer[_INTERVAL],
+            "exec_count": timer[_EXEC],
+            "next_run": max(0.0, timer[_DEADLINE] - self._clock()),
+            "deadline": timer[_DEADLINE],
+            "bind": timer[_BIND],
+            "callback": _callback_name(timer[_CALLBACK]),
         }
 
     def stats(self) -> dict[str, int]:
@@ -438,8 +447,8 @@ class TimerWheel:
         heap = self._heap
         while heap:
             entry = heap[0]
-            if entry[2].active:
-                return entry[0]
+            if entry[_ACTIVE]:
+                return entry[_DEADLINE]
             heappop(heap)
             self._stale -= 1
         return None
@@ -461,20 +470,57 @@ class TimerWheel:
         ran = 0
         try:
             now = self._clock()
+            due = now + self._slack
             heap = self._heap
+            timers = self._timers
             limit = self._max_per_pass
+            iscoroutine = asyncio.iscoroutine
             while heap and ran < limit:
-                deadline, _, timer = heap[0]
-                if not timer.active:
+                timer = heap[0]
+                if not timer[8]:  # active
                     heappop(heap)
                     self._stale -= 1
                     continue
-                if deadline > now:
+                deadline = timer[0]
+                if deadline > due:
                     break
-                heappop(heap)
-                self._prepare(timer, deadline, now)
-                self._invoke(timer)
+                # Book-keep before the callback runs so it sees (and may clear) its next
+                # schedule.
+                timer[7] += 1  # exec_count
+                if timer[4]:  # repeat
+                    # Anchor on the previous deadline so the period does not drift with loop
+                    # latency; more than an interval late, skip ahead instead of bursting.
+                    interval_s = timer[5] / 1000.0
+                    nxt = deadline + interval_s
+                    if nxt <= now:
+                        nxt = now + interval_s
+                    timer[0] = nxt
+                    heapreplace(heap, timer)  # it is heap[0]: sift it down in place
+                    try:
+                        result = timer[2](timer[1], *timer[3])
+                    except (SystemExit, KeyboardInterrupt):
+                        raise  # the process is told to stop: not a timer's error to swallow
+                    except BaseException:  # a stray CancelledError must not kill the pass
+                        ran += 1
+                        self._callback_failed(timer)
+                        continue
+                else:
+                    heappop(heap)
+                    timer[8] = False
+                    del timers[timer[1]]
+                    if timer[6] is not None:  # bind
+                        self._unbind(timer)
+                    try:
+                        result = timer[2](*timer[3])
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException:
+                        ran += 1
+                        self._callback_failed(timer)
+                        continue
                 ran += 1
+                if result is not None and iscoroutine(result):
+                    self._start_task(timer, result)
         finally:
             self._running = False
             self._fired += ran
@@ -484,51 +530,22 @@ class TimerWheel:
             self._wakeup(nxt)
         return ran
 
-    def _prepare(self, timer: _TimerEntry, deadline: float, now: float) -> None:
-        """Book-keep before the callback runs so it sees (and may clear) its next schedule."""
-        timer.exec_count += 1
-        if timer.repeat:
-            # Anchor on the previous deadline so the period does not drift with loop latency;
-            # if we are more than an interval late, skip ahead instead of bursting to catch up.
-            interval_s = timer.interval / 1000.0
-            nxt = deadline + interval_s
-            if nxt <= now:
-                nxt = now + interval_s
-            timer.deadline = nxt
-            heappush(self._heap, (nxt, timer.id, timer))
-        else:
-            timer.active = False
-            del self._timers[timer.id]
-            if timer.bind is not None:
-                self._unbind(timer)
+    def _callback_failed(self, timer: _Entry) -> None:
+        self._errors += 1
+        self._log.exception(
+            "Timer %d callback %s raised", timer[_ID], _callback_name(timer[_CALLBACK])
+        )
 
-    def _invoke(self, timer: _TimerEntry) -> None:
-        try:
-            if timer.repeat:
-                result = timer.callback(timer.id, *timer.args)
-            else:
-                result = timer.callback(*timer.args)
-        except (SystemExit, KeyboardInterrupt):
-            raise  # the process is being told to stop; that is not a timer's error to swallow
-        except BaseException:  # includes a stray CancelledError, which must not kill the pass
-            self._errors += 1
-            self._log.exception(
-                "Timer %d callback %s raised", timer.id, _callback_name(timer.callback)
-            )
-            return
-        if result is not None and asyncio.iscoroutine(result):
-            self._start_task(timer, result)
-
-    def _start_task(self, timer: _TimerEntry, coro: Coroutine[Any, Any, Any]) -> None:
+    def _start_task(self, timer: _Entry, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine callback as a task and keep a strong reference until it is done."""
-        name = _callback_name(timer.callback)
+        name = _callback_name(timer[_CALLBACK])
         if self._spawn is None:
             coro.close()
             self._errors += 1
             self._log.error(
                 "Timer %d callback %s returned a coroutine but this wheel has no spawn function; "
                 "it was discarded",
-                timer.id,
+                timer[_ID],
                 name,
             )
             return
@@ -537,10 +554,10 @@ class TimerWheel:
         except Exception:
             coro.close()
             self._errors += 1
-            self._log.exception("Timer %d: could not start coroutine of %s", timer.id, name)
+            self._log.exception("Timer %d: could not start coroutine of %s", timer[_ID], name)
             return
         self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, timer.id, name))
+        task.add_done_callback(functools.partial(self._task_done, timer[_ID], name))
 
     def _task_done(self, timer_id: int, name: str, task: Any) -> None:
         """Retrieve the task's outcome so failures are logged, not 'never retrieved'."""
@@ -678,6 +695,8 @@ def uvloop_wheel(
     wheel = TimerWheel(
         clock=loop.time,
         wakeup=wakeup,
+        # loop.time() steps in whole milliseconds (libuv's clock) and call_at rounds to them
+        resolution=0.001,
         spawn=spawn if spawn is not None else loop.create_task,
         session_alive=session_alive,
         logger=logger,

@@ -63,13 +63,18 @@ def write_app(directory: Path, source: str, name: str = "app.py") -> Path:
 class ServerProcess:
     """A ``swoolish serve`` master started by a test, with everything it forked."""
 
-    def __init__(self, args: list[str], port: int, cwd: Path, log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], port: int, cwd: Path, log_path: Path, script: Path | None = None
+    ) -> None:
+        """``swoolish serve`` with ``args``, or ``python script`` when a script is given
+        (an app that calls ``server.start()`` at its bottom)."""
         self.port = port
         self.log_path = log_path
         self._log = open(log_path, "wb")  # closed in stop()
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        command = [str(script)] if script else ["-m", "swoolish", *args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "swoolish", *args],
+            [sys.executable, *command],
             cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -168,6 +173,20 @@ def serving(
         yield server
     finally:
         server.stop()
+
+
+def run_cli(
+    *args: str, cwd: Path = ROOT, seconds: float = 30, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``swoolish`` CLI from this checkout and capture what it prints."""
+    return subprocess.run(
+        [sys.executable, "-m", "swoolish", *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout(seconds),
+    )
 
 
 def raw_connect(port: int) -> socket.socket:

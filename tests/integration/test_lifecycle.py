@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 import psutil
 import pytest
-from support import ROOT, ServerProcess, free_port, serving, timeout, wait_until, write_app
+from support import (
+    ServerProcess,
+    free_port,
+    run_cli,
+    serving,
+    timeout,
+    wait_until,
+    write_app,
+)
 from websockets.exceptions import ConnectionClosed
 
 HOOKS_APP = """
@@ -40,18 +46,6 @@ HOOKS_APP = """
             Timer.tick(50, lambda timer_id: server.push(frame.fd, "tick"))
         server.push(frame.fd, "armed")
 """
-
-
-def run_cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "swoolish", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout(30),
-    )
 
 
 @pytest.mark.parametrize(
@@ -200,19 +194,7 @@ def test_script_with_start_at_the_bottom_serves(tmp_path):
         server.start()
         """,
     )
-    server = ServerProcess.__new__(ServerProcess)
-    log_path = tmp_path / "script.log"
-    server.port, server.log_path = port, log_path
-    server._log = open(log_path, "wb")  # closed by stop()
-    server.proc = subprocess.Popen(
-        [sys.executable, str(app)],
-        cwd=tmp_path,
-        stdout=server._log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    server.pid = server.proc.pid
-    server._known = {server.pid}
+    server = ServerProcess([], port, tmp_path, tmp_path / "script.log", script=app)
     try:
         server.wait_ready(1)
         with server.connect() as ws:

@@ -292,17 +292,7 @@ def test_script_started_with_server_start_reloads_new_code(tmp_path):
         server.start()
     """
     app = write_app(tmp_path, source.format(port=port, version="old"))
-    server = ServerProcess.__new__(ServerProcess)
-    server.port, server.log_path = port, tmp_path / "script.log"
-    server._log = open(server.log_path, "wb")  # closed by stop()
-    server.proc = subprocess.Popen(
-        [sys.executable, str(app)],
-        cwd=tmp_path,
-        stdout=server._log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    server.pid, server._known = server.proc.pid, {server.proc.pid}
+    server = ServerProcess([], port, tmp_path, tmp_path / "script.log", script=app)
     try:
         server.wait_ready(1)
         with server.connect() as ws:

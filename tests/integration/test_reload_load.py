@@ -17,7 +17,7 @@ from collections import Counter
 
 import psutil
 import pytest
-from support import ROOT, ServerProcess, serving, timeout, wait_until, write_app
+from support import ServerProcess, run_cli, serving, timeout, wait_until, write_app
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -49,18 +49,6 @@ HANG_APP = """
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "swoolish", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout(30),
-    )
 
 
 def status_json(pid_file) -> dict:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import support
 
 from swoolish.cli import JsonFormatter, build_parser, configure_logging
 
@@ -20,15 +21,7 @@ COMMANDS = ("serve", "reload", "stop", "status")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="100")
-    return subprocess.run(
-        [sys.executable, "-m", "swoolish", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return support.run_cli(*args, seconds=60, COLUMNS="100")
 
 
 def examples(help_text: str) -> list[list[str]]:

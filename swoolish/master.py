@@ -39,8 +39,10 @@ from . import ipc, loader
 from .control import ControlClient, ControlServer
 from .errors import SettingError
 from .reload import Finished, Kill, Pause, ReloadPlan, RequestAgain, Spawn, Stop
+from .routing import Switchboard
 from .sessions import SharedIdSource
-from .worker import EXIT_BOOT_ERROR, run_worker
+from .table import SessionTable
+from .worker import EXIT_BOOT_ERROR, run_worker, totals
 
 if TYPE_CHECKING:
     from .reload import Action
@@ -75,13 +77,16 @@ class WorkerProcess:
     stop_deadline: float | None = None
     inbox: socket.socket | None = None  # our end of its adoption inbox (live hand-off)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    region: int | None = None  # its region of the shared session table
 
 
 @dataclasses.dataclass
 class StatusRequest:
-    client: ControlClient
+    client: ControlClient | None  # None: a worker's server.server_stats()
     waiting: set[int]
     deadline: float
+    reply_to: int = 0  # the asking worker's pid
+    request_id: int = 0
 
 
 class Master:
@@ -108,6 +113,9 @@ class Master:
         self.started = time.time()
         self.listen_sock: socket.socket | None = None
         self.ids = SharedIdSource()
+        # Two generations plus crash replacements: 4 regions per slot.
+        self.table = SessionTable(4 * self.settings.worker_num, self.settings.max_connections)
+        self.switchboard = Switchboard(self.table)
         self.selector = selectors.DefaultSelector()
         self.control: ControlServer | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
@@ -194,6 +202,10 @@ class Master:
             now = time.monotonic()
             self._execute(self.plan.tick(now))
             self._answer_status_requests(now)
+            if self.switchboard.waiting:
+                self._grant_releases(now)
+            if self.switchboard.parked:
+                self._forward(self.switchboard.deliver_parked(now))
             self._kill_overdue(now)
             if self.stopping:
                 if not self.workers:
@@ -209,6 +221,8 @@ class Master:
             timeout = min(timeout, max(0.0, deadline - time.monotonic()))
         if self._status_requests:
             timeout = min(timeout, 0.05)
+        if self.switchboard.has_waiting():
+            timeout = min(timeout, 0.01)
         return timeout
 
     def _handle_signals(self) -> None:
@@ -423,24 +437,37 @@ class Master:
     # ------------------------------------------------------------------ workers
 
     def _spawn(self, slot: int, generation: int) -> WorkerProcess:
-        parent, child = ipc.channel_pair()
+        parent, child = ipc.channel_pair(CHANNEL_BUFFER)  # routed batches can be large
         # The adoption inbox: the old worker of this slot will get our end of it in
         # its stop message, and move its connections through it (live hand-off).
         inbox, inbox_child = (
             ipc.channel_pair(CHANNEL_BUFFER) if self.settings.reload_handoff else (None, None)
         )
         master_pid = os.getpid()
+        region = self.table.claim(slot)
+        if region is None:
+            log.warning(
+                "worker %d gen %d: no free session-table region; other workers will not "
+                "see its sessions",
+                slot,
+                generation,
+            )
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             parent.close()
             if inbox is not None:
                 inbox.close()
-            self._become_worker(slot, generation, child, inbox_child, master_pid)
+            self._become_worker(slot, generation, child, inbox_child, master_pid, region)
+        if region is not None:
+            self.table.set_pid(region, pid)
+            self.switchboard.region_pid[region] = pid
         child.close()
         if inbox_child is not None:
             inbox_child.close()
         parent.setblocking(False)
-        proc = WorkerProcess(pid, slot, generation, parent, time.monotonic(), inbox=inbox)
+        proc = WorkerProcess(
+            pid, slot, generation, parent, time.monotonic(), inbox=inbox, region=region
+        )
         self.workers[pid] = proc
         self.selector.register(parent, selectors.EVENT_READ, proc)
         return proc
@@ -452,6 +479,7 @@ class Master:
         channel: socket.socket,
         inbox: socket.socket | None,
         master_pid: int,
+        region: int | None,
     ) -> None:
         code = 1
         try:
@@ -478,6 +506,8 @@ class Master:
                 channel,
                 master_pid,
                 inbox,
+                self.table,
+                region,
             )
         except BaseException:
             traceback.print_exc()
@@ -548,6 +578,28 @@ class Master:
             proc.stats = message.get("stats", {})
             for request in self._status_requests:
                 request.waiting.discard(proc.pid)
+        elif kind == "route":
+            target = tuple(message["target"])
+            self._forward(self.switchboard.route(target, message["ops"], self._slot_pid))  # type: ignore[arg-type]
+        elif kind == "release":
+            self.switchboard.request_release(
+                proc.pid, proc.region, message["moved"], message["ops"], now
+            )
+            self._grant_releases(now)
+            log.info(
+                "worker %d gen %d (pid %d): lets go of %d moved sessions, with %d "
+                "operations it kept for them",
+                proc.slot,
+                proc.generation,
+                proc.pid,
+                len(message["moved"]),
+                len(message["ops"]),
+            )
+        elif kind == "release_done":
+            self.switchboard.finish_release(proc.pid, message["ops"], now)
+            self._forward(self.switchboard.deliver_parked(now))
+        elif kind == "server_stats":
+            self._request_stats(None, reply_to=proc.pid, request_id=message.get("id", 0))
         elif kind == "reload":
             self.request_reload(f"worker {proc.slot} (server.reload())")
         elif kind == "shutdown" and not self.stopping:
@@ -597,6 +649,9 @@ class Master:
                 proc.inbox.close()
             for request in self._status_requests:
                 request.waiting.discard(pid)
+            self.switchboard.worker_gone(pid, proc.region, time.monotonic())
+            if proc.region is not None:
+                self.table.release(proc.region)
             self._on_worker_exit(proc, status)
 
     def _on_worker_exit(self, proc: WorkerProcess, status: int) -> None:
@@ -677,23 +732,79 @@ class Master:
                 client.send({"event": "finished", "ok": False, "reason": "server shutting down"})
                 self._drop_control(client)
         elif command == "status":
-            live = [p for p in self.workers.values() if p.state not in ("killed",)]
-            for proc in live:
-                self._send(proc.pid, {"type": "stats"})
-            self._status_requests.append(
-                StatusRequest(client, {p.pid for p in live}, time.monotonic() + STATS_TIMEOUT)
-            )
+            self._request_stats(client)
         else:
             client.send({"error": f"unknown command {command!r}; use reload or status"})
             self._drop_control(client)
+
+    def _request_stats(
+        self, client: ControlClient | None, reply_to: int = 0, request_id: int = 0
+    ) -> None:
+        live = [p for p in self.workers.values() if p.state not in ("killed",)]
+        for proc in live:
+            self._send(proc.pid, {"type": "stats"})
+        self._status_requests.append(
+            StatusRequest(
+                client,
+                {p.pid for p in live},
+                time.monotonic() + STATS_TIMEOUT,
+                reply_to,
+                request_id,
+            )
+        )
 
     def _answer_status_requests(self, now: float) -> None:
         for request in list(self._status_requests):
             if request.waiting and now < request.deadline:
                 continue
             self._status_requests.remove(request)
+            if request.client is None:
+                status = {"type": "server_stats", "id": request.request_id}
+                self._send(request.reply_to, {**status, "status": self.server_stats()})
+                continue
             request.client.send(self.status())
             self._drop_control(request.client)
+
+    def server_stats(self) -> dict[str, Any]:
+        """Every worker's own figures and their totals, for ``server.server_stats()``."""
+        workers = [
+            {**proc.stats, "worker_id": proc.slot, "worker_pid": proc.pid, "state": proc.state}
+            for proc in sorted(self.workers.values(), key=lambda p: (p.slot, p.generation))
+            if proc.state != "killed"
+        ]
+        return {
+            "generation": self.generation,
+            "workers": workers,
+            "totals": totals(workers),
+            "routed_dropped": self.switchboard.dropped,
+        }
+
+    # ------------------------------------------------------------------ routing
+
+    def _grant_releases(self, now: float) -> None:
+        for pid in self.switchboard.ready_releases(now):
+            self._send(pid, {"type": "released"})
+
+    def _forward(self, sends: list[tuple[int, list[Any]]]) -> None:
+        for pid, ops in sends:
+            if not self._send(pid, {"type": "routed", "ops": ops}):
+                self.switchboard.dropped += len(ops)
+
+    def _slot_pid(self, slot: int) -> int:
+        """The worker serving ``slot`` now (the new one once a reload made it serve)."""
+        serving = self._serving()
+        best = 0
+        for pid, proc_slot in serving.items():
+            if proc_slot == slot and self.workers[pid].state == "serving":
+                best = pid
+        if best:
+            return best
+        candidates = [
+            p
+            for p in self.workers.values()
+            if p.slot == slot and p.state in ("serving", "booting", "paused")
+        ]
+        return max(candidates, key=lambda p: p.generation).pid if candidates else 0
 
     def status(self) -> dict[str, Any]:
         """The master and its workers, for ``swoolish status``."""

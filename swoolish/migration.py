@@ -137,12 +137,12 @@ class Movable:
     def _init_movable(self, track: bool) -> None:
         self._track = track  # record unparsed/unsent bytes: hand-off is enabled
         self._rx_pending = b""
-        self._tx_log: deque[bytes] = deque()
+        self._tx_log: deque[bytes] | None = None  # created on the first write left buffered
         self._tx_bytes = 0
         self._unsent = b""
         self._moving = False
         self._frozen = False
-        self._moved_timers: list[dict[str, Any]] = []
+        self._moved_timers: list[dict[str, Any]] | None = None  # set by prepare_move
         self._app_state: Any = None
         self._close_when_idle: tuple[int, str] | None = None
         self.moved_out: asyncio.Future[None] | None = None
@@ -156,15 +156,18 @@ class Movable:
     def _note_written(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or not transport.get_write_buffer_size():
-            if self._tx_log:
-                self._tx_log.clear()
+            if self._tx_log is not None:
+                self._tx_log = None  # the client caught up: nothing is owed, free the log
                 self._tx_bytes = 0
             return
-        self._tx_log.append(data)
+        tx_log = self._tx_log
+        if tx_log is None:
+            tx_log = self._tx_log = deque()
+        tx_log.append(data)
         self._tx_bytes += len(data)
         limit = 2 * self._worker.settings.buffer_output_size
-        while self._tx_bytes > limit and len(self._tx_log) > 1:
-            self._tx_bytes -= len(self._tx_log.popleft())
+        while self._tx_bytes > limit and len(tx_log) > 1:
+            self._tx_bytes -= len(tx_log.popleft())
 
     # -- the old worker's side
 
@@ -229,9 +232,9 @@ class Movable:
         """connection_lost of a moving connection: only now is the unsent size exact."""
         transport = self.transport
         remaining = transport.get_write_buffer_size() if transport is not None else 0
-        if remaining:
+        if remaining and self._tx_log:
             self._unsent = b"".join(self._tx_log)[-remaining:]
-        self._tx_log.clear()
+        self._tx_log = None
         if self.moved_out is not None and not self.moved_out.done():
             self.moved_out.set_result(None)
         self._worker.stats["handed_off"] += 1
@@ -255,7 +258,7 @@ class Movable:
             "unparsed": self._rx_pending,
             "unsent": self._unsent,
             "app": self._app_state,
-            "timers": self._moved_timers,
+            "timers": self._moved_timers or [],
         }
 
     # -- the new worker's side (and the old worker's, when it takes one back)

@@ -8,13 +8,18 @@ only inside a worker, where the object is attached to the running :class:`Worker
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from websockets.frames import Close
 
 from . import loader
 from .connection import BINARY, TEXT
 from .events import Handlers, canonical_event_name
+from .routing import MAX_ROUTED_PAYLOAD
 from .settings import Settings
+from .table import ESTABLISHED, peer_from_word
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -61,58 +66,211 @@ class WebSocketServer:
         return decorator
 
     # ------------------------------------------------------------------ sessions
+    #
+    # Every method below works for a session of any worker. This worker's sessions are
+    # in ``worker.connections`` (checked first: the local path never touches shared
+    # memory); another worker's are found in the shared session table and the
+    # operation is routed to their owner through the master (swoolish.routing).
 
     def push(self, fd: int, data: str | bytes, opcode: int | None = None) -> bool:
         """Send a message to session ``fd``; ``False`` if it is gone, closing or backed up.
 
-        Never raises for a gone session and never logs per push: failures are counted
-        in ``stats()`` (``push_to_closed``, ``push_over_buffer``).
+        For another worker's session, True means the message was handed to its owner
+        (which then applies the same rules). Never raises for a gone session and never
+        logs per push: failures are counted in ``stats()`` (``push_to_closed``,
+        ``push_over_buffer``).
         """
         worker = self._require_worker("push")
-        conn = worker.connections.get(fd) if type(fd) is int else None
-        if conn is None:
+        connections = worker.connections
+        conn = connections.get(fd) if type(fd) is int else None
+        if conn is not None:
+            if connections.arriving and fd in connections.arriving:
+                return worker.router.hold(conn, fd, data, opcode)
+            return conn.push(data, opcode)
+        found = worker.router.lookup(fd)
+        if found is None or found[1] < ESTABLISHED:
             worker.stats["push_to_closed"] += 1
             return False
-        return conn.push(data, opcode)
+        if len(data) > MAX_ROUTED_PAYLOAD:
+            worker.stats["push_too_large"] += 1
+            return False
+        worker.stats["routed_out"] += 1
+        worker.router.send(("r", found[0]), ("push", fd, data, opcode))
+        return True
 
     def exists(self, fd: int) -> bool:
         """True from accept until a close begins (either side), then False forever."""
-        return fd in self._require_worker("exists").connections
+        worker = self._require_worker("exists")
+        return fd in worker.connections or worker.router.lookup(fd) is not None
 
     def is_established(self, fd: int) -> bool:
         """True for a session whose WebSocket handshake is done and not closing."""
-        conn = self._require_worker("is_established").connections.get(fd)
-        return conn is not None and conn.established and not conn.closing
+        worker = self._require_worker("is_established")
+        conn = worker.connections.get(fd)
+        if conn is not None:
+            return conn.established and not conn.closing
+        found = worker.router.lookup(fd)
+        return found is not None and found[1] >= ESTABLISHED
 
     def disconnect(self, fd: int, code: int = 1000, reason: str = "") -> bool:
         """Close a WebSocket session with ``code``/``reason``; False if it is not open."""
-        conn = self._require_worker("disconnect").connections.get(fd)
-        return conn is not None and conn.disconnect(code, reason)
+        worker = self._require_worker("disconnect")
+        conn = worker.connections.get(fd)
+        if conn is not None:
+            return conn.disconnect(code, reason)
+        found = worker.router.lookup(fd)
+        if found is None or found[1] < ESTABLISHED:
+            return False
+        _check_close(code, reason)  # raise here, at the call, as for a local session
+        worker.router.send(("r", found[0]), ("disconnect", fd, code, reason))
+        return True
 
     def close(self, fd: int) -> bool:
         """Close session ``fd`` (a WebSocket gets a 1000 close frame first)."""
-        conn = self._require_worker("close").connections.get(fd)
+        worker = self._require_worker("close")
+        conn = worker.connections.get(fd)
         if conn is None:
-            return False
+            found = worker.router.lookup(fd)
+            if found is None:
+                return False
+            worker.router.send(("r", found[0]), ("close", fd))
+            return True
         if conn.established:
             return conn.disconnect(1000, "")
         conn.abort()
         return True
 
+    def broadcast(self, data: str | bytes, fds: list[int] | None = None) -> int:
+        """Push ``data`` to every established session of the server, or to ``fds``.
+
+        One routed message per other worker, not per session. Returns how many sessions
+        it was handed to: this worker's that accepted it, plus, for each other worker,
+        the sessions its table lists (all of them), or the ``fds`` found in it. The
+        other workers push when the message reaches them, to the sessions they have
+        then.
+        """
+        worker = self._require_worker("broadcast")
+        if len(data) > MAX_ROUTED_PAYLOAD:
+            raise ValueError(f"broadcast data over {MAX_ROUTED_PAYLOAD} bytes")
+        router = worker.router
+        handed = 0
+        if fds is None:
+            for conn in list(worker.connections.values()):
+                if conn.established and not conn.closing and conn.push(data, None):
+                    handed += 1
+            table = router.table
+            if table is not None:
+                for region, _ in table.active_regions():
+                    if region == router.region:
+                        continue
+                    count = table.established_count(region)
+                    if count:
+                        handed += count
+                        router.send(("r", region), ("broadcast", data, None))
+            return handed
+        by_region: dict[int, list[int]] = {}
+        for fd in fds:
+            conn = worker.connections.get(fd) if type(fd) is int else None
+            if conn is not None:
+                handed += conn.push(data, None)
+                continue
+            found = router.lookup(fd)
+            if found is None or found[1] < ESTABLISHED:
+                worker.stats["push_to_closed"] += 1
+                continue
+            by_region.setdefault(found[0], []).append(fd)
+        for region, sids in by_region.items():
+            handed += len(sids)
+            router.send(("r", region), ("push_many", sids, data, None))
+        return handed
+
     @property
     def connections(self) -> list[int]:
-        """Ids of this worker's open WebSocket sessions."""
+        """Ids of the established sessions of every worker (read from the shared table).
+
+        Costs a scan of every active region (O(max_connections) each); for this worker's
+        own sessions use ``local_connections``.
+        """
         worker = self._require_worker("connections")
+        table = worker.router.table
+        if table is None:
+            return self.local_connections
+        ids = set(table.established())
+        ids.update(self.local_connections)
+        return sorted(ids)
+
+    @property
+    def local_connections(self) -> list[int]:
+        """Ids of this worker's established sessions."""
+        worker = self._require_worker("local_connections")
         return [sid for sid, conn in worker.connections.items() if conn.established]
 
     def get_client_info(self, fd: int) -> dict[str, Any] | None:
-        """Peer address, connect and last-activity times, counters; None if gone."""
-        conn = self._require_worker("get_client_info").connections.get(fd)
-        return conn.client_info() if conn is not None else None
+        """Peer address, connect and last-activity times, counters; None if gone.
 
-    def stats(self) -> dict[str, Any]:
-        """This worker's counters (connections, messages, failed pushes, timers …)."""
+        For another worker's session the answer comes from the shared table and has
+        only ``fd``, ``worker_id``, ``remote_ip``, ``remote_port`` (IPv4; empty for
+        IPv6), ``websocket_status`` and ``remote: True``.
+        """
+        worker = self._require_worker("get_client_info")
+        conn = worker.connections.get(fd)
+        if conn is not None:
+            return conn.client_info()
+        found = worker.router.lookup(fd)
+        if found is None or worker.router.table is None:
+            return None
+        region, state, peer = found
+        ip, port = peer_from_word(peer)
+        return {
+            "fd": fd,
+            "worker_id": worker.router.table.region_slot(region),
+            "remote_ip": ip,
+            "remote_port": port,
+            "websocket_status": 3 if state >= ESTABLISHED else 1,
+            "remote": True,
+        }
+
+    def stats(self, server_wide: bool = False) -> Any:
+        """This worker's counters (connections, messages, failed pushes, timers …).
+
+        ``stats(server_wide=True)`` returns the coroutine of ``server_stats()``.
+        """
+        if server_wide:
+            return self.server_stats()
         return self._require_worker("stats").snapshot()
+
+    async def server_stats(self) -> dict[str, Any]:
+        """Every worker's counters and their totals: ``await server.server_stats()``.
+
+        Gathered through the master like ``swoolish status`` (each worker answers
+        within a second or is reported with its last figures).
+        """
+        return await self._require_worker("server_stats").server_stats()
+
+    # ------------------------------------------------------------------ worker messages
+
+    def send_message(self, message: Any, worker_id: int) -> bool:
+        """Deliver ``message`` (anything picklable) to worker ``worker_id``.
+
+        Its ``pipe_message`` handler gets ``(server, src_worker_id, message)``; the
+        current worker of that slot gets it (the new one once a reload made it serve).
+        """
+        worker = self._require_worker("send_message")
+        valid = range(worker.settings.worker_num)
+        if type(worker_id) is not int or worker_id not in valid:
+            raise ValueError(
+                f"unknown worker id {worker_id!r}; valid ids are {', '.join(map(str, valid))}"
+            )
+        try:
+            payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(f"send_message needs a picklable message: {exc}") from None
+        if len(payload) > MAX_ROUTED_PAYLOAD:
+            raise ValueError(f"message over {MAX_ROUTED_PAYLOAD} bytes once pickled")
+        if worker.channel is None:
+            return False
+        worker.router.send(("s", worker_id), ("pipe", worker.worker_id, payload))
+        return True
 
     # ------------------------------------------------------------------ process control
 
@@ -181,3 +339,18 @@ class WebSocketServer:
     # Swoole's spellings
     isEstablished = is_established
     getClientInfo = get_client_info
+    sendMessage = send_message
+
+
+def _check_close(code: int, reason: str) -> None:
+    """The close-frame rules of RFC 6455 §5.5/§7.4, checked before routing."""
+    try:
+        Close(code, reason).serialize()
+        valid = code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+        if not (valid or 3000 <= code <= 4999) or len(reason.encode()) > 123:
+            raise ValueError
+    except Exception:
+        raise ValueError(
+            f"cannot close with code {code!r} and reason {reason!r}: codes are 1000-4999 "
+            "(not 1004-1006, 1015) and the reason is at most 123 UTF-8 bytes"
+        ) from None

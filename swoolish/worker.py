@@ -31,7 +31,9 @@ import uvloop
 from . import ipc, timers
 from .connection import GOING_AWAY, SERVICE_RESTART, Connection
 from .handoff import Adopter, hand_off
+from .routing import Router, SessionMap
 from .sessions import IdAllocator, IdSource
+from .table import RegionWriter, SessionTable
 
 if TYPE_CHECKING:
     from .server import WebSocketServer
@@ -57,7 +59,12 @@ COUNTERS = (
     "handed_off",
     "timers_not_movable",
     "timers_not_resumed",
+    "routed_out",
+    "routed_to_closed",
+    "push_too_large",
+    "pipe_messages_in",
 )
+SERVER_STATS_TIMEOUT = 3.0  # seconds server_stats() waits for the master's answer
 MASTER_CHECK_INTERVAL = 0.5  # seconds between checks that the master is still alive
 _PR_SET_PDEATHSIG = 1
 
@@ -75,6 +82,8 @@ class Worker:
         channel: socket.socket | None,
         master_pid: int,
         inbox: socket.socket | None = None,
+        table: SessionTable | None = None,
+        region: int | None = None,
     ) -> None:
         self.server = server
         self.settings = server.settings
@@ -87,7 +96,13 @@ class Worker:
         self.adopter: Adopter | None = None
         self.handoff_channel: socket.socket | None = None  # where we hand ours on
         self.ids = IdAllocator(id_source)
-        self.connections: dict[int, Connection] = {}  # sessions: open, not closing
+        # sessions: open, not closing; mirrored into our region of the shared table
+        writer = RegionWriter(table, region) if table is not None and region is not None else None
+        self.connections: SessionMap = SessionMap(writer)
+        self.router = Router(self, table, region)
+        self.connections.on_adopt = self.router.adopted
+        self._requests: dict[int, asyncio.Future[Any]] = {}  # server_stats() answers
+        self._request_ids = 0
         self.live: set[Connection] = set()  # every transport, closing ones included
         self.stats: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -121,6 +136,25 @@ class Worker:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.log.error("background task failed", exc_info=task.exception())
+
+    def session_established(self, sid: int) -> None:
+        """A session's WebSocket handshake is done: other workers now see it established."""
+        self.connections.established(sid)
+
+    async def server_stats(self) -> dict[str, Any]:
+        """Every worker's figures and their totals, gathered by the master."""
+        if self.channel is None:
+            mine = self.snapshot()
+            return {"workers": [mine], "totals": totals([mine])}
+        self._request_ids += 1
+        request_id = self._request_ids
+        future = self.loop.create_future()
+        self._requests[request_id] = future
+        self._report({"type": "server_stats", "id": request_id})
+        try:
+            return await asyncio.wait_for(future, SERVER_STATS_TIMEOUT)
+        finally:
+            self._requests.pop(request_id, None)
 
     def clear_bound_timers(self, sid: int) -> None:
         cleared = self.timers.clear_bound(sid)
@@ -215,7 +249,14 @@ class Worker:
             assert self.handoff_channel is not None
             report = await hand_off(self, self.handoff_channel, moving)
             figures.update(report.as_dict())
+            # Operations other workers sent to the sessions that moved: give them to the
+            # master, which delivers them to the new owner in order (swoolish.routing).
+            self.router.release()
         closed = await self._drain(close_code)
+        if self.router.released is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.router.released, self.settings.max_wait_time)
+        self.router.flush()
         self._report(
             {
                 "type": "exiting",
@@ -323,8 +364,16 @@ class Worker:
             self._report({"type": "paused"})
         elif kind == "stop":
             self.request_stop(int(message.get("code", GOING_AWAY)))
+        elif kind == "routed":
+            self.router.apply(message["ops"])
+        elif kind == "released":
+            self.router.on_released()
         elif kind == "stats":
             self._report({"type": "stats", "stats": self.snapshot()})
+        elif kind == "server_stats":
+            future = self._requests.pop(message.get("id", 0), None)
+            if future is not None and not future.done():
+                future.set_result(message["status"])
 
     def _report(self, message: dict[str, Any]) -> None:
         if self.channel is not None:
@@ -332,6 +381,18 @@ class Worker:
                 ipc.send(self.channel, message)
             except OSError:
                 self.log.debug("worker %d: master channel closed", self.worker_id)
+
+
+def totals(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    totals: Counter[str] = Counter()
+    for figures in workers:
+        for name, value in figures.items():
+            if isinstance(value, int) and not isinstance(value, bool) and name in SUMMED:
+                totals[name] += value
+    return dict(totals)
+
+
+SUMMED = (*COUNTERS, "connections", "websocket_connections", "timers", "tasks")
 
 
 def run_worker(
@@ -343,6 +404,8 @@ def run_worker(
     channel: socket.socket | None,
     master_pid: int,
     inbox: socket.socket | None = None,
+    table: SessionTable | None = None,
+    region: int | None = None,
 ) -> int:
     """The body of a forked worker process; returns its exit code."""
     log = logging.getLogger(f"swoolish.worker.{worker_id}")
@@ -355,7 +418,16 @@ def run_worker(
     asyncio.set_event_loop(loop)
     try:
         worker = Worker(
-            server, worker_id, generation, listen_sock, id_source, channel, master_pid, inbox
+            server,
+            worker_id,
+            generation,
+            listen_sock,
+            id_source,
+            channel,
+            master_pid,
+            inbox,
+            table,
+            region,
         )
         server._attach(worker)
         return loop.run_until_complete(worker.serve())

@@ -1,0 +1,437 @@
+"""Operations on another worker's sessions, routed through the master.
+
+A worker that pushes to (disconnects, closes) a session it does not own finds the
+owner's region in the shared :mod:`swoolish.table` and queues the operation; once per
+loop iteration it sends one message per target to the master (``route``), which
+forwards it to the worker owning that region (``routed``). Channels are FIFO, so the
+operations of one sender on one session are applied in the order they were made.
+
+**A session that moves (live hand-off)** is marked MOVING in the old worker's region
+and stays there until the old worker lets go; lookups prefer that entry, so every
+operation on the session still goes to the old worker, which keeps them, in order.
+After its hand-off the old worker sends ``release`` (the moved ids and the operations
+it kept); the master stops readers seeing its region and *parks* every operation on
+those ids; the master answers ``released``; the old worker sends ``release_done``
+with what reached it meanwhile (everything the master forwarded before ``released``).
+The master then delivers kept, late and parked operations, in that order, to the new
+owner (found in the table; parked up to PARK_TIMEOUT while the adoption completes).
+Nothing is reordered and nothing is lost unless the session really went away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import pickle
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .table import ESTABLISHED, MOVING, OPEN, RegionWriter, SessionTable, peer_word
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .worker import Worker
+
+__all__ = ["PARK_TIMEOUT", "Router", "SessionMap", "Switchboard"]
+
+log = logging.getLogger("swoolish.routing")
+
+CHUNK_BYTES = 256 * 1024  # one routed message stays well under the channel buffer
+MAX_ROUTED_PAYLOAD = 1024 * 1024  # a bigger push to another worker's session is refused
+PARK_TIMEOUT = 3.0  # seconds the master keeps operations for a session being adopted
+
+
+def op_sid(op: tuple[Any, ...]) -> int | None:
+    """The session an operation is for (None for broadcast / pipe / push_many)."""
+    return op[1] if op[0] in ("push", "disconnect", "close") else None
+
+
+def op_size(op: tuple[Any, ...]) -> int:
+    if op[0] in ("push", "broadcast"):
+        data = op[2] if op[0] == "push" else op[1]
+        return len(data) + 64
+    if op[0] == "push_many":
+        return len(op[2]) + 16 * len(op[1]) + 64
+    if op[0] == "pipe":
+        return len(op[2]) + 64
+    return 64
+
+
+class SessionMap(dict):  # type: ignore[type-arg]
+    """``Worker.connections``: sid -> Connection, mirrored into this worker's region.
+
+    Connections insert and remove themselves (``connections[sid] = self``,
+    ``connections.pop(sid, None)``); reads are plain dict reads, so the local push path
+    does not touch the shared table.
+    """
+
+    __slots__ = ("arriving", "moved", "on_adopt", "writer")
+
+    def __init__(self, writer: RegionWriter | None = None) -> None:
+        super().__init__()
+        self.writer = writer
+        self.moved: set[int] = set()  # sids handed to our successor (live hand-off)
+        # sids adopted from our predecessor whose routed operations are still on their
+        # way (through the master): our own pushes to them wait behind those
+        self.arriving: dict[int, list[tuple[Any, Any]]] = {}
+        self.on_adopt: Callable[[int], None] | None = None
+
+    def __setitem__(self, sid: int, conn: Connection) -> None:
+        dict.__setitem__(self, sid, conn)
+        if self.writer is not None:
+            self.writer.insert(sid, ESTABLISHED if conn.established else OPEN, peer_word(conn.peer))
+        if self.moved:
+            self.moved.discard(sid)  # a failed hand-off took it back
+        elif conn.established and getattr(conn, "_closing_code", None) is None:
+            # adopted (live hand-off): operations routed to the old worker come first
+            if self.writer is not None:
+                self.arriving[sid] = []
+                if self.on_adopt is not None:
+                    self.on_adopt(sid)
+
+    def pop(self, sid: int, *default: Any) -> Any:
+        conn = dict.pop(self, sid, *default)
+        if conn is not None:
+            self._forget(sid, conn)
+        return conn
+
+    def __delitem__(self, sid: int) -> None:
+        conn = dict.pop(self, sid)
+        self._forget(sid, conn)
+
+    def _forget(self, sid: int, conn: Connection) -> None:
+        if getattr(conn, "_moving", False):
+            self.moved.add(sid)
+            if self.writer is not None:
+                self.writer.set_state(sid, MOVING)
+        elif self.writer is not None:
+            self.writer.delete(sid)
+
+    def established(self, sid: int) -> None:
+        if self.writer is not None and sid in self:
+            self.writer.set_state(sid, ESTABLISHED)
+
+
+class Router:
+    """The worker's side: queue operations for other workers, apply theirs."""
+
+    def __init__(self, worker: Worker, table: SessionTable | None, region: int | None) -> None:
+        self.worker = worker
+        self.table = table
+        self.region = region
+        self.outbox: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+        self._flush_scheduled = False
+        self.kept: list[tuple[Any, ...]] = []  # operations on sessions we handed off
+        self.released: Any = None  # future: the master stopped routing to us
+
+    # -- sending
+
+    def lookup(self, sid: int) -> tuple[int, int, int] | None:
+        if self.table is None or type(sid) is not int:
+            return None
+        return self.table.lookup(sid)
+
+    def send(self, target: tuple[str, int], op: tuple[Any, ...]) -> None:
+        self.outbox.setdefault(target, []).append(op)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.worker.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        outbox, self.outbox = self.outbox, {}
+        for target, ops in outbox.items():
+            chunk: list[tuple[Any, ...]] = []
+            size = 0
+            for op in ops:
+                n = op_size(op)
+                if chunk and size + n > CHUNK_BYTES:
+                    self.worker._report({"type": "route", "target": target, "ops": chunk})
+                    chunk, size = [], 0
+                chunk.append(op)
+                size += n
+            if chunk:
+                self.worker._report({"type": "route", "target": target, "ops": chunk})
+
+    # -- receiving
+
+    def apply(self, ops: list[tuple[Any, ...]]) -> None:
+        worker = self.worker
+        connections = worker.connections
+        stats = worker.stats
+        for op in ops:
+            kind = op[0]
+            if kind == "push":
+                conn = connections.get(op[1])
+                if conn is not None:
+                    conn.push(op[2], op[3])
+                elif not self._keep(op):
+                    stats["routed_to_closed"] += 1
+            elif kind == "broadcast":
+                for conn in list(connections.values()):
+                    if conn.established and not conn.closing:
+                        conn.push(op[1], op[2])
+            elif kind == "push_many":
+                for sid in op[1]:
+                    conn = connections.get(sid)
+                    if conn is not None:
+                        conn.push(op[2], op[3])
+                    elif not self._keep(("push", sid, op[2], op[3])):
+                        stats["routed_to_closed"] += 1
+            elif kind in ("disconnect", "close"):
+                conn = connections.get(op[1])
+                if conn is None:
+                    if not self._keep(op):
+                        stats["routed_to_closed"] += 1
+                    continue
+                with contextlib.suppress(ValueError):  # checked by the sender already
+                    if kind == "disconnect":
+                        conn.disconnect(op[2], op[3])
+                    elif conn.established:
+                        conn.disconnect(1000, "")
+                    else:
+                        conn.abort()
+            elif kind == "pipe":
+                self._pipe_message(op[1], op[2])
+            elif kind == "arrived":
+                self.arrived(op[1])
+
+    def hold(self, conn: Connection, sid: int, data: Any, opcode: Any) -> bool:
+        """A push to a session that just arrived waits for what was routed to it before."""
+        if conn.closing or not conn.established:
+            return conn.push(data, opcode)  # False, counted
+        self.worker.connections.arriving[sid].append((data, opcode))
+        return True
+
+    def adopted(self, sid: int) -> None:
+        """Deliver our own pushes to an adopted session at the latest after PARK_TIMEOUT."""
+        self.worker.loop.call_later(PARK_TIMEOUT, self.arrived, sid)
+
+    def arrived(self, sid: int) -> None:
+        """Everything routed to this session before it moved was applied: our own pushes
+        to it, held meanwhile, go out now, in order."""
+        waiting = self.worker.connections.arriving.pop(sid, None)
+        if not waiting:
+            return
+        conn = self.worker.connections.get(sid)
+        for data, opcode in waiting:
+            if conn is not None:
+                conn.push(data, opcode)
+            else:
+                self.worker.stats["push_to_closed"] += 1
+
+    def _keep(self, op: tuple[Any, ...]) -> bool:
+        """An operation on a session we handed off waits for the release (see above)."""
+        if op[1] in self.worker.connections.moved:
+            self.kept.append(op)
+            return True
+        return False
+
+    def _pipe_message(self, src: int, payload: bytes) -> None:
+        worker = self.worker
+        handler: Callable[..., Any] | None = worker.handler("pipe_message")
+        if handler is None:
+            return
+        try:
+            result = handler(worker.server, src, pickle.loads(payload))
+            if inspect.isawaitable(result):
+                worker.track(result)  # type: ignore[arg-type]
+        except Exception:
+            worker.stats["handler_errors"] += 1
+            worker.log.exception("pipe_message handler raised")
+
+    # -- letting go of handed-off sessions
+
+    def release(self) -> None:
+        """After a hand-off: give the master our moved ids and what we kept for them."""
+        self.flush()
+        moved = sorted(self.worker.connections.moved)
+        self.released = self.worker.loop.create_future()
+        kept, self.kept = self.kept, []
+        self.worker._report({"type": "release", "moved": moved, "ops": kept})
+
+    def on_released(self) -> None:
+        late, self.kept = self.kept, []
+        self.worker._report({"type": "release_done", "ops": late})
+        if self.released is not None and not self.released.done():
+            self.released.set_result(None)
+
+
+class _Release:
+    __slots__ = ("deadline", "kept", "moved", "region", "remaining")
+
+    def __init__(
+        self, region: int | None, moved: list[int], kept: list[tuple[Any, ...]], deadline: float
+    ) -> None:
+        self.region = region
+        self.moved = moved
+        self.kept = kept
+        self.remaining = set(moved)
+        self.deadline = deadline
+
+
+class _Parked:
+    __slots__ = ("deadline", "front", "ops")
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[Any, ...]] = []
+        self.front = 0  # ops that came through the old worker: they go first
+        self.deadline: float | None = None  # None: until the old worker's release_done
+
+
+class Switchboard:
+    """The master's side: forward by region, keep sessions in hand-over in order."""
+
+    def __init__(self, table: SessionTable) -> None:
+        self.table = table
+        self.region_pid: dict[int, int] = {}
+        self.parked: dict[int, _Parked] = {}
+        self.releasing: dict[int, set[int]] = {}  # old worker pid -> moved sids
+        # release requests waiting until the new owner lists every moved session
+        self.waiting: dict[int, _Release] = {}
+        self.dropped = 0
+
+    def route(
+        self, target: tuple[str, int], ops: list[tuple[Any, ...]], slot_pid: Callable[[int], int]
+    ) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        """Where ``ops`` go: ``[(pid, ops), …]`` (parked ones are kept here)."""
+        kind, number = target
+        if kind == "s":
+            pid = slot_pid(number)
+            if pid:
+                return [(pid, ops)]
+            self.dropped += len(ops)
+            return []
+        if self.parked:
+            ops = self._park(ops)
+        pid = self.region_pid.get(number)
+        if pid is not None:
+            return [(pid, ops)] if ops else []
+        # The owner let go of the region (or died): find each session again.
+        return self._reroute(ops)
+
+    def _park(self, ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        rest: list[tuple[Any, ...]] = []
+        parked = self.parked
+        for op in ops:
+            if op[0] == "push_many":
+                keep = [sid for sid in op[1] if sid not in parked]
+                for sid in op[1]:
+                    if sid in parked:
+                        parked[sid].ops.append(("push", sid, op[2], op[3]))
+                if keep:
+                    rest.append(("push_many", keep, op[2], op[3]))
+                continue
+            sid = op_sid(op)
+            if sid is not None and sid in parked:
+                parked[sid].ops.append(op)
+            else:
+                rest.append(op)
+        return rest
+
+    def _reroute(self, ops: list[tuple[Any, ...]]) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        out: dict[int, list[tuple[Any, ...]]] = {}
+        for op in ops:
+            sids = op[1] if op[0] == "push_many" else [op_sid(op)]
+            for sid in sids:
+                if sid is None:
+                    self.dropped += 1  # a broadcast to a region that has no owner now
+                    continue
+                pid = self._owner(sid)
+                if pid is None:
+                    self.dropped += 1
+                    continue
+                out.setdefault(pid, []).append(
+                    ("push", sid, op[2], op[3]) if op[0] == "push_many" else op
+                )
+        return list(out.items())
+
+    def _owner(self, sid: int) -> int | None:
+        found = self.table.lookup(sid)
+        return self.region_pid.get(found[0]) if found is not None else None
+
+    # -- hand-over of sessions between two workers
+
+    def request_release(
+        self,
+        pid: int,
+        region: int | None,
+        moved: list[int],
+        kept: list[tuple[Any, ...]],
+        now: float,
+    ) -> None:
+        """The old worker asks to let go; granted once the new owner lists every moved
+        session (its adoption finishes after the hand-off's acknowledgement), or after
+        PARK_TIMEOUT. Until then operations keep going to the old worker, which keeps
+        them: no moment where a moved session looks gone."""
+        self.waiting[pid] = _Release(region, moved, kept, now + PARK_TIMEOUT)
+
+    def ready_releases(self, now: float) -> list[int]:
+        """Grant the release requests that can be granted now; returns their pids."""
+        granted = []
+        for pid, request in list(self.waiting.items()):
+            exclude = request.region if request.region is not None else -1
+            request.remaining = {
+                sid for sid in request.remaining if self.table.lookup(sid, exclude) is None
+            }
+            if request.remaining and now < request.deadline:
+                continue
+            del self.waiting[pid]
+            self.begin_release(pid, request.region, request.moved, request.kept)
+            granted.append(pid)
+        return granted
+
+    def begin_release(
+        self, pid: int, region: int | None, moved: list[int], kept: list[tuple[Any, ...]]
+    ) -> None:
+        """The old worker let go: hide its region, park operations on its moved ids."""
+        if region is not None:
+            self.table.deactivate(region)
+            self.region_pid.pop(region, None)
+        self.releasing[pid] = set(moved)
+        for sid in moved:
+            self.parked.setdefault(sid, _Parked())
+        self._put_front(kept)
+
+    def _put_front(self, ops: list[tuple[Any, ...]]) -> None:
+        for op in ops:
+            entry = self.parked.setdefault(op[1], _Parked())
+            entry.ops.insert(entry.front, op)
+            entry.front += 1
+
+    def finish_release(self, pid: int, late: list[tuple[Any, ...]], now: float) -> None:
+        """Kept, then late (forwarded to the old worker before ``released``), then
+        parked (arrived after): for every sender, the order it made them in."""
+        moved = self.releasing.pop(pid, set())
+        self._put_front(late)
+        for sid in moved | {op[1] for op in late}:
+            self.parked[sid].deadline = now + PARK_TIMEOUT
+
+    def deliver_parked(self, now: float) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        out: dict[int, list[tuple[Any, ...]]] = {}
+        for sid in list(self.parked):
+            entry = self.parked[sid]
+            if entry.deadline is None:
+                continue
+            pid = self._owner(sid)
+            if pid is not None:
+                out.setdefault(pid, []).extend(entry.ops)
+                out[pid].append(("arrived", sid))  # the new owner's own pushes may go now
+                del self.parked[sid]
+            elif now >= entry.deadline:
+                self.dropped += len(entry.ops)
+                del self.parked[sid]
+        return list(out.items())
+
+    def has_waiting(self) -> bool:
+        return bool(self.waiting) or any(e.deadline is not None for e in self.parked.values())
+
+    def worker_gone(self, pid: int, region: int | None, now: float) -> None:
+        request = self.waiting.pop(pid, None)
+        if request is not None:
+            self.begin_release(pid, request.region, request.moved, request.kept)
+        if pid in self.releasing:
+            self.finish_release(pid, [], now)
+        if region is not None and self.region_pid.get(region) == pid:
+            del self.region_pid[region]

@@ -1,0 +1,296 @@
+"""The server-wide session table: which worker owns which session, in shared memory.
+
+The master creates one anonymous shared mapping before the first fork, so every
+worker of every generation sees the same bytes. It is split into ``REGIONS`` regions;
+the master gives each worker it forks a free region, and only that worker ever writes
+the region's entries (one writer per region: no cross-process lock or compare-and-swap).
+Any process reads every active region without a lock.
+
+Layout (8-byte words)::
+
+    header   regions x 8 words: [active, pid, half, live, established, overflow, 0, 0]
+             active = slot + 1 while the region belongs to a worker (written by the
+             master), 0 when free; half = which of the two tables below is current
+    tables   regions x 2 halves x capacity entries of 2 words:
+             key  = sid | state << 56   (0 empty, all ones = tombstone)
+             peer = IPv4 address << 16 | port (0 for IPv6 / unknown)
+
+Each region holds an open-addressing hash table (linear probing, power-of-two
+``capacity`` >= 2 x max_connections). State and id share one aligned 8-byte word, so a
+reader sees an entry wholly before or wholly after a write (aligned 8-byte stores are
+single-copy atomic on x86-64 and aarch64). The only race is benign: a session that
+closes at the instant it is read is reported as still there, exactly as if the read had
+happened a microsecond earlier.
+
+Deletes leave tombstones. When live entries plus tombstones pass 3/4 of the capacity the
+writer rebuilds the live entries into the *other* half and then flips ``half`` with one
+word store: a reader that is probing the old half finishes on a consistent snapshot.
+The writer keeps a private ``sid -> index`` dict, so its own inserts, deletes and state
+changes never probe.
+"""
+
+from __future__ import annotations
+
+import mmap
+import socket
+from collections.abc import Iterator
+
+__all__ = [
+    "ESTABLISHED",
+    "MOVING",
+    "OPEN",
+    "RegionWriter",
+    "SessionTable",
+    "peer_word",
+]
+
+OPEN, ESTABLISHED, MOVING = 1, 2, 3  # MOVING: handed to the next worker, still alive
+STATE_SHIFT = 56
+SID_MASK = (1 << STATE_SHIFT) - 1
+TOMBSTONE = (1 << 64) - 1
+HEADER_WORDS = 8
+H_ACTIVE, H_PID, H_HALF, H_LIVE, H_ESTABLISHED, H_OVERFLOW = range(6)
+_GOLDEN = 0x9E3779B97F4A7C15
+_M64 = (1 << 64) - 1
+REBUILD_LOAD = 0.75
+
+
+def _capacity_for(max_connections: int) -> int:
+    capacity = 8
+    while capacity < 2 * max_connections:
+        capacity *= 2
+    return capacity
+
+
+def peer_word(peer: tuple[str, int]) -> int:
+    """IPv4 ``(address, port)`` packed into one word (0 for anything else)."""
+    try:
+        return int.from_bytes(socket.inet_aton(peer[0]), "big") << 16 | (peer[1] & 0xFFFF)
+    except (OSError, TypeError, IndexError):
+        return 0
+
+
+def peer_from_word(word: int) -> tuple[str, int]:
+    if not word:
+        return ("", 0)
+    return (socket.inet_ntoa((word >> 16).to_bytes(4, "big")), word & 0xFFFF)
+
+
+class SessionTable:
+    """The shared mapping; the master administers regions, everyone reads."""
+
+    def __init__(self, regions: int, max_connections: int) -> None:
+        self.regions = regions
+        self.capacity = _capacity_for(max_connections)
+        self.bits = self.capacity.bit_length() - 1
+        self.mask = self.capacity - 1
+        self._half_words = self.capacity * 2
+        self._tables_at = regions * HEADER_WORDS
+        self.size = (self._tables_at + regions * 2 * self._half_words) * 8
+        self._memory = mmap.mmap(-1, self.size)
+        self.words = memoryview(self._memory).cast("Q")
+        self._free = list(range(regions))  # master-side bookkeeping only
+
+    # -- geometry
+
+    def slot_of(self, sid: int) -> int:
+        return ((sid * _GOLDEN) & _M64) >> (64 - self.bits)
+
+    def base(self, region: int, half: int) -> int:
+        return self._tables_at + (region * 2 + half) * self._half_words
+
+    def header(self, region: int) -> int:
+        return region * HEADER_WORDS
+
+    # -- master: regions
+
+    def claim(self, slot: int) -> int | None:
+        """Give a region to a worker about to be forked for ``slot``; None if all taken."""
+        if not self._free:
+            return None
+        region = self._free.pop(0)
+        self._clear(region)
+        self.words[self.header(region) + H_ACTIVE] = slot + 1
+        return region
+
+    def set_pid(self, region: int, pid: int) -> None:
+        self.words[self.header(region) + H_PID] = pid
+
+    def deactivate(self, region: int) -> None:
+        """Readers stop looking at ``region`` (its writer may still be alive)."""
+        self.words[self.header(region) + H_ACTIVE] = 0
+
+    def release(self, region: int) -> None:
+        """The region's worker is gone (reaped): clear it and make it reusable."""
+        self.deactivate(region)
+        self._clear(region)
+        if region not in self._free:
+            self._free.append(region)
+
+    def _clear(self, region: int) -> None:
+        start = self.header(region)
+        self.words[start : start + HEADER_WORDS] = memoryview(bytes(HEADER_WORDS * 8)).cast("Q")
+        begin = self.base(region, 0) * 8
+        self._memory[begin : begin + 2 * self._half_words * 8] = bytes(2 * self._half_words * 8)
+
+    # -- readers (any process)
+
+    def active_regions(self) -> Iterator[tuple[int, int]]:
+        """``(region, slot)`` of every region a live worker owns."""
+        words = self.words
+        for region in range(self.regions):
+            active = words[region * HEADER_WORDS + H_ACTIVE]
+            if active:
+                yield region, active - 1
+
+    def lookup(self, sid: int, exclude: int = -1) -> tuple[int, int, int] | None:
+        """``(region, state, peer)`` of session ``sid``, or None.
+
+        A session being handed over can be in two regions for a moment (MOVING in the
+        old worker's, live in the new one's); the MOVING entry wins, so every routed
+        operation of that session takes the same path until the old worker lets go.
+        ``exclude``: a region not to look in.
+        """
+        if not 0 < sid <= SID_MASK:
+            return None
+        words = self.words
+        start = self.slot_of(sid)
+        mask = self.mask
+        found: tuple[int, int, int] | None = None
+        for region in range(self.regions):
+            header = region * HEADER_WORDS
+            if not words[header + H_ACTIVE] or region == exclude:
+                continue
+            base = self.base(region, words[header + H_HALF])
+            index = start
+            for _ in range(self.capacity):
+                key = words[base + 2 * index]
+                if key == 0:
+                    break
+                if key != TOMBSTONE and key & SID_MASK == sid:
+                    state = key >> STATE_SHIFT
+                    if state == MOVING:
+                        return region, state, words[base + 2 * index + 1]
+                    if found is None:
+                        found = (region, state, words[base + 2 * index + 1])
+                    break
+                index = (index + 1) & mask
+        return found
+
+    def region_slot(self, region: int) -> int:
+        return self.words[self.header(region) + H_ACTIVE] - 1
+
+    def established_count(self, region: int) -> int:
+        return self.words[self.header(region) + H_ESTABLISHED]
+
+    def sessions(self, region: int) -> list[tuple[int, int]]:
+        """``(sid, state)`` of every live entry of ``region``: O(capacity)."""
+        base = self.base(region, self.words[self.header(region) + H_HALF])
+        keys = self.words[base : base + self._half_words : 2]
+        return [
+            (key & SID_MASK, key >> STATE_SHIFT)
+            for key in keys.tolist()
+            if key and key != TOMBSTONE
+        ]
+
+    def established(self) -> list[int]:
+        """Ids of every established (or moving) session of every active region."""
+        ids: set[int] = set()
+        for region, _ in self.active_regions():
+            ids.update(sid for sid, state in self.sessions(region) if state >= ESTABLISHED)
+        return sorted(ids)
+
+
+class RegionWriter:
+    """The one writer of one region (lives in the worker that owns it)."""
+
+    def __init__(self, table: SessionTable, region: int) -> None:
+        self.table = table
+        self.region = region
+        self.words = table.words
+        self._header = table.header(region)
+        self.slots: dict[int, int] = {}  # sid -> index in the current half
+        self.used = 0  # live entries + tombstones in the current half
+        self.established = 0
+        self.overflow = 0
+        self._limit = int(table.capacity * REBUILD_LOAD)
+
+    @property
+    def half(self) -> int:
+        return self.words[self._header + H_HALF]
+
+    def insert(self, sid: int, state: int, peer: int = 0) -> bool:
+        """Add (or update) a session; False when the table is full (counted)."""
+        words = self.words
+        index = self.slots.get(sid)
+        base = self.table.base(self.region, self.half)
+        if index is not None:
+            self._count_change(words[base + 2 * index] >> STATE_SHIFT, state)
+            words[base + 2 * index + 1] = peer
+            words[base + 2 * index] = sid | state << STATE_SHIFT
+            return True
+        if len(self.slots) + 1 >= self.table.capacity:
+            self.overflow += 1
+            words[self._header + H_OVERFLOW] = self.overflow
+            return False
+        if self.used + 1 > self._limit:
+            self._rebuild()
+            base = self.table.base(self.region, self.half)
+        index = self._place(base, sid, state, peer)
+        self.slots[sid] = index
+        self._count_change(0, state)
+        words[self._header + H_LIVE] = len(self.slots)
+        return True
+
+    def set_state(self, sid: int, state: int) -> None:
+        index = self.slots.get(sid)
+        if index is None:
+            return
+        key_at = self.table.base(self.region, self.half) + 2 * index
+        self._count_change(self.words[key_at] >> STATE_SHIFT, state)
+        self.words[key_at] = sid | state << STATE_SHIFT
+
+    def delete(self, sid: int) -> None:
+        index = self.slots.pop(sid, None)
+        if index is None:
+            return
+        key_at = self.table.base(self.region, self.half) + 2 * index
+        self._count_change(self.words[key_at] >> STATE_SHIFT, 0)
+        self.words[key_at] = TOMBSTONE
+        self.words[self._header + H_LIVE] = len(self.slots)
+
+    def _count_change(self, old: int, new: int) -> None:
+        was, now = old == ESTABLISHED, new == ESTABLISHED
+        if was != now:
+            self.established += 1 if now else -1
+            self.words[self._header + H_ESTABLISHED] = self.established
+
+    def _place(self, base: int, sid: int, state: int, peer: int) -> int:
+        words = self.words
+        mask = self.table.mask
+        index = self.table.slot_of(sid)
+        while True:
+            key = words[base + 2 * index]
+            if key == 0 or key == TOMBSTONE:
+                if key == 0:
+                    self.used += 1
+                words[base + 2 * index + 1] = peer  # the peer first, then the key
+                words[base + 2 * index] = sid | state << STATE_SHIFT
+                return index
+            index = (index + 1) & mask
+
+    def _rebuild(self) -> None:
+        """Copy the live entries into the other half (no tombstones), then flip."""
+        table, words = self.table, self.words
+        old = table.base(self.region, self.half)
+        new_half = 1 - self.half
+        new = table.base(self.region, new_half)
+        start = new * 8
+        table._memory[start : start + table._half_words * 8] = bytes(table._half_words * 8)
+        self.used = 0
+        slots: dict[int, int] = {}
+        for sid, index in self.slots.items():
+            key = words[old + 2 * index]
+            slots[sid] = self._place(new, sid, key >> STATE_SHIFT, words[old + 2 * index + 1])
+        self.slots = slots
+        words[self._header + H_HALF] = new_half  # one store: readers switch here

@@ -1,0 +1,61 @@
+"""Test app: sessions of any worker addressed by id (push, exists, disconnect, broadcast),
+and worker-to-worker messages."""
+
+import json
+
+from swoolish import WebSocketServer
+
+server = WebSocketServer()
+
+
+@server.on("open")
+def on_open(server, request):
+    server.push(request.fd, json.dumps({"fd": request.fd, "worker_id": server.worker_id}))
+
+
+@server.on("pipe_message")
+def on_pipe_message(server, src_worker_id, message):
+    reply = {"pipe": message["text"], "src": src_worker_id, "at": server.worker_id}
+    server.push(message["fd"], json.dumps(reply))
+
+
+@server.on("message")
+async def on_message(server, frame):
+    command, _, arg = frame.data.partition(":")
+    fd = frame.fd
+    if command == "say":  # no answer: the target gets the text
+        target, _, text = arg.partition(":")
+        server.push(int(target), text)
+    elif command == "push":
+        target, _, text = arg.partition(":")
+        server.push(fd, json.dumps({"pushed": server.push(int(target), text)}))
+    elif command == "exists":
+        ids = [int(x) for x in arg.split(",")]
+        answer = {str(i): [server.exists(i), server.is_established(i)] for i in ids}
+        server.push(fd, json.dumps(answer))
+    elif command == "disconnect":
+        target, _, code = arg.partition(":")
+        server.push(
+            fd, json.dumps({"disconnected": server.disconnect(int(target), int(code), "bye")})
+        )
+    elif command == "broadcast":
+        server.broadcast(arg)
+    elif command == "broadcast_to":
+        ids, _, text = arg.partition(":")
+        server.push(
+            fd, json.dumps({"handed": server.broadcast(text, [int(i) for i in ids.split(",")])})
+        )
+    elif command == "pipe":
+        worker_id, _, text = arg.partition(":")
+        try:
+            server.send_message({"fd": fd, "text": text}, int(worker_id))
+        except ValueError as exc:
+            server.push(fd, json.dumps({"error": str(exc)}))
+    elif command == "info":
+        server.push(fd, json.dumps(server.get_client_info(int(arg))))
+    elif command == "connections":
+        server.push(fd, json.dumps({"all": server.connections, "local": server.local_connections}))
+    elif command == "server_stats":
+        server.push(fd, json.dumps(await server.server_stats()))
+    elif command == "ping":
+        server.push(fd, "pong")

@@ -204,3 +204,34 @@ def test_script_with_start_at_the_bottom_serves(tmp_path):
         assert server.wait_exit() == 0
     finally:
         server.stop()
+
+
+def test_a_worker_that_keeps_crashing_at_boot_is_restarted_with_growing_back_off(tmp_path):
+    """1. an app whose worker_start always raises  2. the master keeps the slot filled
+    but waits longer after each failure (0.1 s, 0.2 s, 0.4 s …), never a hot loop
+    3. worker_error fires for each failure; the master itself stays up and exits 0."""
+    app = write_app(
+        tmp_path,
+        """
+        import sys
+        from swoolish import WebSocketServer
+        server = WebSocketServer()
+
+        @server.on("worker_start")
+        def start(server, worker_id):
+            raise RuntimeError("the database is down")
+
+        @server.on("worker_error")
+        def error(server, worker_id, pid, exit_code, signal):
+            print("hook worker_error", worker_id, exit_code, file=sys.stderr, flush=True)
+        """,
+    )
+    with serving(f"{app}:server", tmp_path, wait=False) as server:
+        delays = server.wait_for_log(
+            r"failed to boot \d+ times in a row; next try in ([\d.]+)s", 20, count=4
+        )
+        assert [float(d) for d in delays[:4]] == [0.1, 0.2, 0.4, 0.8]
+        assert server.log().count("hook worker_error 0 3") >= 4
+        assert "the database is down" in server.log()
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit() == 0

@@ -76,15 +76,22 @@ def reload(pid_file: str | None, wait: bool, timeout: float) -> int:
         print(f"reload requested (master pid {master.pid})")
         return 0
     started = time.monotonic()
+    result: int | None = None
     try:
+        # After "finished", the master goes on reporting how each old worker drained
+        # (connections moved or closed) and hangs up when they have all exited.
         for event in control.request(master.pid, {"command": "reload"}, timeout):
             line = _describe_reload_event(event)
             if line:
                 print(line, flush=True)
             if event.get("event") == "finished":
-                return 0 if event.get("ok") else 1
+                result = 0 if event.get("ok") else 1
     except (TimeoutError, ConnectionError) as exc:
+        if result is not None:
+            return result  # the reload's outcome is known; only drain reports were cut short
         raise CommandError(f"reload: {exc}") from None
+    if result is not None:
+        return result
     raise CommandError(
         f"reload: master {master.pid} hung up after {time.monotonic() - started:.1f}s "
         "without a result"
@@ -103,10 +110,16 @@ def _describe_reload_event(event: dict[str, Any]) -> str:
             f"in {event['seconds']:.3f}s"
         )
     if kind == "drained":
+        moved = ""
+        if "moved" in event:
+            moved = (
+                f", {event['moved']} connections moved to the new worker, "
+                f"{event.get('fell_back', 0)} closed with 1012 instead"
+            )
         return (
             f"  old worker {event['slot']} (pid {event['pid']}) drained: "
             f"{event.get('timers_cleared', 0)} timers cleared, "
-            f"{event.get('connections_closed', 0)} connections closed"
+            f"{event.get('connections_closed', 0)} connections closed{moved}"
         )
     if kind == "finished":
         if event.get("ok"):

@@ -122,6 +122,9 @@ class Master:
         self._pid_file_written = False
         self._reload_waiters: list[ControlClient] = []  # get this reload's progress
         self._next_reload_waiters: list[ControlClient] = []  # wait for the coalesced one
+        # After a reload completes, its waiters keep getting each old worker's drain
+        # figures (moved, fell back, closed) until every old worker has exited.
+        self._drain_watches: list[tuple[list[ControlClient], set[int]]] = []
         self._status_requests: list[StatusRequest] = []
         self.reload_history: list[dict[str, Any]] = []
 
@@ -332,16 +335,37 @@ class Master:
         )
         del self.reload_history[:-20]
         self._fire("after_reload")
-        self._notify_waiters(
-            {
-                "event": "finished",
-                "ok": result.ok,
-                "generation": result.generation,
-                "reason": result.reason,
-                "seconds": round(seconds, 4),
-            },
-            final=True,
-        )
+        finished = {
+            "event": "finished",
+            "ok": result.ok,
+            "generation": result.generation,
+            "reason": result.reason,
+            "seconds": round(seconds, 4),
+        }
+        old = {pid for pid in result.old_pids if pid in self.workers}
+        if result.ok and old:
+            for client in self._reload_waiters:
+                client.send(finished)
+            self._drain_watches.append((self._reload_waiters, old))
+            self._reload_waiters = []
+        else:
+            self._notify_waiters(finished, final=True)
+
+    def _watch_drain(self, pid: int, message: dict[str, Any] | None) -> None:
+        """Tell the waiters of the reload that retired ``pid`` how it drained (message)
+        or that it is gone (None); hang up on them once all its old workers are."""
+        for clients, pids in list(self._drain_watches):
+            if pid not in pids:
+                continue
+            if message is not None:
+                for client in clients:
+                    client.send(message)
+                continue
+            pids.discard(pid)
+            if not pids:
+                self._drain_watches.remove((clients, pids))
+                for client in clients:
+                    self._drop_control(client)
 
     def _notify_waiters(self, message: dict[str, Any], final: bool = False) -> None:
         for client in self._reload_waiters:
@@ -627,7 +651,9 @@ class Master:
             figures.get("connections_closed", 0),
             moved,
         )
-        self._notify_waiters({"event": "drained", "slot": proc.slot, "pid": proc.pid, **figures})
+        self._watch_drain(
+            proc.pid, {"event": "drained", "slot": proc.slot, "pid": proc.pid, **figures}
+        )
 
     def _reap(self) -> None:
         while True:
@@ -655,6 +681,7 @@ class Master:
             self._on_worker_exit(proc, status)
 
     def _on_worker_exit(self, proc: WorkerProcess, status: int) -> None:
+        self._watch_drain(proc.pid, None)
         now = time.monotonic()
         how = describe_status(status)
         expected = proc.state in ("stopping", "killed")

@@ -510,6 +510,11 @@ class Master:
             signal.set_wakeup_fd(-1)
             for sig in HANDLED_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            # A CLI connected to the master must see EOF when the master hangs up, so
+            # no worker may keep a copy of its socket.
+            for key in list(self.selector.get_map().values()):
+                if isinstance(key.data, ControlClient):
+                    key.data.sock.close()
             self.selector.close()
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)

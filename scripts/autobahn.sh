@@ -9,7 +9,9 @@
 # Exit status is the tool's: 0 no case FAILED, 1 some case FAILED, 2 setup error.
 #
 # Environment: APP (default examples/autobahn_echo.py:server), WORKERS (default 1),
-# plus the tool's own (AUTOBAHN_VENV, PY27).
+# RELOAD_EVERY (seconds; when set, the master gets SIGUSR1 that often during the run,
+# so cases run on connections handed live from worker to worker), plus the tool's own
+# (AUTOBAHN_VENV, PY27).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -43,6 +45,7 @@ PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); 
 LOG="$(mktemp /tmp/swoolish-autobahn.XXXXXX.log)"
 SERVER_PID=""
 TOOL_PID=""
+RELOADER_PID=""
 
 # Every process of a tree, by pid (children first found with pgrep -P, never by name).
 tree() {
@@ -75,13 +78,19 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
 }
-cleanup() { stop_tool; stop_server; rm -f -- "$LOG"; }
+stop_reloader() {
+  [ -n "$RELOADER_PID" ] || return 0
+  kill -TERM "$RELOADER_PID" 2>/dev/null || true
+  wait "$RELOADER_PID" 2>/dev/null || true
+  RELOADER_PID=""
+}
+cleanup() { stop_reloader; stop_tool; stop_server; rm -f -- "$LOG"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 cd "$ROOT"
 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m swoolish serve "$APP" \
-  --host 127.0.0.1 --port "$PORT" --workers "$WORKERS" --log-level warning >"$LOG" 2>&1 &
+  --host 127.0.0.1 --port "$PORT" --workers "$WORKERS" --log-level info >"$LOG" 2>&1 &
 SERVER_PID=$!
 
 # Wait (with a deadline) until the port accepts connections.
@@ -99,6 +108,14 @@ if [ "$ready" != 1 ]; then
   exit 2
 fi
 
+if [ -n "${RELOAD_EVERY:-}" ]; then
+  ( while kill -0 "$SERVER_PID" 2>/dev/null; do
+      sleep "$RELOAD_EVERY"
+      kill -USR1 "$SERVER_PID" 2>/dev/null || true
+    done ) &
+  RELOADER_PID=$!
+fi
+
 # In the background, so that a TERM/INT to this script runs its trap at once.
 set +e
 bash "$TOOL" --agent swoolish ${ARGS[@]+"${ARGS[@]}"} "ws://127.0.0.1:$PORT" &
@@ -106,7 +123,13 @@ TOOL_PID=$!
 wait "$TOOL_PID"
 rc=$?
 TOOL_PID=""
+stop_reloader
 set -e
+if [ -n "${RELOAD_EVERY:-}" ]; then
+  reloads="$(grep -c 'reload to generation .* complete' "$LOG" || true)"
+  moved="$(grep -o '[0-9]* moved to the new worker' "$LOG" | awk '{s += $1} END {print s + 0}')"
+  echo "reloads during the run: $reloads; connections moved mid-case: $moved"
+fi
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
   echo "autobahn.sh: the server exited during the run; its log:" >&2
   tail -n 30 "$LOG" >&2

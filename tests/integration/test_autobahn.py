@@ -49,11 +49,12 @@ def python27() -> str | None:
     return None
 
 
-def run_script(args: list[str], seconds: float) -> tuple[int, str]:
+def run_script(args: list[str], seconds: float, **env: str) -> tuple[int, str]:
     """Run scripts/autobahn.sh; on timeout, TERM it so its trap stops the server by pid."""
     proc = subprocess.Popen(
         ["bash", str(SCRIPT), *args],
         cwd=ROOT,
+        env=dict(os.environ, **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -74,7 +75,11 @@ def run_script(args: list[str], seconds: float) -> tuple[int, str]:
 
 
 @pytest.mark.timeout(600)
-def test_autobahn_quick_sample_has_no_failed_case(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reload_every", [None, "0.3"], ids=["steady", "reloading"])
+def test_autobahn_quick_sample_has_no_failed_case(tmp_path: Path, reload_every) -> None:
+    """The quick sample, on a steady server and on one reloaded every 300 ms: there the
+    cases run on connections handed live from worker to worker mid-case, compression
+    (12.*, 13.*) included."""
     if not TOOL.is_file():
         pytest.skip(f"the Autobahn tool is not at {TOOL}")
     if python27() is None:
@@ -85,10 +90,18 @@ def test_autobahn_quick_sample_has_no_failed_case(tmp_path: Path) -> None:
             pytest.skip(f"could not install wstest into {VENV} (needs PyPI):\n{output[-2000:]}")
 
     report = tmp_path / "report"
-    code, output = run_script(["--quick", "--report-dir", str(report)], timeout(240))
+    env = {"RELOAD_EVERY": reload_every, "WORKERS": "2"} if reload_every else {}
+    code, output = run_script(["--quick", "--report-dir", str(report)], timeout(240), **env)
 
     summary = re.search(r"^autobahn: (\d+) cases, .*FAILED=(\d+)$", output, re.MULTILINE)
     assert summary, f"no summary line from the Autobahn run:\n{output}"
     assert int(summary.group(1)) > 0
     assert int(summary.group(2)) == 0, f"Autobahn cases FAILED (report in {report}):\n{output}"
     assert code == 0, output
+    if reload_every:
+        moved = re.search(
+            r"^reloads during the run: (\d+); connections moved mid-case: (\d+)$",
+            output,
+            re.MULTILINE,
+        )
+        assert moved and int(moved.group(1)) > 10 and int(moved.group(2)) > 10, output

@@ -200,17 +200,7 @@ class TimerWheel:
     ) -> int:
         """Run ``callback(timer_id, *args)`` every ``ms`` milliseconds until cleared."""
         if bind is None and type(ms) is int and ms >= 1 and callable(callback):
-            # Fast path, the common case: the same steps as _add without bind or checks.
-            timer_id = self._next_id
-            self._next_id = timer_id + 1
-            deadline = self._clock() + ms / 1000.0
-            entry = [deadline, timer_id, callback, args, True, ms, None, 0, True]
-            self._timers[timer_id] = entry
-            heappush(self._heap, entry)
-            if deadline < self._wakeup_at:
-                self._wakeup_at = deadline
-                self._wakeup(deadline)
-            return timer_id
+            return self._arm(True, ms, callback, args)
         return self._add(True, ms, callback, args, bind)
 
     def after(
@@ -218,18 +208,23 @@ class TimerWheel:
     ) -> int:
         """Run ``callback(*args)`` once, ``ms`` milliseconds from now."""
         if bind is None and type(ms) is int and ms >= 1 and callable(callback):
-            # Fast path, the common case: the same steps as _add without bind or checks.
-            timer_id = self._next_id
-            self._next_id = timer_id + 1
-            deadline = self._clock() + ms / 1000.0
-            entry = [deadline, timer_id, callback, args, False, ms, None, 0, True]
-            self._timers[timer_id] = entry
-            heappush(self._heap, entry)
-            if deadline < self._wakeup_at:
-                self._wakeup_at = deadline
-                self._wakeup(deadline)
-            return timer_id
+            return self._arm(False, ms, callback, args)
         return self._add(False, ms, callback, args, bind)
+
+    def _arm(
+        self, repeat: bool, ms: int, callback: Callable[..., Any], args: tuple[Any, ...]
+    ) -> int:
+        """The common case, already checked: an unbound timer with a whole-ms interval."""
+        timer_id = self._next_id
+        self._next_id = timer_id + 1
+        deadline = self._clock() + ms / 1000.0
+        entry = [deadline, timer_id, callback, args, repeat, ms, None, 0, True]
+        self._timers[timer_id] = entry
+        heappush(self._heap, entry)
+        if deadline < self._wakeup_at:
+            self._wakeup_at = deadline
+            self._wakeup(deadline)
+        return timer_id
 
     def _add(
         self,

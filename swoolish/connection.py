@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Close, Opcode
 from websockets.frames import Frame as WsFrame
-from websockets.frames import Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import CLOSED, OPEN, Protocol
 from websockets.server import ServerProtocol
@@ -98,6 +98,20 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     if n < 65536:
         return _HEADER_16.pack(0x80 | opcode, 126, n) + payload
     return _HEADER_64.pack(0x80 | opcode, 127, n) + payload
+
+
+def check_close(code: int, reason: str) -> None:
+    """The close-frame rules of RFC 6455 §5.5/§7.4: raise ``ValueError`` at the call."""
+    try:
+        Close(code, reason).serialize()
+        valid = code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+        if not (valid or 3000 <= code <= 4999) or len(reason.encode()) > 123:
+            raise ValueError
+    except Exception:
+        raise ValueError(
+            f"cannot close with code {code!r} and reason {reason!r}: codes are 1000-4999 "
+            "(not 1004-1006, 1015) and the reason is at most 123 UTF-8 bytes"
+        ) from None
 
 
 class _FrameProtocol(ServerProtocol):

@@ -27,6 +27,7 @@ import pickle
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .connection import check_close
 from .table import ESTABLISHED, MOVING, OPEN, RegionWriter, SessionTable, peer_word
 
 if TYPE_CHECKING:
@@ -73,8 +74,9 @@ class SessionMap(dict):  # type: ignore[type-arg]
         self.writer = writer
         self.moved: set[int] = set()  # sids handed to our successor (live hand-off)
         # sids adopted from our predecessor whose routed operations are still on their
-        # way (through the master): our own pushes to them wait behind those
-        self.arriving: dict[int, list[tuple[Any, Any]]] = {}
+        # way (through the master) -> this worker's own operations on them, held behind
+        # those: ("push", data, opcode) or ("disconnect", code, reason)
+        self.arriving: dict[int, list[tuple[Any, ...]]] = {}
         self.on_adopt: Callable[[int], None] | None = None
 
     def __setitem__(self, sid: int, conn: Connection) -> None:
@@ -201,7 +203,16 @@ class Router:
         """A push to a session that just arrived waits for what was routed to it before."""
         if conn.closing or not conn.established:
             return conn.push(data, opcode)  # False, counted
-        self.worker.connections.arriving[sid].append((data, opcode))
+        self.worker.connections.arriving[sid].append(("push", data, opcode))
+        return True
+
+    def hold_disconnect(self, conn: Connection, sid: int, code: int, reason: str) -> bool:
+        """A close of a session that just arrived goes after the pushes routed to it
+        before, and after our own held pushes: it ends the session, so it comes last."""
+        if conn.closing or not conn.established:
+            return conn.disconnect(code, reason)  # False
+        check_close(code, reason)  # raise here, at the call, as for any session
+        self.worker.connections.arriving[sid].append(("disconnect", code, reason))
         return True
 
     def adopted(self, sid: int) -> None:
@@ -215,11 +226,14 @@ class Router:
         if not waiting:
             return
         conn = self.worker.connections.get(sid)
-        for data, opcode in waiting:
-            if conn is not None:
-                conn.push(data, opcode)
+        for kind, *args in waiting:
+            if conn is None:
+                if kind == "push":
+                    self.worker.stats["push_to_closed"] += 1
+            elif kind == "push":
+                conn.push(*args)
             else:
-                self.worker.stats["push_to_closed"] += 1
+                conn.disconnect(*args)
 
     def _keep(self, op: tuple[Any, ...]) -> bool:
         """An operation on a session we handed off waits for the release (see above)."""

@@ -12,10 +12,8 @@ import pickle
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from websockets.frames import Close
-
 from . import loader
-from .connection import BINARY, TEXT
+from .connection import BINARY, TEXT, check_close
 from .events import Handlers, canonical_event_name
 from .routing import MAX_ROUTED_PAYLOAD
 from .settings import Settings
@@ -115,13 +113,16 @@ class WebSocketServer:
     def disconnect(self, fd: int, code: int = 1000, reason: str = "") -> bool:
         """Close a WebSocket session with ``code``/``reason``; False if it is not open."""
         worker = self._require_worker("disconnect")
-        conn = worker.connections.get(fd)
+        connections = worker.connections
+        conn = connections.get(fd)
         if conn is not None:
+            if connections.arriving and fd in connections.arriving:
+                return worker.router.hold_disconnect(conn, fd, code, reason)
             return conn.disconnect(code, reason)
         found = worker.router.lookup(fd)
         if found is None or found[1] < ESTABLISHED:
             return False
-        _check_close(code, reason)  # raise here, at the call, as for a local session
+        check_close(code, reason)  # raise here, at the call, as for a local session
         worker.router.send(("r", found[0]), ("disconnect", fd, code, reason))
         return True
 
@@ -136,7 +137,7 @@ class WebSocketServer:
             worker.router.send(("r", found[0]), ("close", fd))
             return True
         if conn.established:
-            return conn.disconnect(1000, "")
+            return self.disconnect(fd, 1000, "")
         conn.abort()
         return True
 
@@ -340,17 +341,3 @@ class WebSocketServer:
     isEstablished = is_established
     getClientInfo = get_client_info
     sendMessage = send_message
-
-
-def _check_close(code: int, reason: str) -> None:
-    """The close-frame rules of RFC 6455 §5.5/§7.4, checked before routing."""
-    try:
-        Close(code, reason).serialize()
-        valid = code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
-        if not (valid or 3000 <= code <= 4999) or len(reason.encode()) > 123:
-            raise ValueError
-    except Exception:
-        raise ValueError(
-            f"cannot close with code {code!r} and reason {reason!r}: codes are 1000-4999 "
-            "(not 1004-1006, 1015) and the reason is at most 123 UTF-8 bytes"
-        ) from None

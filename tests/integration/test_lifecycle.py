@@ -235,3 +235,37 @@ def test_a_worker_that_keeps_crashing_at_boot_is_restarted_with_growing_back_off
         assert "the database is down" in server.log()
         server.signal(signal.SIGTERM)
         assert server.wait_exit() == 0
+
+
+def test_sighup_reloads_like_sigusr1(tmp_path):
+    """The gunicorn/nginx habit: SIGHUP starts the same rolling reload as SIGUSR1."""
+    with serving("tests/apps/echo_app.py:server", tmp_path, workers=2) as server:
+        old = {w.pid for w in server.workers()}
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(r"SIGHUP: reload to generation 2 started")
+        server.wait_for_log(r"reload to generation 2 complete")
+        wait_until(
+            lambda: len(server.workers()) == 2 and not old & {w.pid for w in server.workers()}
+        )
+
+
+def test_command_line_options_override_the_apps_settings(tmp_path):
+    """The app asks for 3 workers and a 9 s drain; ``--workers 1 --max-wait-time 0.5``
+    wins: one worker serves, and the worker's settings say 0.5."""
+    app = write_app(
+        tmp_path,
+        """
+        from swoolish import WebSocketServer
+        server = WebSocketServer(worker_num=3, max_wait_time=9)
+
+        @server.on("message")
+        def on_message(server, frame):
+            server.push(frame.fd, str(server.settings.max_wait_time))
+        """,
+    )
+    with serving(f"{app}:server", tmp_path, "--max-wait-time", "0.5", workers=1) as server:
+        assert len(server.workers()) == 1
+        assert "with 1 workers" in server.log()
+        with server.connect() as ws:
+            ws.send("?")
+            assert ws.recv(timeout=5) == "0.5"

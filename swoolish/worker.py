@@ -233,6 +233,15 @@ class Worker:
             # Bound timers move with their session as data; taking them out now, before
             # worker_exit, is what keeps them from firing here and again over there.
             conn.prepare_move()
+        if self.stats["timers_not_movable"]:
+            self.log.warning(
+                "worker %d gen %d: %d timers bound to moving sessions have a lambda or "
+                "closure callback and cannot move with them (use a module-level function "
+                "with plain-data arguments); cleared",
+                self.worker_id,
+                self.generation,
+                self.stats["timers_not_movable"],
+            )
         await self._call_hook_logged("worker_stop")
         await self._call_hook_logged("worker_exit")
         leftover = self.timers.clear_all()

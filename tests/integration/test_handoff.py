@@ -43,6 +43,10 @@ APP = """
         kind, _, arg = frame.data.partition(":")
         if kind == "start":
             Timer.tick(int(arg or 20), tick, frame.fd, {{"seq": 0}}, bind=frame.fd)
+        elif kind == "lambda":  # a bound timer that cannot move: a closure
+            Timer.tick(20, lambda timer_id: server.push(frame.fd, "closure tick"),
+                       bind=frame.fd)
+            server.push(frame.fd, "armed")
         elif kind == "slow":
             await asyncio.sleep(float(arg))
             server.push(frame.fd, json.dumps({{"slept": arg, "v": VERSION}}))
@@ -463,3 +467,19 @@ def test_shutdown_does_not_hand_off(tmp_path):
         server.signal(signal.SIGTERM)
         assert read_close_code(sock) == 1001
         sock.close()
+
+
+def test_a_bound_timer_with_a_closure_callback_is_cleared_on_hand_off_and_logged(tmp_path):
+    """1. a client's bound timer has a lambda callback  2. reload  3. the connection
+    moves (no close) but that timer cannot: the worker says so once, naming the fix."""
+    target = app(tmp_path, "v1")
+    with serving(f"{target}:server", tmp_path) as server, server.connect() as ws:
+        ws.send("lambda")
+        assert ws.recv(timeout=5) == "armed"
+        assert ws.recv(timeout=5) == "closure tick"
+        reload_and_wait(server, 2)
+        server.wait_for_log(r"1 timers bound to moving sessions have a lambda or closure")
+        ws.send("who")
+        while (reply := ws.recv(timeout=5)) == "closure tick":
+            pass  # ticks sent before the move
+        assert json.loads(reply)["gen"] == 2

@@ -8,7 +8,6 @@ later when the event would fire.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -86,13 +85,3 @@ class Handlers:
 
     def __contains__(self, event: str) -> bool:
         return event in self._handlers
-
-    def names(self) -> list[str]:
-        return sorted(self._handlers)
-
-
-def is_async(handler: Callable[..., Any]) -> bool:
-    """True for ``async def`` handlers, which run as tasks the drain can wait for."""
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - callable objects with async __call__
-    )

@@ -96,7 +96,3 @@ def close_fds(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def forget(sock: socket.socket) -> None:
-    """Kept for symmetry with stream channels: SEQPACKET keeps no partial messages."""

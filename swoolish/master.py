@@ -42,7 +42,7 @@ from .reload import Finished, Kill, Pause, ReloadPlan, RequestAgain, Spawn, Stop
 from .routing import Switchboard
 from .sessions import SharedIdSource
 from .table import SessionTable
-from .worker import EXIT_BOOT_ERROR, run_worker, totals
+from .worker import EXIT_BOOT_ERROR, WorkerSetup, run_worker, totals
 
 if TYPE_CHECKING:
     from .reload import Action
@@ -526,8 +526,7 @@ class Master:
                     proc.inbox.close()
             setproctitle(f"swoolish: worker {slot} gen {generation}")
             assert self.listen_sock is not None
-            code = run_worker(
-                self._load_fresh_app,
+            setup = WorkerSetup(
                 slot,
                 generation,
                 self.listen_sock,
@@ -538,6 +537,7 @@ class Master:
                 self.table,
                 region,
             )
+            code = run_worker(self._load_fresh_app, setup)
         except BaseException:
             traceback.print_exc()
         finally:

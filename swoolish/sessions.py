@@ -74,10 +74,6 @@ class SharedIdSource:
             self._FORMAT.pack_into(self._memory, 0, start + BLOCK)
         return start
 
-    def issued(self) -> int:
-        """How many ids have been handed out in blocks so far (for stats)."""
-        return self._FORMAT.unpack_from(self._memory, 0)[0]
-
 
 class IdAllocator:
     """Gives each new connection of this worker the next never-used session id."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import inspect
 import logging
 import os
@@ -38,7 +39,7 @@ from .table import RegionWriter, SessionTable
 if TYPE_CHECKING:
     from .server import WebSocketServer
 
-__all__ = ["EXIT_BOOT_ERROR", "Worker", "run_worker"]
+__all__ = ["EXIT_BOOT_ERROR", "Worker", "WorkerSetup", "run_worker"]
 
 EXIT_BOOT_ERROR = 3  # the app failed to import or worker_start raised: do not hot-loop
 # Every counter a worker keeps; stats() reports each one, zero included.
@@ -69,34 +70,38 @@ MASTER_CHECK_INTERVAL = 0.5  # seconds between checks that the master is still a
 _PR_SET_PDEATHSIG = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerSetup:
+    """What the master hands a worker it forks: its place and the shared resources."""
+
+    worker_id: int  # the slot
+    generation: int
+    listen_sock: socket.socket  # the one listening socket, bound by the master
+    id_source: IdSource  # session ids, shared by every worker of every generation
+    channel: socket.socket | None  # to and from the master
+    master_pid: int
+    inbox: socket.socket | None = None  # where the previous generation hands us sessions
+    table: SessionTable | None = None  # the server-wide session table
+    region: int | None = None  # our region of it
+
+
 class Worker:
     """The state of one worker process; ``WebSocketServer`` methods delegate here."""
 
-    def __init__(
-        self,
-        server: WebSocketServer,
-        worker_id: int,
-        generation: int,
-        listen_sock: socket.socket,
-        id_source: IdSource,
-        channel: socket.socket | None,
-        master_pid: int,
-        inbox: socket.socket | None = None,
-        table: SessionTable | None = None,
-        region: int | None = None,
-    ) -> None:
+    def __init__(self, server: WebSocketServer, setup: WorkerSetup) -> None:
         self.server = server
         self.settings = server.settings
-        self.worker_id = worker_id
-        self.generation = generation
-        self.master_pid = master_pid
-        self.listen_sock = listen_sock
-        self.channel = channel
-        self.inbox = inbox  # where the previous generation hands us its connections
+        self.worker_id = worker_id = setup.worker_id
+        self.generation = setup.generation
+        self.master_pid = setup.master_pid
+        self.listen_sock = setup.listen_sock
+        self.channel = setup.channel
+        self.inbox = setup.inbox  # where the previous generation hands us its connections
         self.adopter: Adopter | None = None
         self.handoff_channel: socket.socket | None = None  # where we hand ours on
-        self.ids = IdAllocator(id_source)
+        self.ids = IdAllocator(setup.id_source)
         # sessions: open, not closing; mirrored into our region of the shared table
+        table, region = setup.table, setup.region
         writer = RegionWriter(table, region) if table is not None and region is not None else None
         self.connections: SessionMap = SessionMap(writer)
         self.router = Router(self, table, region)
@@ -404,40 +409,18 @@ def totals(workers: list[dict[str, Any]]) -> dict[str, Any]:
 SUMMED = (*COUNTERS, "connections", "websocket_connections", "timers", "tasks")
 
 
-def run_worker(
-    load_server: Callable[[], WebSocketServer],
-    worker_id: int,
-    generation: int,
-    listen_sock: socket.socket,
-    id_source: IdSource,
-    channel: socket.socket | None,
-    master_pid: int,
-    inbox: socket.socket | None = None,
-    table: SessionTable | None = None,
-    region: int | None = None,
-) -> int:
+def run_worker(load_server: Callable[[], WebSocketServer], setup: WorkerSetup) -> int:
     """The body of a forked worker process; returns its exit code."""
-    log = logging.getLogger(f"swoolish.worker.{worker_id}")
+    log = logging.getLogger(f"swoolish.worker.{setup.worker_id}")
     try:
         server = load_server()
     except BaseException:
-        log.exception("worker %d gen %d: the app failed to load", worker_id, generation)
+        log.exception("worker %d gen %d: the app failed to load", setup.worker_id, setup.generation)
         return EXIT_BOOT_ERROR
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        worker = Worker(
-            server,
-            worker_id,
-            generation,
-            listen_sock,
-            id_source,
-            channel,
-            master_pid,
-            inbox,
-            table,
-            region,
-        )
+        worker = Worker(server, setup)
         server._attach(worker)
         return loop.run_until_complete(worker.serve())
     finally:

@@ -9,6 +9,7 @@ for slow machines.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import signal
@@ -16,7 +17,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -187,6 +190,47 @@ def run_cli(
         text=True,
         timeout=timeout(seconds),
     )
+
+
+class HttpLoad(threading.Thread):
+    """GETs on a fresh TCP connection each time, paced, until ``stop`` is set.
+
+    Counts answers in ``answers`` by ``key(body)`` (the body itself by default) and keeps
+    every failure, a non-200 status included, in ``failures``.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        stop: threading.Event | None = None,
+        path: str = "/who",
+        key: Callable[[bytes], Any] = bytes.decode,
+        pace: float = 0.01,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.port, self.path, self.key, self.pace = port, path, key, pace
+        self.stop = stop or threading.Event()
+        self.ok = 0
+        self.answers: Counter[Any] = Counter()
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout(10))
+            try:
+                conn.request("GET", self.path, headers={"Connection": "close"})
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    self.failures.append(f"HTTP {response.status}: {body[:80]!r}")
+                else:
+                    self.answers[self.key(body)] += 1
+                    self.ok += 1
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self.failures.append(repr(exc))
+            finally:
+                conn.close()
+            self.stop.wait(self.pace)  # pacing, so TIME_WAIT sockets stay few
 
 
 def raw_connect(port: int) -> socket.socket:

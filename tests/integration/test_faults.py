@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.client
 import json
 import os
 import re
@@ -23,7 +22,7 @@ import time
 from collections import Counter
 
 import psutil
-from support import ServerProcess, serving, timeout, wait_until, write_app
+from support import HttpLoad, ServerProcess, serving, timeout, wait_until, write_app
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -108,34 +107,9 @@ class EchoClient(threading.Thread):
                 return
 
 
-class HttpLoad(threading.Thread):
-    """GET on a fresh TCP connection each time (``Connection: close``), paced, until
-    stopped; counts answers by worker pid and keeps every failure."""
-
-    def __init__(self, port: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.port, self.stop = port, stop
-        self.ok = 0
-        self.by_pid: Counter[int] = Counter()
-        self.failures: list[str] = []
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout(5))
-            try:
-                conn.request("GET", "/who", headers={"Connection": "close"})
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200:
-                    self.failures.append(f"HTTP {response.status}: {body[:80]!r}")
-                else:
-                    self.by_pid[json.loads(body)["pid"]] += 1
-                    self.ok += 1
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                self.failures.append(repr(exc))
-            finally:
-                conn.close()
-            self.stop.wait(0.01)  # pacing, so TIME_WAIT sockets stay few
+def pid_of(body: bytes) -> int:
+    """Which worker answered (the app's /who answers its pid and generation)."""
+    return json.loads(body)["pid"]
 
 
 def progressing(loads: list[HttpLoad], clients: list[EchoClient], seconds: float = 15) -> None:
@@ -209,7 +183,7 @@ def test_worker_sigkilled_under_load_is_replaced_and_only_its_clients_notice(tmp
         before = {p.pid for p in server.workers()}
         assert len(before) == workers
         stop = threading.Event()
-        loads = [HttpLoad(server.port, stop) for _ in range(3)]
+        loads = [HttpLoad(server.port, stop, key=pid_of) for _ in range(3)]
         clients: list[EchoClient] = []
         try:
             for load in loads:
@@ -267,7 +241,7 @@ def test_worker_sigkilled_under_load_is_replaced_and_only_its_clients_notice(tmp
         )
         print(
             f"HTTP answered {sum(t.ok for t in loads)} ({ok_after_kill} after the kill, "
-            f"{sum(t.by_pid[p] for t in loads for p in new)} by the replacement); "
+            f"{sum(t.answers[p] for t in loads for p in new)} by the replacement); "
             f"failed at the kill: {failures}"
         )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import re
 import signal
@@ -15,6 +14,7 @@ import psutil
 import pytest
 import uvloop
 from support import (
+    HttpLoad,
     masked_frame,
     raw_handshake,
     read_close_code,
@@ -211,7 +211,7 @@ def test_ten_reloads_under_steady_load_close_nothing_and_fail_nothing(tmp_path):
     target = app(tmp_path, "v1")
     with serving(f"{target}:server", tmp_path, workers=2) as server:
         clients = [Busy(server, f"c{i}") for i in range(4)]
-        http = [HttpLoad(server.port) for _ in range(2)]
+        http = [HttpLoad(server.port, path="/", pace=0.005) for _ in range(2)]
         for t in [*clients, *http]:
             t.start()
         wait_until(lambda: all(len(c.echoed) > 10 for c in clients), 15, what="busy")
@@ -229,30 +229,6 @@ def test_ten_reloads_under_steady_load_close_nothing_and_fail_nothing(tmp_path):
         assert [h.failures for h in http] == [[]] * 2
         assert sum(sum(h.answers.values()) for h in http) > 50
         print("HTTP answers by version:", [dict(h.answers) for h in http])
-
-
-class HttpLoad(threading.Thread):
-    """HTTP GETs, each on a new TCP connection; records answers and failures."""
-
-    def __init__(self, port):
-        super().__init__(daemon=True)
-        self.port = port
-        self.stop = threading.Event()
-        self.answers: dict[str, int] = {}
-        self.failures: list[BaseException] = []
-
-    def run(self):
-        while not self.stop.is_set():
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            try:
-                connection.request("GET", "/")
-                body = connection.getresponse().read().decode()
-                self.answers[body] = self.answers.get(body, 0) + 1
-            except Exception as exc:  # reported by the test
-                self.failures.append(exc)
-            finally:
-                connection.close()
-            self.stop.wait(0.005)
 
 
 def test_ten_thousand_idle_connections_survive_a_reload(tmp_path):

@@ -17,7 +17,7 @@ from collections import Counter
 
 import psutil
 import pytest
-from support import ServerProcess, run_cli, serving, timeout, wait_until, write_app
+from support import HttpLoad, ServerProcess, run_cli, serving, timeout, wait_until, write_app
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -105,35 +105,6 @@ def http_get(port: int) -> dict:
         conn.close()
 
 
-class HttpLoad(threading.Thread):
-    """GET / on a fresh TCP connection each time, about 100 per second, until stopped."""
-
-    def __init__(self, port: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.port, self.stop = port, stop
-        self.ok = 0
-        self.failures: list[str] = []
-        self.generations: Counter[int] = Counter()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout(5))
-            try:
-                conn.request("GET", "/who")
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200:
-                    self.failures.append(f"HTTP {response.status}: {body[:80]!r}")
-                else:
-                    self.generations[json.loads(body)["generation"]] += 1
-                    self.ok += 1
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                self.failures.append(repr(exc))
-            finally:
-                conn.close()
-            self.stop.wait(0.01)  # pacing, so TIME_WAIT sockets stay few
-
-
 class WsClient(threading.Thread):
     """Sends and checks echoes continuously; reconnects after a 1012 close."""
 
@@ -172,6 +143,11 @@ class WsClient(threading.Thread):
                         self.errors.append(f"closed without 1012: {exc!r}")
                 except Exception as exc:
                     self.errors.append(f"while echoing: {exc!r}")
+
+
+def generation_of(body: bytes) -> int:
+    """Which generation answered (the app's /who answers its pid and generation)."""
+    return json.loads(body)["generation"]
 
 
 def under_load(loads: list[HttpLoad], clients: list[WsClient]) -> None:
@@ -213,7 +189,7 @@ def test_reloads_under_steady_load_lose_no_request_and_close_each_client_at_most
     workers = 4
     with serving(LOAD_APP, tmp_path, "--pid-file", str(pid_file), workers=workers) as server:
         stop = threading.Event()
-        loads = [HttpLoad(server.port, stop) for _ in range(3)]
+        loads = [HttpLoad(server.port, stop, key=generation_of) for _ in range(3)]
         clients = [WsClient(f"ws{i}", server.url("/"), stop) for i in range(4)]
         threads = [*loads, *clients]
         for thread in threads:
@@ -261,7 +237,7 @@ def test_reloads_under_steady_load_lose_no_request_and_close_each_client_at_most
         assert not any(t.is_alive() for t in threads)
         final = max(completed(server))
         requests = sum(t.ok for t in loads)
-        by_generation = sum((t.generations for t in loads), Counter())
+        by_generation = sum((t.answers for t in loads), Counter())
         print(f"\nHTTP requests answered: {requests}, by generation {dict(by_generation)}")
         print(
             f"WebSocket echoes: {[c.echoes for c in clients]}, closes {[c.closes for c in clients]}"

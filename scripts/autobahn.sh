@@ -129,6 +129,9 @@ if [ -n "${RELOAD_EVERY:-}" ]; then
   reloads="$(grep -c 'reload to generation .* complete' "$LOG" || true)"
   moved="$(grep -o '[0-9]* moved to the new worker' "$LOG" | awk '{s += $1} END {print s + 0}')"
   echo "reloads during the run: $reloads; connections moved mid-case: $moved"
+  # Why a connection could not move (it got the 1012 close of a reload instead).
+  grep -o 'fell back to a 1012 close {.*}' "$LOG" | sed 's/^fell back to a 1012 close /fallback: /' \
+    | sort | uniq -c || true
 fi
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
   echo "autobahn.sh: the server exited during the run; its log:" >&2

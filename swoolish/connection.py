@@ -545,9 +545,7 @@ class Connection(Movable, asyncio.Protocol):
         if rest:
             self._websocket_data(rest)
         if worker.draining:
-            # Accepted just before this worker stopped accepting: the client reconnects
-            # to a worker that is staying (1012), or is told the server is going (1001).
-            self.disconnect_when_idle(worker.stop_code, "server restarting")
+            worker.established_while_draining(self)
 
     # ------------------------------------------------------------------ WebSocket frames
 
@@ -785,6 +783,16 @@ class Connection(Movable, asyncio.Protocol):
         else:
             self._begin_close()
             self.transport.close()
+
+    def awaiting_first_request(self) -> bool:
+        """Accepted, and neither answered nor upgraded yet: its first request (perhaps a
+        WebSocket handshake) is still on its way or being handled."""
+        return (
+            not self.established
+            and not self.closing
+            and self.transport is not None
+            and not self._answered
+        )
 
     def abort(self) -> None:
         if self.transport is not None:

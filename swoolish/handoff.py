@@ -47,6 +47,8 @@ log = logging.getLogger("swoolish.handoff")
 VERSION = 1
 QUIESCE_TIMEOUT = 1.0  # seconds a busy connection gets to finish its handlers
 ACK_TIMEOUT = 3.0  # seconds the new worker gets to acknowledge a batch
+SETTLE_TIMEOUT = 1.0  # seconds a connection accepted just before the stop gets to upgrade
+LATE_ROUNDS = 3  # hand-off rounds for sessions whose handshake completed meanwhile
 MAX_MOVED_BYTES = 256 * 1024  # unsent + unparsed bytes one connection may carry
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # one SEQPACKET message
 CHANNEL_BUFFER = 8 * 1024 * 1024
@@ -58,6 +60,7 @@ class HandoffReport:
 
     def __init__(self) -> None:
         self.moved = 0
+        self.batches = 0
         self.fell_back: Counter[str] = Counter()
         self.seconds = 0.0
 
@@ -76,14 +79,39 @@ class HandoffReport:
 async def hand_off(
     worker: Worker, channel: socket.socket, conns: list[Connection]
 ) -> HandoffReport:
-    """Move ``conns`` to the worker at the other end of ``channel``; close the rest 1012."""
+    """Move ``conns`` to the worker at the other end of ``channel``, then the sessions
+    whose handshake completed meanwhile (accepted just before we stopped accepting);
+    what cannot move gets the 1012 close of a reload."""
     report = HandoffReport()
     started = time.monotonic()
-    loop = worker.loop
     channel.setblocking(False)
-    acks = _AckReader(loop, channel)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a GC pass walks every connection object: not while clients wait
+    try:
+        for _ in range(LATE_ROUNDS):
+            if conns:
+                await _move(worker, channel, conns, report)
+            await _settle_handshakes(worker)
+            conns = worker.take_late_movers(final=False)
+            for conn in conns:
+                conn.prepare_move()
+            if not conns:
+                break
+        for conn in worker.take_late_movers(final=True):
+            _fall_back_attached(conn, "handshake after the hand-off", report)
+        with contextlib.suppress(OSError):
+            ipc.send(channel, {"type": "done"})
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        report.seconds = time.monotonic() - started
+    return report
+
+
+async def _move(
+    worker: Worker, channel: socket.socket, conns: list[Connection], report: HandoffReport
+) -> None:
+    acks = _AckReader(worker.loop, channel)
     try:
         # Most recently active first: the busiest clients see the shortest pause. Each
         # batch is checked just before it moves, so the first one leaves at once.
@@ -91,7 +119,7 @@ async def hand_off(
         for conn in conns:
             conn.freeze()
         await _quiesce(worker, conns)
-        for number, start in enumerate(range(0, len(conns), ipc.MAX_FDS), 1):
+        for start in range(0, len(conns), ipc.MAX_FDS):
             batch: list[Connection] = []
             for conn in conns[start : start + ipc.MAX_FDS]:
                 reason = conn.unmovable_reason()
@@ -100,15 +128,20 @@ async def hand_off(
                 else:
                     _fall_back_attached(conn, reason, report)
             if batch:
-                await _send_batch(worker, channel, acks, number, batch, report)
-        with contextlib.suppress(OSError):
-            ipc.send(channel, {"type": "done"})
+                report.batches += 1  # numbers stay unique over every round: acks match
+                await _send_batch(worker, channel, acks, report.batches, batch, report)
     finally:
         acks.close()
-        if gc_was_enabled:
-            gc.enable()
-        report.seconds = time.monotonic() - started
-    return report
+
+
+async def _settle_handshakes(worker: Worker) -> None:
+    """Wait (bounded) for connections accepted just before this worker stopped accepting
+    to send their first request: a WebSocket handshake among them then joins the
+    hand-off instead of getting a 1012."""
+    loop = worker.loop
+    deadline = loop.time() + min(SETTLE_TIMEOUT, worker.settings.handshake_timeout)
+    while loop.time() < deadline and any(c.awaiting_first_request() for c in worker.live):
+        await asyncio.sleep(0.005)
 
 
 async def _quiesce(worker: Worker, conns: list[Connection]) -> None:
@@ -152,7 +185,10 @@ async def _send_batch(
         fds.append(fd)
     if not fds:
         return
-    message = {"type": "batch", "v": VERSION, "id": number, "conns": states}
+    message = {"type": "batch", "v": VERSION, "id": number, "pid": os.getpid(), "conns": states}
+    # What these clients' messages made us route leaves before they do: the new worker
+    # has the master read it before anything it routes for them (routing.py).
+    worker.router.flush()
     waiter = acks.expect(number)
     try:
         ipc.send(channel, message, fds)
@@ -292,6 +328,7 @@ class Adopter:
             [fd for state, fd in zip(states, fds, strict=True) if state["sid"] not in keep]
         )
         if taken:
+            self.worker.router.adopting(message.get("pid"))
             self.worker.track(self._adopt(taken))
 
     def _refusal(self, message: dict[str, Any], states: list[Any], fds: list[int]) -> str | None:
@@ -321,6 +358,7 @@ class Adopter:
                     log.exception("could not adopt session %d", state.get("sid", 0))
                     with contextlib.suppress(OSError):
                         os.close(fd)
+                    worker.router.announce(state.get("sid", 0))  # gone: nobody waits for it
         finally:
             if gc_was_enabled:
                 gc.enable()

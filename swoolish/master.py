@@ -610,6 +610,16 @@ class Master:
         elif kind == "route":
             target = tuple(message["target"])
             self._forward(self.switchboard.route(target, message["ops"], self._slot_pid))  # type: ignore[arg-type]
+        elif kind == "adopting":
+            # Its predecessor routed what it handled for these clients before they moved:
+            # take that in before anything this worker routes for them (routing.py).
+            predecessor = self.workers.get(message.get("from", 0))
+            if predecessor is not None and predecessor is not proc:
+                self._read_channel(predecessor)
+        elif kind == "adopted":
+            self.switchboard.note_adopted(message["sids"], now)
+            if self.switchboard.waiting:
+                self._grant_releases(now)
         elif kind == "release":
             self.switchboard.request_release(
                 proc.pid, proc.region, message["moved"], message["ops"], now

@@ -16,6 +16,18 @@ with what reached it meanwhile (everything the master forwarded before ``release
 The master then delivers kept, late and parked operations, in that order, to the new
 owner (found in the table; parked up to PARK_TIMEOUT while the adoption completes).
 Nothing is reordered and nothing is lost unless the session really went away.
+
+Two causal barriers keep one client's order when *its* worker changes (both travel on
+FIFO channels, so no clock is needed):
+
+* The new worker announces what it adopted (``adopted``) only after sending everything
+  it routed before; the master lets the old worker go only once every moved session was
+  announced, so an operation the new owner routed towards the old worker is always
+  among the kept or late ones, ahead of the new owner's own held pushes.
+* Before it handles anything of an adopted batch, the new worker sends ``adopting``
+  naming the old one; the master then reads what the old worker had sent (it routed
+  its operations before the batch left), so a client's messages handled by the old
+  worker are routed before those the new worker handles for it.
 """
 
 from __future__ import annotations
@@ -126,6 +138,7 @@ class Router:
         self._flush_scheduled = False
         self.kept: list[tuple[Any, ...]] = []  # operations on sessions we handed off
         self.released: Any = None  # future: the master stopped routing to us
+        self._news: list[int] = []  # adopted sids not yet announced to the master
 
     # -- sending
 
@@ -215,9 +228,28 @@ class Router:
         self.worker.connections.arriving[sid].append(("disconnect", code, reason))
         return True
 
+    def adopting(self, predecessor: int | None) -> None:
+        """Before handling anything of connections handed over by ``predecessor``: have
+        the master take in what the predecessor routed for them first (see above)."""
+        self.flush()
+        self.worker._report({"type": "adopting", "from": predecessor})
+
     def adopted(self, sid: int) -> None:
         """Deliver our own pushes to an adopted session at the latest after PARK_TIMEOUT."""
         self.worker.loop.call_later(PARK_TIMEOUT, self.arrived, sid)
+        self.announce(sid)
+
+    def announce(self, sid: int) -> None:
+        """Tell the master (once per loop iteration) that ``sid`` is settled here: adopted,
+        or lost on the way (then it need not wait for it)."""
+        if not self._news:
+            self.worker.loop.call_soon(self._announce)
+        self._news.append(sid)
+
+    def _announce(self) -> None:
+        self.flush()  # what we routed before adopting goes first
+        news, self._news = self._news, []
+        self.worker._report({"type": "adopted", "sids": news})
 
     def arrived(self, sid: int) -> None:
         """Everything routed to this session before it moved was applied: our own pushes
@@ -304,6 +336,8 @@ class Switchboard:
         self.releasing: dict[int, set[int]] = {}  # old worker pid -> moved sids
         # release requests waiting until the new owner lists every moved session
         self.waiting: dict[int, _Release] = {}
+        # sid -> when its new owner announced it (after routing what it had before)
+        self.announced: dict[int, float] = {}
         self.dropped = 0
 
     def route(
@@ -381,17 +415,34 @@ class Switchboard:
         them: no moment where a moved session looks gone."""
         self.waiting[pid] = _Release(region, moved, kept, now + PARK_TIMEOUT)
 
+    def note_adopted(self, sids: list[int], now: float) -> None:
+        """The new owner announced these sessions (see the module docstring)."""
+        announced = self.announced
+        for sid in sids:
+            announced.pop(sid, None)  # re-inserted: the dict stays oldest first
+            announced[sid] = now
+        # Announcements no release asks for (the old worker died first) do not pile up.
+        stale = now - 4 * PARK_TIMEOUT
+        while announced:
+            oldest = next(iter(announced))
+            if announced[oldest] > stale:
+                break
+            del announced[oldest]
+
     def ready_releases(self, now: float) -> list[int]:
-        """Grant the release requests that can be granted now; returns their pids."""
+        """Grant the release requests that can be granted now; returns their pids.
+
+        A request waits until the new owner announced every moved session: it lists
+        them in its region by then, and what it routed before adopting them has reached
+        us, so nothing it routed towards the old worker can come after its own pushes."""
         granted = []
         for pid, request in list(self.waiting.items()):
-            exclude = request.region if request.region is not None else -1
-            request.remaining = {
-                sid for sid in request.remaining if self.table.lookup(sid, exclude) is None
-            }
+            request.remaining.difference_update(self.announced)
             if request.remaining and now < request.deadline:
                 continue
             del self.waiting[pid]
+            for sid in request.moved:
+                self.announced.pop(sid, None)
             self.begin_release(pid, request.region, request.moved, request.kept)
             granted.append(pid)
         return granted

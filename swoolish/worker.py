@@ -113,6 +113,7 @@ class Worker:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.stop_code = GOING_AWAY  # the close code of the drain, once stopping
+        self.late_movers: list[Connection] | None = None  # see established_while_draining
         self.log = logging.getLogger(f"swoolish.worker.{worker_id}")
         self.loop = asyncio.get_event_loop()
         self.timers = timers.uvloop_wheel(
@@ -233,7 +234,10 @@ class Worker:
         self.stop_accepting()
         if self.adopter is not None:
             self.adopter.close()
-        moving = self._connections_to_move(close_code)
+        handing_off = self.handoff_channel is not None and close_code == SERVICE_RESTART
+        if handing_off:
+            self.late_movers = []  # sessions whose handshake completes meanwhile move too
+        moving = self._connections_to_move() if handing_off else []
         for conn in moving:
             # Bound timers move with their session as data; taking them out now, before
             # worker_exit, is what keeps them from firing here and again over there.
@@ -259,10 +263,12 @@ class Worker:
                 leftover,
             )
         figures: dict[str, Any] = {}
-        if moving:
+        if handing_off:
             assert self.handoff_channel is not None
             report = await hand_off(self, self.handoff_channel, moving)
             figures.update(report.as_dict())
+            # Timers an open handler of a late session set up unbound (after worker_exit).
+            leftover += self.timers.clear_all()
             # Operations other workers sent to the sessions that moved: give them to the
             # master, which delivers them to the new owner in order (swoolish.routing).
             self.router.release()
@@ -290,11 +296,23 @@ class Worker:
         )
         timers.uninstall()
 
-    def _connections_to_move(self, close_code: int) -> list[Connection]:
-        """The open WebSockets a reload hands to the new worker (none on shutdown)."""
-        if self.handoff_channel is None or close_code != SERVICE_RESTART:
-            return []
+    def _connections_to_move(self) -> list[Connection]:
+        """The open WebSockets a reload hands to the new worker."""
         return [c for c in self.connections.values() if c.established and not c.closing]
+
+    def established_while_draining(self, conn: Connection) -> None:
+        """A client accepted just before this worker stopped accepting completed its
+        handshake: during a hand-off it moves too; otherwise it is closed so that it
+        reconnects to a worker that is staying (1012) or learns the server is going."""
+        if self.late_movers is not None:
+            self.late_movers.append(conn)
+        else:
+            conn.disconnect_when_idle(self.stop_code, "server restarting")
+
+    def take_late_movers(self, final: bool) -> list[Connection]:
+        """The sessions established since the hand-off began (``final``: and no more)."""
+        late, self.late_movers = self.late_movers or [], None if final else []
+        return [c for c in late if c.established and not c.closing and c.transport is not None]
 
     async def _drain(self, close_code: int) -> int:
         """Close every connection (WebSockets with ``close_code``), wait, then force."""

@@ -241,6 +241,11 @@ def raw_connect(port: int) -> socket.socket:
 def raw_handshake(port: int, path: str = "/") -> tuple[socket.socket, bytes]:
     """Open a WebSocket with exact bytes on the wire; returns the socket and leftover."""
     sock = raw_connect(port)
+    return sock, upgrade(sock, path)
+
+
+def upgrade(sock: socket.socket, path: str = "/") -> bytes:
+    """The opening handshake on a connected socket; returns the bytes after the 101."""
     sock.sendall(
         (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -255,7 +260,7 @@ def raw_handshake(port: int, path: str = "/") -> tuple[socket.socket, bytes]:
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
-    return sock, rest
+    return rest
 
 
 def masked_frame(

@@ -16,10 +16,12 @@ import uvloop
 from support import (
     HttpLoad,
     masked_frame,
+    raw_connect,
     raw_handshake,
     read_close_code,
     serving,
     timeout,
+    upgrade,
     wait_until,
     write_app,
 )
@@ -334,8 +336,9 @@ def worker_rss_grew(server, megabytes=10):
     return any(w.memory_info().rss > megabytes * 2**20 * 3 for w in server.workers())
 
 
-def read_all_messages(sock, buffer=b""):
-    """Read text frames until a close frame; returns (messages, close code)."""
+def read_all_messages(sock, buffer=b"", limit=None):
+    """Read text frames until a close frame (or ``limit`` of them); returns (messages,
+    close code)."""
     sock.settimeout(timeout(30))
     data = bytearray(buffer)
     pos = 0
@@ -354,6 +357,8 @@ def read_all_messages(sock, buffer=b""):
             if opcode == 8:
                 return messages, int.from_bytes(payload[:2], "big")
             messages.append(payload.decode())
+            if len(messages) == limit:
+                return messages, None
         if pos > 1 << 20:
             del data[:pos]
             pos = 0
@@ -434,6 +439,45 @@ def test_new_worker_refusing_some_connections_closes_exactly_those_with_1012(tmp
             except ConnectionClosed as exc:
                 closed.append(exc.rcvd.code if exc.rcvd else None)
         assert moved == 3 and closed == [1012, 1012]
+
+
+def test_a_handshake_completed_while_the_old_worker_stops_moves_too(tmp_path):
+    """1. a client's TCP connection is accepted by the worker  2. SIGUSR1: that worker
+    stops accepting and runs its worker_stop hook (held open here)  3. only now the
+    client sends its upgrade: the old worker completes it and the session joins the
+    hand-off: it lives on in generation 2, never closed."""
+    gate = tmp_path / "gate"
+    extra = f"""
+    import os, sys
+
+    @server.on("worker_stop")
+    async def on_worker_stop(server, worker_id):
+        print("worker_stop holding", flush=True)
+        while not os.path.exists({str(gate)!r}):
+            await asyncio.sleep(0.01)
+    """
+    target = app(tmp_path, "v1", extra=extra)
+    with serving(f"{target}:server", tmp_path) as server:
+        sock = raw_connect(server.port)
+        try:
+            (worker,) = server.workers()
+            local = sock.getsockname()
+            wait_until(
+                lambda: any(c.raddr == local for c in worker.net_connections("tcp")),
+                10,
+                what="the worker accepted the connection",
+            )
+            server.signal(signal.SIGUSR1)
+            server.wait_for_log(r"worker_stop holding", 20)
+            rest = upgrade(sock)
+            gate.touch()
+            server.wait_for_log(r"1 moved to the new worker", 20)
+            sock.sendall(masked_frame(1, b"who"))
+            messages, code = read_all_messages(sock, rest, limit=1)
+            assert code is None
+            assert json.loads(messages[0])["gen"] == 2
+        finally:
+            sock.close()
 
 
 def test_shutdown_does_not_hand_off(tmp_path):

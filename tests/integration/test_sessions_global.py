@@ -179,29 +179,29 @@ def test_send_message_and_pipe_message_round_trip(tmp_path):
         assert stats["totals"]["websocket_connections"] == len(clients)
 
 
-def test_reload_during_cross_worker_traffic(tmp_path):
-    """1. 40 clients keep messaging each other by id  2. a reload (live hand-off) happens
-    meanwhile  3. no exception; every message reaches the client it was addressed to,
-    in order per sender; ids stay and stay unique."""
+def test_reloads_during_cross_worker_traffic(tmp_path):
+    """1. 40 clients keep messaging each other by id  2. three reloads (live hand-off:
+    senders and receivers move, each to another worker) happen meanwhile  3. no
+    exception; every message reaches the client it was addressed to, in order per
+    sender; ids stay and stay unique."""
+    reloads = {15: 2, 35: 3, 55: 4}  # round -> the generation that reload starts
     with (
         serving(TARGET, tmp_path, workers=WORKERS) as server,
         clients_on_every_worker(server, 40) as clients,
     ):
         n = len(clients)
         sent: dict[int, int] = defaultdict(int)
-        reloaded = False
-        for round_ in range(60):
-            if round_ == 20:
+        for round_ in range(75):
+            if round_ in reloads:
                 server.signal(signal.SIGUSR1)
-                reloaded = True
             for i, client in enumerate(clients):
                 target = clients[(i * 7 + 3) % n]
                 client.send(f"say:{target.fd}:{target.fd}|{client.fd}|{round_}")
                 sent[target.fd] += 1
-            if round_ == 40:
-                server.wait_for_log(r"reload to generation 2 complete", 15)
-        assert reloaded
-        server.wait_for_log(r"drained", 15, count=WORKERS)
+            if round_ - 10 in reloads:
+                generation = reloads[round_ - 10]
+                server.wait_for_log(rf"reload to generation {generation} complete", 15)
+        server.wait_for_log(r"drained", 15, count=WORKERS * len(reloads))
         for client in clients:
             got = client.take(sent[client.fd], seconds=20)
             per_sender: dict[int, list[int]] = defaultdict(list)

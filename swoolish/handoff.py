@@ -203,12 +203,17 @@ async def _send_batch(
     except (TimeoutError, EOFError, ConnectionError):
         ack = {"accepted": [], "reason": "no answer from the new worker"}
     accepted = set(ack.get("accepted", ()))
+    moved = []
     for state, fd in zip(states, fds, strict=True):
         if state["sid"] in accepted:
             os.close(fd)  # the new worker owns it now; ours was the second reference
-            report.moved += 1
+            moved.append(state["sid"])
         else:
             await _readopt(worker, fd, state, ack.get("reason", "refused"), report)
+    if moved:
+        report.moved += len(moved)
+        # Operations routed to these sessions through us go to their new owner now.
+        worker.router.release(number, moved)
 
 
 async def _readopt(
@@ -358,7 +363,8 @@ class Adopter:
                     log.exception("could not adopt session %d", state.get("sid", 0))
                     with contextlib.suppress(OSError):
                         os.close(fd)
-                    worker.router.announce(state.get("sid", 0))  # gone: nobody waits for it
+                    worker.router.lost(state.get("sid", 0))
         finally:
+            worker.router.announce()
             if gc_was_enabled:
                 gc.enable()

@@ -621,21 +621,21 @@ class Master:
             if self.switchboard.waiting:
                 self._grant_releases(now)
         elif kind == "release":
-            self.switchboard.request_release(
-                proc.pid, proc.region, message["moved"], message["ops"], now
-            )
+            key = (proc.pid, message["id"])
+            self.switchboard.request_release(key, message["moved"], message["ops"], now)
             self._grant_releases(now)
-            log.info(
-                "worker %d gen %d (pid %d): lets go of %d moved sessions, with %d "
-                "operations it kept for them",
+            log.debug(
+                "worker %d gen %d (pid %d): lets go of %d moved sessions (batch %d), with "
+                "%d operations it kept for them",
                 proc.slot,
                 proc.generation,
                 proc.pid,
                 len(message["moved"]),
+                message["id"],
                 len(message["ops"]),
             )
         elif kind == "release_done":
-            self.switchboard.finish_release(proc.pid, message["ops"], now)
+            self.switchboard.finish_release((proc.pid, message["id"]), message["ops"], now)
             self._forward(self.switchboard.deliver_parked(now))
         elif kind == "server_stats":
             self._request_stats(None, reply_to=proc.pid, request_id=message.get("id", 0))
@@ -824,8 +824,8 @@ class Master:
     # ------------------------------------------------------------------ routing
 
     def _grant_releases(self, now: float) -> None:
-        for pid in self.switchboard.ready_releases(now):
-            self._send(pid, {"type": "released"})
+        for pid, number in self.switchboard.ready_releases(now):
+            self._send(pid, {"type": "released", "id": number})
 
     def _forward(self, sends: list[tuple[int, list[Any]]]) -> None:
         for pid, ops in sends:

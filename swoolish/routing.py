@@ -9,13 +9,16 @@ operations of one sender on one session are applied in the order they were made.
 **A session that moves (live hand-off)** is marked MOVING in the old worker's region
 and stays there until the old worker lets go; lookups prefer that entry, so every
 operation on the session still goes to the old worker, which keeps them, in order.
-After its hand-off the old worker sends ``release`` (the moved ids and the operations
-it kept); the master stops readers seeing its region and *parks* every operation on
-those ids; the master answers ``released``; the old worker sends ``release_done``
-with what reached it meanwhile (everything the master forwarded before ``released``).
-The master then delivers kept, late and parked operations, in that order, to the new
-owner (found in the table; parked up to PARK_TIMEOUT while the adoption completes).
-Nothing is reordered and nothing is lost unless the session really went away.
+Batch by batch, once the new worker acknowledged it, the old worker sends ``release``
+(the batch's ids and the operations it kept for them); the master *parks* every
+operation on those ids and answers ``released``; the old worker drops its MOVING
+entries and sends ``release_done`` with what reached it meanwhile (everything the
+master forwarded before ``released``). The master then delivers kept, late and parked
+operations, in that order, to the new owner, followed by an ``arrived`` marker (the
+new owner's own pushes to the session wait for it), and for a while sends operations
+still addressed to the old region for those ids to the new owner. Nothing is
+reordered and nothing is lost unless the session really went away; a busy client
+waits one batch's round trip, not the whole hand-off.
 
 Two causal barriers keep one client's order when *its* worker changes (both travel on
 FIFO channels, so no clock is needed):
@@ -32,10 +35,12 @@ FIFO channels, so no clock is needed):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
 import pickle
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +58,7 @@ log = logging.getLogger("swoolish.routing")
 CHUNK_BYTES = 256 * 1024  # one routed message stays well under the channel buffer
 MAX_ROUTED_PAYLOAD = 1024 * 1024  # a bigger push to another worker's session is refused
 PARK_TIMEOUT = 3.0  # seconds the master keeps operations for a session being adopted
+FORWARD_TIME = 3.0  # seconds the master redirects a stale route to a moved session
 
 
 def op_sid(op: tuple[Any, ...]) -> int | None:
@@ -126,6 +132,13 @@ class SessionMap(dict):  # type: ignore[type-arg]
         if self.writer is not None and sid in self:
             self.writer.set_state(sid, ESTABLISHED)
 
+    def let_go(self, sids: list[int]) -> None:
+        """Sessions our successor owns now: no longer ours to keep operations for."""
+        for sid in sids:
+            self.moved.discard(sid)
+            if self.writer is not None and sid not in self:
+                self.writer.delete(sid)
+
 
 class Router:
     """The worker's side: queue operations for other workers, apply theirs."""
@@ -136,8 +149,10 @@ class Router:
         self.region = region
         self.outbox: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
         self._flush_scheduled = False
-        self.kept: list[tuple[Any, ...]] = []  # operations on sessions we handed off
-        self.released: Any = None  # future: the master stopped routing to us
+        # operations on sessions we handed off, by session, until the master takes them
+        self.kept: dict[int, list[tuple[Any, ...]]] = {}
+        self.releasing: dict[int, list[int]] = {}  # release (batch) number -> its sids
+        self.released: asyncio.Future[None] | None = None  # every release answered
         self._news: list[int] = []  # adopted sids not yet announced to the master
 
     # -- sending
@@ -237,19 +252,19 @@ class Router:
     def adopted(self, sid: int) -> None:
         """Deliver our own pushes to an adopted session at the latest after PARK_TIMEOUT."""
         self.worker.loop.call_later(PARK_TIMEOUT, self.arrived, sid)
-        self.announce(sid)
-
-    def announce(self, sid: int) -> None:
-        """Tell the master (once per loop iteration) that ``sid`` is settled here: adopted,
-        or lost on the way (then it need not wait for it)."""
-        if not self._news:
-            self.worker.loop.call_soon(self._announce)
         self._news.append(sid)
 
-    def _announce(self) -> None:
-        self.flush()  # what we routed before adopting goes first
-        news, self._news = self._news, []
-        self.worker._report({"type": "adopted", "sids": news})
+    def lost(self, sid: int) -> None:
+        """A session of a batch could not be adopted: nobody need wait for it."""
+        self._news.append(sid)
+
+    def announce(self) -> None:
+        """After a batch: tell the master which sessions are settled here, once what we
+        routed before adopting them has gone (see above)."""
+        if self._news:
+            self.flush()
+            news, self._news = self._news, []
+            self.worker._report({"type": "adopted", "sids": news})
 
     def arrived(self, sid: int) -> None:
         """Everything routed to this session before it moved was applied: our own pushes
@@ -270,9 +285,13 @@ class Router:
     def _keep(self, op: tuple[Any, ...]) -> bool:
         """An operation on a session we handed off waits for the release (see above)."""
         if op[1] in self.worker.connections.moved:
-            self.kept.append(op)
+            self.kept.setdefault(op[1], []).append(op)
             return True
         return False
+
+    def _take_kept(self, sids: list[int]) -> list[tuple[Any, ...]]:
+        kept = self.kept
+        return [op for sid in sids if sid in kept for op in kept.pop(sid)]
 
     def _pipe_message(self, src: int, payload: bytes) -> None:
         worker = self.worker
@@ -289,28 +308,45 @@ class Router:
 
     # -- letting go of handed-off sessions
 
-    def release(self) -> None:
-        """After a hand-off: give the master our moved ids and what we kept for them."""
+    def release(self, number: int, sids: list[int]) -> None:
+        """The new worker acknowledged batch ``number``: ask the master to let us go of
+        its sessions, giving it what we kept for them."""
         self.flush()
-        moved = sorted(self.worker.connections.moved)
-        self.released = self.worker.loop.create_future()
-        kept, self.kept = self.kept, []
-        self.worker._report({"type": "release", "moved": moved, "ops": kept})
+        self.releasing[number] = sids
+        ops = self._take_kept(sids)
+        self.worker._report({"type": "release", "id": number, "moved": sids, "ops": ops})
 
-    def on_released(self) -> None:
-        late, self.kept = self.kept, []
-        self.worker._report({"type": "release_done", "ops": late})
-        if self.released is not None and not self.released.done():
+    def on_released(self, number: int) -> None:
+        """The master parks operations on these sessions now: give it what reached us
+        meanwhile, and stop listing them (lookups find the new owner)."""
+        sids = self.releasing.pop(number, [])
+        late = self._take_kept(sids)
+        self.worker.connections.let_go(sids)
+        self.worker._report({"type": "release_done", "id": number, "ops": late})
+        self._check_released()
+
+    def handoff_over(self) -> asyncio.Future[None]:
+        """No more batches: resolved once the master answered every release."""
+        moved = self.worker.connections.moved
+        for sid in [sid for sid in self.kept if sid not in moved]:
+            # taken back by a failed hand-off and closing with 1012: nobody to tell
+            self.worker.stats["routed_to_closed"] += len(self.kept.pop(sid))
+        self.released = self.worker.loop.create_future()
+        self._check_released()
+        return self.released
+
+    def _check_released(self) -> None:
+        if self.released is not None and not self.releasing and not self.released.done():
             self.released.set_result(None)
 
 
-class _Release:
-    __slots__ = ("deadline", "kept", "moved", "region", "remaining")
+ReleaseKey = tuple[int, int]  # (old worker pid, batch number)
 
-    def __init__(
-        self, region: int | None, moved: list[int], kept: list[tuple[Any, ...]], deadline: float
-    ) -> None:
-        self.region = region
+
+class _Release:
+    __slots__ = ("deadline", "kept", "moved", "remaining")
+
+    def __init__(self, moved: list[int], kept: list[tuple[Any, ...]], deadline: float) -> None:
         self.moved = moved
         self.kept = kept
         self.remaining = set(moved)
@@ -333,9 +369,11 @@ class Switchboard:
         self.table = table
         self.region_pid: dict[int, int] = {}
         self.parked: dict[int, _Parked] = {}
-        self.releasing: dict[int, set[int]] = {}  # old worker pid -> moved sids
-        # release requests waiting until the new owner lists every moved session
-        self.waiting: dict[int, _Release] = {}
+        self.releasing: dict[ReleaseKey, set[int]] = {}  # granted, until release_done
+        # release requests waiting until the new owner announced every moved session
+        self.waiting: dict[ReleaseKey, _Release] = {}
+        # moved sid -> until when a route naming its old region goes to its new owner
+        self.forwarding: dict[int, float] = {}
         # sid -> when its new owner announced it (after routing what it had before)
         self.announced: dict[int, float] = {}
         self.dropped = 0
@@ -353,11 +391,41 @@ class Switchboard:
             return []
         if self.parked:
             ops = self._park(ops)
+        redirected: list[tuple[int, list[tuple[Any, ...]]]] = []
+        if self.forwarding:
+            ops, moved = self._split_moved(ops)
+            if moved:
+                redirected = self._reroute(moved)
         pid = self.region_pid.get(number)
         if pid is not None:
-            return [(pid, ops)] if ops else []
-        # The owner let go of the region (or died): find each session again.
-        return self._reroute(ops)
+            return ([(pid, ops)] if ops else []) + redirected
+        # The owner is gone: find each session again.
+        return self._reroute(ops) + redirected
+
+    def _split_moved(
+        self, ops: list[tuple[Any, ...]]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Operations on sessions that moved away from the region (a lookup made just
+        before the old worker let go) are found again, as a unit per session."""
+        forwarding = self.forwarding
+        now = time.monotonic()
+        while forwarding:
+            oldest = next(iter(forwarding))
+            if forwarding[oldest] > now:
+                break
+            del forwarding[oldest]
+        rest: list[tuple[Any, ...]] = []
+        moved: list[tuple[Any, ...]] = []
+        for op in ops:
+            if op[0] == "push_many":
+                keep = [sid for sid in op[1] if sid not in forwarding]
+                moved.extend(("push", sid, op[2], op[3]) for sid in op[1] if sid in forwarding)
+                if keep:
+                    rest.append(("push_many", keep, op[2], op[3]))
+                continue
+            sid = op_sid(op)
+            (moved if sid is not None and sid in forwarding else rest).append(op)
+        return rest, moved
 
     def _park(self, ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         rest: list[tuple[Any, ...]] = []
@@ -403,17 +471,16 @@ class Switchboard:
 
     def request_release(
         self,
-        pid: int,
-        region: int | None,
+        key: ReleaseKey,
         moved: list[int],
         kept: list[tuple[Any, ...]],
         now: float,
     ) -> None:
-        """The old worker asks to let go; granted once the new owner lists every moved
-        session (its adoption finishes after the hand-off's acknowledgement), or after
-        PARK_TIMEOUT. Until then operations keep going to the old worker, which keeps
-        them: no moment where a moved session looks gone."""
-        self.waiting[pid] = _Release(region, moved, kept, now + PARK_TIMEOUT)
+        """The old worker asks to let go of one batch; granted once the new owner
+        announced every session of it, or after PARK_TIMEOUT. Until then operations
+        keep going to the old worker, which keeps them: no moment where a moved session
+        looks gone."""
+        self.waiting[key] = _Release(moved, kept, now + PARK_TIMEOUT)
 
     def note_adopted(self, sids: list[int], now: float) -> None:
         """The new owner announced these sessions (see the module docstring)."""
@@ -429,32 +496,27 @@ class Switchboard:
                 break
             del announced[oldest]
 
-    def ready_releases(self, now: float) -> list[int]:
-        """Grant the release requests that can be granted now; returns their pids.
+    def ready_releases(self, now: float) -> list[ReleaseKey]:
+        """Grant the release requests that can be granted now.
 
         A request waits until the new owner announced every moved session: it lists
         them in its region by then, and what it routed before adopting them has reached
         us, so nothing it routed towards the old worker can come after its own pushes."""
         granted = []
-        for pid, request in list(self.waiting.items()):
+        for key, request in list(self.waiting.items()):
             request.remaining.difference_update(self.announced)
             if request.remaining and now < request.deadline:
                 continue
-            del self.waiting[pid]
+            del self.waiting[key]
             for sid in request.moved:
                 self.announced.pop(sid, None)
-            self.begin_release(pid, request.region, request.moved, request.kept)
-            granted.append(pid)
+            self.begin_release(key, request.moved, request.kept)
+            granted.append(key)
         return granted
 
-    def begin_release(
-        self, pid: int, region: int | None, moved: list[int], kept: list[tuple[Any, ...]]
-    ) -> None:
-        """The old worker let go: hide its region, park operations on its moved ids."""
-        if region is not None:
-            self.table.deactivate(region)
-            self.region_pid.pop(region, None)
-        self.releasing[pid] = set(moved)
+    def begin_release(self, key: ReleaseKey, moved: list[int], kept: list[tuple[Any, ...]]) -> None:
+        """Park operations on the batch's ids, the kept ones first."""
+        self.releasing[key] = set(moved)
         for sid in moved:
             self.parked.setdefault(sid, _Parked())
         self._put_front(kept)
@@ -465,13 +527,17 @@ class Switchboard:
             entry.ops.insert(entry.front, op)
             entry.front += 1
 
-    def finish_release(self, pid: int, late: list[tuple[Any, ...]], now: float) -> None:
+    def finish_release(self, key: ReleaseKey, late: list[tuple[Any, ...]], now: float) -> None:
         """Kept, then late (forwarded to the old worker before ``released``), then
         parked (arrived after): for every sender, the order it made them in."""
-        moved = self.releasing.pop(pid, set())
+        moved = self.releasing.pop(key, set())
         self._put_front(late)
         for sid in moved | {op[1] for op in late}:
             self.parked[sid].deadline = now + PARK_TIMEOUT
+        forwarding = self.forwarding
+        for sid in moved:
+            forwarding.pop(sid, None)  # re-inserted: the dict stays oldest first
+            forwarding[sid] = now + FORWARD_TIME
 
     def deliver_parked(self, now: float) -> list[tuple[int, list[tuple[Any, ...]]]]:
         out: dict[int, list[tuple[Any, ...]]] = {}
@@ -493,10 +559,10 @@ class Switchboard:
         return bool(self.waiting) or any(e.deadline is not None for e in self.parked.values())
 
     def worker_gone(self, pid: int, region: int | None, now: float) -> None:
-        request = self.waiting.pop(pid, None)
-        if request is not None:
-            self.begin_release(pid, request.region, request.moved, request.kept)
-        if pid in self.releasing:
-            self.finish_release(pid, [], now)
+        for key in [key for key in self.waiting if key[0] == pid]:
+            request = self.waiting.pop(key)
+            self.begin_release(key, request.moved, request.kept)
+        for key in [key for key in self.releasing if key[0] == pid]:
+            self.finish_release(key, [], now)
         if region is not None and self.region_pid.get(region) == pid:
             del self.region_pid[region]

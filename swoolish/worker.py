@@ -269,13 +269,14 @@ class Worker:
             figures.update(report.as_dict())
             # Timers an open handler of a late session set up unbound (after worker_exit).
             leftover += self.timers.clear_all()
-            # Operations other workers sent to the sessions that moved: give them to the
-            # master, which delivers them to the new owner in order (swoolish.routing).
-            self.router.release()
+            # Operations other workers sent to the sessions that moved went, batch by
+            # batch, to the master, which delivers them to the new owner in order
+            # (swoolish.routing); the last answers may still be on their way.
+            released = self.router.handoff_over()
         closed = await self._drain(close_code)
-        if self.router.released is not None:
+        if handing_off:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.router.released, self.settings.max_wait_time)
+                await asyncio.wait_for(released, self.settings.max_wait_time)
         self.router.flush()
         self._report(
             {
@@ -399,7 +400,7 @@ class Worker:
         elif kind == "routed":
             self.router.apply(message["ops"])
         elif kind == "released":
-            self.router.on_released()
+            self.router.on_released(message["id"])
         elif kind == "stats":
             self._report({"type": "stats", "stats": self.snapshot()})
         elif kind == "server_stats":

@@ -221,6 +221,7 @@ def test_ten_reloads_under_steady_load_close_nothing_and_fail_nothing(tmp_path):
             app(tmp_path, f"v{generation}")
             reload_and_wait(server, generation)
             wait_until(lambda g=generation: all(h.answers.get(f"v{g}") for h in http), 15)
+            wait_until(lambda g=generation: all(f"v{g}" in c.versions for c in clients), 15)
         for t in [*clients, *http]:
             t.stop.set()
             t.join(10)

@@ -1,13 +1,16 @@
-"""The new owner of a just-adopted session holds its own operations, in order."""
+"""Routing around a live hand-off: the new owner of a just-adopted session holds its own
+operations, in order; the master releases moved sessions batch by batch, in order."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 
-from swoolish.routing import Router, SessionMap
+from swoolish.routing import PARK_TIMEOUT, Router, SessionMap, Switchboard
 
 
 class FakeConnection:
@@ -61,3 +64,145 @@ def test_operations_for_a_session_gone_before_arrival_are_counted_not_applied(ro
     router.arrived(7)
     assert conn.calls == []
     assert router.worker.stats["push_to_closed"] == 1
+
+
+# ---------------------------------------------------------------- the master's side
+
+OLD, NEW, OTHER = 101, 202, 303  # worker pids
+OLD_REGION, NEW_REGION, OTHER_REGION = 0, 1, 2
+
+
+class FakeTable:
+    """sid -> region, as the shared session table would answer a lookup."""
+
+    def __init__(self):
+        self.where = {}
+
+    def lookup(self, sid, exclude=-1):
+        region = self.where.get(sid)
+        return None if region is None or region == exclude else (region, 0, 0)
+
+
+@pytest.fixture
+def board():
+    table = FakeTable()
+    switchboard = Switchboard(table)
+    switchboard.region_pid.update({OLD_REGION: OLD, NEW_REGION: NEW, OTHER_REGION: OTHER})
+    return switchboard, table
+
+
+def push(sid, text):
+    return ("push", sid, text, None)
+
+
+def test_a_release_waits_for_the_new_owner_to_announce_every_session(board):
+    switchboard, table = board
+    switchboard.request_release((OLD, 1), [7, 8], [push(7, "kept")], now=0.0)
+    table.where.update({7: NEW_REGION, 8: NEW_REGION})  # listed, not yet announced
+    assert switchboard.ready_releases(0.1) == []
+    switchboard.note_adopted([7], 0.1)
+    assert switchboard.ready_releases(0.1) == []
+    switchboard.note_adopted([8], 0.2)
+    assert switchboard.ready_releases(0.2) == [(OLD, 1)]
+    assert switchboard.announced == {}  # consumed
+
+
+def test_an_unannounced_release_is_granted_after_the_park_timeout(board):
+    switchboard, _ = board
+    switchboard.request_release((OLD, 1), [7], [], now=0.0)
+    assert switchboard.ready_releases(PARK_TIMEOUT - 0.01) == []
+    assert switchboard.ready_releases(PARK_TIMEOUT) == [(OLD, 1)]
+
+
+def test_kept_then_late_then_parked_then_the_arrival_marker(board):
+    """Per session, the order every sender made its operations in."""
+    switchboard, table = board
+    switchboard.request_release((OLD, 1), [7], [push(7, "kept")], now=0.0)
+    table.where[7] = NEW_REGION
+    switchboard.note_adopted([7], 0.0)
+    switchboard.ready_releases(0.0)
+    # granted: a route naming the old region (a lookup made before) is parked
+    assert switchboard.route(("r", OLD_REGION), [push(7, "parked")], lambda s: 0) == []
+    assert switchboard.deliver_parked(0.1) == []  # nothing before release_done
+    switchboard.finish_release((OLD, 1), [push(7, "late")], now=0.1)
+    assert switchboard.deliver_parked(0.1) == [
+        (NEW, [push(7, "kept"), push(7, "late"), push(7, "parked"), ("arrived", 7)])
+    ]
+
+
+def test_batches_are_released_one_by_one(board):
+    """A busy client in the first batch waits for that batch, not the whole hand-off."""
+    switchboard, table = board
+    switchboard.request_release((OLD, 1), [7], [], now=0.0)
+    switchboard.request_release((OLD, 2), [8], [], now=0.0)
+    table.where.update({7: NEW_REGION})
+    switchboard.note_adopted([7], 0.0)
+    assert switchboard.ready_releases(0.0) == [(OLD, 1)]
+    switchboard.finish_release((OLD, 1), [], now=0.0)
+    assert switchboard.deliver_parked(0.0) == [(NEW, [("arrived", 7)])]
+    assert list(switchboard.waiting) == [(OLD, 2)]
+
+
+def test_a_stale_route_to_the_old_region_after_delivery_goes_to_the_new_owner(board):
+    switchboard, table = board
+    switchboard.request_release((OLD, 1), [7], [], now=0.0)
+    table.where[7] = NEW_REGION
+    switchboard.note_adopted([7], 0.0)
+    switchboard.ready_releases(0.0)
+    switchboard.finish_release((OLD, 1), [], now=time.monotonic())
+    switchboard.deliver_parked(0.0)
+    ops = [push(7, "late lookup"), push(9, "stays"), ("push_many", [7, 9], "both", None)]
+    routed = switchboard.route(("r", OLD_REGION), ops, lambda s: 0)
+    assert sorted(routed) == sorted(
+        [
+            (OLD, [push(9, "stays"), ("push_many", [9], "both", None)]),
+            (NEW, [push(7, "late lookup"), push(7, "both")]),
+        ]
+    )
+
+
+def test_an_old_worker_dying_mid_release_still_delivers_what_it_kept(board):
+    switchboard, table = board
+    switchboard.request_release((OLD, 1), [7], [push(7, "kept")], now=0.0)
+    table.where[7] = NEW_REGION
+    switchboard.worker_gone(OLD, OLD_REGION, now=0.0)
+    assert switchboard.deliver_parked(0.0) == [(NEW, [push(7, "kept"), ("arrived", 7)])]
+    assert OLD_REGION not in switchboard.region_pid
+
+
+def test_announcements_nobody_asks_for_do_not_pile_up(board):
+    switchboard, _ = board
+    switchboard.note_adopted([1, 2, 3], 0.0)
+    switchboard.note_adopted([4], 4 * PARK_TIMEOUT + 1)
+    assert list(switchboard.announced) == [4]
+
+
+def test_the_old_worker_releases_each_batch_with_what_it_kept_for_it():
+    loop = asyncio.new_event_loop()
+    try:
+        reports = []
+        connections = SessionMap()
+        connections.moved.update({7, 8, 9})
+        worker = SimpleNamespace(
+            connections=connections, stats=Counter(), loop=loop, _report=reports.append
+        )
+        router = Router(worker, None, None)
+        router.apply([push(7, "a"), push(8, "b"), push(7, "c"), push(9, "d")])
+        router.release(1, [7])
+        assert reports == [
+            {"type": "release", "id": 1, "moved": [7], "ops": [push(7, "a"), push(7, "c")]}
+        ]
+        router.apply([push(7, "late"), push(8, "e")])
+        router.on_released(1)
+        assert reports[-1] == {"type": "release_done", "id": 1, "ops": [push(7, "late")]}
+        assert 7 not in connections.moved  # ours no longer: nothing more is kept for it
+        router.release(2, [8])
+        connections.moved.discard(9)  # a failed hand-off took 9 back (it closes with 1012)
+        released = router.handoff_over()
+        assert not released.done()  # batch 2 is not answered yet
+        assert worker.stats["routed_to_closed"] == 1
+        router.on_released(2)
+        assert released.done()
+        assert router.kept == {}
+    finally:
+        loop.close()

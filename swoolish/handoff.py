@@ -17,6 +17,8 @@ and the client never notices. The measured call sequence and the rules below com
   on a refusal, a timeout, a truncated message or state over its cap, it re-adopts its
   own dup through the same resume path, sends what it owed, then closes with 1012.
   The worst case is the 1012 close of a reload without hand-off, never a lost client.
+  A batch carries a deadline the new worker checks before it acknowledges; the old
+  worker gives up only ACK_GRACE after it, so the two never both own a socket.
 * **Plain data only.** The state is versioned plain data (a reload's new code may not
   unpickle old classes); bound timers move by callback name; callables never move.
 """
@@ -47,6 +49,7 @@ log = logging.getLogger("swoolish.handoff")
 VERSION = 1
 QUIESCE_TIMEOUT = 1.0  # seconds a busy connection gets to finish its handlers
 ACK_TIMEOUT = 3.0  # seconds the new worker gets to acknowledge a batch
+ACK_GRACE = 1.0  # seconds more the old worker waits: a batch is accepted before its deadline
 SETTLE_TIMEOUT = 1.0  # seconds a connection accepted just before the stop gets to upgrade
 LATE_ROUNDS = 3  # hand-off rounds for sessions whose handshake completed meanwhile
 MAX_MOVED_BYTES = 256 * 1024  # unsent + unparsed bytes one connection may carry
@@ -185,7 +188,16 @@ async def _send_batch(
         fds.append(fd)
     if not fds:
         return
-    message = {"type": "batch", "v": VERSION, "id": number, "pid": os.getpid(), "conns": states}
+    message = {
+        "type": "batch",
+        "v": VERSION,
+        "id": number,
+        "pid": os.getpid(),
+        # CLOCK_MONOTONIC is one clock for every process: the new worker refuses the
+        # batch after this, so it never adopts what we took back (one writer per socket).
+        "deadline": time.monotonic() + ACK_TIMEOUT,
+        "conns": states,
+    }
     # What these clients' messages made us route leaves before they do: the new worker
     # has the master read it before anything it routes for them (routing.py).
     worker.router.flush()
@@ -198,10 +210,13 @@ async def _send_batch(
         for state, fd in zip(states, fds, strict=True):
             await _readopt(worker, fd, state, reason, report)
         return
+    no_answer = {"accepted": [], "reason": "no answer from the new worker"}
     try:
-        ack = await asyncio.wait_for(waiter, ACK_TIMEOUT)
-    except (TimeoutError, EOFError, ConnectionError):
-        ack = {"accepted": [], "reason": "no answer from the new worker"}
+        ack = await asyncio.wait_for(waiter, ACK_TIMEOUT + ACK_GRACE)
+    except TimeoutError:
+        ack = acks.last_look(number) or no_answer  # an answer sent in time is read now
+    except (EOFError, ConnectionError):
+        ack = no_answer
     accepted = set(ack.get("accepted", ()))
     moved = []
     for state, fd in zip(states, fds, strict=True):
@@ -240,6 +255,7 @@ class _AckReader:
         self.loop = loop
         self.channel = channel
         self.waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.unclaimed: dict[int, dict[str, Any]] = {}  # acks nobody was waiting for
         loop.add_reader(channel.fileno(), self._readable)
 
     def expect(self, number: int) -> asyncio.Future[dict[str, Any]]:
@@ -249,6 +265,12 @@ class _AckReader:
 
     def forget(self, number: int) -> None:
         self.waiters.pop(number, None)
+
+    def last_look(self, number: int) -> dict[str, Any] | None:
+        """After giving up on batch ``number``: its ack, if it is on the channel by now."""
+        self.waiters.pop(number, None)
+        self._readable()
+        return self.unclaimed.pop(number, None)
 
     def _readable(self) -> None:
         try:
@@ -265,6 +287,8 @@ class _AckReader:
                 future = self.waiters.pop(message.get("id", -1), None)
                 if future is not None and not future.done():
                     future.set_result(message)
+                else:
+                    self.unclaimed[message.get("id", -1)] = message
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -309,6 +333,13 @@ class Adopter:
     def _on_batch(self, message: dict[str, Any], fds: list[int]) -> None:
         states = message.get("conns", [])
         reason = self._refusal(message, states, fds)
+        if reason:
+            log.warning(
+                "hand-off batch %s (%d connections) refused: %s",
+                message.get("id"),
+                len(states),
+                reason,
+            )
         accepted = [] if reason else [state["sid"] for state in states]
         room = self.worker.settings.max_connections - len(self.worker.connections)
         if len(accepted) > room:
@@ -343,6 +374,9 @@ class Adopter:
             return "descriptor count does not match the batch"
         if self.worker.draining:
             return "the new worker is stopping"
+        if time.monotonic() > message.get("deadline", float("inf")):
+            # The old worker has taken these connections back (or is about to).
+            return "the batch came after its deadline"
         return None
 
     async def _adopt(self, taken: list[tuple[dict[str, Any], int]]) -> None:

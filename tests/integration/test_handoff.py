@@ -481,6 +481,82 @@ def test_a_handshake_completed_while_the_old_worker_stops_moves_too(tmp_path):
             sock.close()
 
 
+LATE_ACK_APP = """
+    import asyncio, json, os, time
+    from swoolish import WebSocketServer
+
+    server = WebSocketServer(max_wait_time=15)
+
+    @server.on("message")
+    async def on_message(server, frame):
+        if frame.data == "slow":  # keeps the old worker alive past the new one's wake-up
+            await asyncio.sleep(11)
+        server.push(frame.fd, json.dumps({{"gen": server.generation}}))
+
+    @server.on("request")
+    def on_request(request, response):
+        if request.path == "/block":  # the whole worker stops for 7 s
+            open({blocked!r}, "w").close()
+            time.sleep(7)
+        figures = server.stats()
+        response.end(json.dumps({{k: figures[k] for k in ("adopted", "websocket_connections")}}))
+
+    @server.on("worker_stop")
+    async def on_worker_stop(server, worker_id):
+        while not os.path.exists({gate!r}):
+            await asyncio.sleep(0.01)
+"""
+
+
+def test_a_new_worker_answering_too_late_never_adopts_what_the_old_one_took_back(tmp_path):
+    """1. the batch reaches a new worker whose loop is blocked (a handler sleeping 7 s)
+    2. no acknowledgement by the batch's deadline: the old worker takes the connection
+    back and closes it with one 1012  3. the new worker, awake again while the old one
+    still runs, refuses the stale batch: the socket never has two owners."""
+    gate, blocked = tmp_path / "gate", tmp_path / "blocked"
+    source = LATE_ACK_APP.format(gate=str(gate), blocked=str(blocked))
+    target = write_app(tmp_path, source, "late_ack_app.py")
+    with (
+        serving(f"{target}:server", tmp_path) as server,
+        server.connect() as ws,
+        server.connect() as busy,
+    ):
+        ws.send("who")
+        assert json.loads(ws.recv(timeout=5)) == {"gen": 1}
+        busy.send("slow")
+        server.signal(signal.SIGUSR1)
+        server.wait_for_log(r"reload to generation 2 complete", 20)
+        blocker = threading.Thread(target=http_get, args=(server.port, "/block"), daemon=True)
+        blocker.start()  # served by the new worker: the old one no longer accepts
+        wait_until(blocked.exists, 10, what="the new worker blocked")
+        gate.touch()  # the old worker's hand-off starts now
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=20)
+        assert closed.value.rcvd.code == 1012
+        server.wait_for_log(r"refused: the batch came after its deadline", 20)
+        blocker.join(timeout(20))
+        assert json.loads(http_get(server.port, "/")) == {
+            "adopted": 0,
+            "websocket_connections": 0,
+        }
+        assert json.loads(busy.recv(timeout=20)) == {"gen": 1}  # its reply, then 1012
+        with pytest.raises(ConnectionClosed) as closed:
+            busy.recv(timeout=20)
+        assert closed.value.rcvd.code == 1012
+        server.wait_for_log(r"fell back to a 1012 close .*no answer from the new worker")
+
+
+def http_get(port, path):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout(20)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body.decode()
+
+
 def test_shutdown_does_not_hand_off(tmp_path):
     target = app(tmp_path, "v1")
     with serving(f"{target}:server", tmp_path) as server:

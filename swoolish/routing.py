@@ -31,6 +31,13 @@ FIFO channels, so no clock is needed):
   naming the old one; the master then reads what the old worker had sent (it routed
   its operations before the batch left), so a client's messages handled by the old
   worker are routed before those the new worker handles for it.
+
+**Broadcasts** go to the master as one operation it fans out to every other worker, and
+to every session it parks. A moving session gets each broadcast once: from its old
+worker while attached or not yet let go of (kept), from the master while parked, from
+the new owner after ``arrived``. So the new owner skips another worker's broadcast for
+a session still arriving, holds its own behind what was routed before, and drops a
+second copy (same broadcast id) of one the session already had or holds.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import pickle
 import time
 from collections.abc import Callable
@@ -64,6 +72,11 @@ FORWARD_TIME = 3.0  # seconds the master redirects a stale route to a moved sess
 def op_sid(op: tuple[Any, ...]) -> int | None:
     """The session an operation is for (None for broadcast / pipe / push_many)."""
     return op[1] if op[0] in ("push", "disconnect", "close") else None
+
+
+def broadcast_id(worker_pid: int, counter: int) -> int:
+    """A broadcast's identity: the same one reaching a moving session twice is applied once."""
+    return worker_pid << 32 | (counter & 0xFFFFFFFF)
 
 
 def op_size(op: tuple[Any, ...]) -> int:
@@ -154,6 +167,10 @@ class Router:
         self.releasing: dict[int, list[int]] = {}  # release (batch) number -> its sids
         self.released: asyncio.Future[None] | None = None  # every release answered
         self._news: list[int] = []  # adopted sids not yet announced to the master
+        # adopted sids, until they arrived -> broadcasts they got or hold (applied once)
+        self.seen: dict[int, set[int]] = {}
+        self._broadcasts = 0
+        self._pid = os.getpid()
 
     # -- sending
 
@@ -195,13 +212,12 @@ class Router:
             if kind == "push":
                 conn = connections.get(op[1])
                 if conn is not None:
-                    conn.push(op[2], op[3])
+                    if len(op) < 5 or self._first_time(op[1], op[4]):
+                        conn.push(op[2], op[3])
                 elif not self._keep(op):
                     stats["routed_to_closed"] += 1
             elif kind == "broadcast":
-                for conn in list(connections.values()):
-                    if conn.established and not conn.closing:
-                        conn.push(op[1], op[2])
+                self.apply_broadcast(op[1], op[2], op[3], local=False)
             elif kind == "push_many":
                 for sid in op[1]:
                     conn = connections.get(sid)
@@ -226,6 +242,52 @@ class Router:
                 self._pipe_message(op[1], op[2])
             elif kind == "arrived":
                 self.arrived(op[1])
+
+    def broadcast(self, data: Any, opcode: Any) -> int:
+        """This worker's broadcast: its own sessions now, the others' through the master
+        (one operation it fans out). Returns how many of ours it was handed to."""
+        self._broadcasts += 1
+        bid = broadcast_id(self._pid, self._broadcasts)
+        handed = self.apply_broadcast(data, opcode, bid, local=True)
+        if self.table is not None:
+            origin = -1 if self.region is None else self.region
+            self.send(("a", origin), ("broadcast", data, opcode, bid))
+        return handed
+
+    def apply_broadcast(self, data: Any, opcode: Any, bid: int, local: bool) -> int:
+        """Push a broadcast to every session this worker owns.
+
+        A session just adopted gets it in order behind what was routed to it before the
+        move when the broadcast is ours (held); another worker's reaches it through its
+        old worker or the master instead (see the module docstring). A session we handed
+        off and not yet let go of gets it through the release."""
+        connections = self.worker.connections
+        arriving = connections.arriving
+        handed = 0
+        for sid, conn in list(connections.items()):
+            if not conn.established or conn.closing:
+                continue
+            if sid in arriving:
+                if local:
+                    arriving[sid].append(("push", data, opcode, bid))
+                    self.seen.setdefault(sid, set()).add(bid)
+                    handed += 1
+            elif conn.push(data, opcode):
+                handed += 1
+        for sid in connections.moved:
+            self.kept.setdefault(sid, []).append(("push", sid, data, opcode, bid))
+        return handed
+
+    def _first_time(self, sid: int, bid: int) -> bool:
+        """Whether a just-adopted session has not had broadcast ``bid`` yet (it can come
+        both through the old worker and from the master)."""
+        seen = self.seen.get(sid)
+        if seen is None:
+            return True
+        if bid in seen:
+            return False
+        seen.add(bid)
+        return True
 
     def hold(self, conn: Connection, sid: int, data: Any, opcode: Any) -> bool:
         """A push to a session that just arrived waits for what was routed to it before."""
@@ -270,6 +332,7 @@ class Router:
         """Everything routed to this session before it moved was applied: our own pushes
         to it, held meanwhile, go out now, in order."""
         waiting = self.worker.connections.arriving.pop(sid, None)
+        self.seen.pop(sid, None)
         if not waiting:
             return
         conn = self.worker.connections.get(sid)
@@ -278,7 +341,7 @@ class Router:
                 if kind == "push":
                     self.worker.stats["push_to_closed"] += 1
             elif kind == "push":
-                conn.push(*args)
+                conn.push(args[0], args[1])
             else:
                 conn.disconnect(*args)
 
@@ -383,6 +446,8 @@ class Switchboard:
     ) -> list[tuple[int, list[tuple[Any, ...]]]]:
         """Where ``ops`` go: ``[(pid, ops), …]`` (parked ones are kept here)."""
         kind, number = target
+        if kind == "a":
+            return self._fan_out(number, ops)
         if kind == "s":
             pid = slot_pid(number)
             if pid:
@@ -426,6 +491,16 @@ class Switchboard:
             sid = op_sid(op)
             (moved if sid is not None and sid in forwarding else rest).append(op)
         return rest, moved
+
+    def _fan_out(
+        self, origin: int, ops: list[tuple[Any, ...]]
+    ) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        """Broadcasts of the worker owning region ``origin``: to every other worker, and
+        to every session in hand-over here, which no worker owns at this moment."""
+        for sid, entry in self.parked.items():
+            for _, data, opcode, bid in ops:
+                entry.ops.append(("push", sid, data, opcode, bid))
+        return [(pid, ops) for region, pid in self.region_pid.items() if region != origin]
 
     def _park(self, ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         rest: list[tuple[Any, ...]] = []

@@ -156,18 +156,12 @@ class WebSocketServer:
         router = worker.router
         handed = 0
         if fds is None:
-            for conn in list(worker.connections.values()):
-                if conn.established and not conn.closing and conn.push(data, None):
-                    handed += 1
+            handed = router.broadcast(data, None)
             table = router.table
             if table is not None:
                 for region, _ in table.active_regions():
-                    if region == router.region:
-                        continue
-                    count = table.established_count(region)
-                    if count:
-                        handed += count
-                        router.send(("r", region), ("broadcast", data, None))
+                    if region != router.region:
+                        handed += table.established_count(region)
             return handed
         by_region: dict[int, list[int]] = {}
         for fd in fds:

@@ -217,6 +217,34 @@ def test_reloads_during_cross_worker_traffic(tmp_path):
         assert "Traceback" not in server.log()
 
 
+def test_broadcasts_during_reloads_reach_every_client_once_in_order(tmp_path):
+    """1. 60 clients over 4 workers; one of them broadcasts a numbered message every
+    round (it moves too)  2. two reloads (live hand-off) happen meanwhile  3. every
+    client gets every broadcast exactly once, in order: none lost in transit, none
+    doubled."""
+    reloads = {10: 2, 30: 3}  # round -> the generation that reload starts
+    rounds = 50
+    with (
+        serving(TARGET, tmp_path, workers=WORKERS) as server,
+        clients_on_every_worker(server, 60) as clients,
+    ):
+        for round_ in range(rounds):
+            if round_ in reloads:
+                server.signal(signal.SIGUSR1)
+            clients[0].send(f"broadcast:{round_}")  # one sender: its order must hold
+            if round_ - 10 in reloads:
+                generation = reloads[round_ - 10]
+                server.wait_for_log(rf"reload to generation {generation} complete", 15)
+        server.wait_for_log(r"drained", 15, count=WORKERS * len(reloads))
+        clients[0].send("broadcast:end")  # a doubled message would come before it
+        expected = [str(i) for i in range(rounds)] + ["end"]
+        for client in clients:
+            wait_until(lambda c=client: "end" in c.received, 20, what="the end marker")
+        for client in clients:
+            assert client.received == expected, f"client {client.fd}: {client.received}"
+        assert "Traceback" not in server.log()
+
+
 def test_ids_unique_across_several_reloads(tmp_path):
     seen: set[int] = set()
     with serving(TARGET, tmp_path, workers=WORKERS) as server:

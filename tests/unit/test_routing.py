@@ -206,3 +206,61 @@ def test_the_old_worker_releases_each_batch_with_what_it_kept_for_it():
         assert router.kept == {}
     finally:
         loop.close()
+
+
+def test_the_master_fans_a_broadcast_out_and_to_the_sessions_in_hand_over(board):
+    """A session between its release and its delivery has no owner: the master adds
+    the broadcast to what it keeps for it; every other worker gets the broadcast."""
+    switchboard, table = board
+    switchboard.request_release((OLD, 1), [7], [], now=0.0)
+    table.where[7] = NEW_REGION
+    switchboard.note_adopted([7], 0.0)
+    switchboard.ready_releases(0.0)
+    op = ("broadcast", "hi", None, 42)
+    routed = switchboard.route(("a", OTHER_REGION), [op], lambda s: 0)
+    assert sorted(routed) == [(OLD, [op]), (NEW, [op])]  # not back to its sender
+    switchboard.finish_release((OLD, 1), [], now=0.0)
+    assert switchboard.deliver_parked(0.0) == [(NEW, [("push", 7, "hi", None, 42), ("arrived", 7)])]
+
+
+def new_owner_with_an_arriving_session():
+    connections = SessionMap()
+    conn, settled = FakeConnection(), FakeConnection()
+    dict.__setitem__(connections, 7, conn)  # adopted, waiting for "arrived"
+    dict.__setitem__(connections, 8, settled)
+    connections.arriving[7] = []
+    worker = SimpleNamespace(connections=connections, stats=Counter())
+    router = Router(worker, None, None)
+    router.seen[7] = set()
+    return router, conn, settled
+
+
+def test_a_new_owner_leaves_another_workers_broadcast_to_an_arriving_session_to_others():
+    router, conn, settled = new_owner_with_an_arriving_session()
+    router.apply([("broadcast", "b", None, 42)])
+    assert settled.calls == [("push", "b")]
+    assert conn.calls == []  # it comes through the old worker or the master, once
+    router.apply([("push", 7, "b", None, 42)])
+    router.apply([("push", 7, "b", None, 42)])  # the same broadcast by the other path
+    assert conn.calls == [("push", "b")]
+
+
+def test_a_new_owners_own_broadcast_waits_in_order_and_is_not_doubled():
+    router, conn, settled = new_owner_with_an_arriving_session()
+    router.hold(conn, 7, "first", None)
+    assert router.apply_broadcast("b", None, 99, local=True) == 2
+    assert settled.calls == [("push", "b")]
+    router.apply([("push", 7, "kept", None), ("push", 7, "b", None, 99)])  # old worker's copy
+    assert conn.calls == [("push", "kept")]
+    router.arrived(7)
+    assert conn.calls == [("push", "kept"), ("push", "first"), ("push", "b")]
+    assert router.seen == {}
+
+
+def test_an_old_worker_keeps_broadcasts_for_sessions_it_handed_off():
+    connections = SessionMap()
+    connections.moved.add(7)
+    worker = SimpleNamespace(connections=connections, stats=Counter())
+    router = Router(worker, None, None)
+    router.apply([("broadcast", "b", None, 42)])
+    assert router.kept == {7: [("push", 7, "b", None, 42)]}

@@ -106,7 +106,7 @@ class ServerProcess:
             children = psutil.Process(self.pid).children()
         except psutil.NoSuchProcess:
             return []
-        live = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        live = [c for c in children if alive(c)]
         self._known.update(c.pid for c in live)
         return live
 
@@ -149,8 +149,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 pass
         for pid in self._known:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+                if alive(psutil.Process(pid)):
                     os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
@@ -231,6 +231,14 @@ class HttpLoad(threading.Thread):
             finally:
                 conn.close()
             self.stop.wait(self.pace)  # pacing, so TIME_WAIT sockets stay few
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie; a process that exits while we look is not alive."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def raw_connect(port: int) -> socket.socket:

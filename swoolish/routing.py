@@ -267,23 +267,23 @@ class Router:
         for sid, conn in list(connections.items()):
             if not conn.established or conn.closing:
                 continue
-            if sid in arriving:
+            if arriving and sid in arriving:
                 if local:
                     arriving[sid].append(("push", data, opcode, bid))
-                    self.seen.setdefault(sid, set()).add(bid)
+                    self._first_time(sid, bid)  # noted: a second copy is dropped
                     handed += 1
             elif conn.push(data, opcode):
                 handed += 1
         for sid in connections.moved:
-            self.kept.setdefault(sid, []).append(("push", sid, data, opcode, bid))
+            self._keep(("push", sid, data, opcode, bid))
         return handed
 
     def _first_time(self, sid: int, bid: int) -> bool:
         """Whether a just-adopted session has not had broadcast ``bid`` yet (it can come
         both through the old worker and from the master)."""
-        seen = self.seen.get(sid)
-        if seen is None:
-            return True
+        if sid not in self.worker.connections.arriving:
+            return True  # settled: nothing reaches it twice any more
+        seen = self.seen.setdefault(sid, set())
         if bid in seen:
             return False
         seen.add(bid)
@@ -406,6 +406,22 @@ class Router:
 ReleaseKey = tuple[int, int]  # (old worker pid, batch number)
 
 
+class _Expiring(dict):  # type: ignore[type-arg]
+    """key -> until when it counts; kept in expiry order, so expiring is cheap."""
+
+    def stamp(self, keys: Any, until: float) -> None:
+        for key in keys:
+            self.pop(key, None)  # re-inserted at the end: the dict stays oldest first
+            self[key] = until
+
+    def expire(self, now: float) -> None:
+        while self:
+            oldest = next(iter(self))
+            if self[oldest] > now:
+                return
+            del self[oldest]
+
+
 class _Release:
     __slots__ = ("deadline", "kept", "moved", "remaining")
 
@@ -436,9 +452,10 @@ class Switchboard:
         # release requests waiting until the new owner announced every moved session
         self.waiting: dict[ReleaseKey, _Release] = {}
         # moved sid -> until when a route naming its old region goes to its new owner
-        self.forwarding: dict[int, float] = {}
-        # sid -> when its new owner announced it (after routing what it had before)
-        self.announced: dict[int, float] = {}
+        self.forwarding = _Expiring()
+        # sid announced by its new owner (after routing what it had before) -> until when
+        # a release may still ask for it (the old worker may have died first)
+        self.announced = _Expiring()
         self.dropped = 0
 
     def route(
@@ -473,12 +490,7 @@ class Switchboard:
         """Operations on sessions that moved away from the region (a lookup made just
         before the old worker let go) are found again, as a unit per session."""
         forwarding = self.forwarding
-        now = time.monotonic()
-        while forwarding:
-            oldest = next(iter(forwarding))
-            if forwarding[oldest] > now:
-                break
-            del forwarding[oldest]
+        forwarding.expire(time.monotonic())
         rest: list[tuple[Any, ...]] = []
         moved: list[tuple[Any, ...]] = []
         for op in ops:
@@ -559,17 +571,8 @@ class Switchboard:
 
     def note_adopted(self, sids: list[int], now: float) -> None:
         """The new owner announced these sessions (see the module docstring)."""
-        announced = self.announced
-        for sid in sids:
-            announced.pop(sid, None)  # re-inserted: the dict stays oldest first
-            announced[sid] = now
-        # Announcements no release asks for (the old worker died first) do not pile up.
-        stale = now - 4 * PARK_TIMEOUT
-        while announced:
-            oldest = next(iter(announced))
-            if announced[oldest] > stale:
-                break
-            del announced[oldest]
+        self.announced.stamp(sids, now + 4 * PARK_TIMEOUT)
+        self.announced.expire(now)  # announcements no release asked for do not pile up
 
     def ready_releases(self, now: float) -> list[ReleaseKey]:
         """Grant the release requests that can be granted now.
@@ -609,10 +612,7 @@ class Switchboard:
         self._put_front(late)
         for sid in moved | {op[1] for op in late}:
             self.parked[sid].deadline = now + PARK_TIMEOUT
-        forwarding = self.forwarding
-        for sid in moved:
-            forwarding.pop(sid, None)  # re-inserted: the dict stays oldest first
-            forwarding[sid] = now + FORWARD_TIME
+        self.forwarding.stamp(moved, now + FORWARD_TIME)
 
     def deliver_parked(self, now: float) -> list[tuple[int, list[tuple[Any, ...]]]]:
         out: dict[int, list[tuple[Any, ...]]] = {}

@@ -143,13 +143,12 @@ class SessionTable:
             if active:
                 yield region, active - 1
 
-    def lookup(self, sid: int, exclude: int = -1) -> tuple[int, int, int] | None:
+    def lookup(self, sid: int) -> tuple[int, int, int] | None:
         """``(region, state, peer)`` of session ``sid``, or None.
 
         A session being handed over can be in two regions for a moment (MOVING in the
         old worker's, live in the new one's); the MOVING entry wins, so every routed
         operation of that session takes the same path until the old worker lets go.
-        ``exclude``: a region not to look in.
         """
         if not 0 < sid <= SID_MASK:
             return None
@@ -159,7 +158,7 @@ class SessionTable:
         found: tuple[int, int, int] | None = None
         for region in range(self.regions):
             header = region * HEADER_WORDS
-            if not words[header + H_ACTIVE] or region == exclude:
+            if not words[header + H_ACTIVE]:
                 continue
             base = self.base(region, words[header + H_HALF])
             index = start

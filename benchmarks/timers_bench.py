@@ -1,6 +1,6 @@
 """In-process timer benchmark for swoolish's ``TimerWheel`` on a uvloop loop.
 
-Measures, on a fresh loop built by ``swoolish.timers.uvloop_wheel``:
+Measures, on a fresh loop built by ``swoolish.worker.timers.uvloop_wheel``:
 
 * ``after_100k_s``: time to arm 100k one-shot ``after()`` timers;
 * ``clear_all_100k_s``: time of ``clear_all()`` with those 100k timers armed;
@@ -29,7 +29,7 @@ import time
 
 import uvloop
 
-from swoolish.timers import uvloop_wheel
+from swoolish.worker.timers import uvloop_wheel
 
 
 def _noop(*_args: object) -> None:

@@ -2,15 +2,28 @@
 
 A master process forks worker processes over one shared listening socket; each worker
 runs a uvloop event loop serving WebSocket and HTTP clients, with Swoole's Timer API.
+
+The package is layered; each layer imports only from the layers below it, and
+``tests/unit/test_layers.py`` fails on any import that runs upwards or in a circle:
+
+1. ``core``: pure logic and data, no asyncio, sockets or clock reads (frame rules and
+   close codes, the message catalogue between processes, the reload plan, the
+   switchboard, the timer wheel, settings, events, errors).
+2. ``shared``: what the master and the workers both use (framed channels, the shared
+   session table, session ids, logging set-up).
+3. ``worker`` and ``master``: the two sides, which never import each other.
+4. ``loader``, ``launch`` and ``server`` (``WebSocketServer``, what the app holds).
+5. ``cli``, and this package's public names.
 """
 
 from __future__ import annotations
 
-from .connection import BINARY, TEXT, Frame
-from .errors import SettingError, SwoolishError, TargetError
-from .http import Request, Response
+from .core.errors import SettingError, SwoolishError, TargetError
+from .core.frames import BINARY, TEXT
 from .server import WebSocketServer
-from .timers import Timer
+from .worker.connection import Frame
+from .worker.http import Request, Response
+from .worker.timers import Timer
 
 __all__ = [
     "BINARY",

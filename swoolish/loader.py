@@ -8,26 +8,22 @@ code loaded before the fork, which Swoole's and gunicorn's users fall into).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import os
 import sys
 import sysconfig
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-from .errors import SettingError, TargetError
+from .core.errors import SettingError, TargetError
+from .core.loading import created_during_load, loading
 
-if TYPE_CHECKING:
-    from .server import WebSocketServer
+__all__ = ["ANY_SERVER", "AppSpec", "load", "parse_target", "purge_user_modules"]
 
-__all__ = ["AppSpec", "load", "loading_in_worker", "parse_target", "purge_user_modules"]
+T = TypeVar("T")
 
 ANY_SERVER = "*"  # AppSpec.attr of a script whose server has no module-level name
-_loading_depth = 0
-_created_during_load: list[Any] = []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,33 +57,9 @@ def parse_target(target: str) -> AppSpec:
     return AppSpec("module", ref, attr)
 
 
-def loading_in_worker() -> bool:
-    """True while a worker imports the app; ``server.start()`` is then a no-op."""
-    return _loading_depth > 0
-
-
-@contextlib.contextmanager
-def _loading() -> Iterator[None]:
-    global _loading_depth
-    _loading_depth += 1
-    try:
-        yield
-    finally:
-        _loading_depth -= 1
-
-
-def note_server_created(server: WebSocketServer) -> None:
-    """Remember servers built while loading: a script's server may have no known name."""
-    if _loading_depth:
-        _created_during_load.append(server)
-
-
-def load(spec: AppSpec) -> WebSocketServer:
-    """Import the app named by ``spec`` and return its server object."""
-    from .server import WebSocketServer
-
-    _created_during_load.clear()
-    with _loading():
+def load(spec: AppSpec, expected: type[T]) -> T:
+    """Import the app named by ``spec`` and return its server object, of type ``expected``."""
+    with loading():
         try:
             module = _import(spec)
         except (TargetError, SettingError):
@@ -100,10 +72,11 @@ def load(spec: AppSpec) -> WebSocketServer:
     if spec.attr == ANY_SERVER:
         # A script that called server.start() on a server it keeps in no module-level
         # name: take the one server its import built.
-        server = _created_during_load[0] if len(_created_during_load) == 1 else None
+        created = created_during_load()
+        server = created[0] if len(created) == 1 else None
     else:
         server = getattr(module, spec.attr, None)
-    if not isinstance(server, WebSocketServer):
+    if not isinstance(server, expected):
         found = type(server).__name__ if server is not None else "nothing"
         raise TargetError(
             f"{spec}: expected a swoolish.WebSocketServer named {spec.attr!r} at module "

@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from . import loader
-from .connection import BINARY, TEXT, check_close
-from .events import Handlers, canonical_event_name
-from .routing import MAX_ROUTED_PAYLOAD
-from .settings import Settings
-from .table import ESTABLISHED, peer_from_word
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .core.events import Handlers, canonical_event_name
+from .core.frames import BINARY, GOING_AWAY, TEXT, check_close
+from .core.loading import loading_in_worker, note_server_created
+from .core.settings import Settings
+from .shared.table import ESTABLISHED, peer_from_word
+from .worker.process import Worker
+from .worker.router import MAX_ROUTED_PAYLOAD
 
 __all__ = ["BINARY", "TEXT", "WebSocketServer"]
 
@@ -38,7 +36,7 @@ class WebSocketServer:
         self.settings = Settings({"host": host, "port": port, **settings})
         self._handlers = Handlers()
         self._worker: Worker | None = None
-        loader.note_server_created(self)
+        note_server_created(self)
 
     # ------------------------------------------------------------------ configuration
 
@@ -278,16 +276,16 @@ class WebSocketServer:
         worker = self._require_worker("reload")
         if worker.channel is None:
             return False
-        worker._report({"type": "reload"})
+        worker.report({"type": "reload"})
         return True
 
     def shutdown(self) -> None:
         """Gracefully stop the whole server (every worker drains with 1001)."""
         worker = self._require_worker("shutdown")
         if worker.channel is not None:
-            worker._report({"type": "shutdown"})
+            worker.report({"type": "shutdown"})
         else:
-            worker.request_stop(1001)
+            worker.request_stop(GOING_AWAY)
 
     @property
     def worker_id(self) -> int:
@@ -311,15 +309,21 @@ class WebSocketServer:
         Called at the bottom of a script. When a worker re-imports that script to get
         fresh code, this call does nothing, so the script needs no ``__main__`` guard.
         """
-        if loader.loading_in_worker():
+        if loading_in_worker():
             return
-        from .master import run_script
+        from .launch import run_script
 
         run_script(self)
 
     # ------------------------------------------------------------------ internals
 
-    def _attach(self, worker: Worker) -> None:
+    @property
+    def handlers(self) -> Handlers:
+        """The handlers registered with :meth:`on`."""
+        return self._handlers
+
+    def attach_worker(self, worker: Worker) -> None:
+        """Bind this object to the worker running it (done once, after the fork)."""
         self._worker = worker
 
     def _require_worker(self, method: str) -> Worker:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import support
 
-from swoolish.cli import JsonFormatter, build_parser, configure_logging
+from swoolish.cli import build_parser
+from swoolish.shared.logs import JsonFormatter, configure_logging
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("serve", "reload", "stop", "status")

@@ -1,4 +1,4 @@
-"""Property tests for ``swoolish.connection.Connection`` fed arbitrary client bytes.
+"""Property tests for ``swoolish.worker.connection.Connection`` fed arbitrary client bytes.
 
 A ``Connection`` is driven directly, as the event loop would drive it, with a fake
 transport that records what the server writes and a small stub of the worker it serves
@@ -34,8 +34,8 @@ from websockets.headers import parse_extension
 from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
-from swoolish.connection import Connection
-from swoolish.settings import Settings
+from swoolish.core.settings import Settings
+from swoolish.worker.connection import Connection
 
 MAX_MESSAGE = 512  # small, so that 1009 is easy to reach
 SERVER_CODES = {1000, 1002, 1007, 1009, 1011}  # the codes the server sends on its own

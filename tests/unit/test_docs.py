@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from swoolish import Frame, Timer, WebSocketServer, timers
+from swoolish import Frame, Timer, WebSocketServer
 from swoolish.cli import build_parser
-from swoolish.connection import TEXT
+from swoolish.core.frames import TEXT
+from swoolish.worker import timers
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from swoolish import WebSocketServer
-from swoolish.events import ALL_EVENTS, canonical_event_name
+from swoolish.core.events import ALL_EVENTS, canonical_event_name
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swoolish.reload import (
+from swoolish.core.reload import (
     Finished,
     Kill,
     Pause,

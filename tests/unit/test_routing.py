@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from swoolish.routing import PARK_TIMEOUT, Router, SessionMap, Switchboard
+from swoolish.core.switchboard import PARK_TIMEOUT, Switchboard
+from swoolish.worker.router import Router, SessionMap
 
 
 class FakeConnection:
@@ -78,15 +79,14 @@ class FakeTable:
     def __init__(self):
         self.where = {}
 
-    def lookup(self, sid):
-        region = self.where.get(sid)
-        return None if region is None else (region, 0, 0)
+    def region_of(self, sid):
+        return self.where.get(sid)
 
 
 @pytest.fixture
 def board():
     table = FakeTable()
-    switchboard = Switchboard(table)
+    switchboard = Switchboard(table.region_of)
     switchboard.region_pid.update({OLD_REGION: OLD, NEW_REGION: NEW, OTHER_REGION: OTHER})
     return switchboard, table
 
@@ -122,7 +122,10 @@ def test_kept_then_late_then_parked_then_the_arrival_marker(board):
     switchboard.note_adopted([7], 0.0)
     switchboard.ready_releases(0.0)
     # granted: a route naming the old region (a lookup made before) is parked
-    assert switchboard.route(("r", OLD_REGION), [push(7, "parked")], lambda s: 0) == []
+    assert (
+        switchboard.route(("r", OLD_REGION), [push(7, "parked")], lambda s: 0, time.monotonic())
+        == []
+    )
     assert switchboard.deliver_parked(0.1) == []  # nothing before release_done
     switchboard.finish_release((OLD, 1), [push(7, "late")], now=0.1)
     assert switchboard.deliver_parked(0.1) == [
@@ -152,7 +155,7 @@ def test_a_stale_route_to_the_old_region_after_delivery_goes_to_the_new_owner(bo
     switchboard.finish_release((OLD, 1), [], now=time.monotonic())
     switchboard.deliver_parked(0.0)
     ops = [push(7, "late lookup"), push(9, "stays"), ("push_many", [7, 9], "both", None)]
-    routed = switchboard.route(("r", OLD_REGION), ops, lambda s: 0)
+    routed = switchboard.route(("r", OLD_REGION), ops, lambda s: 0, time.monotonic())
     assert sorted(routed) == sorted(
         [
             (OLD, [push(9, "stays"), ("push_many", [9], "both", None)]),
@@ -184,7 +187,7 @@ def test_the_old_worker_releases_each_batch_with_what_it_kept_for_it():
         connections = SessionMap()
         connections.moved.update({7, 8, 9})
         worker = SimpleNamespace(
-            connections=connections, stats=Counter(), loop=loop, _report=reports.append
+            connections=connections, stats=Counter(), loop=loop, report=reports.append
         )
         router = Router(worker, None, None)
         router.apply([push(7, "a"), push(8, "b"), push(7, "c"), push(9, "d")])
@@ -217,7 +220,7 @@ def test_the_master_fans_a_broadcast_out_and_to_the_sessions_in_hand_over(board)
     switchboard.note_adopted([7], 0.0)
     switchboard.ready_releases(0.0)
     op = ("broadcast", "hi", None, 42)
-    routed = switchboard.route(("a", OTHER_REGION), [op], lambda s: 0)
+    routed = switchboard.route(("a", OTHER_REGION), [op], lambda s: 0, time.monotonic())
     assert sorted(routed) == [(OLD, [op]), (NEW, [op])]  # not back to its sender
     switchboard.finish_release((OLD, 1), [], now=0.0)
     assert switchboard.deliver_parked(0.0) == [(NEW, [("push", 7, "hi", None, 42), ("arrived", 7)])]

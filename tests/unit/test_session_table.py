@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from swoolish.routing import SessionMap
-from swoolish.table import (
+from swoolish.shared.table import (
     ESTABLISHED,
     MOVING,
     OPEN,
@@ -14,6 +13,7 @@ from swoolish.table import (
     peer_from_word,
     peer_word,
 )
+from swoolish.worker.router import SessionMap
 
 
 def make(regions: int = 4, max_connections: int = 8) -> SessionTable:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from swoolish.sessions import (
+from swoolish.shared.ids import (
     BLOCK,
     MAX_NODE,
     NODE_SHIFT,

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from swoolish import SettingError, WebSocketServer
-from swoolish.settings import SETTINGS, Settings, render_reference
+from swoolish.core.settings import SETTINGS, Settings, render_reference
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
@@ -47,5 +47,5 @@ def test_server_set_validates():
 
 
 def test_settings_reference_in_docs_is_current():
-    """docs/settings.md is generated; regenerate with python -m swoolish.settings."""
+    """docs/settings.md is generated; regenerate with python -m swoolish.core.settings."""
     assert DOCS.read_text() == render_reference()

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import uvloop
 
-from swoolish import timers
-from swoolish.timers import Timer, TimerWheel, uvloop_wheel
+from swoolish.core.timerwheel import TimerWheel
+from swoolish.worker import timers
+from swoolish.worker.timers import Timer, uvloop_wheel
 
 START = 1000.0  # binary-exact start and intervals (250/500 ms) keep deadline equality exact
 

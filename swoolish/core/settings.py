@@ -197,8 +197,9 @@ def render_reference() -> str:
     lines = [
         "# Settings reference",
         "",
-        "Generated from `swoolish/settings.py`; `tests/unit/test_settings.py` fails when",
-        "this file is stale (regenerate with `python -m swoolish.settings > docs/settings.md`).",
+        "Generated from `swoolish/core/settings.py`; `tests/unit/test_settings.py` fails",
+        "when this file is stale (regenerate with",
+        "`python -m swoolish.core.settings > docs/settings.md`).",
         "",
         "Pass settings as keyword arguments: `WebSocketServer(host, port, worker_num=4)`",
         "or `server.set(worker_num=4)`. A CLI option overrides the value set in code.",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import dataclasses
 import inspect
 import logging
 import os
@@ -25,70 +24,43 @@ import socket
 import sys
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import uvloop
 
-from . import ipc, timers
-from .connection import GOING_AWAY, SERVICE_RESTART, Connection
+from ..core.events import Handlers
+from ..core.frames import GOING_AWAY, SERVICE_RESTART
+from ..core.settings import Settings
+from ..core.stats import COUNTERS, totals
+from ..shared import ipc
+from ..shared.ids import IdAllocator
+from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
+from ..shared.table import RegionWriter
+from . import timers
+from .connection import Connection
 from .handoff import Adopter, hand_off
-from .routing import Router, SessionMap
-from .sessions import IdAllocator, IdSource
-from .table import RegionWriter, SessionTable
+from .router import Router, SessionMap
 
-if TYPE_CHECKING:
-    from .server import WebSocketServer
+__all__ = ["App", "Worker", "run_worker"]
 
-__all__ = ["EXIT_BOOT_ERROR", "Worker", "WorkerSetup", "run_worker"]
-
-EXIT_BOOT_ERROR = 3  # the app failed to import or worker_start raised: do not hot-loop
-# Every counter a worker keeps; stats() reports each one, zero included.
-COUNTERS = (
-    "accepted",
-    "closed",
-    "refused",
-    "requests",
-    "websocket_opened",
-    "messages_in",
-    "messages_out",
-    "push_to_closed",
-    "push_over_buffer",
-    "handler_errors",
-    "handshake_timeouts",
-    "bound_timers_cleared",
-    "adopted",
-    "handed_off",
-    "timers_not_movable",
-    "timers_not_resumed",
-    "routed_out",
-    "routed_to_closed",
-    "push_too_large",
-    "pipe_messages_in",
-)
 SERVER_STATS_TIMEOUT = 3.0  # seconds server_stats() waits for the master's answer
 MASTER_CHECK_INTERVAL = 0.5  # seconds between checks that the master is still alive
 _PR_SET_PDEATHSIG = 1
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkerSetup:
-    """What the master hands a worker it forks: its place and the shared resources."""
+class App(Protocol):
+    """What a worker needs of the app's server object (``WebSocketServer``)."""
 
-    worker_id: int  # the slot
-    generation: int
-    listen_sock: socket.socket  # the one listening socket, bound by the master
-    id_source: IdSource  # session ids, shared by every worker of every generation
-    channel: socket.socket | None  # to and from the master
-    master_pid: int
-    inbox: socket.socket | None = None  # where the previous generation hands us sessions
-    table: SessionTable | None = None  # the server-wide session table
-    region: int | None = None  # our region of it
+    settings: Settings
+    handlers: Handlers
+
+    def attach_worker(self, worker: Worker) -> None: ...
 
 
 class Worker:
     """The state of one worker process; ``WebSocketServer`` methods delegate here."""
 
-    def __init__(self, server: WebSocketServer, setup: WorkerSetup) -> None:
+    def __init__(self, server: App, setup: WorkerSetup) -> None:
         self.server = server
         self.settings = server.settings
         self.worker_id = worker_id = setup.worker_id
@@ -122,7 +94,7 @@ class Worker:
             session_alive=self.connections.__contains__,
             logger=logging.getLogger("swoolish.timer"),
         )
-        self._handlers = server._handlers
+        self._handlers = server.handlers
         self._asyncio_server: asyncio.AbstractServer | None = None
         self._stop_requested: asyncio.Future[int] | None = None
 
@@ -156,7 +128,7 @@ class Worker:
         request_id = self._request_ids
         future = self.loop.create_future()
         self._requests[request_id] = future
-        self._report({"type": "server_stats", "id": request_id})
+        self.report({"type": "server_stats", "id": request_id})
         try:
             return await asyncio.wait_for(future, SERVER_STATS_TIMEOUT)
         finally:
@@ -209,7 +181,7 @@ class Worker:
         self._watch_master()
         if self.inbox is not None:
             self.adopter = Adopter(self, self.inbox)
-        self._report({"type": "ready", "pid": os.getpid()})
+        self.report({"type": "ready", "pid": os.getpid()})
         self.log.info(
             "worker %d gen %d (pid %d) serving", self.worker_id, self.generation, os.getpid()
         )
@@ -278,7 +250,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(released, self.settings.max_wait_time)
         self.router.flush()
-        self._report(
+        self.report(
             {
                 "type": "exiting",
                 "timers_cleared": leftover,
@@ -394,7 +366,7 @@ class Worker:
         ipc.close_fds(fds)
         if kind == "pause":
             self.stop_accepting()
-            self._report({"type": "paused"})
+            self.report({"type": "paused"})
         elif kind == "stop":
             self.request_stop(int(message.get("code", GOING_AWAY)))
         elif kind == "routed":
@@ -402,13 +374,13 @@ class Worker:
         elif kind == "released":
             self.router.on_released(message["id"])
         elif kind == "stats":
-            self._report({"type": "stats", "stats": self.snapshot()})
+            self.report({"type": "stats", "stats": self.snapshot()})
         elif kind == "server_stats":
             future = self._requests.pop(message.get("id", 0), None)
             if future is not None and not future.done():
                 future.set_result(message["status"])
 
-    def _report(self, message: dict[str, Any]) -> None:
+    def report(self, message: dict[str, Any]) -> None:
         if self.channel is not None:
             try:
                 ipc.send(self.channel, message)
@@ -416,19 +388,7 @@ class Worker:
                 self.log.debug("worker %d: master channel closed", self.worker_id)
 
 
-def totals(workers: list[dict[str, Any]]) -> dict[str, Any]:
-    totals: Counter[str] = Counter()
-    for figures in workers:
-        for name, value in figures.items():
-            if isinstance(value, int) and not isinstance(value, bool) and name in SUMMED:
-                totals[name] += value
-    return dict(totals)
-
-
-SUMMED = (*COUNTERS, "connections", "websocket_connections", "timers", "tasks")
-
-
-def run_worker(load_server: Callable[[], WebSocketServer], setup: WorkerSetup) -> int:
+def run_worker(load_server: Callable[[], App], setup: WorkerSetup) -> int:
     """The body of a forked worker process; returns its exit code."""
     log = logging.getLogger(f"swoolish.worker.{setup.worker_id}")
     try:
@@ -440,7 +400,7 @@ def run_worker(load_server: Callable[[], WebSocketServer], setup: WorkerSetup) -
     asyncio.set_event_loop(loop)
     try:
         worker = Worker(server, setup)
-        server._attach(worker)
+        server.attach_worker(worker)
         return loop.run_until_complete(worker.serve())
     finally:
         with contextlib.suppress(Exception):

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from . import control
+from ..master import control
 
 __all__ = ["CommandError", "find_master", "reload", "status", "stop"]
 

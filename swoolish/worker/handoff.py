@@ -36,11 +36,12 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from . import ipc
+from ..core.frames import SERVICE_RESTART
+from ..shared import ipc
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .worker import Worker
+    from .process import Worker
 
 __all__ = ["Adopter", "HandoffReport", "hand_off"]
 
@@ -55,7 +56,6 @@ LATE_ROUNDS = 3  # hand-off rounds for sessions whose handshake completed meanwh
 MAX_MOVED_BYTES = 256 * 1024  # unsent + unparsed bytes one connection may carry
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # one SEQPACKET message
 CHANNEL_BUFFER = 8 * 1024 * 1024
-SERVICE_RESTART = 1012
 
 
 class HandoffReport:

@@ -1,4 +1,4 @@
-"""Swoole's Timer API (``Timer.tick`` / ``Timer.after`` / ``Timer.clear``) for swoolish workers.
+"""The timer wheel behind Swoole's Timer API: pure scheduling, with an injected clock.
 
 Each worker process owns exactly one :class:`TimerWheel`. The wheel is pure scheduling logic:
 it never touches the event loop itself but asks its host, through ``wakeup``, to call
@@ -15,30 +15,25 @@ never compares beyond the id. Cancelling a timer only flags it (lazy deletion) b
 an arbitrary heap element is O(n); the stale entries are skipped when they surface and the heap
 is rebuilt once they make up more than half of it.
 
-The :class:`Timer` facade mirrors Swoole's static API and delegates to the wheel installed in
-the current process with :func:`install`, which the worker does after ``worker_start``.
+The ``Timer`` facade (:mod:`swoolish.worker.timers`) mirrors Swoole's static API and delegates
+to the wheel installed in the current worker process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
+import inspect
 import logging
 import math
-import os
 from collections.abc import Callable, Coroutine
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any
 
 __all__ = [
-    "Timer",
     "TimerWheel",
     "callback_reference",
-    "current",
-    "install",
+    "is_plain_data",
     "resolve_callback",
-    "uninstall",
-    "uvloop_wheel",
 ]
 
 _log = logging.getLogger(__name__)
@@ -97,16 +92,16 @@ def resolve_callback(reference: str) -> Callable[..., Any] | None:
 _PLAIN = (str, int, float, bool, bytes, type(None))
 
 
-def _plain_data(value: Any, depth: int = 0) -> bool:
+def is_plain_data(value: Any, depth: int = 0) -> bool:
     """True for plain data (what survives new code): no instances of the app's classes."""
     if depth > 20:
         return False
     if isinstance(value, _PLAIN):
         return True
     if isinstance(value, list | tuple):
-        return all(_plain_data(v, depth + 1) for v in value)
+        return all(is_plain_data(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return all(isinstance(k, _PLAIN) and _plain_data(v, depth + 1) for k, v in value.items())
+        return all(isinstance(k, _PLAIN) and is_plain_data(v, depth + 1) for k, v in value.items())
     return False
 
 
@@ -339,7 +334,7 @@ class TimerWheel:
             timer[_ACTIVE] = False
             self._stale += 1
             name = callback_reference(timer[_CALLBACK])
-            if name is None or not _plain_data(timer[_ARGS]):
+            if name is None or not is_plain_data(timer[_ARGS]):
                 dropped += 1
                 continue
             moved.append(
@@ -469,7 +464,7 @@ class TimerWheel:
             heap = self._heap
             timers = self._timers
             limit = self._max_per_pass
-            iscoroutine = asyncio.iscoroutine
+            iscoroutine = inspect.iscoroutine
             while heap and ran < limit:
                 timer = heap[0]
                 if not timer[8]:  # active
@@ -571,129 +566,3 @@ class TimerWheel:
             return
         self._wakeup_at = wakeup_at
         self._wakeup(deadline)
-
-
-# -- process-wide installation ---------------------------------------------------------------
-
-_wheel: TimerWheel | None = None
-_wheel_pid: int | None = None
-
-_NOT_INSTALLED = (
-    "swoolish.Timer can only be used inside a worker (after worker_start); "
-    "no timer wheel is running in this process"
-)
-
-
-def install(wheel: TimerWheel) -> None:
-    """Make ``wheel`` the one behind :class:`Timer` in this process (done at worker start)."""
-    global _wheel, _wheel_pid
-    _wheel = wheel
-    _wheel_pid = os.getpid()
-
-
-def uninstall() -> None:
-    """Detach the installed wheel; :class:`Timer` calls raise until the next :func:`install`."""
-    global _wheel, _wheel_pid
-    _wheel = None
-    _wheel_pid = None
-
-
-def current() -> TimerWheel:
-    """The wheel installed in this process.
-
-    The pid check matters after ``fork``: a child inherits the parent's module globals, and a
-    wheel belonging to the parent's loop would accept timers that never fire.
-    """
-    wheel = _wheel
-    if wheel is None or _wheel_pid != os.getpid():
-        raise RuntimeError(_NOT_INSTALLED)
-    return wheel
-
-
-class Timer:
-    """Swoole's static Timer API, bound to the current worker's wheel."""
-
-    __slots__ = ()
-
-    @staticmethod
-    def tick(ms: float, callback: Callable[..., Any], *args: Any, bind: int | None = None) -> int:
-        """Repeat ``callback(timer_id, *args)`` every ``ms`` milliseconds; returns the id."""
-        return current().tick(ms, callback, *args, bind=bind)
-
-    @staticmethod
-    def after(ms: float, callback: Callable[..., Any], *args: Any, bind: int | None = None) -> int:
-        """Run ``callback(*args)`` once after ``ms`` milliseconds; returns the id."""
-        return current().after(ms, callback, *args, bind=bind)
-
-    @staticmethod
-    def clear(timer_id: int) -> bool:
-        """Cancel one timer; True if it was active."""
-        return current().clear(timer_id)
-
-    @staticmethod
-    def clear_all() -> int:
-        """Cancel every timer of this worker; returns how many were active."""
-        return current().clear_all()
-
-    @staticmethod
-    def list() -> list[int]:
-        """Active timer ids of this worker, ascending."""
-        return current().list()
-
-    @staticmethod
-    def info(timer_id: int) -> dict[str, Any] | None:
-        """Details of one active timer, or None."""
-        return current().info(timer_id)
-
-    @staticmethod
-    def stats() -> dict[str, int]:
-        """Timer counters of this worker."""
-        return current().stats()
-
-    # Swoole spelling.
-    clearAll = clear_all
-
-
-def uvloop_wheel(
-    loop: asyncio.AbstractEventLoop,
-    spawn: Spawn | None = None,
-    session_alive: SessionAlive | None = None,
-    logger: logging.Logger | None = None,
-) -> TimerWheel:
-    """Build the production wheel on ``loop``: clock ``loop.time`` and one ``call_at`` handle.
-
-    The handle is only cancelled and rescheduled when the requested deadline actually changes,
-    so adding timers that fire later than the earliest one costs the loop nothing.
-    ``spawn`` defaults to ``loop.create_task``.
-    """
-    handle: asyncio.TimerHandle | None = None
-    handle_when: float | None = None
-
-    def fire() -> None:
-        nonlocal handle, handle_when
-        handle = None
-        handle_when = None
-        wheel.run_due()
-
-    def wakeup(deadline: float | None) -> None:
-        nonlocal handle, handle_when
-        if handle is not None:
-            if deadline == handle_when:
-                return
-            handle.cancel()
-            handle = None
-            handle_when = None
-        if deadline is not None:
-            handle = loop.call_at(deadline, fire)
-            handle_when = deadline
-
-    wheel = TimerWheel(
-        clock=loop.time,
-        wakeup=wakeup,
-        # loop.time() steps in whole milliseconds (libuv's clock) and call_at rounds to them
-        resolution=0.001,
-        spawn=spawn if spawn is not None else loop.create_task,
-        session_alive=session_alive,
-        logger=logger,
-    )
-    return wheel

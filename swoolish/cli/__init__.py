@@ -7,22 +7,20 @@ and exits with status 2 before anything is bound or forked.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import commands, loader
-from .errors import SettingError, TargetError
+from .. import loader
+from ..core.errors import SettingError, TargetError
+from ..launch import serve
+from ..server import WebSocketServer
+from ..shared.logs import LOG_FORMATS, configure_logging
+from . import commands
 
-__all__ = ["configure_logging", "main"]
+__all__ = ["main"]
 
 EXIT_USAGE = 2
-
-LOG_FORMATS = ("text", "json")
-TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 MAIN_EXAMPLES = """\
 examples:
@@ -68,50 +66,6 @@ examples:
 
 exit status: 0 printed; 1 no master found or it did not answer within --timeout.
 """
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, pid, logger, message (and exception)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "pid": record.process,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            entry["exception"] = record.exc_text
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        """ISO 8601 with milliseconds and the UTC offset: 2024-05-01T12:00:00.123+02:00."""
-        local = time.localtime(record.created)
-        offset = time.strftime("%z", local)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", local)
-        return f"{stamp}.{int(record.msecs):03d}{offset[:3]}:{offset[3:]}"
-
-
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Log to stderr: ``text`` lines with time, pid and logger name, or ``json`` objects.
-
-    ``server.start()`` scripts call this with the default, text.
-    """
-    if log_format not in LOG_FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}: {log_format!r}")
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    handler.setFormatter(formatter)
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        handlers=[handler],
-        force=True,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,15 +155,13 @@ def _add_timeout(parser: argparse.ArgumentParser, default: float) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .master import serve
-
     overrides: dict[str, Any] = {
         name: getattr(args, name)
         for name in ("host", "port", "worker_num", "max_wait_time", "pid_file", "log_level")
         if getattr(args, name) is not None
     }
     spec = loader.parse_target(args.target)
-    server = loader.load(spec)
+    server = loader.load(spec, WebSocketServer)
     server.settings.update(overrides)
     configure_logging(server.settings.log_level, args.log_format)
     return serve(server, spec, overrides)

@@ -26,44 +26,17 @@ from typing import TYPE_CHECKING, Any
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.protocol import OPEN
 
-from .timers import _plain_data, resolve_callback
+from ..core.frames import unparsed_tail
+from ..core.timerwheel import is_plain_data, resolve_callback
 
 if TYPE_CHECKING:
     from websockets.server import ServerProtocol
 
-    from .worker import Worker
+    from .process import Worker
 
-__all__ = ["Movable", "unparsed_tail"]
+__all__ = ["Movable"]
 
 log = logging.getLogger("swoolish.handoff")
-
-
-def unparsed_tail(buffer: bytes) -> bytes:
-    """The bytes of ``buffer`` after its last complete (masked, client) frame.
-
-    RFC 6455 §5.2: 2 header bytes, a 16- or 64-bit extended length when the 7-bit length
-    is 126 or 127, a 4-byte masking key (clients always mask), then the payload.
-    """
-    pos, end = 0, len(buffer)
-    while end - pos >= 2:
-        length = buffer[pos + 1] & 0x7F
-        head = 2
-        if length == 126:
-            if end - pos < 4:
-                break
-            length = int.from_bytes(buffer[pos + 2 : pos + 4], "big")
-            head = 4
-        elif length == 127:
-            if end - pos < 10:
-                break
-            length = int.from_bytes(buffer[pos + 2 : pos + 10], "big")
-            head = 10
-        if buffer[pos + 1] & 0x80:
-            head += 4
-        if end - pos < head + length:
-            break
-        pos += head + length
-    return buffer[pos:] if pos else buffer
 
 
 def export_extensions(extensions: list[Any]) -> list[dict[str, Any]] | None:
@@ -214,7 +187,7 @@ class Movable:
             except Exception:
                 log.exception("handoff hook raised for session %d", self.sid)
                 return "handoff hook raised"
-            if not _plain_data(self._app_state):
+            if not is_plain_data(self._app_state):
                 return "app state is not plain data"
         return None
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from .frames import SERVICE_RESTART
+
 __all__ = [
     "Finished",
     "Kill",
@@ -40,8 +42,6 @@ __all__ = [
     "Spawn",
     "Stop",
 ]
-
-SERVICE_RESTART = 1012  # RFC 6455 §7.4.1 close code, registered for server restarts
 
 
 class Phase(enum.Enum):

@@ -18,7 +18,6 @@ import asyncio
 import codecs
 import inspect
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Close, Opcode
 from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import CLOSED, OPEN, Protocol
 from websockets.server import ServerProtocol
@@ -38,26 +37,26 @@ try:  # websockets' C speedups: unmasking at C speed
 except ImportError:  # pragma: no cover - a build without its C extension
     from websockets.utils import apply_mask
 
+from ..core.frames import (
+    BINARY,
+    INTERNAL_ERROR,
+    INVALID_DATA,
+    TEXT,
+    check_close,
+    encode_close,
+    encode_frame,
+)
 from .http import Request, Response, render_response, simple_response
 from .migration import Movable
 
 if TYPE_CHECKING:
-    from .worker import Worker
+    from .process import Worker
 
-__all__ = ["BINARY", "TEXT", "Connection", "Frame", "encode_frame"]
+__all__ = ["Connection", "Frame"]
 
 OP_TEXT, OP_BINARY, OP_CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 OP_CLOSE, OP_PING = Opcode.CLOSE, Opcode.PING
 PONG_HEAD = bytes((0x80 | Opcode.PONG,))  # a server's pong frame starts so (RFC 6455 §5.2)
-
-TEXT = 1
-BINARY = 2
-
-# Close codes of RFC 6455 §7.4.1 that a server sends on its own.
-GOING_AWAY = 1001
-INTERNAL_ERROR = 1011
-SERVICE_RESTART = 1012
-INVALID_DATA = 1007
 
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the client's half of a closing handshake
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers; more gets 431
@@ -84,34 +83,6 @@ class Frame:
 
     def __repr__(self) -> str:
         return f"<Frame fd={self.fd} opcode={self.opcode} {len(self.data)} bytes>"
-
-
-_HEADER_16 = struct.Struct("!BBH")
-_HEADER_64 = struct.Struct("!BBQ")
-
-
-def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """An unmasked, unfragmented server frame (RFC 6455 §5.2), without the library."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
-    if n < 65536:
-        return _HEADER_16.pack(0x80 | opcode, 126, n) + payload
-    return _HEADER_64.pack(0x80 | opcode, 127, n) + payload
-
-
-def check_close(code: int, reason: str) -> None:
-    """The close-frame rules of RFC 6455 §5.5/§7.4: raise ``ValueError`` at the call."""
-    try:
-        Close(code, reason).serialize()
-        valid = code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
-        if not (valid or 3000 <= code <= 4999) or len(reason.encode()) > 123:
-            raise ValueError
-    except Exception:
-        raise ValueError(
-            f"cannot close with code {code!r} and reason {reason!r}: codes are 1000-4999 "
-            "(not 1004-1006, 1015) and the reason is at most 123 UTF-8 bytes"
-        ) from None
 
 
 class _FrameProtocol(ServerProtocol):
@@ -687,8 +658,7 @@ class Connection(Movable, asyncio.Protocol):
             # The protocol already queued a close for a later frame of the same chunk
             # (its own 1002, or the echo of the client's close); it is not on the wire
             # yet. The first error wins (§7.1.7): send this close, drop the queued one.
-            payload = struct.pack("!H", code) + reason.encode()[:123]
-            self.transport.write(encode_frame(OP_CLOSE, payload))
+            self.transport.write(encode_close(code, reason))
             self._cancel_timer()
             self._begin_close()
             self.transport.close()
@@ -760,13 +730,8 @@ class Connection(Movable, asyncio.Protocol):
         ws = self.ws
         if self.closing or ws is None or ws.state is not OPEN or self.transport is None:
             return False
-        try:
-            ws.send_close(code, reason)
-        except Exception:  # an invalid code or a too-long reason (RFC 6455 §5.5)
-            raise ValueError(
-                f"cannot close with code {code!r} and reason {reason!r}: codes are 1000-4999 "
-                "(not 1004-1006, 1015) and the reason is at most 123 UTF-8 bytes"
-            ) from None
+        check_close(code, reason)  # RFC 6455 §5.5, §7.4: a bad code raises here, at the call
+        ws.send_close(code, reason)
         self._begin_close()
         self._flush(ws)
         self._arm_timer(CLOSE_TIMEOUT, self.abort)

@@ -143,6 +143,11 @@ class SessionTable:
             if active:
                 yield region, active - 1
 
+    def region_of(self, sid: int) -> int | None:
+        """The region that lists session ``sid`` now (its MOVING entry while it moves)."""
+        found = self.lookup(sid)
+        return found[0] if found is not None else None
+
     def lookup(self, sid: int) -> tuple[int, int, int] | None:
         """``(region, state, peer)`` of session ``sid``, or None.
 

@@ -28,27 +28,26 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from setproctitle import setproctitle
 
-from . import ipc, loader
+from ..core.errors import SettingError
+from ..core.events import Handlers
+from ..core.reload import Action, Finished, Kill, Pause, ReloadPlan, RequestAgain, Spawn, Stop
+from ..core.settings import Settings
+from ..core.stats import totals
+from ..core.switchboard import Switchboard
+from ..shared import ipc
+from ..shared.ids import SharedIdSource
+from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
+from ..shared.table import SessionTable
 from .control import ControlClient, ControlServer
-from .errors import SettingError
-from .reload import Finished, Kill, Pause, ReloadPlan, RequestAgain, Spawn, Stop
-from .routing import Switchboard
-from .sessions import SharedIdSource
-from .table import SessionTable
-from .worker import EXIT_BOOT_ERROR, WorkerSetup, run_worker, totals
 
-if TYPE_CHECKING:
-    from .reload import Action
-    from .server import WebSocketServer
-
-__all__ = ["Master", "run_script", "serve"]
+__all__ = ["Master", "MasterApp", "WorkerMain", "bind"]
 
 log = logging.getLogger("swoolish.master")
 
@@ -89,16 +88,28 @@ class StatusRequest:
     request_id: int = 0
 
 
+class MasterApp(Protocol):
+    """What the master needs of the app's server object: its settings and master hooks."""
+
+    settings: Settings
+    handlers: Handlers
+
+
+#: The body of a forked worker process: loads the app afresh and serves; its exit code.
+WorkerMain = Callable[[WorkerSetup], int]
+
+
 class Master:
     """Supervises ``worker_num`` workers over one listening socket."""
 
-    def __init__(
-        self, server: WebSocketServer, spec: loader.AppSpec, overrides: dict[str, Any]
-    ) -> None:
-        self.server = server
-        self.settings = server.settings
-        self.spec = spec
-        self.overrides = overrides
+    def __init__(self, app: MasterApp, target: str, worker_main: WorkerMain) -> None:
+        """``app`` is the server the master loaded (for settings and master hooks);
+        ``target`` names the app in titles and status; ``worker_main`` runs in each
+        forked worker."""
+        self.app = app
+        self.settings = app.settings
+        self.target = target
+        self.worker_main = worker_main
         self.plan = ReloadPlan(
             generation=1,
             slots=self.settings.worker_num,
@@ -115,7 +126,7 @@ class Master:
         self.ids = SharedIdSource()
         # Two generations plus crash replacements: 4 regions per slot.
         self.table = SessionTable(4 * self.settings.worker_num, self.settings.max_connections)
-        self.switchboard = Switchboard(self.table)
+        self.switchboard = Switchboard(self.table.region_of)
         self.selector = selectors.DefaultSelector()
         self.control: ControlServer | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
@@ -139,7 +150,7 @@ class Master:
         self.listen_sock = bind(self.settings.host, self.settings.port)
         host, port = self.listen_sock.getsockname()[:2]
         self._write_pid_file()
-        setproctitle(f"swoolish: master {self.spec} [{host}:{port}]")
+        setproctitle(f"swoolish: master {self.target} [{host}:{port}]")
         self._install_signal_handlers()
         self.control = ControlServer(os.getpid(), self._on_control_request)
         self.selector.register(self.control.sock, selectors.EVENT_READ, "control")
@@ -537,18 +548,12 @@ class Master:
                 self.table,
                 region,
             )
-            code = run_worker(self._load_fresh_app, setup)
+            code = self.worker_main(setup)
         except BaseException:
             traceback.print_exc()
         finally:
             logging.shutdown()
             os._exit(code)
-
-    def _load_fresh_app(self) -> WebSocketServer:
-        loader.purge_user_modules()
-        server = loader.load(self.spec)
-        server.settings.update(self.overrides)
-        return server
 
     def _send(self, pid: int, message: dict[str, Any], fds: tuple[int, ...] = ()) -> bool:
         proc = self.workers.get(pid)
@@ -609,7 +614,13 @@ class Master:
                 request.waiting.discard(proc.pid)
         elif kind == "route":
             target = tuple(message["target"])
-            self._forward(self.switchboard.route(target, message["ops"], self._slot_pid))  # type: ignore[arg-type]
+            routed = self.switchboard.route(
+                target,  # type: ignore[arg-type]
+                message["ops"],
+                self._slot_pid,
+                time.monotonic(),
+            )
+            self._forward(routed)
         elif kind == "adopting":
             # Its predecessor routed what it handled for these clients before they moved:
             # take that in before anything this worker routes for them (routing.py).
@@ -737,11 +748,11 @@ class Master:
                 self._spawn(slot, self.generation)
 
     def _fire(self, event: str, *args: Any) -> None:
-        handler = self.server._handlers.get(event)
+        handler = self.app.handlers.get(event)
         if handler is None:
             return
         try:
-            handler(self.server, *args)
+            handler(self.app, *args)
         except Exception:
             log.exception("master hook %s raised", event)
 
@@ -855,7 +866,7 @@ class Master:
         return {
             "master": {
                 "pid": os.getpid(),
-                "target": str(self.spec),
+                "target": self.target,
                 "listen": f"{host}:{port}",
                 "generation": self.generation,
                 "reloading": self.plan.active,
@@ -902,26 +913,3 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
-
-
-def serve(server: WebSocketServer, spec: loader.AppSpec, overrides: dict[str, Any]) -> int:
-    """Run a master for ``server`` in this process; returns the exit code."""
-    return Master(server, spec, overrides).run()
-
-
-def run_script(server: WebSocketServer) -> None:
-    """``server.start()``: the calling script becomes the app the workers re-import."""
-    from .cli import configure_logging
-
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if not path:
-        raise RuntimeError("server.start() must be called from a script file")
-    attr = next((k for k, v in vars(main).items() if v is server), loader.ANY_SERVER)
-    configure_logging(server.settings.log_level)
-    try:
-        code = serve(server, loader.AppSpec("path", os.path.abspath(path), attr), {})
-    except SettingError as exc:
-        print(f"swoolish: {exc}", file=sys.stderr)
-        code = 2
-    sys.exit(code)

@@ -1,0 +1,267 @@
+"""The master's switchboard: operations on another worker's sessions, kept in order.
+
+Pure bookkeeping with the clock injected (every method that needs the time takes
+``now``): the master feeds it what workers route and what they report of a hand-off,
+and sends what it returns. The protocol it implements is described in
+:mod:`swoolish.worker.router` and docs/design.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["FORWARD_TIME", "PARK_TIMEOUT", "Switchboard"]
+
+PARK_TIMEOUT = 3.0  # seconds the master keeps operations for a session being adopted
+FORWARD_TIME = 3.0  # seconds the master redirects a stale route to a moved session
+
+
+def op_sid(op: tuple[Any, ...]) -> int | None:
+    """The session an operation is for (None for broadcast / pipe / push_many)."""
+    return op[1] if op[0] in ("push", "disconnect", "close") else None
+
+
+ReleaseKey = tuple[int, int]  # (old worker pid, batch number)
+
+
+class _Expiring(dict):  # type: ignore[type-arg]
+    """key -> until when it counts; kept in expiry order, so expiring is cheap."""
+
+    def stamp(self, keys: Any, until: float) -> None:
+        for key in keys:
+            self.pop(key, None)  # re-inserted at the end: the dict stays oldest first
+            self[key] = until
+
+    def expire(self, now: float) -> None:
+        while self:
+            oldest = next(iter(self))
+            if self[oldest] > now:
+                return
+            del self[oldest]
+
+
+class _Release:
+    __slots__ = ("deadline", "kept", "moved", "remaining")
+
+    def __init__(self, moved: list[int], kept: list[tuple[Any, ...]], deadline: float) -> None:
+        self.moved = moved
+        self.kept = kept
+        self.remaining = set(moved)
+        self.deadline = deadline
+
+
+class _Parked:
+    __slots__ = ("deadline", "front", "ops")
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[Any, ...]] = []
+        self.front = 0  # ops that came through the old worker: they go first
+        self.deadline: float | None = None  # None: until the old worker's release_done
+
+
+class Switchboard:
+    """The master's side: forward by region, keep sessions in hand-over in order."""
+
+    def __init__(self, locate: Callable[[int], int | None]) -> None:
+        """``locate(sid)``: the region that lists the session now, or None."""
+        self.locate = locate
+        self.region_pid: dict[int, int] = {}
+        self.parked: dict[int, _Parked] = {}
+        self.releasing: dict[ReleaseKey, set[int]] = {}  # granted, until release_done
+        # release requests waiting until the new owner announced every moved session
+        self.waiting: dict[ReleaseKey, _Release] = {}
+        # moved sid -> until when a route naming its old region goes to its new owner
+        self.forwarding = _Expiring()
+        # sid announced by its new owner (after routing what it had before) -> until when
+        # a release may still ask for it (the old worker may have died first)
+        self.announced = _Expiring()
+        self.dropped = 0
+
+    def route(
+        self,
+        target: tuple[str, int],
+        ops: list[tuple[Any, ...]],
+        slot_pid: Callable[[int], int],
+        now: float,
+    ) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        """Where ``ops`` go: ``[(pid, ops), …]`` (parked ones are kept here)."""
+        kind, number = target
+        if kind == "a":
+            return self._fan_out(number, ops)
+        if kind == "s":
+            pid = slot_pid(number)
+            if pid:
+                return [(pid, ops)]
+            self.dropped += len(ops)
+            return []
+        if self.parked:
+            ops = self._park(ops)
+        redirected: list[tuple[int, list[tuple[Any, ...]]]] = []
+        if self.forwarding:
+            ops, moved = self._split_moved(ops, now)
+            if moved:
+                redirected = self._reroute(moved)
+        pid = self.region_pid.get(number)
+        if pid is not None:
+            return ([(pid, ops)] if ops else []) + redirected
+        # The owner is gone: find each session again.
+        return self._reroute(ops) + redirected
+
+    def _split_moved(
+        self, ops: list[tuple[Any, ...]], now: float
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Operations on sessions that moved away from the region (a lookup made just
+        before the old worker let go) are found again, as a unit per session."""
+        forwarding = self.forwarding
+        forwarding.expire(now)
+        rest: list[tuple[Any, ...]] = []
+        moved: list[tuple[Any, ...]] = []
+        for op in ops:
+            if op[0] == "push_many":
+                keep = [sid for sid in op[1] if sid not in forwarding]
+                moved.extend(("push", sid, op[2], op[3]) for sid in op[1] if sid in forwarding)
+                if keep:
+                    rest.append(("push_many", keep, op[2], op[3]))
+                continue
+            sid = op_sid(op)
+            (moved if sid is not None and sid in forwarding else rest).append(op)
+        return rest, moved
+
+    def _fan_out(
+        self, origin: int, ops: list[tuple[Any, ...]]
+    ) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        """Broadcasts of the worker owning region ``origin``: to every other worker, and
+        to every session in hand-over here, which no worker owns at this moment."""
+        for sid, entry in self.parked.items():
+            for _, data, opcode, bid in ops:
+                entry.ops.append(("push", sid, data, opcode, bid))
+        return [(pid, ops) for region, pid in self.region_pid.items() if region != origin]
+
+    def _park(self, ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        rest: list[tuple[Any, ...]] = []
+        parked = self.parked
+        for op in ops:
+            if op[0] == "push_many":
+                keep = [sid for sid in op[1] if sid not in parked]
+                for sid in op[1]:
+                    if sid in parked:
+                        parked[sid].ops.append(("push", sid, op[2], op[3]))
+                if keep:
+                    rest.append(("push_many", keep, op[2], op[3]))
+                continue
+            sid = op_sid(op)
+            if sid is not None and sid in parked:
+                parked[sid].ops.append(op)
+            else:
+                rest.append(op)
+        return rest
+
+    def _reroute(self, ops: list[tuple[Any, ...]]) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        out: dict[int, list[tuple[Any, ...]]] = {}
+        for op in ops:
+            sids = op[1] if op[0] == "push_many" else [op_sid(op)]
+            for sid in sids:
+                if sid is None:
+                    self.dropped += 1  # a broadcast to a region that has no owner now
+                    continue
+                pid = self._owner(sid)
+                if pid is None:
+                    self.dropped += 1
+                    continue
+                out.setdefault(pid, []).append(
+                    ("push", sid, op[2], op[3]) if op[0] == "push_many" else op
+                )
+        return list(out.items())
+
+    def _owner(self, sid: int) -> int | None:
+        region = self.locate(sid)
+        return self.region_pid.get(region) if region is not None else None
+
+    # -- hand-over of sessions between two workers
+
+    def request_release(
+        self,
+        key: ReleaseKey,
+        moved: list[int],
+        kept: list[tuple[Any, ...]],
+        now: float,
+    ) -> None:
+        """The old worker asks to let go of one batch; granted once the new owner
+        announced every session of it, or after PARK_TIMEOUT. Until then operations
+        keep going to the old worker, which keeps them: no moment where a moved session
+        looks gone."""
+        self.waiting[key] = _Release(moved, kept, now + PARK_TIMEOUT)
+
+    def note_adopted(self, sids: list[int], now: float) -> None:
+        """The new owner announced these sessions (see the module docstring)."""
+        self.announced.stamp(sids, now + 4 * PARK_TIMEOUT)
+        self.announced.expire(now)  # announcements no release asked for do not pile up
+
+    def ready_releases(self, now: float) -> list[ReleaseKey]:
+        """Grant the release requests that can be granted now.
+
+        A request waits until the new owner announced every moved session: it lists
+        them in its region by then, and what it routed before adopting them has reached
+        us, so nothing it routed towards the old worker can come after its own pushes."""
+        granted = []
+        for key, request in list(self.waiting.items()):
+            request.remaining.difference_update(self.announced)
+            if request.remaining and now < request.deadline:
+                continue
+            del self.waiting[key]
+            for sid in request.moved:
+                self.announced.pop(sid, None)
+            self.begin_release(key, request.moved, request.kept)
+            granted.append(key)
+        return granted
+
+    def begin_release(self, key: ReleaseKey, moved: list[int], kept: list[tuple[Any, ...]]) -> None:
+        """Park operations on the batch's ids, the kept ones first."""
+        self.releasing[key] = set(moved)
+        for sid in moved:
+            self.parked.setdefault(sid, _Parked())
+        self._put_front(kept)
+
+    def _put_front(self, ops: list[tuple[Any, ...]]) -> None:
+        for op in ops:
+            entry = self.parked.setdefault(op[1], _Parked())
+            entry.ops.insert(entry.front, op)
+            entry.front += 1
+
+    def finish_release(self, key: ReleaseKey, late: list[tuple[Any, ...]], now: float) -> None:
+        """Kept, then late (forwarded to the old worker before ``released``), then
+        parked (arrived after): for every sender, the order it made them in."""
+        moved = self.releasing.pop(key, set())
+        self._put_front(late)
+        for sid in moved | {op[1] for op in late}:
+            self.parked[sid].deadline = now + PARK_TIMEOUT
+        self.forwarding.stamp(moved, now + FORWARD_TIME)
+
+    def deliver_parked(self, now: float) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        out: dict[int, list[tuple[Any, ...]]] = {}
+        for sid in list(self.parked):
+            entry = self.parked[sid]
+            if entry.deadline is None:
+                continue
+            pid = self._owner(sid)
+            if pid is not None:
+                out.setdefault(pid, []).extend(entry.ops)
+                out[pid].append(("arrived", sid))  # the new owner's own pushes may go now
+                del self.parked[sid]
+            elif now >= entry.deadline:
+                self.dropped += len(entry.ops)
+                del self.parked[sid]
+        return list(out.items())
+
+    def has_waiting(self) -> bool:
+        return bool(self.waiting) or any(e.deadline is not None for e in self.parked.values())
+
+    def worker_gone(self, pid: int, region: int | None, now: float) -> None:
+        for key in [key for key in self.waiting if key[0] == pid]:
+            request = self.waiting.pop(key)
+            self.begin_release(key, request.moved, request.kept)
+        for key in [key for key in self.releasing if key[0] == pid]:
+            self.finish_release(key, [], now)
+        if region is not None and self.region_pid.get(region) == pid:
+            del self.region_pid[region]

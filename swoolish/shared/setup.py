@@ -1,0 +1,28 @@
+"""What the master hands a worker it forks, and what a worker's exit status tells it."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+from .ids import IdSource
+from .table import SessionTable
+
+__all__ = ["EXIT_BOOT_ERROR", "WorkerSetup"]
+
+EXIT_BOOT_ERROR = 3  # the app failed to import or worker_start raised: do not hot-loop
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSetup:
+    """What the master hands a worker it forks: its place and the shared resources."""
+
+    worker_id: int  # the slot
+    generation: int
+    listen_sock: socket.socket  # the one listening socket, bound by the master
+    id_source: IdSource  # session ids, shared by every worker of every generation
+    channel: socket.socket | None  # to and from the master
+    master_pid: int
+    inbox: socket.socket | None = None  # where the previous generation hands us sessions
+    table: SessionTable | None = None  # the server-wide session table
+    region: int | None = None  # our region of it

@@ -1,7 +1,8 @@
 """Live hand-off cost: time to move N idle connections, and the pause a busy client sees.
 
-One worker (one old/new pair, as in research/handoff.md), N idle WebSocket connections
-plus one busy client doing echo round trips every 2 ms. After SIGUSR1 the script reads
+One worker (one old/new pair, as docs/reload.md describes the hand-off), N idle
+WebSocket connections plus one busy client doing echo round trips every 2 ms. After
+SIGUSR1 the script reads
 the old worker's "N moved to the new worker in X s" log line, checks every idle
 connection still answers (from generation 2), and reports the longest gap between two
 consecutive echoes of the busy client.

@@ -21,9 +21,9 @@ from __future__ import annotations
 from .core.errors import SettingError, SwoolishError, TargetError
 from .core.frames import BINARY, TEXT
 from .server import WebSocketServer
-from .worker.connection import Frame
-from .worker.http import Request, Response
+from .worker.request import Request, Response
 from .worker.timers import Timer
+from .worker.websocket import Frame
 
 __all__ = [
     "BINARY",

@@ -15,6 +15,17 @@ from typing import Any, TypeVar
 from .core.events import Handlers, canonical_event_name
 from .core.frames import BINARY, GOING_AWAY, TEXT, check_close
 from .core.loading import loading_in_worker, note_server_created
+from .core.messages import (
+    Close,
+    Disconnect,
+    Pipe,
+    Push,
+    PushMany,
+    ReloadRequest,
+    ShutdownRequest,
+    ToRegion,
+    ToSlot,
+)
 from .core.settings import Settings
 from .shared.table import ESTABLISHED, peer_from_word
 from .worker.process import Worker
@@ -91,7 +102,7 @@ class WebSocketServer:
             worker.stats["push_too_large"] += 1
             return False
         worker.stats["routed_out"] += 1
-        worker.router.send(("r", found[0]), ("push", fd, data, opcode))
+        worker.router.send(ToRegion(found[0]), Push(fd, data, opcode))
         return True
 
     def exists(self, fd: int) -> bool:
@@ -121,7 +132,7 @@ class WebSocketServer:
         if found is None or found[1] < ESTABLISHED:
             return False
         check_close(code, reason)  # raise here, at the call, as for a local session
-        worker.router.send(("r", found[0]), ("disconnect", fd, code, reason))
+        worker.router.send(ToRegion(found[0]), Disconnect(fd, code, reason))
         return True
 
     def close(self, fd: int) -> bool:
@@ -132,7 +143,7 @@ class WebSocketServer:
             found = worker.router.lookup(fd)
             if found is None:
                 return False
-            worker.router.send(("r", found[0]), ("close", fd))
+            worker.router.send(ToRegion(found[0]), Close(fd))
             return True
         if conn.established:
             return self.disconnect(fd, 1000, "")
@@ -174,7 +185,7 @@ class WebSocketServer:
             by_region.setdefault(found[0], []).append(fd)
         for region, sids in by_region.items():
             handed += len(sids)
-            router.send(("r", region), ("push_many", sids, data, None))
+            router.send(ToRegion(region), PushMany(sids, data, None))
         return handed
 
     @property
@@ -262,7 +273,7 @@ class WebSocketServer:
             raise ValueError(f"message over {MAX_ROUTED_PAYLOAD} bytes once pickled")
         if worker.channel is None:
             return False
-        worker.router.send(("s", worker_id), ("pipe", worker.worker_id, payload))
+        worker.router.send(ToSlot(worker_id), Pipe(worker.worker_id, payload))
         return True
 
     # ------------------------------------------------------------------ process control
@@ -276,14 +287,14 @@ class WebSocketServer:
         worker = self._require_worker("reload")
         if worker.channel is None:
             return False
-        worker.report({"type": "reload"})
+        worker.report(ReloadRequest())
         return True
 
     def shutdown(self) -> None:
         """Gracefully stop the whole server (every worker drains with 1001)."""
         worker = self._require_worker("shutdown")
         if worker.channel is not None:
-            worker.report({"type": "shutdown"})
+            worker.report(ShutdownRequest())
         else:
             worker.request_stop(GOING_AWAY)
 

@@ -2,6 +2,10 @@
 
 A bad TARGET or setting prints one line that says what is wrong and how to fix it,
 and exits with status 2 before anything is bound or forked.
+
+Every setting of ``swoolish/core/settings.py`` is a ``swoolish serve`` option generated
+from its declaration, and so is the options table of docs/cli.md
+(:func:`render_serve_options`), so the flags, ``--help`` and the docs cannot disagree.
 """
 
 from __future__ import annotations
@@ -13,14 +17,20 @@ from typing import Any
 
 from .. import loader
 from ..core.errors import SettingError, TargetError
+from ..core.settings import SETTINGS, Setting
 from ..launch import serve
 from ..server import WebSocketServer
 from ..shared.logs import LOG_FORMATS, configure_logging
 from . import commands
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "render_serve_options", "serve_overrides"]
 
 EXIT_USAGE = 2
+
+# `--log-format` is no setting (an app's code cannot set it; `server.start()` scripts log
+# text, docs/cli.md), so it is declared here, once, for both the parser and docs/cli.md.
+LOG_FORMAT_DEFAULT = "text"
+LOG_FORMAT_DOC = "Text lines, or one JSON object per line with time, level, pid, logger, message."
 
 MAIN_EXAMPLES = """\
 examples:
@@ -85,24 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("target", metavar="TARGET", help="module:attr or path/to/file.py:attr")
-    serve.add_argument("--host", help="address to listen on (default: the app's, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default: the app's, 9501)")
-    serve.add_argument("--workers", type=int, dest="worker_num", help="worker processes")
-    serve.add_argument("--max-wait-time", type=float, dest="max_wait_time", help="drain seconds")
-    serve.add_argument("--pid-file", dest="pid_file", help="file to write the master's pid to")
-    serve.add_argument(
-        "--log-level",
-        dest="log_level",
-        choices=["debug", "info", "warning", "error", "critical"],
-        help="logging threshold (default: info)",
-    )
+    _add_setting_options(serve)
     serve.add_argument(
         "--log-format",
         dest="log_format",
         choices=LOG_FORMATS,
-        default="text",
-        help="text lines, or one JSON object per line with time, level, pid, logger, "
-        "message (default: text)",
+        default=LOG_FORMAT_DEFAULT,
+        help=f"{LOG_FORMAT_DOC} (default: {LOG_FORMAT_DEFAULT})",
     )
     reload = commands.add_parser(
         "reload",
@@ -140,6 +139,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """One option per setting, all generated from its declaration in core/settings.py.
+
+    An option not given is absent from the parsed namespace (``SUPPRESS``), so it never
+    overrides what the app's code sets.
+    """
+    group = parser.add_argument_group(
+        "settings",
+        "Each overrides the value the app's code sets (docs/settings.md).",
+    )
+    for setting in SETTINGS:
+        group.add_argument(setting.cli, dest=setting.name, **_option_spec(setting))
+
+
+def _option_spec(setting: Setting) -> dict[str, Any]:
+    """The ``add_argument`` keywords for a setting: its value type, metavar and help."""
+    spec: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(setting)}
+    if setting.kind == "bool":
+        spec["action"] = argparse.BooleanOptionalAction
+    elif setting.choices:
+        # No metavar: argparse then lists the choices, as the reader needs them.
+        spec.update(type=setting.parse, choices=setting.choices)
+    else:
+        spec.update(type=setting.parse, metavar=setting.metavar)
+    return spec
+
+
+def _help(setting: Setting) -> str:
+    # argparse %-formats help strings, so a literal % must be doubled.
+    return f"{setting.doc} (default: {setting.default_text})".replace("%", "%%")
+
+
+def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the ``serve`` command line, validated, by setting name.
+
+    Validated here, before the app is loaded, so a bad value is one line naming the
+    setting (``worker_num must be >= 1, got 0``) whatever the TARGET.
+    """
+    given = vars(args)
+    return {s.name: s.validate(s.name, given[s.name]) for s in SETTINGS if s.name in given}
+
+
+def render_serve_options() -> str:
+    """The Markdown table of ``swoolish serve`` options in docs/cli.md, so it never goes stale.
+
+    ``tests/unit/test_cli_help.py`` fails when the table between the ``serve-options``
+    markers in docs/cli.md differs from this.
+    """
+    lines = ["| option | overrides setting | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        meaning = _meaning(s.doc, s.choices, s.default_text)
+        lines.append(f"| {_option_cell(s)} | `{s.name}` | {meaning} |")
+    meaning = _meaning(LOG_FORMAT_DOC, LOG_FORMATS, LOG_FORMAT_DEFAULT)
+    lines.append(f"| `--log-format FORMAT` | | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def _option_cell(setting: Setting) -> str:
+    if setting.kind == "bool":
+        return ", ".join(f"`{flag}`" for flag in setting.flags)
+    return f"`{setting.cli} {setting.metavar}`"
+
+
+def _meaning(doc: str, choices: Sequence[str], default: str) -> str:
+    one_of = f" One of {', '.join(f'`{c}`' for c in choices)}." if choices else ""
+    return f"{doc}{one_of} Default: `{default}`."
+
+
 def _add_pid_file(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pid-file",
@@ -155,11 +222,7 @@ def _add_timeout(parser: argparse.ArgumentParser, default: float) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {
-        name: getattr(args, name)
-        for name in ("host", "port", "worker_num", "max_wait_time", "pid_file", "log_level")
-        if getattr(args, name) is not None
-    }
+    overrides = serve_overrides(args)
     spec = loader.parse_target(args.target)
     server = loader.load(spec, WebSocketServer)
     server.settings.update(overrides)

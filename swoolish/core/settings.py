@@ -1,8 +1,9 @@
 """Every setting of the server, declared once.
 
 Each setting has a name, a default, a validator and a one-line doc. The server's
-constructor, the CLI options and the settings reference in ``docs/settings.md`` are all
-derived from this table, so they cannot disagree (gunicorn's ``config.py`` habit).
+constructor, the ``swoolish serve`` options (their flag, value type, metavar and help)
+and the settings reference in ``docs/settings.md`` are all derived from this table, so
+they cannot disagree (gunicorn's ``config.py`` habit).
 
 Settings are validated in the master *before anything is forked*: a bad value is a
 :class:`SettingError` whose message says what is wrong and how to fix it.
@@ -12,11 +13,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SettingError
 
-__all__ = ["SETTINGS", "Setting", "Settings", "render_reference"]
+__all__ = ["KINDS", "LOG_LEVELS", "SETTINGS", "Setting", "Settings", "render_reference"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: How the command line spells each kind of value: the function that turns the text
+#: into a value (the validator still checks it afterwards) and the default metavar.
+#: A ``bool`` takes no value: it is a ``--name`` / ``--no-name`` pair.
+KINDS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
+    "int": (int, "N"),
+    "seconds": (float, "SECONDS"),
+    "str": (str, "TEXT"),
+    "path": (str, "PATH"),
+    "bool": (None, ""),
+}
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -54,9 +68,8 @@ def _host(name: str, value: Any) -> str:
 
 
 def _log_level(name: str, value: Any) -> str:
-    levels = ("debug", "info", "warning", "error", "critical")
-    if not isinstance(value, str) or value.lower() not in levels:
-        raise SettingError(f"{name} must be one of {', '.join(levels)}, got {value!r}")
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise SettingError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
     return value.lower()
 
 
@@ -76,18 +89,67 @@ def _optional_path(name: str, value: Any) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One declared setting: the single source of its default, validation and doc."""
+    """One declared setting: the single source of its default, validation, doc and CLI flag.
+
+    The CLI fields may be left out: ``cli`` becomes ``--`` + the name with ``-`` for
+    ``_``, ``kind`` follows the default's type, ``metavar`` follows the kind. Declare
+    them only where that guess is wrong or a better word helps the reader.
+    """
 
     name: str
     default: Any
     validate: Callable[[str, Any], Any]
     doc: str
-    cli: str | None = None  # the `swoolish serve` option that overrides it, if any
+    cli: str = ""  # the `swoolish serve` flag that overrides it
+    kind: str = ""  # a key of KINDS: how the flag's value is parsed
+    metavar: str = ""  # the flag's value in --help and docs/cli.md (none for a bool)
+    choices: tuple[str, ...] = ()  # the only values the flag accepts, if limited
+
+    def __post_init__(self) -> None:
+        kind = self.kind or _kind_of(self.name, self.default)
+        if kind not in KINDS:
+            raise ValueError(f"setting {self.name}: kind must be one of {', '.join(KINDS)}")
+        # Frozen: fill in the derived fields once, at declaration time.
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "cli", self.cli or "--" + self.name.replace("_", "-"))
+        object.__setattr__(self, "metavar", self.metavar or KINDS[kind][1])
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """Every spelling of the flag: a bool also has its ``--no-`` form."""
+        if self.kind == "bool":
+            return (self.cli, "--no-" + self.cli[2:])
+        return (self.cli,)
+
+    @property
+    def parse(self) -> Callable[[str], Any] | None:
+        """Text on the command line to a value for the validator; None for a bool."""
+        return KINDS[self.kind][0]
+
+    @property
+    def default_text(self) -> str:
+        """The default as ``--help`` and docs/cli.md show it."""
+        return "none" if self.default is None else str(self.default)
+
+
+def _kind_of(name: str, default: Any) -> str:
+    """The kind a default implies; a ``None`` default says nothing, so it must be declared."""
+    for python_type, kind in ((bool, "bool"), (int, "int"), (float, "seconds"), (str, "str")):
+        if isinstance(default, python_type):
+            return kind
+    raise ValueError(f"setting {name}: declare its kind, the default {default!r} does not say")
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("host", "127.0.0.1", _host, "Address to listen on.", "--host"),
-    Setting("port", 9501, _port, "TCP port to listen on (0 picks a free one).", "--port"),
+    Setting("host", "127.0.0.1", _host, "Address to listen on.", "--host", metavar="HOST"),
+    Setting(
+        "port",
+        9501,
+        _port,
+        "TCP port to listen on (0 picks a free one).",
+        "--port",
+        metavar="PORT",
+    ),
     Setting("worker_num", 1, _positive_int, "Number of worker processes.", "--workers"),
     Setting(
         "max_wait_time",
@@ -119,12 +181,14 @@ SETTINGS: tuple[Setting, ...] = (
         1024 * 1024,
         _positive_int,
         "Largest WebSocket message accepted, in bytes; larger ones close with 1009.",
+        metavar="BYTES",
     ),
     Setting(
         "max_request_size",
         1024 * 1024,
         _positive_int,
         "Largest HTTP request body accepted, in bytes; larger ones get 413.",
+        metavar="BYTES",
     ),
     Setting(
         "handshake_timeout",
@@ -143,6 +207,7 @@ SETTINGS: tuple[Setting, ...] = (
         2 * 1024 * 1024,
         _positive_int,
         "Bytes that may wait unsent for one client; past it push() returns False.",
+        metavar="BYTES",
     ),
     Setting(
         "max_connections",
@@ -156,8 +221,23 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "Offer permessage-deflate (RFC 7692) to clients that ask for it.",
     ),
-    Setting("pid_file", None, _optional_path, "File the master writes its pid to.", "--pid-file"),
-    Setting("log_level", "info", _log_level, "Logging threshold.", "--log-level"),
+    Setting(
+        "pid_file",
+        None,
+        _optional_path,
+        "File the master writes its pid to (removed when it exits).",
+        "--pid-file",
+        kind="path",
+    ),
+    Setting(
+        "log_level",
+        "info",
+        _log_level,
+        "Logging threshold.",
+        "--log-level",
+        metavar="LEVEL",
+        choices=LOG_LEVELS,
+    ),
 )
 
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -167,6 +247,10 @@ class Settings:
     """The validated settings of one server, as attributes (``settings.worker_num``)."""
 
     __slots__ = tuple(_BY_NAME)
+
+    if TYPE_CHECKING:
+        # Every setting is an attribute, declared once in SETTINGS above.
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init__(self, values: Mapping[str, Any] | None = None) -> None:
         for setting in SETTINGS:
@@ -202,16 +286,16 @@ def render_reference() -> str:
         "`python -m swoolish.core.settings > docs/settings.md`).",
         "",
         "Pass settings as keyword arguments: `WebSocketServer(host, port, worker_num=4)`",
-        "or `server.set(worker_num=4)`. A CLI option overrides the value set in code.",
-        "Settings take effect on a full restart, not on a reload (as in Swoole).",
+        "or `server.set(worker_num=4)`. Every setting also has a `swoolish serve` option",
+        "([cli.md](cli.md)); an option given on the command line overrides the value set",
+        "in code. Settings take effect on a full restart, not on a reload (as in Swoole).",
         "",
         "| setting | default | CLI option | meaning |",
         "|---|---|---|---|",
     ]
     for s in SETTINGS:
-        lines.append(
-            f"| `{s.name}` | `{s.default!r}` | {f'`{s.cli}`' if s.cli else ''} | {s.doc} |"
-        )
+        flags = ", ".join(f"`{flag}`" for flag in s.flags)
+        lines.append(f"| `{s.name}` | `{s.default!r}` | {flags} | {s.doc} |")
     return "\n".join(lines) + "\n"
 
 

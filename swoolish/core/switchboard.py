@@ -8,8 +8,19 @@ and sends what it returns. The protocol it implements is described in
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+
+from .messages import (
+    Arrived,
+    Broadcast,
+    Operation,
+    Push,
+    PushMany,
+    Target,
+    ToAll,
+    ToSlot,
+    operation_session,
+)
 
 __all__ = ["FORWARD_TIME", "PARK_TIMEOUT", "Switchboard"]
 
@@ -17,18 +28,16 @@ PARK_TIMEOUT = 3.0  # seconds the master keeps operations for a session being ad
 FORWARD_TIME = 3.0  # seconds the master redirects a stale route to a moved session
 
 
-def op_sid(op: tuple[Any, ...]) -> int | None:
-    """The session an operation is for (None for broadcast / pipe / push_many)."""
-    return op[1] if op[0] in ("push", "disconnect", "close") else None
-
-
 ReleaseKey = tuple[int, int]  # (old worker pid, batch number)
 
 
-class _Expiring(dict):  # type: ignore[type-arg]
+Sends = list[tuple[int, list[Operation]]]  # (worker pid, operations for it), in order
+
+
+class _Expiring(dict[int, float]):
     """key -> until when it counts; kept in expiry order, so expiring is cheap."""
 
-    def stamp(self, keys: Any, until: float) -> None:
+    def stamp(self, keys: Iterable[int], until: float) -> None:
         for key in keys:
             self.pop(key, None)  # re-inserted at the end: the dict stays oldest first
             self[key] = until
@@ -44,7 +53,7 @@ class _Expiring(dict):  # type: ignore[type-arg]
 class _Release:
     __slots__ = ("deadline", "kept", "moved", "remaining")
 
-    def __init__(self, moved: list[int], kept: list[tuple[Any, ...]], deadline: float) -> None:
+    def __init__(self, moved: list[int], kept: list[Operation], deadline: float) -> None:
         self.moved = moved
         self.kept = kept
         self.remaining = set(moved)
@@ -55,7 +64,7 @@ class _Parked:
     __slots__ = ("deadline", "front", "ops")
 
     def __init__(self) -> None:
-        self.ops: list[tuple[Any, ...]] = []
+        self.ops: list[Operation] = []
         self.front = 0  # ops that came through the old worker: they go first
         self.deadline: float | None = None  # None: until the old worker's release_done
 
@@ -80,99 +89,101 @@ class Switchboard:
 
     def route(
         self,
-        target: tuple[str, int],
-        ops: list[tuple[Any, ...]],
+        target: Target,
+        ops: list[Operation],
         slot_pid: Callable[[int], int],
         now: float,
-    ) -> list[tuple[int, list[tuple[Any, ...]]]]:
+    ) -> Sends:
         """Where ``ops`` go: ``[(pid, ops), …]`` (parked ones are kept here)."""
-        kind, number = target
-        if kind == "a":
-            return self._fan_out(number, ops)
-        if kind == "s":
-            pid = slot_pid(number)
-            if pid:
-                return [(pid, ops)]
+        if isinstance(target, ToAll):
+            return self._fan_out(target.origin, ops)
+        if isinstance(target, ToSlot):
+            slot_owner = slot_pid(target.slot)
+            if slot_owner:
+                return [(slot_owner, ops)]
             self.dropped += len(ops)
             return []
         if self.parked:
             ops = self._park(ops)
-        redirected: list[tuple[int, list[tuple[Any, ...]]]] = []
+        redirected: Sends = []
         if self.forwarding:
             ops, moved = self._split_moved(ops, now)
             if moved:
                 redirected = self._reroute(moved)
-        pid = self.region_pid.get(number)
+        pid = self.region_pid.get(target.region)
         if pid is not None:
             return ([(pid, ops)] if ops else []) + redirected
         # The owner is gone: find each session again.
         return self._reroute(ops) + redirected
 
     def _split_moved(
-        self, ops: list[tuple[Any, ...]], now: float
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        self, ops: list[Operation], now: float
+    ) -> tuple[list[Operation], list[Operation]]:
         """Operations on sessions that moved away from the region (a lookup made just
         before the old worker let go) are found again, as a unit per session."""
         forwarding = self.forwarding
         forwarding.expire(now)
-        rest: list[tuple[Any, ...]] = []
-        moved: list[tuple[Any, ...]] = []
+        rest: list[Operation] = []
+        moved: list[Operation] = []
         for op in ops:
-            if op[0] == "push_many":
-                keep = [sid for sid in op[1] if sid not in forwarding]
-                moved.extend(("push", sid, op[2], op[3]) for sid in op[1] if sid in forwarding)
+            if type(op) is PushMany:
+                keep = [sid for sid in op.sids if sid not in forwarding]
+                moved.extend(Push(sid, op.data, op.opcode) for sid in op.sids if sid in forwarding)
                 if keep:
-                    rest.append(("push_many", keep, op[2], op[3]))
+                    rest.append(op._replace(sids=keep))
                 continue
-            sid = op_sid(op)
+            sid = operation_session(op)
             (moved if sid is not None and sid in forwarding else rest).append(op)
         return rest, moved
 
-    def _fan_out(
-        self, origin: int, ops: list[tuple[Any, ...]]
-    ) -> list[tuple[int, list[tuple[Any, ...]]]]:
+    def _fan_out(self, origin: int, ops: list[Operation]) -> Sends:
         """Broadcasts of the worker owning region ``origin``: to every other worker, and
         to every session in hand-over here, which no worker owns at this moment."""
         for sid, entry in self.parked.items():
-            for _, data, opcode, bid in ops:
-                entry.ops.append(("push", sid, data, opcode, bid))
+            for op in ops:
+                if type(op) is Broadcast:
+                    entry.ops.append(Push(sid, op.data, op.opcode, op.broadcast))
         return [(pid, ops) for region, pid in self.region_pid.items() if region != origin]
 
-    def _park(self, ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        rest: list[tuple[Any, ...]] = []
+    def _park(self, ops: list[Operation]) -> list[Operation]:
+        rest: list[Operation] = []
         parked = self.parked
         for op in ops:
-            if op[0] == "push_many":
-                keep = [sid for sid in op[1] if sid not in parked]
-                for sid in op[1]:
+            if type(op) is PushMany:
+                keep = [sid for sid in op.sids if sid not in parked]
+                for sid in op.sids:
                     if sid in parked:
-                        parked[sid].ops.append(("push", sid, op[2], op[3]))
+                        parked[sid].ops.append(Push(sid, op.data, op.opcode))
                 if keep:
-                    rest.append(("push_many", keep, op[2], op[3]))
+                    rest.append(op._replace(sids=keep))
                 continue
-            sid = op_sid(op)
-            if sid is not None and sid in parked:
-                parked[sid].ops.append(op)
+            one = operation_session(op)
+            if one is not None and one in parked:
+                parked[one].ops.append(op)
             else:
                 rest.append(op)
         return rest
 
-    def _reroute(self, ops: list[tuple[Any, ...]]) -> list[tuple[int, list[tuple[Any, ...]]]]:
-        out: dict[int, list[tuple[Any, ...]]] = {}
+    def _reroute(self, ops: list[Operation]) -> Sends:
+        out: dict[int, list[Operation]] = {}
         for op in ops:
-            sids = op[1] if op[0] == "push_many" else [op_sid(op)]
-            for sid in sids:
-                if sid is None:
-                    self.dropped += 1  # a broadcast to a region that has no owner now
-                    continue
-                pid = self._owner(sid)
-                if pid is None:
-                    self.dropped += 1
-                    continue
-                out.setdefault(pid, []).append(
-                    ("push", sid, op[2], op[3]) if op[0] == "push_many" else op
-                )
+            if type(op) is PushMany:
+                for sid in op.sids:
+                    self._send_to_owner(out, sid, Push(sid, op.data, op.opcode))
+                continue
+            one = operation_session(op)
+            if one is None:
+                self.dropped += 1  # a broadcast to a region that has no owner now
+            else:
+                self._send_to_owner(out, one, op)
         return list(out.items())
+
+    def _send_to_owner(self, out: dict[int, list[Operation]], sid: int, op: Operation) -> None:
+        pid = self._owner(sid)
+        if pid is None:
+            self.dropped += 1
+        else:
+            out.setdefault(pid, []).append(op)
 
     def _owner(self, sid: int) -> int | None:
         region = self.locate(sid)
@@ -184,7 +195,7 @@ class Switchboard:
         self,
         key: ReleaseKey,
         moved: list[int],
-        kept: list[tuple[Any, ...]],
+        kept: list[Operation],
         now: float,
     ) -> None:
         """The old worker asks to let go of one batch; granted once the new owner
@@ -216,30 +227,30 @@ class Switchboard:
             granted.append(key)
         return granted
 
-    def begin_release(self, key: ReleaseKey, moved: list[int], kept: list[tuple[Any, ...]]) -> None:
+    def begin_release(self, key: ReleaseKey, moved: list[int], kept: list[Operation]) -> None:
         """Park operations on the batch's ids, the kept ones first."""
         self.releasing[key] = set(moved)
         for sid in moved:
             self.parked.setdefault(sid, _Parked())
         self._put_front(kept)
 
-    def _put_front(self, ops: list[tuple[Any, ...]]) -> None:
+    def _put_front(self, ops: list[Operation]) -> None:
         for op in ops:
-            entry = self.parked.setdefault(op[1], _Parked())
+            entry = self.parked.setdefault(_session_of(op), _Parked())
             entry.ops.insert(entry.front, op)
             entry.front += 1
 
-    def finish_release(self, key: ReleaseKey, late: list[tuple[Any, ...]], now: float) -> None:
+    def finish_release(self, key: ReleaseKey, late: list[Operation], now: float) -> None:
         """Kept, then late (forwarded to the old worker before ``released``), then
         parked (arrived after): for every sender, the order it made them in."""
         moved = self.releasing.pop(key, set())
         self._put_front(late)
-        for sid in moved | {op[1] for op in late}:
+        for sid in moved | {_session_of(op) for op in late}:
             self.parked[sid].deadline = now + PARK_TIMEOUT
         self.forwarding.stamp(moved, now + FORWARD_TIME)
 
-    def deliver_parked(self, now: float) -> list[tuple[int, list[tuple[Any, ...]]]]:
-        out: dict[int, list[tuple[Any, ...]]] = {}
+    def deliver_parked(self, now: float) -> Sends:
+        out: dict[int, list[Operation]] = {}
         for sid in list(self.parked):
             entry = self.parked[sid]
             if entry.deadline is None:
@@ -247,7 +258,7 @@ class Switchboard:
             pid = self._owner(sid)
             if pid is not None:
                 out.setdefault(pid, []).extend(entry.ops)
-                out[pid].append(("arrived", sid))  # the new owner's own pushes may go now
+                out[pid].append(Arrived(sid))  # the new owner's own pushes may go now
                 del self.parked[sid]
             elif now >= entry.deadline:
                 self.dropped += len(entry.ops)
@@ -265,3 +276,11 @@ class Switchboard:
             self.finish_release(key, [], now)
         if region is not None and self.region_pid.get(region) == pid:
             del self.region_pid[region]
+
+
+def _session_of(op: Operation) -> int:
+    """The session of an operation a worker kept for a moving session (always one)."""
+    sid = operation_session(op)
+    if sid is None:
+        raise ValueError(f"{type(op).__name__} is not an operation on one session")
+    return sid

@@ -438,7 +438,8 @@ class TimerWheel:
         while heap:
             entry = heap[0]
             if entry[_ACTIVE]:
-                return entry[_DEADLINE]
+                deadline: float = entry[_DEADLINE]  # entries are list[Any]: name the field's type
+                return deadline
             heappop(heap)
             self._stale -= 1
         return None

@@ -35,8 +35,10 @@ from typing import Any, Protocol
 
 from setproctitle import setproctitle
 
+from ..core import messages as msg
 from ..core.errors import SettingError
 from ..core.events import Handlers
+from ..core.messages import Message
 from ..core.reload import Action, Finished, Kill, Pause, ReloadPlan, RequestAgain, Spawn, Stop
 from ..core.settings import Settings
 from ..core.stats import totals
@@ -92,7 +94,9 @@ class MasterApp(Protocol):
     """What the master needs of the app's server object: its settings and master hooks."""
 
     settings: Settings
-    handlers: Handlers
+
+    @property
+    def handlers(self) -> Handlers: ...
 
 
 #: The body of a forked worker process: loads the app afresh and serves; its exit code.
@@ -138,6 +142,20 @@ class Master:
         self._drain_watches: list[tuple[list[ControlClient], set[int]]] = []
         self._status_requests: list[StatusRequest] = []
         self.reload_history: list[dict[str, Any]] = []
+        self._duties: dict[type, Callable[[WorkerProcess, Any, float], None]] = {
+            msg.Ready: self._on_ready,
+            msg.Paused: self._on_paused,
+            msg.Exiting: self._on_exiting,
+            msg.WorkerFigures: self._on_figures,
+            msg.Route: self._on_route,
+            msg.Adopting: self._on_adopting,
+            msg.Adopted: self._on_adopted,
+            msg.Release: self._on_release,
+            msg.ReleaseDone: self._on_release_done,
+            msg.ServerStatsRequest: self._on_server_stats_request,
+            msg.ReloadRequest: self._on_reload_request,
+            msg.ShutdownRequest: self._on_shutdown_request,
+        }
 
     @property
     def generation(self) -> int:
@@ -300,12 +318,12 @@ class Master:
                 proc = self._spawn(action.slot, action.generation)
                 queue.extend(self.plan.spawned(action.slot, proc.pid, time.monotonic()))
             elif isinstance(action, Pause):
-                self._send(action.pid, {"type": "pause"})
+                self._send(action.pid, msg.Pause())
             elif isinstance(action, Stop):
-                proc = self.workers.get(action.pid)
-                if proc is not None:
-                    successor = self._successor(proc)
-                    self._stop_worker(proc, action.code, self._stop_deadline(), successor)
+                stopping = self.workers.get(action.pid)
+                if stopping is not None:
+                    successor = self._successor(stopping)
+                    self._stop_worker(stopping, action.code, self._stop_deadline(), successor)
             elif isinstance(action, Kill):
                 self._kill(action.pid, action.reason)
             elif isinstance(action, Finished):
@@ -428,12 +446,10 @@ class Master:
             return
         proc.state = "stopping"
         proc.stop_deadline = deadline
-        message: dict[str, Any] = {"type": "stop", "code": code}
         fds: tuple[int, ...] = ()
         if successor is not None and successor.inbox is not None:
-            message["handoff"] = {"slot": successor.slot, "pid": successor.pid}
             fds = (successor.inbox.fileno(),)
-        sent = self._send(proc.pid, message, fds)
+        sent = self._send(proc.pid, msg.Stop(code, handoff=bool(fds)), fds)
         if fds and successor is not None and successor.inbox is not None:
             # One hand-off per inbox: the old worker now holds the only other end.
             successor.inbox.close()
@@ -555,7 +571,7 @@ class Master:
             logging.shutdown()
             os._exit(code)
 
-    def _send(self, pid: int, message: dict[str, Any], fds: tuple[int, ...] = ()) -> bool:
+    def _send(self, pid: int, message: Message, fds: tuple[int, ...] = ()) -> bool:
         proc = self.workers.get(pid)
         if proc is None:
             return False
@@ -576,83 +592,106 @@ class Master:
             ipc.close_fds(fds)  # workers send the master no descriptors
             self._on_worker_message(proc, message)
 
-    def _on_worker_message(self, proc: WorkerProcess, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        now = time.monotonic()
-        if kind == "ready":
-            proc.ready_at = now
-            if proc.state == "booting":
-                proc.state = "serving"
-            self.failures.pop(proc.slot, None)
-            if self.plan.owns(proc.pid):
-                log.info(
-                    "worker %d gen %d (pid %d) ready in %.3fs",
-                    proc.slot,
-                    proc.generation,
-                    proc.pid,
-                    now - proc.started,
-                )
-                self._notify_waiters(
-                    {
-                        "event": "ready",
-                        "slot": proc.slot,
-                        "pid": proc.pid,
-                        "generation": proc.generation,
-                        "seconds": round(now - proc.started, 4),
-                    }
-                )
-            self._execute(self.plan.ready(proc.pid, now))
-        elif kind == "paused":
-            if proc.state == "serving":
-                proc.state = "paused"
-            self._execute(self.plan.paused(proc.pid, now))
-        elif kind == "exiting":
-            self._log_drained(proc, message)
-        elif kind == "stats":
-            proc.stats = message.get("stats", {})
-            for request in self._status_requests:
-                request.waiting.discard(proc.pid)
-        elif kind == "route":
-            target = tuple(message["target"])
-            routed = self.switchboard.route(
-                target,  # type: ignore[arg-type]
-                message["ops"],
-                self._slot_pid,
-                time.monotonic(),
-            )
-            self._forward(routed)
-        elif kind == "adopting":
-            # Its predecessor routed what it handled for these clients before they moved:
-            # take that in before anything this worker routes for them (routing.py).
-            predecessor = self.workers.get(message.get("from", 0))
-            if predecessor is not None and predecessor is not proc:
-                self._read_channel(predecessor)
-        elif kind == "adopted":
-            self.switchboard.note_adopted(message["sids"], now)
-            if self.switchboard.waiting:
-                self._grant_releases(now)
-        elif kind == "release":
-            key = (proc.pid, message["id"])
-            self.switchboard.request_release(key, message["moved"], message["ops"], now)
-            self._grant_releases(now)
-            log.debug(
-                "worker %d gen %d (pid %d): lets go of %d moved sessions (batch %d), with "
-                "%d operations it kept for them",
+    def _on_worker_message(self, proc: WorkerProcess, message: Message) -> None:
+        duty = self._duties.get(type(message))
+        if duty is None:
+            log.error("unexpected %s from worker %d; ignored", type(message).__name__, proc.slot)
+        else:
+            duty(proc, message, time.monotonic())
+
+    # -- one method per message from a worker (swoolish.core.messages)
+
+    def _on_ready(self, proc: WorkerProcess, message: msg.Ready, now: float) -> None:
+        proc.ready_at = now
+        if proc.state == "booting":
+            proc.state = "serving"
+        self.failures.pop(proc.slot, None)
+        if self.plan.owns(proc.pid):
+            log.info(
+                "worker %d gen %d (pid %d) ready in %.3fs",
                 proc.slot,
                 proc.generation,
                 proc.pid,
-                len(message["moved"]),
-                message["id"],
-                len(message["ops"]),
+                now - proc.started,
             )
-        elif kind == "release_done":
-            self.switchboard.finish_release((proc.pid, message["id"]), message["ops"], now)
-            self._forward(self.switchboard.deliver_parked(now))
-        elif kind == "server_stats":
-            self._request_stats(None, reply_to=proc.pid, request_id=message.get("id", 0))
-        elif kind == "reload":
-            self.request_reload(f"worker {proc.slot} (server.reload())")
-        elif kind == "shutdown" and not self.stopping:
+            self._notify_waiters(
+                {
+                    "event": "ready",
+                    "slot": proc.slot,
+                    "pid": proc.pid,
+                    "generation": proc.generation,
+                    "seconds": round(now - proc.started, 4),
+                }
+            )
+        self._execute(self.plan.ready(proc.pid, now))
+
+    def _on_paused(self, proc: WorkerProcess, message: msg.Paused, now: float) -> None:
+        if proc.state == "serving":
+            proc.state = "paused"
+        self._execute(self.plan.paused(proc.pid, now))
+
+    def _on_exiting(self, proc: WorkerProcess, message: msg.Exiting, now: float) -> None:
+        figures: dict[str, Any] = {
+            "timers_cleared": message.timers_cleared,
+            "connections_closed": message.connections_closed,
+            "seconds": message.seconds,
+            **(message.handoff or {}),
+        }
+        self._log_drained(proc, figures)
+
+    def _on_figures(self, proc: WorkerProcess, message: msg.WorkerFigures, now: float) -> None:
+        proc.stats = message.figures
+        for request in self._status_requests:
+            request.waiting.discard(proc.pid)
+
+    def _on_route(self, proc: WorkerProcess, message: msg.Route, now: float) -> None:
+        self._forward(self.switchboard.route(message.target, message.ops, self._slot_pid, now))
+
+    def _on_adopting(self, proc: WorkerProcess, message: msg.Adopting, now: float) -> None:
+        # Its predecessor routed what it handled for these clients before they moved:
+        # take that in before anything this worker routes for them (docs/design.md).
+        predecessor = self.workers.get(message.predecessor or 0)
+        if predecessor is not None and predecessor is not proc:
+            self._read_channel(predecessor)
+
+    def _on_adopted(self, proc: WorkerProcess, message: msg.Adopted, now: float) -> None:
+        self.switchboard.note_adopted(message.sids, now)
+        if self.switchboard.waiting:
+            self._grant_releases(now)
+
+    def _on_release(self, proc: WorkerProcess, message: msg.Release, now: float) -> None:
+        key = (proc.pid, message.batch)
+        self.switchboard.request_release(key, message.moved, message.kept, now)
+        self._grant_releases(now)
+        log.debug(
+            "worker %d gen %d (pid %d): lets go of %d moved sessions (batch %d), with "
+            "%d operations it kept for them",
+            proc.slot,
+            proc.generation,
+            proc.pid,
+            len(message.moved),
+            message.batch,
+            len(message.kept),
+        )
+
+    def _on_release_done(self, proc: WorkerProcess, message: msg.ReleaseDone, now: float) -> None:
+        self.switchboard.finish_release((proc.pid, message.batch), message.late, now)
+        self._forward(self.switchboard.deliver_parked(now))
+
+    def _on_server_stats_request(
+        self, proc: WorkerProcess, message: msg.ServerStatsRequest, now: float
+    ) -> None:
+        self._request_stats(None, reply_to=proc.pid, request_id=message.request_id)
+
+    def _on_reload_request(
+        self, proc: WorkerProcess, message: msg.ReloadRequest, now: float
+    ) -> None:
+        self.request_reload(f"worker {proc.slot} (server.reload())")
+
+    def _on_shutdown_request(
+        self, proc: WorkerProcess, message: msg.ShutdownRequest, now: float
+    ) -> None:
+        if not self.stopping:
             log.info("worker %d asked for shutdown (server.shutdown())", proc.slot)
             self.shutdown()
 
@@ -795,7 +834,7 @@ class Master:
     ) -> None:
         live = [p for p in self.workers.values() if p.state not in ("killed",)]
         for proc in live:
-            self._send(proc.pid, {"type": "stats"})
+            self._send(proc.pid, msg.StatsPoll())
         self._status_requests.append(
             StatusRequest(
                 client,
@@ -812,8 +851,8 @@ class Master:
                 continue
             self._status_requests.remove(request)
             if request.client is None:
-                status = {"type": "server_stats", "id": request.request_id}
-                self._send(request.reply_to, {**status, "status": self.server_stats()})
+                reply = msg.ServerStatsReply(request.request_id, self.server_stats())
+                self._send(request.reply_to, reply)
                 continue
             request.client.send(self.status())
             self._drop_control(request.client)
@@ -836,11 +875,11 @@ class Master:
 
     def _grant_releases(self, now: float) -> None:
         for pid, number in self.switchboard.ready_releases(now):
-            self._send(pid, {"type": "released", "id": number})
+            self._send(pid, msg.Released(number))
 
-    def _forward(self, sends: list[tuple[int, list[Any]]]) -> None:
+    def _forward(self, sends: list[tuple[int, list[msg.Operation]]]) -> None:
         for pid, ops in sends:
-            if not self._send(pid, {"type": "routed", "ops": ops}):
+            if not self._send(pid, msg.Routed(ops)):
                 self.switchboard.dropped += len(ops)
 
     def _slot_pid(self, slot: int) -> int:

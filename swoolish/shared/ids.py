@@ -69,6 +69,7 @@ class SharedIdSource:
         self._lock = multiprocessing.get_context("fork").Lock()
 
     def take_block(self) -> int:
+        start: int  # the "=Q" format unpacks one unsigned 64-bit integer
         with self._lock:
             (start,) = self._FORMAT.unpack_from(self._memory, 0)
             self._FORMAT.pack_into(self._memory, 0, start + BLOCK)

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import array
 import contextlib
+import logging
 import os
-import pickle
 import socket
-from typing import Any
+
+from ..core.messages import Message, MessageError, decode, encode
 
 __all__ = ["MAX_FDS", "Truncated", "channel_pair", "close_fds", "receive", "send"]
+
+log = logging.getLogger("swoolish.ipc")
 
 MAX_FDS = 253  # SCM_MAX_FD: the kernel refuses more descriptors in one message
 MAX_MESSAGE = 4 * 1024 * 1024
@@ -47,9 +50,9 @@ def channel_pair(buffer_size: int = 0) -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def send(sock: socket.socket, message: Any, fds: list[int] | tuple[int, ...] = ()) -> None:
+def send(sock: socket.socket, message: Message, fds: list[int] | tuple[int, ...] = ()) -> None:
     """Send one message (with descriptors); waits at most SEND_TIMEOUT for room."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    payload = encode(message)
     blocking = sock.getblocking()
     sock.settimeout(SEND_TIMEOUT)
     try:
@@ -61,12 +64,12 @@ def send(sock: socket.socket, message: Any, fds: list[int] | tuple[int, ...] = (
         sock.setblocking(blocking)
 
 
-def receive(sock: socket.socket) -> list[tuple[Any, list[int]]]:
+def receive(sock: socket.socket) -> list[tuple[Message, list[int]]]:
     """Every message waiting on the socket (never blocks), each with its descriptors.
 
     Raises ``EOFError`` when the peer has gone and nothing is left to read.
     """
-    messages: list[tuple[Any, list[int]]] = []
+    messages: list[tuple[Message, list[int]]] = []
     while True:
         try:
             data, ancillary, flags, _ = sock.recvmsg(
@@ -81,7 +84,12 @@ def receive(sock: socket.socket) -> list[tuple[Any, list[int]]]:
             if messages:
                 return messages
             raise EOFError("peer closed the channel")
-        messages.append((pickle.loads(data), fds))
+        try:
+            messages.append((decode(data), fds))
+        except MessageError:
+            # Never sent by swoolish itself: drop it (and its descriptors), keep the rest.
+            log.error("dropped an undecodable message on a channel")
+            close_fds(fds)
 
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

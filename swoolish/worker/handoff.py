@@ -2,13 +2,13 @@
 
 Instead of closing each client with 1012 on a reload, the old worker passes the socket
 itself (SCM_RIGHTS) with the connection's protocol state to the new worker of its slot,
-and the client never notices. The measured call sequence and the rules below come from
-``research/handoff.md``; each rule exists because breaking it lost or duplicated bytes:
+and the client never notices. docs/reload.md ("Live hand-off") describes the sequence;
+each rule below exists because breaking it lost or duplicated bytes:
 
 * **One writer per connection.** A connection moves only when it is quiescent: reading
   paused and no handler of it in flight (bounded wait). From the detach on, the old
   worker never writes to it (``push`` returns False there).
-* **abort(), never close().** The old worker keeps a dup of the fd and aborts the
+* **abort(), never close().** The old worker keeps a dup of the descriptor and aborts the
   transport: no FIN, no RST, no flush racing the new writer. Bytes still in the
   transport move verbatim (``unsent``, a suffix of what was written) and the new worker
   writes them first; bytes read but not yet a complete frame move as ``unparsed`` and
@@ -34,20 +34,25 @@ import pickle
 import socket
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ..core.frames import SERVICE_RESTART
+from ..core.messages import (
+    HANDOFF_VERSION,
+    HandoffAck,
+    HandoffBatch,
+    HandoffDone,
+    MovingSession,
+)
 from ..shared import ipc
-
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .process import Worker
+from .host import WorkerHost
+from .websocket import WsConnection
 
 __all__ = ["Adopter", "HandoffReport", "hand_off"]
 
 log = logging.getLogger("swoolish.handoff")
 
-VERSION = 1
 QUIESCE_TIMEOUT = 1.0  # seconds a busy connection gets to finish its handlers
 ACK_TIMEOUT = 3.0  # seconds the new worker gets to acknowledge a batch
 ACK_GRACE = 1.0  # seconds more the old worker waits: a batch is accepted before its deadline
@@ -80,7 +85,7 @@ class HandoffReport:
 
 
 async def hand_off(
-    worker: Worker, channel: socket.socket, conns: list[Connection]
+    worker: WorkerHost, channel: socket.socket, conns: list[WsConnection]
 ) -> HandoffReport:
     """Move ``conns`` to the worker at the other end of ``channel``, then the sessions
     whose handshake completed meanwhile (accepted just before we stopped accepting);
@@ -103,7 +108,7 @@ async def hand_off(
         for conn in worker.take_late_movers(final=True):
             _fall_back_attached(conn, "handshake after the hand-off", report)
         with contextlib.suppress(OSError):
-            ipc.send(channel, {"type": "done"})
+            ipc.send(channel, HandoffDone())
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -112,7 +117,7 @@ async def hand_off(
 
 
 async def _move(
-    worker: Worker, channel: socket.socket, conns: list[Connection], report: HandoffReport
+    worker: WorkerHost, channel: socket.socket, conns: list[WsConnection], report: HandoffReport
 ) -> None:
     acks = _AckReader(worker.loop, channel)
     try:
@@ -123,7 +128,7 @@ async def _move(
             conn.freeze()
         await _quiesce(worker, conns)
         for start in range(0, len(conns), ipc.MAX_FDS):
-            batch: list[Connection] = []
+            batch: list[WsConnection] = []
             for conn in conns[start : start + ipc.MAX_FDS]:
                 reason = conn.unmovable_reason()
                 if reason is None:
@@ -137,7 +142,7 @@ async def _move(
         acks.close()
 
 
-async def _settle_handshakes(worker: Worker) -> None:
+async def _settle_handshakes(worker: WorkerHost) -> None:
     """Wait (bounded) for connections accepted just before this worker stopped accepting
     to send their first request: a WebSocket handshake among them then joins the
     hand-off instead of getting a 1012."""
@@ -147,57 +152,56 @@ async def _settle_handshakes(worker: Worker) -> None:
         await asyncio.sleep(0.005)
 
 
-async def _quiesce(worker: Worker, conns: list[Connection]) -> None:
+async def _quiesce(worker: WorkerHost, conns: list[WsConnection]) -> None:
     """Wait (bounded) until no handler of these connections is in flight."""
     deadline = worker.loop.time() + min(QUIESCE_TIMEOUT, worker.settings.max_wait_time)
     while worker.loop.time() < deadline and not all(c.quiescent() for c in conns):
         await asyncio.sleep(0.005)
 
 
-def _fall_back_attached(conn: Connection, reason: str, report: HandoffReport) -> None:
+def _fall_back_attached(conn: WsConnection, reason: str, report: HandoffReport) -> None:
     """A connection that cannot move stays here and gets the 1012 close of a reload."""
     report.fell_back[reason] += 1
     conn.thaw()
-    conn.disconnect_when_idle(SERVICE_RESTART, "server restarting")
+    conn.drain(SERVICE_RESTART, "server restarting")
 
 
 async def _send_batch(
-    worker: Worker,
+    worker: WorkerHost,
     channel: socket.socket,
     acks: _AckReader,
     number: int,
-    batch: list[Connection],
+    batch: list[WsConnection],
     report: HandoffReport,
 ) -> None:
     detached = [(conn, conn.begin_move()) for conn in batch]
     # uvloop delivers connection_lost (and only then knows how much was left unsent)
     # on the next loop iteration after abort().
-    await asyncio.gather(*(conn.moved_out for conn, _ in detached))
-    states: list[dict[str, Any]] = []
+    await asyncio.gather(*(conn.moved_out for conn, _ in detached if conn.moved_out))
+    states: list[MovingSession] = []
     fds: list[int] = []
     size = 0
-    for conn, fd in detached:
+    for conn, descriptor in detached:
         state = conn.export_state()
-        moved_bytes = len(state["unsent"]) + len(state["unparsed"])
-        blob = len(pickle.dumps(state["app"])) if state["app"] is not None else 0
+        moved_bytes = len(state.unsent) + len(state.unparsed)
+        blob = len(pickle.dumps(state.app)) if state.app is not None else 0
         if moved_bytes > MAX_MOVED_BYTES or size + moved_bytes + blob > MAX_BATCH_BYTES:
-            await _readopt(worker, fd, state, "state over its cap", report)
+            await _readopt(worker, descriptor, state, "state over its cap", report)
             continue
         size += moved_bytes + blob
         states.append(state)
-        fds.append(fd)
+        fds.append(descriptor)
     if not fds:
         return
-    message = {
-        "type": "batch",
-        "v": VERSION,
-        "id": number,
-        "pid": os.getpid(),
+    message = HandoffBatch(
+        HANDOFF_VERSION,
+        number,
+        os.getpid(),
         # CLOCK_MONOTONIC is one clock for every process: the new worker refuses the
         # batch after this, so it never adopts what we took back (one writer per socket).
-        "deadline": time.monotonic() + ACK_TIMEOUT,
-        "conns": states,
-    }
+        time.monotonic() + ACK_TIMEOUT,
+        states,
+    )
     # What these clients' messages made us route leaves before they do: the new worker
     # has the master read it before anything it routes for them (routing.py).
     worker.router.flush()
@@ -207,24 +211,24 @@ async def _send_batch(
     except (OSError, pickle.PicklingError) as exc:
         acks.forget(number)
         reason = f"send failed ({exc.__class__.__name__})"
-        for state, fd in zip(states, fds, strict=True):
-            await _readopt(worker, fd, state, reason, report)
+        for state, descriptor in zip(states, fds, strict=True):
+            await _readopt(worker, descriptor, state, reason, report)
         return
-    no_answer = {"accepted": [], "reason": "no answer from the new worker"}
+    no_answer = HandoffAck(number, [], "no answer from the new worker")
     try:
         ack = await asyncio.wait_for(waiter, ACK_TIMEOUT + ACK_GRACE)
     except TimeoutError:
         ack = acks.last_look(number) or no_answer  # an answer sent in time is read now
     except (EOFError, ConnectionError):
         ack = no_answer
-    accepted = set(ack.get("accepted", ()))
+    accepted = set(ack.accepted)
     moved = []
-    for state, fd in zip(states, fds, strict=True):
-        if state["sid"] in accepted:
-            os.close(fd)  # the new worker owns it now; ours was the second reference
-            moved.append(state["sid"])
+    for state, descriptor in zip(states, fds, strict=True):
+        if state.sid in accepted:
+            os.close(descriptor)  # the new worker owns it now; ours was the second reference
+            moved.append(state.sid)
         else:
-            await _readopt(worker, fd, state, ack.get("reason", "refused"), report)
+            await _readopt(worker, descriptor, state, ack.reason or "refused", report)
     if moved:
         report.moved += len(moved)
         # Operations routed to these sessions through us go to their new owner now.
@@ -232,20 +236,18 @@ async def _send_batch(
 
 
 async def _readopt(
-    worker: Worker, fd: int, state: dict[str, Any], reason: str, report: HandoffReport
+    worker: WorkerHost, descriptor: int, state: MovingSession, reason: str, report: HandoffReport
 ) -> None:
     """Take a detached connection back, deliver what it owed, then close it with 1012."""
-    from .connection import Connection
-
     report.fell_back[reason] += 1
     try:
-        sock = socket.socket(fileno=fd)
-        conn = Connection(worker, resume=state, closing_code=SERVICE_RESTART)
+        sock = socket.socket(fileno=descriptor)
+        conn = WsConnection.adopting(worker, state, SERVICE_RESTART)
         await worker.loop.connect_accepted_socket(lambda: conn, sock)
     except OSError:
-        log.exception("session %d could not be taken back after a failed hand-off", state["sid"])
+        log.exception("session %d could not be taken back after a failed hand-off", state.sid)
         with contextlib.suppress(OSError):
-            os.close(fd)
+            os.close(descriptor)
 
 
 class _AckReader:
@@ -254,11 +256,11 @@ class _AckReader:
     def __init__(self, loop: asyncio.AbstractEventLoop, channel: socket.socket) -> None:
         self.loop = loop
         self.channel = channel
-        self.waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.unclaimed: dict[int, dict[str, Any]] = {}  # acks nobody was waiting for
+        self.waiters: dict[int, asyncio.Future[HandoffAck]] = {}
+        self.unclaimed: dict[int, HandoffAck] = {}  # acks nobody was waiting for
         loop.add_reader(channel.fileno(), self._readable)
 
-    def expect(self, number: int) -> asyncio.Future[dict[str, Any]]:
+    def expect(self, number: int) -> asyncio.Future[HandoffAck]:
         future = self.loop.create_future()
         self.waiters[number] = future
         return future
@@ -266,7 +268,7 @@ class _AckReader:
     def forget(self, number: int) -> None:
         self.waiters.pop(number, None)
 
-    def last_look(self, number: int) -> dict[str, Any] | None:
+    def last_look(self, number: int) -> HandoffAck | None:
         """After giving up on batch ``number``: its ack, if it is on the channel by now."""
         self.waiters.pop(number, None)
         self._readable()
@@ -283,12 +285,12 @@ class _AckReader:
             return
         for message, fds in messages:
             ipc.close_fds(fds)
-            if isinstance(message, dict) and message.get("type") == "ack":
-                future = self.waiters.pop(message.get("id", -1), None)
-                if future is not None and not future.done():
-                    future.set_result(message)
+            if type(message) is HandoffAck:
+                waiter = self.waiters.pop(message.batch, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(message)
                 else:
-                    self.unclaimed[message.get("id", -1)] = message
+                    self.unclaimed[message.batch] = message
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -301,7 +303,7 @@ class _AckReader:
 class Adopter:
     """Receives connections on this worker's inbox and adopts them."""
 
-    def __init__(self, worker: Worker, inbox: socket.socket) -> None:
+    def __init__(self, worker: WorkerHost, inbox: socket.socket) -> None:
         self.worker = worker
         self.inbox = inbox
         self.adopted = 0
@@ -325,80 +327,74 @@ class Adopter:
             self.close()
             return
         for message, fds in messages:
-            if isinstance(message, dict) and message.get("type") == "batch":
+            if type(message) is HandoffBatch:
                 self._on_batch(message, fds)
             else:
                 ipc.close_fds(fds)
 
-    def _on_batch(self, message: dict[str, Any], fds: list[int]) -> None:
-        states = message.get("conns", [])
-        reason = self._refusal(message, states, fds)
+    def _on_batch(self, message: HandoffBatch, fds: list[int]) -> None:
+        states = message.sessions
+        reason = self._refusal(message, fds)
         if reason:
             log.warning(
                 "hand-off batch %s (%d connections) refused: %s",
-                message.get("id"),
+                message.batch,
                 len(states),
                 reason,
             )
-        accepted = [] if reason else [state["sid"] for state in states]
+        accepted = [] if reason else [state.sid for state in states]
         room = self.worker.settings.max_connections - len(self.worker.connections)
         if len(accepted) > room:
             # Take what fits; the old worker closes the rest with 1012.
             accepted, reason = accepted[: max(0, room)], "the new worker is at max_connections"
         # Acknowledge before any I/O: from here on these connections are ours.
         try:
-            ipc.send(
-                self.inbox,
-                {
-                    "type": "ack",
-                    "id": message.get("id"),
-                    "accepted": accepted,
-                    "reason": reason or "",
-                },
-            )
+            ipc.send(self.inbox, HandoffAck(message.batch, accepted, reason or ""))
         except OSError:
             accepted = []
         keep = set(accepted)
-        taken = [(state, fd) for state, fd in zip(states, fds, strict=True) if state["sid"] in keep]
-        ipc.close_fds(
-            [fd for state, fd in zip(states, fds, strict=True) if state["sid"] not in keep]
-        )
+        pairs = list(zip(states, fds, strict=True))
+        taken = [(state, descriptor) for state, descriptor in pairs if state.sid in keep]
+        ipc.close_fds([descriptor for state, descriptor in pairs if state.sid not in keep])
         if taken:
-            self.worker.router.adopting(message.get("pid"))
+            self.worker.router.adopting(message.sender_pid)
             self.worker.track(self._adopt(taken))
 
-    def _refusal(self, message: dict[str, Any], states: list[Any], fds: list[int]) -> str | None:
-        if message.get("v") != VERSION:
-            return f"unknown hand-off version {message.get('v')!r}"
-        if len(states) != len(fds):
+    def _refusal(self, message: HandoffBatch, fds: list[int]) -> str | None:
+        if message.version != HANDOFF_VERSION:
+            return f"unknown hand-off version {message.version!r}"
+        if len(message.sessions) != len(fds):
             return "descriptor count does not match the batch"
         if self.worker.draining:
             return "the new worker is stopping"
-        if time.monotonic() > message.get("deadline", float("inf")):
+        if time.monotonic() > message.deadline:
             # The old worker has taken these connections back (or is about to).
             return "the batch came after its deadline"
         return None
 
-    async def _adopt(self, taken: list[tuple[dict[str, Any], int]]) -> None:
-        from .connection import Connection
-
+    async def _adopt(self, taken: list[tuple[MovingSession, int]]) -> None:
         worker = self.worker
         # Python's cyclic GC walking every live connection is a third of adoption time.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            for state, fd in taken:
+            for state, descriptor in taken:
                 try:
-                    sock = socket.socket(fileno=fd)
-                    conn = Connection(worker, resume=state)
-                    await worker.loop.connect_accepted_socket(lambda conn=conn: conn, sock)
+                    sock = socket.socket(fileno=descriptor)
+                    conn = WsConnection.adopting(worker, state)
+                    await worker.loop.connect_accepted_socket(_factory(conn), sock)
                     self.adopted += 1
                 except OSError:
-                    log.exception("could not adopt session %d", state.get("sid", 0))
+                    log.exception("could not adopt session %d", state.sid)
                     with contextlib.suppress(OSError):
-                        os.close(fd)
-                    worker.router.lost(state.get("sid", 0))
+                        os.close(descriptor)
+                    worker.router.lost(state.sid)
         finally:
             worker.router.announce()
             if gc_was_enabled:
                 gc.enable()
+
+
+def _factory(conn: WsConnection) -> Callable[[], WsConnection]:
+    """The protocol factory of an adopted socket: the connection already built for it."""
+    return lambda: conn

@@ -1,6 +1,6 @@
 """A worker process: one uvloop loop serving the shared listening socket.
 
-Lifecycle (SPEC §3-4), in this order and each step exactly once::
+Lifecycle (docs/lifecycle.md, docs/reload.md), in this order and each step exactly once::
 
     import the app (fresh, after the fork) -> worker_start -> ready -> serve
     -> stop accepting -> worker_stop -> worker_exit -> timers the app forgot cleared
@@ -30,6 +30,20 @@ import uvloop
 
 from ..core.events import Handlers
 from ..core.frames import GOING_AWAY, SERVICE_RESTART
+from ..core.messages import (
+    Exiting,
+    Message,
+    Pause,
+    Paused,
+    Ready,
+    Released,
+    Routed,
+    ServerStatsReply,
+    ServerStatsRequest,
+    StatsPoll,
+    Stop,
+    WorkerFigures,
+)
 from ..core.settings import Settings
 from ..core.stats import COUNTERS, totals
 from ..shared import ipc
@@ -39,7 +53,10 @@ from ..shared.table import RegionWriter
 from . import timers
 from .connection import Connection
 from .handoff import Adopter, hand_off
-from .router import Router, SessionMap
+from .http import HttpConnection
+from .router import Router
+from .sessions import SessionMap
+from .websocket import WsConnection
 
 __all__ = ["App", "Worker", "run_worker"]
 
@@ -52,7 +69,9 @@ class App(Protocol):
     """What a worker needs of the app's server object (``WebSocketServer``)."""
 
     settings: Settings
-    handlers: Handlers
+
+    @property
+    def handlers(self) -> Handlers: ...
 
     def attach_worker(self, worker: Worker) -> None: ...
 
@@ -85,7 +104,7 @@ class Worker:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.stop_code = GOING_AWAY  # the close code of the drain, once stopping
-        self.late_movers: list[Connection] | None = None  # see established_while_draining
+        self.late_movers: list[WsConnection] | None = None  # see established_while_draining
         self.log = logging.getLogger(f"swoolish.worker.{worker_id}")
         self.loop = asyncio.get_event_loop()
         self.timers = timers.uvloop_wheel(
@@ -96,6 +115,14 @@ class Worker:
         )
         self._handlers = server.handlers
         self._asyncio_server: asyncio.AbstractServer | None = None
+        self._duties: dict[type, Callable[[Any], None]] = {
+            Pause: self._on_pause,
+            Stop: self._on_stop,
+            Routed: self._on_routed,
+            Released: self._on_released,
+            StatsPoll: self._on_stats_poll,
+            ServerStatsReply: self._on_server_stats_reply,
+        }
         self._stop_requested: asyncio.Future[int] | None = None
 
     # -- used by connections and the server facade
@@ -115,10 +142,6 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             self.log.error("background task failed", exc_info=task.exception())
 
-    def session_established(self, sid: int) -> None:
-        """A session's WebSocket handshake is done: other workers now see it established."""
-        self.connections.established(sid)
-
     async def server_stats(self) -> dict[str, Any]:
         """Every worker's figures and their totals, gathered by the master."""
         if self.channel is None:
@@ -128,7 +151,7 @@ class Worker:
         request_id = self._request_ids
         future = self.loop.create_future()
         self._requests[request_id] = future
-        self.report({"type": "server_stats", "id": request_id})
+        self.report(ServerStatsRequest(request_id))
         try:
             return await asyncio.wait_for(future, SERVER_STATS_TIMEOUT)
         finally:
@@ -175,13 +198,13 @@ class Worker:
             )
             return EXIT_BOOT_ERROR
         self._asyncio_server = await self.loop.create_server(
-            lambda: Connection(self), sock=self.listen_sock, backlog=2048
+            lambda: HttpConnection(self), sock=self.listen_sock, backlog=2048
         )
         self._install_signal_handlers()
         self._watch_master()
         if self.inbox is not None:
             self.adopter = Adopter(self, self.inbox)
-        self.report({"type": "ready", "pid": os.getpid()})
+        self.report(Ready(os.getpid()))
         self.log.info(
             "worker %d gen %d (pid %d) serving", self.worker_id, self.generation, os.getpid()
         )
@@ -227,18 +250,18 @@ class Worker:
         await self._call_hook_logged("worker_exit")
         leftover = self.timers.clear_all()
         if leftover:
-            # Logged once per worker, never once per timer or per push (SPEC §4).
+            # Logged once per worker, never once per timer or per push (docs/reload.md).
             self.log.warning(
                 "worker %d gen %d: %d timers still active after worker_exit, cleared",
                 self.worker_id,
                 self.generation,
                 leftover,
             )
-        figures: dict[str, Any] = {}
+        handoff: dict[str, Any] | None = None
         if handing_off:
             assert self.handoff_channel is not None
             report = await hand_off(self, self.handoff_channel, moving)
-            figures.update(report.as_dict())
+            handoff = report.as_dict()
             # Timers an open handler of a late session set up unbound (after worker_exit).
             leftover += self.timers.clear_all()
             # Operations other workers sent to the sessions that moved went, batch by
@@ -250,15 +273,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(released, self.settings.max_wait_time)
         self.router.flush()
-        self.report(
-            {
-                "type": "exiting",
-                "timers_cleared": leftover,
-                "connections_closed": closed,
-                "seconds": round(self.loop.time() - started, 4),
-                **figures,
-            }
-        )
+        self.report(Exiting(leftover, closed, round(self.loop.time() - started, 4), handoff))
         self.log.info(
             "worker %d gen %d (pid %d) exiting: %d timers cleared, %d connections closed",
             self.worker_id,
@@ -269,20 +284,20 @@ class Worker:
         )
         timers.uninstall()
 
-    def _connections_to_move(self) -> list[Connection]:
+    def _connections_to_move(self) -> list[WsConnection]:
         """The open WebSockets a reload hands to the new worker."""
         return [c for c in self.connections.values() if c.established and not c.closing]
 
-    def established_while_draining(self, conn: Connection) -> None:
+    def established_while_draining(self, conn: WsConnection) -> None:
         """A client accepted just before this worker stopped accepting completed its
         handshake: during a hand-off it moves too; otherwise it is closed so that it
         reconnects to a worker that is staying (1012) or learns the server is going."""
         if self.late_movers is not None:
             self.late_movers.append(conn)
         else:
-            conn.disconnect_when_idle(self.stop_code, "server restarting")
+            conn.drain(self.stop_code, "server restarting")
 
-    def take_late_movers(self, final: bool) -> list[Connection]:
+    def take_late_movers(self, final: bool) -> list[WsConnection]:
         """The sessions established since the hand-off began (``final``: and no more)."""
         late, self.late_movers = self.late_movers or [], None if final else []
         return [c for c in late if c.established and not c.closing and c.transport is not None]
@@ -292,12 +307,10 @@ class Worker:
         conns = list(self.connections.values())
         reason = "server restarting" if close_code != GOING_AWAY else ""
         for conn in conns:
-            if conn.established:
-                # A handler in flight finishes first (up to max_wait_time): its reply
-                # is owed to the client and goes out before the close frame.
-                conn.disconnect_when_idle(close_code, reason)
-            else:
-                conn.close_http()
+            # A WebSocket's handler in flight finishes first (up to max_wait_time): its
+            # reply is owed to the client and goes out before the close frame. An HTTP
+            # connection finishes the request in flight, answered with Connection: close.
+            conn.drain(close_code, reason)
         deadline = self.loop.time() + self.settings.max_wait_time
         # Closing connections are no longer sessions but may still owe bytes (a close
         # frame, an answer, what a hand-off gave back): wait for every transport.
@@ -356,31 +369,42 @@ class Worker:
             self.loop.remove_reader(self.channel.fileno())
             self.request_stop(GOING_AWAY)
             return
+        duties = self._duties
         for message, fds in messages:
-            self._on_master_message(message, fds)
+            if type(message) is Stop and message.handoff and len(fds) == 1:
+                self.handoff_channel = socket.socket(fileno=fds.pop())
+            ipc.close_fds(fds)  # the master sends no other descriptors
+            duty = duties.get(type(message))
+            if duty is None:
+                self.log.error("unexpected %s from the master; ignored", type(message).__name__)
+            else:
+                duty(message)
 
-    def _on_master_message(self, message: dict[str, Any], fds: list[int]) -> None:
-        kind = message.get("type")
-        if kind == "stop" and message.get("handoff") and len(fds) == 1:
-            self.handoff_channel = socket.socket(fileno=fds.pop())
-        ipc.close_fds(fds)
-        if kind == "pause":
-            self.stop_accepting()
-            self.report({"type": "paused"})
-        elif kind == "stop":
-            self.request_stop(int(message.get("code", GOING_AWAY)))
-        elif kind == "routed":
-            self.router.apply(message["ops"])
-        elif kind == "released":
-            self.router.on_released(message["id"])
-        elif kind == "stats":
-            self.report({"type": "stats", "stats": self.snapshot()})
-        elif kind == "server_stats":
-            future = self._requests.pop(message.get("id", 0), None)
-            if future is not None and not future.done():
-                future.set_result(message["status"])
+    # -- one method per message from the master (swoolish.core.messages)
 
-    def report(self, message: dict[str, Any]) -> None:
+    def _on_pause(self, message: Pause) -> None:
+        self.stop_accepting()
+        self.report(Paused())
+
+    def _on_stop(self, message: Stop) -> None:
+        self.request_stop(message.code)
+
+    def _on_routed(self, message: Routed) -> None:
+        self.router.apply(message.ops)
+
+    def _on_released(self, message: Released) -> None:
+        self.router.on_released(message.batch)
+
+    def _on_stats_poll(self, message: StatsPoll) -> None:
+        self.report(WorkerFigures(self.snapshot()))
+
+    def _on_server_stats_reply(self, message: ServerStatsReply) -> None:
+        future = self._requests.pop(message.request_id, None)
+        if future is not None and not future.done():
+            future.set_result(message.status)
+
+    def report(self, message: Message) -> None:
+        """Send ``message`` to the master (nothing without one: a test's bare worker)."""
         if self.channel is not None:
             try:
                 ipc.send(self.channel, message)

@@ -49,17 +49,32 @@ import logging
 import os
 import pickle
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..core.frames import check_close
+from ..core.frames import NORMAL_CLOSURE, check_close
+from ..core.messages import (
+    Adopted,
+    Adopting,
+    Arrived,
+    Broadcast,
+    Close,
+    Disconnect,
+    Operation,
+    Pipe,
+    Push,
+    PushMany,
+    Release,
+    ReleaseDone,
+    Route,
+    Target,
+    ToAll,
+)
 from ..core.switchboard import PARK_TIMEOUT
-from ..shared.table import ESTABLISHED, MOVING, OPEN, RegionWriter, SessionTable, peer_word
+from ..shared.table import SessionTable
+from .host import WorkerHost
+from .websocket import WsConnection
 
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .process import Worker
-
-__all__ = ["Router", "SessionMap"]
+__all__ = ["MAX_ROUTED_PAYLOAD", "Router"]
 
 log = logging.getLogger("swoolish.routing")
 
@@ -72,91 +87,28 @@ def broadcast_id(worker_pid: int, counter: int) -> int:
     return worker_pid << 32 | (counter & 0xFFFFFFFF)
 
 
-def op_size(op: tuple[Any, ...]) -> int:
-    if op[0] in ("push", "broadcast"):
-        data = op[2] if op[0] == "push" else op[1]
-        return len(data) + 64
-    if op[0] == "push_many":
-        return len(op[2]) + 16 * len(op[1]) + 64
-    if op[0] == "pipe":
-        return len(op[2]) + 64
+def operation_size(op: Operation) -> int:
+    """About how many bytes ``op`` takes in a routed message (for chunking)."""
+    if type(op) is Push or type(op) is Broadcast:
+        return len(op.data) + 64
+    if type(op) is PushMany:
+        return len(op.data) + 16 * len(op.sids) + 64
+    if type(op) is Pipe:
+        return len(op.payload) + 64
     return 64
-
-
-class SessionMap(dict):  # type: ignore[type-arg]
-    """``Worker.connections``: sid -> Connection, mirrored into this worker's region.
-
-    Connections insert and remove themselves (``connections[sid] = self``,
-    ``connections.pop(sid, None)``); reads are plain dict reads, so the local push path
-    does not touch the shared table.
-    """
-
-    __slots__ = ("arriving", "moved", "on_adopt", "writer")
-
-    def __init__(self, writer: RegionWriter | None = None) -> None:
-        super().__init__()
-        self.writer = writer
-        self.moved: set[int] = set()  # sids handed to our successor (live hand-off)
-        # sids adopted from our predecessor whose routed operations are still on their
-        # way (through the master) -> this worker's own operations on them, held behind
-        # those: ("push", data, opcode) or ("disconnect", code, reason)
-        self.arriving: dict[int, list[tuple[Any, ...]]] = {}
-        self.on_adopt: Callable[[int], None] | None = None
-
-    def __setitem__(self, sid: int, conn: Connection) -> None:
-        dict.__setitem__(self, sid, conn)
-        if self.writer is not None:
-            self.writer.insert(sid, ESTABLISHED if conn.established else OPEN, peer_word(conn.peer))
-        if self.moved:
-            self.moved.discard(sid)  # a failed hand-off took it back
-        elif conn.established and getattr(conn, "_closing_code", None) is None:
-            # adopted (live hand-off): operations routed to the old worker come first
-            if self.writer is not None:
-                self.arriving[sid] = []
-                if self.on_adopt is not None:
-                    self.on_adopt(sid)
-
-    def pop(self, sid: int, *default: Any) -> Any:
-        conn = dict.pop(self, sid, *default)
-        if conn is not None:
-            self._forget(sid, conn)
-        return conn
-
-    def __delitem__(self, sid: int) -> None:
-        conn = dict.pop(self, sid)
-        self._forget(sid, conn)
-
-    def _forget(self, sid: int, conn: Connection) -> None:
-        if getattr(conn, "_moving", False):
-            self.moved.add(sid)
-            if self.writer is not None:
-                self.writer.set_state(sid, MOVING)
-        elif self.writer is not None:
-            self.writer.delete(sid)
-
-    def established(self, sid: int) -> None:
-        if self.writer is not None and sid in self:
-            self.writer.set_state(sid, ESTABLISHED)
-
-    def let_go(self, sids: list[int]) -> None:
-        """Sessions our successor owns now: no longer ours to keep operations for."""
-        for sid in sids:
-            self.moved.discard(sid)
-            if self.writer is not None and sid not in self:
-                self.writer.delete(sid)
 
 
 class Router:
     """The worker's side: queue operations for other workers, apply theirs."""
 
-    def __init__(self, worker: Worker, table: SessionTable | None, region: int | None) -> None:
+    def __init__(self, worker: WorkerHost, table: SessionTable | None, region: int | None) -> None:
         self.worker = worker
         self.table = table
         self.region = region
-        self.outbox: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+        self.outbox: dict[Target, list[Operation]] = {}
         self._flush_scheduled = False
         # operations on sessions we handed off, by session, until the master takes them
-        self.kept: dict[int, list[tuple[Any, ...]]] = {}
+        self.kept: dict[int, list[Operation]] = {}
         self.releasing: dict[int, list[int]] = {}  # release (batch) number -> its sids
         self.released: asyncio.Future[None] | None = None  # every release answered
         self._news: list[int] = []  # adopted sids not yet announced to the master
@@ -164,6 +116,15 @@ class Router:
         self.seen: dict[int, set[int]] = {}
         self._broadcasts = 0
         self._pid = os.getpid()
+        self._appliers: dict[type, Callable[[Any], None]] = {
+            Push: self._apply_push,
+            PushMany: self._apply_push_many,
+            Broadcast: self._apply_broadcast,
+            Disconnect: self._apply_disconnect,
+            Close: self._apply_disconnect,
+            Pipe: self._apply_pipe,
+            Arrived: self._apply_arrived,
+        }
 
     # -- sending
 
@@ -172,7 +133,7 @@ class Router:
             return None
         return self.table.lookup(sid)
 
-    def send(self, target: tuple[str, int], op: tuple[Any, ...]) -> None:
+    def send(self, target: Target, op: Operation) -> None:
         self.outbox.setdefault(target, []).append(op)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -182,59 +143,65 @@ class Router:
         self._flush_scheduled = False
         outbox, self.outbox = self.outbox, {}
         for target, ops in outbox.items():
-            chunk: list[tuple[Any, ...]] = []
+            chunk: list[Operation] = []
             size = 0
             for op in ops:
-                n = op_size(op)
+                n = operation_size(op)
                 if chunk and size + n > CHUNK_BYTES:
-                    self.worker.report({"type": "route", "target": target, "ops": chunk})
+                    self.worker.report(Route(target, chunk))
                     chunk, size = [], 0
                 chunk.append(op)
                 size += n
             if chunk:
-                self.worker.report({"type": "route", "target": target, "ops": chunk})
+                self.worker.report(Route(target, chunk))
 
     # -- receiving
 
-    def apply(self, ops: list[tuple[Any, ...]]) -> None:
-        worker = self.worker
-        connections = worker.connections
-        stats = worker.stats
+    def apply(self, ops: list[Operation]) -> None:
+        """Apply operations other workers routed to this worker's sessions, in order."""
+        appliers = self._appliers
         for op in ops:
-            kind = op[0]
-            if kind == "push":
-                conn = connections.get(op[1])
-                if conn is not None:
-                    if len(op) < 5 or self._first_time(op[1], op[4]):
-                        conn.push(op[2], op[3])
-                elif not self._keep(op):
-                    stats["routed_to_closed"] += 1
-            elif kind == "broadcast":
-                self.apply_broadcast(op[1], op[2], op[3], local=False)
-            elif kind == "push_many":
-                for sid in op[1]:
-                    conn = connections.get(sid)
-                    if conn is not None:
-                        conn.push(op[2], op[3])
-                    elif not self._keep(("push", sid, op[2], op[3])):
-                        stats["routed_to_closed"] += 1
-            elif kind in ("disconnect", "close"):
-                conn = connections.get(op[1])
-                if conn is None:
-                    if not self._keep(op):
-                        stats["routed_to_closed"] += 1
-                    continue
-                with contextlib.suppress(ValueError):  # checked by the sender already
-                    if kind == "disconnect":
-                        conn.disconnect(op[2], op[3])
-                    elif conn.established:
-                        conn.disconnect(1000, "")
-                    else:
-                        conn.abort()
-            elif kind == "pipe":
-                self._pipe_message(op[1], op[2])
-            elif kind == "arrived":
-                self.arrived(op[1])
+            appliers[type(op)](op)
+
+    def _apply_push(self, op: Push) -> None:
+        conn = self.worker.connections.get(op.sid)
+        if conn is not None:
+            if op.broadcast is None or self._first_time(op.sid, op.broadcast):
+                conn.push(op.data, op.opcode)
+        elif not self._keep(op):
+            self.worker.stats["routed_to_closed"] += 1
+
+    def _apply_push_many(self, op: PushMany) -> None:
+        connections = self.worker.connections
+        for sid in op.sids:
+            conn = connections.get(sid)
+            if conn is not None:
+                conn.push(op.data, op.opcode)
+            elif not self._keep(Push(sid, op.data, op.opcode)):
+                self.worker.stats["routed_to_closed"] += 1
+
+    def _apply_broadcast(self, op: Broadcast) -> None:
+        self.apply_broadcast(op.data, op.opcode, op.broadcast, local=False)
+
+    def _apply_disconnect(self, op: Disconnect | Close) -> None:
+        conn = self.worker.connections.get(op.sid)
+        if conn is None:
+            if not self._keep(op):
+                self.worker.stats["routed_to_closed"] += 1
+            return
+        with contextlib.suppress(ValueError):  # checked by the sender already
+            if type(op) is Disconnect:
+                conn.disconnect(op.code, op.reason)
+            elif conn.established:
+                conn.disconnect(NORMAL_CLOSURE, "")
+            else:
+                conn.abort()
+
+    def _apply_pipe(self, op: Pipe) -> None:
+        self._pipe_message(op.src_worker, op.payload)
+
+    def _apply_arrived(self, op: Arrived) -> None:
+        self.arrived(op.sid)
 
     def broadcast(self, data: Any, opcode: Any) -> int:
         """This worker's broadcast: its own sessions now, the others' through the master
@@ -244,7 +211,7 @@ class Router:
         handed = self.apply_broadcast(data, opcode, bid, local=True)
         if self.table is not None:
             origin = -1 if self.region is None else self.region
-            self.send(("a", origin), ("broadcast", data, opcode, bid))
+            self.send(ToAll(origin), Broadcast(data, opcode, bid))
         return handed
 
     def apply_broadcast(self, data: Any, opcode: Any, bid: int, local: bool) -> int:
@@ -262,13 +229,13 @@ class Router:
                 continue
             if arriving and sid in arriving:
                 if local:
-                    arriving[sid].append(("push", data, opcode, bid))
+                    arriving[sid].append(Push(sid, data, opcode, bid))
                     self._first_time(sid, bid)  # noted: a second copy is dropped
                     handed += 1
             elif conn.push(data, opcode):
                 handed += 1
         for sid in connections.moved:
-            self._keep(("push", sid, data, opcode, bid))
+            self._keep(Push(sid, data, opcode, bid))
         return handed
 
     def _first_time(self, sid: int, bid: int) -> bool:
@@ -282,27 +249,27 @@ class Router:
         seen.add(bid)
         return True
 
-    def hold(self, conn: Connection, sid: int, data: Any, opcode: Any) -> bool:
+    def hold(self, conn: WsConnection, sid: int, data: Any, opcode: Any) -> bool:
         """A push to a session that just arrived waits for what was routed to it before."""
         if conn.closing or not conn.established:
             return conn.push(data, opcode)  # False, counted
-        self.worker.connections.arriving[sid].append(("push", data, opcode))
+        self.worker.connections.arriving[sid].append(Push(sid, data, opcode))
         return True
 
-    def hold_disconnect(self, conn: Connection, sid: int, code: int, reason: str) -> bool:
+    def hold_disconnect(self, conn: WsConnection, sid: int, code: int, reason: str) -> bool:
         """A close of a session that just arrived goes after the pushes routed to it
         before, and after our own held pushes: it ends the session, so it comes last."""
         if conn.closing or not conn.established:
             return conn.disconnect(code, reason)  # False
         check_close(code, reason)  # raise here, at the call, as for any session
-        self.worker.connections.arriving[sid].append(("disconnect", code, reason))
+        self.worker.connections.arriving[sid].append(Disconnect(sid, code, reason))
         return True
 
     def adopting(self, predecessor: int | None) -> None:
         """Before handling anything of connections handed over by ``predecessor``: have
         the master take in what the predecessor routed for them first (see above)."""
         self.flush()
-        self.worker.report({"type": "adopting", "from": predecessor})
+        self.worker.report(Adopting(predecessor))
 
     def adopted(self, sid: int) -> None:
         """Deliver our own pushes to an adopted session at the latest after PARK_TIMEOUT."""
@@ -319,7 +286,7 @@ class Router:
         if self._news:
             self.flush()
             news, self._news = self._news, []
-            self.worker.report({"type": "adopted", "sids": news})
+            self.worker.report(Adopted(news))
 
     def arrived(self, sid: int) -> None:
         """Everything routed to this session before it moved was applied: our own pushes
@@ -329,23 +296,23 @@ class Router:
         if not waiting:
             return
         conn = self.worker.connections.get(sid)
-        for kind, *args in waiting:
+        for op in waiting:
             if conn is None:
-                if kind == "push":
+                if type(op) is Push:
                     self.worker.stats["push_to_closed"] += 1
-            elif kind == "push":
-                conn.push(args[0], args[1])
+            elif isinstance(op, Push):
+                conn.push(op.data, op.opcode)
             else:
-                conn.disconnect(*args)
+                conn.disconnect(op.code, op.reason)
 
-    def _keep(self, op: tuple[Any, ...]) -> bool:
+    def _keep(self, op: Push | Disconnect | Close) -> bool:
         """An operation on a session we handed off waits for the release (see above)."""
-        if op[1] in self.worker.connections.moved:
-            self.kept.setdefault(op[1], []).append(op)
+        if op.sid in self.worker.connections.moved:
+            self.kept.setdefault(op.sid, []).append(op)
             return True
         return False
 
-    def _take_kept(self, sids: list[int]) -> list[tuple[Any, ...]]:
+    def _take_kept(self, sids: list[int]) -> list[Operation]:
         kept = self.kept
         return [op for sid in sids if sid in kept for op in kept.pop(sid)]
 
@@ -370,7 +337,7 @@ class Router:
         self.flush()
         self.releasing[number] = sids
         ops = self._take_kept(sids)
-        self.worker.report({"type": "release", "id": number, "moved": sids, "ops": ops})
+        self.worker.report(Release(number, sids, ops))
 
     def on_released(self, number: int) -> None:
         """The master parks operations on these sessions now: give it what reached us
@@ -378,7 +345,7 @@ class Router:
         sids = self.releasing.pop(number, [])
         late = self._take_kept(sids)
         self.worker.connections.let_go(sids)
-        self.worker.report({"type": "release_done", "id": number, "ops": late})
+        self.worker.report(ReleaseDone(number, late))
         self._check_released()
 
     def handoff_over(self) -> asyncio.Future[None]:

@@ -1,4 +1,4 @@
-"""Test app for SPEC §7 (bad input and limits): echo plus commands that misbehave on cue.
+"""Test app for bad input and limits (docs/quickstart.md): echo plus commands that misbehave on cue.
 
 Tests build a tiny wrapper with ``write_app`` that calls :func:`build` with the small
 limits they need (``max_message_size=1000``, ``handshake_timeout=0.5`` …), and serve

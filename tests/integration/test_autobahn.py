@@ -1,4 +1,4 @@
-"""SPEC §7: the Autobahn|Testsuite fuzzing cases, no case FAILED (the --quick sample).
+"""The Autobahn|Testsuite fuzzing cases, no case FAILED (the --quick sample).
 
 Runs ``scripts/autobahn.sh --quick``: a real ``swoolish serve`` of
 ``examples/autobahn_echo.py`` on a free loopback port, driven by the real wstest

@@ -1,4 +1,4 @@
-"""SPEC §7 from outside: bad input and limits against a real `swoolish serve` process.
+"""Bad input and limits (docs/quickstart.md) against a real `swoolish serve` process.
 
 Every test serves ``tests/apps/limits_app.py`` through a small generated wrapper that
 sets the limits it needs, and talks to it over real loopback sockets: hand-built

@@ -1,4 +1,4 @@
-"""Fault injection and leaks, on real processes (SPEC §3, §4, §7; "Proven robust").
+"""Fault injection and leaks, on real processes (docs/lifecycle.md, docs/reload.md).
 
 A worker SIGKILLed under load, thousands of clients that never finish their handshake,
 a handler that blocks its worker's loop, and fifty rolling reloads with clients

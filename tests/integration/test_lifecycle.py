@@ -1,4 +1,4 @@
-"""Lifecycle, signals and the serve CLI on real processes (SPEC §3, §6, §7)."""
+"""Lifecycle, signals and the serve CLI on real processes (docs/lifecycle.md, docs/cli.md)."""
 
 from __future__ import annotations
 

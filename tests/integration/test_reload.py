@@ -1,4 +1,4 @@
-"""Rolling reload (SPEC §4) on real processes: the seed scenario, rollback, hooks."""
+"""Rolling reload (docs/reload.md) on real processes: the seed scenario, rollback, hooks."""
 
 from __future__ import annotations
 

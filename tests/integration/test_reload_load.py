@@ -1,5 +1,5 @@
 """Rolling reloads under load, reload storms, hung workers, the control CLI, and the
-master's resources over many reloads (SPEC §3, §4, §6), on real processes."""
+master's resources over many reloads, on real processes (docs/reload.md, docs/cli.md)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -14,11 +15,14 @@ from pathlib import Path
 import pytest
 import support
 
-from swoolish.cli import build_parser
+from swoolish.cli import build_parser, render_serve_options, serve_overrides
+from swoolish.core.settings import SETTINGS, Setting
 from swoolish.shared.logs import JsonFormatter, configure_logging
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI_DOC = ROOT / "docs" / "cli.md"
 COMMANDS = ("serve", "reload", "stop", "status")
+TARGET = "examples/echo.py:server"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -71,6 +75,107 @@ def test_serve_help_documents_log_format():
     out = run_cli("serve", "--help").stdout
     assert "--log-format {text,json}" in out
     assert "--log-level {debug,info,warning,error,critical}" in out
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    (subparsers,) = (a for a in build_parser()._actions if isinstance(a.choices, dict))
+    return subparsers.choices["serve"]
+
+
+def overrides(*options: str) -> dict[str, object]:
+    return serve_overrides(build_parser().parse_args(["serve", TARGET, *options]))
+
+
+def squashed(text: str) -> str:
+    """``text`` without whitespace, so argparse's line wrapping (even at a hyphen) is moot."""
+    return "".join(text.split())
+
+
+def test_every_setting_has_exactly_one_serve_flag():
+    actions = serve_parser()._actions
+    flags = [flag for action in actions for flag in action.option_strings]
+    assert len(flags) == len(set(flags)), "two serve options share a flag"
+    for setting in SETTINGS:
+        (action,) = (a for a in actions if a.dest == setting.name)
+        assert tuple(action.option_strings) == setting.flags
+        assert action.default is argparse.SUPPRESS, f"{setting.cli} would always override"
+
+
+def invocation(setting: Setting) -> str:
+    """How ``--help`` introduces a setting's option."""
+    if setting.kind == "bool":
+        return ", ".join(setting.flags)
+    if setting.choices:
+        return f"{setting.cli} {{{','.join(setting.choices)}}}"
+    return f"{setting.cli} {setting.metavar}"
+
+
+def test_serve_help_lists_every_setting_with_its_default():
+    out = squashed(run_cli("serve", "--help").stdout)
+    for setting in SETTINGS:
+        assert squashed(invocation(setting)) in out, setting.name
+        assert squashed(f"{setting.doc} (default: {setting.default_text})") in out
+
+
+def test_serve_overrides_hold_the_options_given_and_nothing_else():
+    assert overrides("--max-message-size", "2048", "--no-reload-handoff") == {
+        "max_message_size": 2048,
+        "reload_handoff": False,
+    }
+    assert overrides() == {}
+    assert overrides("--log-format", "json") == {}  # not a setting
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
+def test_each_serve_flag_overrides_its_setting_alone(setting):
+    if setting.kind == "bool":
+        assert overrides(setting.flags[1]) == {setting.name: not setting.default}
+        assert overrides(setting.cli) == {setting.name: True}
+        return
+    value = "/tmp/swoolish.pid" if setting.default is None else setting.default
+    assert overrides(setting.cli, str(value)) == {setting.name: value}
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (("--workers", "0"), "swoolish: worker_num must be >= 1, got 0"),
+        (("--port", "70000"), "swoolish: port must be an integer between 0 and 65535, got 70000"),
+        (("--max-wait-time", "-1"), "swoolish: max_wait_time must be > 0 seconds, got -1.0"),
+        (("--pid-file", ""), "swoolish: pid_file must be a file path, got ''"),
+    ],
+)
+def test_bad_setting_value_is_one_line_and_exit_2(options, line):
+    result = run_cli("serve", TARGET, *options)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [line]
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (("--workers", "abc"), "argument --workers: invalid int value: 'abc'"),
+        (("--handshake-timeout", "soon"), "argument --handshake-timeout: invalid float value"),
+        (("--log-level", "loud"), "argument --log-level: invalid choice: 'loud'"),
+    ],
+)
+def test_unparsable_setting_value_is_a_usage_error(options, error, capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", TARGET, *options])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("swoolish serve: error: ")
+    assert error in last
+
+
+def test_serve_options_table_in_docs_is_current():
+    """docs/cli.md's table is generated; paste in render_serve_options() between its markers."""
+    text = CLI_DOC.read_text()
+    begin, end = "<!-- serve-options:begin -->\n", "<!-- serve-options:end -->"
+    assert text.count(begin) == 1 and text.count(end) == 1
+    table = text.split(begin, 1)[1].split(end, 1)[0]
+    assert table == render_serve_options()
+    assert "| `--log-format FORMAT` |" in table
 
 
 def test_no_command_is_a_usage_error():

@@ -1,8 +1,10 @@
-"""Property tests for ``swoolish.worker.connection.Connection`` fed arbitrary client bytes.
+"""Property tests for a client connection fed arbitrary client bytes.
 
-A ``Connection`` is driven directly, as the event loop would drive it, with a fake
-transport that records what the server writes and a small stub of the worker it serves
-(settings, counters, the session table, an echo ``message`` handler). The client side
+An ``HttpConnection`` is driven directly, as the event loop would drive it, and after
+the handshake the ``WsConnection`` it hands its transport to (``set_protocol``), with a
+fake transport that records what the server writes and a small double of the worker it
+serves (a ``WorkerHost``: settings, counters, the session table, an echo ``message``
+handler). The client side
 is a valid opening handshake followed by valid, mutated and random frames, cut at random
 points into ``data_received`` calls and interleaved with pushes, app-side disconnects
 and the end of the stream. What the server wrote is parsed back with websockets' own
@@ -12,8 +14,9 @@ Properties: no exception escapes the transport callbacks; nothing is written aft
 transport is closed; buffered input stays bounded by ``max_message_size``; every frame
 the server sends is valid and its messages are exactly the ones the app pushed; a valid
 masked text or binary message is always echoed; a close the server sends carries the
-code RFC 6455 §7.4.1 / SPEC §7 prescribe for the fault (1000/1002/1007/1009/1011, or
+code RFC 6455 §7.4.1 and docs/quickstart.md prescribe for the fault (1000/1002/1007/1009/1011, or
 the client's or the app's own code); and every connection ends closed (nothing hangs).
+Close codes are those of docs/quickstart.md.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
 from swoolish.core.settings import Settings
-from swoolish.worker.connection import Connection
+from swoolish.core.timerwheel import TimerWheel
+from swoolish.worker.host import WorkerHost
+from swoolish.worker.http import HttpConnection
+from swoolish.worker.sessions import SessionMap
 
 MAX_MESSAGE = 512  # small, so that 1009 is easy to reach
 SERVER_CODES = {1000, 1002, 1007, 1009, 1011}  # the codes the server sends on its own
-BOOM = "boom!"  # a message the test app's handler raises on (SPEC §7: 1011)
+BOOM = "boom!"  # a message the test app's handler raises on (a handler error: 1011)
 
 FUZZ = settings(
     max_examples=200,
@@ -97,6 +103,13 @@ class FakeTransport:
         self.aborted = False
         self.writes_after_close = 0
         self.paused = False
+        self.protocol: Any = None  # what transport events go to (set_protocol)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def write(self, data: bytes) -> None:
         if self.closing:
@@ -154,23 +167,23 @@ class StubServer:
         return True
 
 
-class StubWorker:
-    """The parts of ``swoolish.worker.Worker`` that ``Connection`` uses."""
+class StubWorker(WorkerHost):
+    """A ``WorkerHost`` (the written worker interface) for connections alone."""
 
     def __init__(self, compression: bool) -> None:
         self.settings = Settings(
             {"max_message_size": MAX_MESSAGE, "websocket_compression": compression}
         )
         self.stats: Counter[str] = Counter()
-        self.connections: dict[int, Connection] = {}
-        self.live: set[Connection] = set()  # open transports, sessions or not
-        self.stop_code = 1001
-        self.ids = StubIds()
-        self.loop = FakeLoop()
+        self.connections = SessionMap()
+        self.live: set[Any] = set()  # open transports, sessions or not
+        self._ids = StubIds()
+        self.loop = FakeLoop()  # type: ignore[assignment]
         self.log = _QUIET
         self.draining = False
         self.worker_id = 0
         self.server = StubServer(self)
+        self.timers = TimerWheel(clock=lambda: 0.0, wakeup=lambda deadline: None)
         self.closed_events = 0
         self._handlers = {"message": self._on_message, "close": self._on_close}
 
@@ -181,11 +194,25 @@ class StubWorker:
         coro.close()
         raise AssertionError("the test app has no coroutine handlers")
 
+    @property
+    def ids(self) -> StubIds:
+        return self._ids
+
+    @property
+    def router(self) -> Any:
+        raise AssertionError("a connection alone routes nothing to other workers")
+
     def clear_bound_timers(self, sid: int) -> None:
         pass
 
-    def session_established(self, sid: int) -> None:
-        pass
+    def report(self, message: Any) -> None:
+        raise AssertionError("a connection alone sends the master nothing")
+
+    def established_while_draining(self, conn: Any) -> None:
+        raise AssertionError("this worker never drains")
+
+    def take_late_movers(self, final: bool) -> list[Any]:
+        return []
 
     def _on_message(self, server: StubServer, frame: Any) -> None:
         payload = frame.data.encode() if isinstance(frame.data, str) else frame.data
@@ -277,7 +304,7 @@ def valid_messages(draw: st.DrawFn, deflate: bool) -> tuple[int, bytes, bytes]:
     return opcode, payload, wire
 
 
-# Single faults: (wire bytes, the close code RFC 6455 / SPEC §7 prescribe).
+# Single faults: (wire bytes, the close code RFC 6455 and docs/quickstart.md prescribe).
 FAULTS: dict[str, Any] = {}
 
 
@@ -421,26 +448,34 @@ def split(stream: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def run(deflate: bool, actions: list[tuple[str, Any]], send_eof: bool = True) -> Any:
-    """Play ``actions`` against a fresh Connection; check the invariants on the way."""
+    """Play ``actions`` against a fresh connection; check the invariants on the way.
+
+    Transport events go to the transport's protocol, as the event loop sends them: the
+    HTTP connection, then (after a handshake) the WebSocket connection it handed over to.
+    Returns the worker, the last protocol and the parsed output.
+    """
     worker = StubWorker(compression=deflate)
     transport = FakeTransport()
-    conn = Connection(worker)  # type: ignore[arg-type]
-    conn.connection_made(transport)  # type: ignore[arg-type]
+    transport.protocol = HttpConnection(worker)
+    transport.protocol.connection_made(transport)
     for kind, arg in actions:
         if transport.closing:
             break  # a closed transport delivers no more events
+        conn = transport.protocol
         if kind == "data":
             conn.data_received(arg)
-            check_bounded(conn, len(arg))
+            check_bounded(transport.protocol, len(arg))
         elif kind == "push":
             worker.server.push(conn.sid, arg)
         elif kind == "disconnect":
             conn.disconnect(arg)
         # nothing may wait forever: an open close handshake has its timer
+        conn = transport.protocol
         if conn.closing and not transport.closing:
             assert any(h.callback == conn.abort for h in worker.loop.pending()), (
                 "a close began with no timer to end it"
             )
+    conn = transport.protocol
     if send_eof and not transport.closing and not conn.eof_received():
         transport.close()  # what asyncio does when eof_received() returns a false value
     worker.loop.fire_all()
@@ -451,17 +486,19 @@ def run(deflate: bool, actions: list[tuple[str, Any]], send_eof: bool = True) ->
     assert not worker.connections, "a lost connection stayed in the session table"
     assert not worker.live, "a lost connection stayed among the live ones"
     assert worker.stats["closed"] == 1
-    assert worker.closed_events == (1 if conn.ws is not None else 0)
+    upgraded = getattr(conn, "ws", None) is not None
+    assert worker.closed_events == (1 if upgraded else 0)
     return worker, conn, parse_output(bytes(transport.out))
 
 
-def check_bounded(conn: Connection, chunk: int) -> None:
+def check_bounded(conn: Any, chunk: int) -> None:
     """Input is never buffered beyond one message (plus a frame header and one read)."""
-    fragments = sum(len(f) for f in conn._fragments)
+    fragments = sum(len(f) for f in getattr(conn, "_fragments", ()))
     assert fragments <= MAX_MESSAGE
-    if conn.ws is not None:
-        assert len(conn.ws.reader.buffer) <= MAX_MESSAGE + 14 + chunk
-    pending = conn._pending_upgrade_bytes
+    ws = getattr(conn, "ws", None)
+    if ws is not None:
+        assert len(ws.reader.buffer) <= MAX_MESSAGE + 14 + chunk
+    pending = getattr(conn, "_pending_upgrade_bytes", None)
     assert pending is None or len(pending) <= 64 * 1024 + chunk
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from swoolish.worker.http import Headers, Request, Response, render_response
+from swoolish.worker.request import Headers, Request, Response, render_response
 
 
 def test_request_parses_query_and_headers_case_insensitively():

@@ -10,8 +10,19 @@ from types import SimpleNamespace
 
 import pytest
 
+from swoolish.core.messages import (
+    Arrived,
+    Broadcast,
+    Push,
+    PushMany,
+    Release,
+    ReleaseDone,
+    ToAll,
+    ToRegion,
+)
 from swoolish.core.switchboard import PARK_TIMEOUT, Switchboard
-from swoolish.worker.router import Router, SessionMap
+from swoolish.worker.router import Router
+from swoolish.worker.sessions import SessionMap
 
 
 class FakeConnection:
@@ -92,7 +103,7 @@ def board():
 
 
 def push(sid, text):
-    return ("push", sid, text, None)
+    return Push(sid, text, None)
 
 
 def test_a_release_waits_for_the_new_owner_to_announce_every_session(board):
@@ -123,13 +134,13 @@ def test_kept_then_late_then_parked_then_the_arrival_marker(board):
     switchboard.ready_releases(0.0)
     # granted: a route naming the old region (a lookup made before) is parked
     assert (
-        switchboard.route(("r", OLD_REGION), [push(7, "parked")], lambda s: 0, time.monotonic())
+        switchboard.route(ToRegion(OLD_REGION), [push(7, "parked")], lambda s: 0, time.monotonic())
         == []
     )
     assert switchboard.deliver_parked(0.1) == []  # nothing before release_done
     switchboard.finish_release((OLD, 1), [push(7, "late")], now=0.1)
     assert switchboard.deliver_parked(0.1) == [
-        (NEW, [push(7, "kept"), push(7, "late"), push(7, "parked"), ("arrived", 7)])
+        (NEW, [push(7, "kept"), push(7, "late"), push(7, "parked"), Arrived(7)])
     ]
 
 
@@ -142,7 +153,7 @@ def test_batches_are_released_one_by_one(board):
     switchboard.note_adopted([7], 0.0)
     assert switchboard.ready_releases(0.0) == [(OLD, 1)]
     switchboard.finish_release((OLD, 1), [], now=0.0)
-    assert switchboard.deliver_parked(0.0) == [(NEW, [("arrived", 7)])]
+    assert switchboard.deliver_parked(0.0) == [(NEW, [Arrived(7)])]
     assert list(switchboard.waiting) == [(OLD, 2)]
 
 
@@ -154,11 +165,11 @@ def test_a_stale_route_to_the_old_region_after_delivery_goes_to_the_new_owner(bo
     switchboard.ready_releases(0.0)
     switchboard.finish_release((OLD, 1), [], now=time.monotonic())
     switchboard.deliver_parked(0.0)
-    ops = [push(7, "late lookup"), push(9, "stays"), ("push_many", [7, 9], "both", None)]
-    routed = switchboard.route(("r", OLD_REGION), ops, lambda s: 0, time.monotonic())
+    ops = [push(7, "late lookup"), push(9, "stays"), PushMany([7, 9], "both", None)]
+    routed = switchboard.route(ToRegion(OLD_REGION), ops, lambda s: 0, time.monotonic())
     assert sorted(routed) == sorted(
         [
-            (OLD, [push(9, "stays"), ("push_many", [9], "both", None)]),
+            (OLD, [push(9, "stays"), PushMany([9], "both", None)]),
             (NEW, [push(7, "late lookup"), push(7, "both")]),
         ]
     )
@@ -169,7 +180,7 @@ def test_an_old_worker_dying_mid_release_still_delivers_what_it_kept(board):
     switchboard.request_release((OLD, 1), [7], [push(7, "kept")], now=0.0)
     table.where[7] = NEW_REGION
     switchboard.worker_gone(OLD, OLD_REGION, now=0.0)
-    assert switchboard.deliver_parked(0.0) == [(NEW, [push(7, "kept"), ("arrived", 7)])]
+    assert switchboard.deliver_parked(0.0) == [(NEW, [push(7, "kept"), Arrived(7)])]
     assert OLD_REGION not in switchboard.region_pid
 
 
@@ -192,12 +203,10 @@ def test_the_old_worker_releases_each_batch_with_what_it_kept_for_it():
         router = Router(worker, None, None)
         router.apply([push(7, "a"), push(8, "b"), push(7, "c"), push(9, "d")])
         router.release(1, [7])
-        assert reports == [
-            {"type": "release", "id": 1, "moved": [7], "ops": [push(7, "a"), push(7, "c")]}
-        ]
+        assert reports == [Release(1, [7], [push(7, "a"), push(7, "c")])]
         router.apply([push(7, "late"), push(8, "e")])
         router.on_released(1)
-        assert reports[-1] == {"type": "release_done", "id": 1, "ops": [push(7, "late")]}
+        assert reports[-1] == ReleaseDone(1, [push(7, "late")])
         assert 7 not in connections.moved  # ours no longer: nothing more is kept for it
         router.release(2, [8])
         connections.moved.discard(9)  # a failed hand-off took 9 back (it closes with 1012)
@@ -219,11 +228,11 @@ def test_the_master_fans_a_broadcast_out_and_to_the_sessions_in_hand_over(board)
     table.where[7] = NEW_REGION
     switchboard.note_adopted([7], 0.0)
     switchboard.ready_releases(0.0)
-    op = ("broadcast", "hi", None, 42)
-    routed = switchboard.route(("a", OTHER_REGION), [op], lambda s: 0, time.monotonic())
+    op = Broadcast("hi", None, 42)
+    routed = switchboard.route(ToAll(OTHER_REGION), [op], lambda s: 0, time.monotonic())
     assert sorted(routed) == [(OLD, [op]), (NEW, [op])]  # not back to its sender
     switchboard.finish_release((OLD, 1), [], now=0.0)
-    assert switchboard.deliver_parked(0.0) == [(NEW, [("push", 7, "hi", None, 42), ("arrived", 7)])]
+    assert switchboard.deliver_parked(0.0) == [(NEW, [Push(7, "hi", None, 42), Arrived(7)])]
 
 
 def new_owner_with_an_arriving_session():
@@ -238,11 +247,11 @@ def new_owner_with_an_arriving_session():
 
 def test_a_new_owner_leaves_another_workers_broadcast_to_an_arriving_session_to_others():
     router, conn, settled = new_owner_with_an_arriving_session()
-    router.apply([("broadcast", "b", None, 42)])
+    router.apply([Broadcast("b", None, 42)])
     assert settled.calls == [("push", "b")]
     assert conn.calls == []  # it comes through the old worker or the master, once
-    router.apply([("push", 7, "b", None, 42)])
-    router.apply([("push", 7, "b", None, 42)])  # the same broadcast by the other path
+    router.apply([Push(7, "b", None, 42)])
+    router.apply([Push(7, "b", None, 42)])  # the same broadcast by the other path
     assert conn.calls == [("push", "b")]
 
 
@@ -251,7 +260,7 @@ def test_a_new_owners_own_broadcast_waits_in_order_and_is_not_doubled():
     router.hold(conn, 7, "first", None)
     assert router.apply_broadcast("b", None, 99, local=True) == 2
     assert settled.calls == [("push", "b")]
-    router.apply([("push", 7, "kept", None), ("push", 7, "b", None, 99)])  # old worker's copy
+    router.apply([Push(7, "kept", None), Push(7, "b", None, 99)])  # old worker's copy
     assert conn.calls == [("push", "kept")]
     router.arrived(7)
     assert conn.calls == [("push", "kept"), ("push", "first"), ("push", "b")]
@@ -263,5 +272,5 @@ def test_an_old_worker_keeps_broadcasts_for_sessions_it_handed_off():
     connections.moved.add(7)
     worker = SimpleNamespace(connections=connections, stats=Counter())
     router = Router(worker, None, None)
-    router.apply([("broadcast", "b", None, 42)])
-    assert router.kept == {7: [("push", 7, "b", None, 42)]}
+    router.apply([Broadcast("b", None, 42)])
+    assert router.kept == {7: [Push(7, "b", None, 42)]}

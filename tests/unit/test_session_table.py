@@ -13,7 +13,7 @@ from swoolish.shared.table import (
     peer_from_word,
     peer_word,
 )
-from swoolish.worker.router import SessionMap
+from swoolish.worker.sessions import SessionMap
 
 
 def make(regions: int = 4, max_connections: int = 8) -> SessionTable:
@@ -146,27 +146,39 @@ def test_another_process_sees_inserts_and_deletes():
 
 
 class FakeConn:
-    def __init__(self, established: bool = False) -> None:
-        self.established = established
+    def __init__(self) -> None:
         self.peer = ("10.0.0.1", 80)
-        self._moving = False
 
 
-def test_session_map_mirrors_inserts_pops_and_moves():
+def test_session_map_mirrors_every_change_of_a_session():
     table = make()
     region = table.claim(0)
     sessions = SessionMap(RegionWriter(table, region))
     conn = FakeConn()
-    sessions[1] = conn
+    sessions.accepted(1, conn)
     assert table.lookup(1)[1] == OPEN
-    sessions.established(1)
-    assert table.lookup(1)[1] == ESTABLISHED
-    assert sessions.pop(1, None) is conn and table.lookup(1) is None
-    assert sessions.pop(1, None) is None
-    moving = FakeConn(established=True)
-    sessions[2] = moving
-    moving._moving = True
-    sessions.pop(2, None)
-    assert table.lookup(2)[1] == MOVING and sessions.moved == {2}
-    sessions[2] = moving  # taken back after a failed hand-off
+    upgraded = FakeConn()
+    sessions.upgraded(1, upgraded)
+    assert table.lookup(1)[1] == ESTABLISHED and sessions[1] is upgraded
+    sessions.closing(1)
+    assert 1 not in sessions and table.lookup(1) is None
+    sessions.closing(1)  # a second close changes nothing
+    moving = FakeConn()
+    sessions.accepted(2, moving)
+    sessions.upgraded(2, moving)
+    sessions.moving(2)
+    assert table.lookup(2)[1] == MOVING and sessions.moved == {2} and 2 not in sessions
+    sessions.taken_back(2, moving)  # taken back after a failed hand-off
     assert table.lookup(2)[1] == ESTABLISHED and sessions.moved == set()
+
+
+def test_an_adopted_session_waits_for_what_was_routed_to_it_before():
+    table = make()
+    sessions = SessionMap(RegionWriter(table, table.claim(0)))
+    announced = []
+    sessions.on_adopt = announced.append
+    sessions.adopted(5, FakeConn())
+    assert table.lookup(5)[1] == ESTABLISHED
+    assert sessions.arriving == {5: []} and announced == [5]
+    sessions.let_go([5])  # still ours: listed
+    assert table.lookup(5) is not None

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from swoolish import SettingError, WebSocketServer
-from swoolish.core.settings import SETTINGS, Settings, render_reference
+from swoolish.core.settings import KINDS, SETTINGS, Setting, Settings, render_reference
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
@@ -49,3 +49,43 @@ def test_server_set_validates():
 def test_settings_reference_in_docs_is_current():
     """docs/settings.md is generated; regenerate with python -m swoolish.core.settings."""
     assert DOCS.read_text() == render_reference()
+
+
+def test_cli_flags_keep_their_spellings_and_derive_the_rest():
+    kept = {
+        "host": "--host",
+        "port": "--port",
+        "worker_num": "--workers",
+        "max_wait_time": "--max-wait-time",
+        "pid_file": "--pid-file",
+        "log_level": "--log-level",
+    }
+    for setting in SETTINGS:
+        assert setting.cli == kept.get(setting.name, "--" + setting.name.replace("_", "-"))
+    flags = [flag for setting in SETTINGS for flag in setting.flags]
+    assert len(flags) == len(set(flags))
+
+
+def test_every_setting_says_how_the_cli_spells_its_value():
+    by_name = {setting.name: setting for setting in SETTINGS}
+    assert by_name["reload_handoff"].flags == ("--reload-handoff", "--no-reload-handoff")
+    assert by_name["max_wait_time"].kind == "seconds"
+    assert by_name["pid_file"].kind == "path"
+    assert by_name["log_level"].choices == ("debug", "info", "warning", "error", "critical")
+    for setting in SETTINGS:
+        assert setting.kind in KINDS
+        assert (setting.kind == "bool") == (setting.parse is None)
+        assert bool(setting.metavar) == (setting.kind != "bool"), setting.name
+        if setting.default is not None and setting.parse is not None:
+            # The default, written out on the command line, parses back to itself.
+            assert setting.validate(setting.name, setting.parse(str(setting.default))) == (
+                setting.default
+            )
+
+
+def test_a_setting_whose_default_says_no_kind_must_declare_one():
+    with pytest.raises(ValueError, match="declare its kind"):
+        Setting("socket_path", None, lambda name, value: value, "Unix socket.")
+    assert Setting("socket_path", None, lambda n, v: v, "Unix socket.", kind="path").cli == (
+        "--socket-path"
+    )

@@ -1,0 +1,98 @@
+"""The written interface of a worker, as its connections, router and hand-off see it.
+
+:class:`swoolish.worker.process.Worker` implements :class:`WorkerHost`; the modules below
+it in the worker package (``http``, ``websocket``, ``router``, ``handoff``) depend on
+this protocol only, never on the class, so they import nothing above them, and a test can
+hand them a small double that a type checker holds to the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from ..core.messages import Message, Operation, Target
+from ..core.settings import Settings
+from ..core.timerwheel import TimerWheel
+from .sessions import SessionMap
+
+__all__ = ["ClientConnection", "HandoffRouting", "IdSource", "WorkerHost"]
+
+
+class ClientConnection(Protocol):
+    """What the worker does with any client connection, HTTP or WebSocket."""
+
+    sid: int
+    established: bool
+    closing: bool
+    last_time: float
+
+    def abort(self) -> None: ...
+
+    def drain(self, code: int, reason: str) -> None:
+        """Close for a worker that stops: WebSockets with ``code`` once their handlers
+        in flight are done, HTTP after the response in flight."""
+
+    def awaiting_first_request(self) -> bool: ...
+
+
+class HandoffRouting(Protocol):
+    """The router's side of a live hand-off (see :mod:`swoolish.worker.router`)."""
+
+    def send(self, target: Target, op: Operation) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def release(self, number: int, sids: list[int]) -> None: ...
+
+    def adopting(self, predecessor: int | None) -> None: ...
+
+    def lost(self, sid: int) -> None: ...
+
+    def announce(self) -> None: ...
+
+
+class IdSource(Protocol):
+    def next_id(self) -> int: ...
+
+
+class WorkerHost(Protocol):
+    """What connections, the router and the hand-off use of their worker."""
+
+    worker_id: int
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    log: logging.Logger
+    server: Any  # the app's server object, the first argument of every handler
+    stats: Counter[str]
+    connections: SessionMap  # this worker's sessions (open, not closing)
+    live: set[Any]  # every connection with a transport, closing ones included
+    timers: TimerWheel
+    draining: bool
+
+    @property
+    def ids(self) -> IdSource:
+        """Where new session ids come from (never reused)."""
+        ...
+
+    @property
+    def router(self) -> HandoffRouting: ...
+
+    def handler(self, event: str) -> Callable[..., Any] | None: ...
+
+    def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the drain waits for."""
+        ...
+
+    def report(self, message: Message) -> None:
+        """Send ``message`` to the master."""
+
+    def clear_bound_timers(self, sid: int) -> None: ...
+
+    def established_while_draining(self, conn: Any) -> None:
+        """A handshake completed after this worker stopped accepting."""
+
+    def take_late_movers(self, final: bool) -> list[Any]: ...

@@ -1,0 +1,148 @@
+"""HTTP requests and responses as Swoole hands them to ``request`` handlers.
+
+``request.method``, ``.path``, ``.query`` (dict), ``.headers`` (case-insensitive),
+``.body`` (bytes); ``response.status(code)``, ``response.header(name, value)``,
+``response.end(body)``. The same :class:`Request` is what ``open`` and ``handshake``
+handlers get for a WebSocket, with ``request.fd`` set to the new session id.
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Callable
+from email.utils import formatdate
+from urllib.parse import parse_qsl
+
+from websockets.datastructures import Headers
+
+__all__ = ["Headers", "Request", "Response", "render_response"]
+
+
+class Request:
+    """One parsed HTTP request (or WebSocket handshake request)."""
+
+    __slots__ = ("body", "fd", "headers", "method", "path", "query", "query_string", "version")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes = b"",
+        version: str = "1.1",
+        fd: int = 0,
+    ) -> None:
+        path, _, query_string = target.partition("?")
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.query: dict[str, str] = dict(parse_qsl(query_string, keep_blank_values=True))
+        self.headers = headers
+        self.body = body
+        self.version = version
+        self.fd = fd
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}?{self.query_string}" if self.query_string else self.path
+
+    def keep_alive(self) -> bool:
+        """HTTP/1.1 keeps the connection unless told not to; HTTP/1.0 only when asked."""
+        connection = self.headers.get("Connection", "").lower()
+        if self.version == "1.0":
+            return "keep-alive" in connection
+        return "close" not in connection
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} fd={self.fd}>"
+
+
+class Response:
+    """The answer a ``request`` (or ``handshake``) handler builds.
+
+    Nothing is sent until :meth:`end`; a handler that returns without calling it gets
+    its response ended for it (status as set, empty body), so a client is never left
+    waiting.
+    """
+
+    __slots__ = ("_headers", "_send", "_status", "ended", "reason")
+
+    def __init__(self, send: Callable[[Response, bytes], None]) -> None:
+        self._send = send
+        self._status = 200
+        self.reason: str | None = None
+        self._headers: list[tuple[str, str]] = []
+        self.ended = False
+
+    @property
+    def status_code(self) -> int:
+        return self._status
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return list(self._headers)
+
+    def status(self, code: int, reason: str | None = None) -> Response:
+        """Set the status code (Swoole: ``$response->status(404)``)."""
+        if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 999:
+            raise ValueError(f"an HTTP status code is an integer 100-999, got {code!r}")
+        self._status = code
+        self.reason = reason
+        return self
+
+    def header(self, name: str, value: str) -> Response:
+        """Add a response header; a CR or LF in it would split the response, so it raises."""
+        name, value = str(name), str(value)
+        if any(c in name + value for c in "\r\n") or not name or ":" in name:
+            raise ValueError(f"invalid HTTP header {name!r}: {value!r}")
+        self._headers.append((name, value))
+        return self
+
+    def end(self, body: str | bytes = b"") -> bool:
+        """Send the response; a second call returns ``False`` and sends nothing."""
+        if self.ended:
+            return False
+        if isinstance(body, str):
+            body = body.encode()
+        elif not isinstance(body, bytes | bytearray | memoryview):
+            raise TypeError(f"response body must be str or bytes, got {type(body).__name__}")
+        self.ended = True
+        self._send(self, bytes(body))
+        return True
+
+
+def _reason(code: int) -> str:
+    try:
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def render_response(
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    keep_alive: bool,
+    reason: str | None = None,
+    head: bool = False,
+) -> bytes:
+    """Serialize a response, adding Content-Length, Connection, Date and Server."""
+    lines = [f"HTTP/1.1 {status} {reason or _reason(status)}"]
+    names = {name.lower() for name, _ in headers}
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    if "content-length" not in names:
+        lines.append(f"Content-Length: {len(body)}")
+    if "content-type" not in names and body:
+        lines.append("Content-Type: text/plain; charset=utf-8")
+    if "date" not in names:
+        lines.append(f"Date: {formatdate(usegmt=True)}")
+    if "server" not in names:
+        lines.append("Server: swoolish")
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head_bytes if head else head_bytes + body
+
+
+def simple_response(status: int, text: str, extra: list[tuple[str, str]] | None = None) -> bytes:
+    """A complete ``Connection: close`` response with a plain-text body."""
+    return render_response(status, list(extra or []), text.encode(), keep_alive=False)

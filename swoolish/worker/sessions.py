@@ -1,0 +1,86 @@
+"""A worker's own sessions, mirrored into its region of the shared session table.
+
+Reads are plain dict reads (``sessions.get(sid)``), so the local push path never
+touches shared memory; every change goes through one method named for what happened to
+the session, which keeps the region other workers read in step (docs/design.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..core.messages import Disconnect, Push
+from ..shared.table import ESTABLISHED, MOVING, OPEN, RegionWriter, peer_word
+
+__all__ = ["SessionMap"]
+
+
+class _Peer(Protocol):
+    peer: tuple[str, int]
+
+
+class SessionMap(dict[int, Any]):
+    """sid -> connection object of the sessions this worker owns (open, not closing)."""
+
+    __slots__ = ("arriving", "moved", "on_adopt", "writer")
+
+    def __init__(self, writer: RegionWriter | None = None) -> None:
+        super().__init__()
+        self.writer = writer
+        self.moved: set[int] = set()  # sids handed to our successor (live hand-off)
+        # sids adopted from our predecessor whose routed operations are still on their
+        # way (through the master) -> this worker's own operations on them, held behind
+        # those
+        self.arriving: dict[int, list[Push | Disconnect]] = {}
+        self.on_adopt: Callable[[int], None] | None = None
+
+    def accepted(self, sid: int, conn: _Peer) -> None:
+        """A new client connection; a session from now on (``exists()`` is true)."""
+        dict.__setitem__(self, sid, conn)
+        if self.writer is not None:
+            self.writer.insert(sid, OPEN, peer_word(conn.peer))
+
+    def upgraded(self, sid: int, conn: _Peer) -> None:
+        """The session's WebSocket handshake is done; ``conn`` serves it from now on."""
+        if sid in self:
+            dict.__setitem__(self, sid, conn)
+            if self.writer is not None:
+                self.writer.set_state(sid, ESTABLISHED)
+
+    def adopted(self, sid: int, conn: _Peer) -> None:
+        """A session handed over by our predecessor: operations routed to it through
+        the old worker come first (held in ``arriving`` until then)."""
+        dict.__setitem__(self, sid, conn)
+        if self.writer is not None:
+            self.writer.insert(sid, ESTABLISHED, peer_word(conn.peer))
+            self.arriving[sid] = []
+            if self.on_adopt is not None:
+                self.on_adopt(sid)
+
+    def taken_back(self, sid: int, conn: _Peer) -> None:
+        """A session whose hand-off failed is ours again (until it closes with 1012)."""
+        dict.__setitem__(self, sid, conn)
+        self.moved.discard(sid)
+        if self.writer is not None:
+            self.writer.insert(sid, ESTABLISHED, peer_word(conn.peer))
+
+    def closing(self, sid: int) -> None:
+        """The session ends (either side began a close): gone for every worker."""
+        if dict.pop(self, sid, None) is not None and self.writer is not None:
+            self.writer.delete(sid)
+
+    def moving(self, sid: int) -> None:
+        """The session left for our successor: other workers' operations on it still
+        come to us (MOVING) until we let go of it."""
+        if dict.pop(self, sid, None) is not None:
+            self.moved.add(sid)
+            if self.writer is not None:
+                self.writer.set_state(sid, MOVING)
+
+    def let_go(self, sids: list[int]) -> None:
+        """Sessions our successor owns now: no longer ours to keep operations for."""
+        for sid in sids:
+            self.moved.discard(sid)
+            if self.writer is not None and sid not in self:
+                self.writer.delete(sid)

@@ -1,0 +1,668 @@
+"""The WebSocket side of a client connection, from the handshake to the close.
+
+websockets' sans-I/O protocol owns the framing rules of RFC 6455 and permessage-deflate
+(RFC 7692); this module owns what a server adds on top: message reassembly and UTF-8
+validation (RFC 6455 §8.1), in-order dispatch to the app, ``push``, the closing
+handshake with the close codes of docs/quickstart.md, and a fast path for the common
+small frame that skips the protocol object.
+
+A :class:`WsConnection` comes to life in one of two ways: an
+:class:`~swoolish.worker.http.HttpConnection` finishes a handshake and hands it the
+transport (:meth:`WsConnection.upgraded`), or a worker adopts a socket handed over in a
+reload (:meth:`WsConnection.adopting`, see :mod:`swoolish.worker.handoff`). For the
+second, and only while live hand-off is enabled, it keeps the two records a move needs
+and the protocol object does not expose: the bytes after the last complete frame read
+(``unparsed``) and what the transport still holds of what was written (``unsent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import time
+from collections import deque
+from typing import Any, cast
+
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
+from websockets.protocol import CLOSED, OPEN, Protocol
+from websockets.server import ServerProtocol
+
+try:  # websockets' C speedups: unmasking at C speed
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a build without its C extension
+    from websockets.utils import apply_mask
+
+from ..core.frames import (
+    BINARY,
+    INTERNAL_ERROR,
+    INVALID_DATA,
+    TEXT,
+    check_close,
+    encode_close,
+    encode_frame,
+    frame_extent,
+    unparsed_tail,
+)
+from ..core.messages import MovingSession
+from ..core.timerwheel import is_plain_data, resolve_callback
+from .connection import Connection
+from .flow import FlowControl, Reason
+from .host import WorkerHost
+
+__all__ = ["QUIET_LOG", "Frame", "WsConnection", "open_protocol"]
+
+OP_TEXT, OP_BINARY, OP_CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+OP_CLOSE, OP_PING = Opcode.CLOSE, Opcode.PING
+PONG_HEAD = bytes((0x80 | Opcode.PONG,))  # a server's pong frame starts so (RFC 6455 §5.2)
+
+CLOSE_TIMEOUT = 2.0  # seconds to wait for the client's half of a closing handshake
+
+log = logging.getLogger("swoolish.handoff")
+
+QUIET_LOG = logging.getLogger("swoolish.websockets")
+QUIET_LOG.setLevel(logging.CRITICAL)  # the protocol's per-connection chatter is ours to log
+
+
+class Frame:
+    """A complete WebSocket message as ``message`` handlers get it (Swoole's Frame)."""
+
+    __slots__ = ("data", "fd", "finish", "opcode")
+
+    def __init__(self, fd: int, data: str | bytes, opcode: int) -> None:
+        self.fd = fd
+        self.data = data
+        self.opcode = opcode
+        self.finish = True
+
+    def __repr__(self) -> str:
+        return f"<Frame fd={self.fd} opcode={self.opcode} {len(self.data)} bytes>"
+
+
+class _FrameProtocol(ServerProtocol):
+    """websockets' protocol with one rule changed, for a close inside a fragmented message.
+
+    RFC 6455 §5.4 lets control frames arrive between the fragments of a message, and
+    §5.5.1 says a Close is answered with a Close; the message left incomplete is simply
+    abandoned. websockets instead fails the connection with 1002 ("incomplete fragmented
+    message"), which Autobahn case 7.1.5 reports as FAILED: echo the close instead.
+    """
+
+    # Always created OPEN (open_protocol), where ServerProtocol.parse only delegates to
+    # Protocol.parse: parsing with the latter directly saves a generator frame (about 250
+    # bytes) per connection.
+    parse = Protocol.parse
+
+    def recv_frame(self, frame: WsFrame) -> None:
+        if frame.opcode is OP_CLOSE:
+            self.current_size = None  # the unfinished message is dropped, not an error
+        super().recv_frame(frame)
+
+
+def open_protocol(extensions: list[Any], subprotocol: Any, max_size: int | None) -> ServerProtocol:
+    """A sans-I/O protocol already in the OPEN state, parsing frames from the first byte.
+
+    The handshake request was parsed by httptools, not by the protocol, so the protocol
+    that accepted it is still waiting for an HTTP request line; frames go to a protocol
+    created OPEN with the negotiated extensions. A connection adopted from another
+    worker is rebuilt the same way.
+    """
+    protocol = _FrameProtocol(state=OPEN, max_size=max_size, logger=QUIET_LOG)
+    protocol.extensions = list(extensions)
+    protocol.subprotocol = subprotocol
+    return protocol
+
+
+def export_extensions(extensions: list[Any]) -> list[dict[str, Any]] | None:
+    """The negotiated extensions as data; None if one carries state that cannot move."""
+    exported = []
+    for ext in extensions:
+        if not isinstance(ext, PerMessageDeflate):
+            return None
+        if not ext.remote_no_context_takeover:
+            return None  # the client's deflate window would have to move (RFC 7692 §7.1.1)
+        exported.append(
+            {
+                "name": ext.name,
+                "remote_no_context_takeover": ext.remote_no_context_takeover,
+                "local_no_context_takeover": ext.local_no_context_takeover,
+                "remote_max_window_bits": ext.remote_max_window_bits,
+                "local_max_window_bits": ext.local_max_window_bits,
+            }
+        )
+    return exported
+
+
+def import_extensions(exported: list[dict[str, Any]]) -> list[Any]:
+    return [
+        PerMessageDeflate(
+            e["remote_no_context_takeover"],
+            e["local_no_context_takeover"],
+            e["remote_max_window_bits"],
+            e["local_max_window_bits"],
+        )
+        for e in exported
+    ]
+
+
+class WsConnection(Connection, asyncio.Protocol):
+    """An established WebSocket session."""
+
+    __slots__ = (
+        "_app_state",
+        "_arrival",
+        "_close_when_idle",
+        "_fast",
+        "_frag_opcode",
+        "_fragments",
+        "_moved_timers",
+        "_rx_pending",
+        "_text_decoder",
+        "_track",
+        "_tx_bytes",
+        "_tx_log",
+        "_unsent",
+        "moved_out",
+        "moving",
+        "ws",
+    )
+
+    def __init__(
+        self, worker: WorkerHost, sid: int, peer: tuple[str, int], connect_time: float
+    ) -> None:
+        super().__init__(worker)
+        self.sid = sid
+        self.peer = peer
+        self.connect_time = self.last_time = connect_time
+        self.ws: ServerProtocol | None = None
+        self._fast = False  # the next bytes start at a frame boundary, may go fast
+        self._fragments: list[Any] = []
+        self._frag_opcode = 0
+        self._text_decoder: codecs.IncrementalDecoder | None = None
+        self._close_when_idle: tuple[int, str] | None = None
+        # hand-off records, kept only while hand-off is enabled
+        self._track = worker.settings.reload_handoff
+        self._rx_pending = b""  # bytes after the last complete frame read
+        self._tx_log: deque[bytes] | None = None  # created on the first write left buffered
+        self._tx_bytes = 0
+        self._unsent = b""
+        self.moving = False  # detached for a successor: the session lives on over there
+        self._moved_timers: list[dict[str, Any]] | None = None  # set by prepare_move
+        self._app_state: Any = None
+        self.moved_out: asyncio.Future[None] | None = None
+        self._arrival: tuple[MovingSession, int | None] | None = None
+
+    # ------------------------------------------------------------------ the two beginnings
+
+    def upgraded(
+        self,
+        transport: asyncio.Transport,
+        flow: FlowControl,
+        handshake: ServerProtocol,
+        request: Any,
+        rest: bytes,
+    ) -> None:
+        """Serve the session whose handshake ``handshake`` accepted: send the 101
+        response, run ``open``, then parse what the client sent after the request."""
+        worker = self._worker
+        self.transport = transport
+        self.flow = flow
+        worker.live.add(self)
+        self.ws = open_protocol(
+            handshake.extensions, handshake.subprotocol, handshake.max_message_size
+        )
+        self._fast = not self.ws.extensions
+        self.established = True
+        worker.connections.upgraded(self.sid, self)
+        worker.stats["websocket_opened"] += 1
+        self._write_all(handshake.data_to_send())
+        self._dispatch(worker.handler("open"), (worker.server, request))
+        if rest:
+            self._websocket_data(rest)
+        if worker.draining:
+            worker.established_while_draining(self)
+
+    @classmethod
+    def adopting(
+        cls, worker: WorkerHost, record: MovingSession, closing_code: int | None = None
+    ) -> WsConnection:
+        """The session described by ``record``, on a socket handed over by another worker
+        (``closing_code``: a session this worker takes back only to close it)."""
+        conn = cls(worker, record.sid, record.peer, record.connect_time)
+        conn._arrival = (record, closing_code)
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Only for an adopted socket (an upgrade hands over a connected transport)."""
+        transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport
+        assert self._arrival is not None
+        record, closing_code = self._arrival
+        self._arrival = None
+        worker = self._worker
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        worker.live.add(self)
+        transport.set_write_buffer_limits(high=worker.settings.buffer_output_size)
+        self.last_time = time.time()
+        self.messages_in = record.messages_in
+        self.messages_out = record.messages_out
+        ws = open_protocol(
+            import_extensions(record.extensions),
+            record.subprotocol,
+            worker.settings.max_message_size,
+        )
+        ws.current_size = record.current_size
+        self.ws = ws
+        self._fragments = list(record.fragments)
+        self._frag_opcode = record.frag_opcode
+        if record.decoder is not None:
+            self._text_decoder = codecs.getincrementaldecoder("utf-8")()
+            self._text_decoder.setstate(record.decoder)
+        self.established = True
+        self._fast = not ws.extensions and not self._fragments and ws.current_size is None
+        if closing_code is None:
+            worker.connections.adopted(self.sid, self)
+        else:
+            worker.connections.taken_back(self.sid, self)
+        if record.unsent:
+            self._write(record.unsent)  # what the old worker owed goes first
+        if closing_code is None:
+            worker.stats["adopted"] += 1
+            handler = worker.handler("resume")
+            if handler is not None:
+                self._dispatch(handler, (worker.server, self.sid, record.app))
+            self._rearm_timers(record.timers)
+        if record.unparsed:
+            self._websocket_data(record.unparsed)
+        if closing_code is not None:
+            self.drain(closing_code, "server restarting")
+
+    def _rearm_timers(self, snapshots: list[dict[str, Any]]) -> None:
+        timers = self._worker.timers
+        for snapshot in snapshots:
+            callback = resolve_callback(snapshot["name"])
+            if callback is None:
+                self._worker.stats["timers_not_resumed"] += 1
+                log.warning(
+                    "session %d: timer callback %s is not defined by the new code; "
+                    "its timer is dropped",
+                    self.sid,
+                    snapshot["name"],
+                )
+                continue
+            timers.import_bound(self.sid, snapshot, callback)
+
+    # ------------------------------------------------------------------ transport events
+
+    def data_received(self, data: bytes) -> None:
+        self.last_time = time.time()
+        self._websocket_data(data)
+
+    def eof_received(self) -> bool | None:
+        if self.ws is not None and self.ws.state is not CLOSED:
+            self.ws.receive_eof()
+            self._flush_protocol()
+        self._begin_close()
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        worker = self._worker
+        worker.live.discard(self)
+        if self.moving:  # handed to another worker: the session lives on over there
+            self._moved_lost()
+            self.transport = None
+            return
+        self._cancel_timer()
+        self._begin_close()
+        worker.stats["closed"] += 1
+        if self.established:
+            self.established = False
+            self._dispatch(worker.handler("close"), (worker.server, self.sid))
+        self.transport = None
+
+    # ------------------------------------------------------------------ frames in
+
+    def _websocket_data(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        if self._fast and not self.closing and ws.state is OPEN:
+            consumed = self._fast_frames(data)
+            if consumed == len(data):
+                return
+            data = data[consumed:]  # the rest starts at a frame boundary
+        if self._track:
+            pending = self._rx_pending
+            self._rx_pending = unparsed_tail(pending + data if pending else data)
+        ws.receive_data(data)
+        events = cast(list[WsFrame], ws.events_received())  # frames only, once OPEN
+        # The protocol queued its replies while parsing the whole chunk: one pong per
+        # ping, then a close (echoed, or its own on a protocol error) and EOF. Send each
+        # pong when its ping comes up among the events, so that replies keep the order
+        # of the frames that caused them (RFC 6455 §5.5.2: a pong answers a ping "as
+        # soon as is practical"; Autobahn 5.6, 5.19 expect the pong before a message
+        # completed after the ping). The close goes last, after echoed messages.
+        writes = ws.data_to_send()
+        w = 0
+        for frame in events:
+            opcode = frame.opcode
+            if opcode is OP_TEXT or opcode is OP_BINARY or opcode is OP_CONT:
+                self._data_frame(opcode, cast(bytes, frame.data), frame.fin)
+            elif opcode is OP_PING:
+                if w < len(writes) and writes[w][:1] == PONG_HEAD:
+                    transport = self.transport
+                    if transport is not None and not transport.is_closing():
+                        self._write(writes[w])
+                    w += 1
+            elif opcode is OP_CLOSE:
+                self._begin_close()
+            # PONG needs nothing.
+        self._write_all(writes[w:] if w else writes)
+        self._flush_protocol()  # anything a handler's disconnect() queued meanwhile
+        # Back at a frame boundary with nothing pending: the next chunk may go fast.
+        self._fast = (
+            not self._rx_pending
+            and ws.state is OPEN
+            and ws.current_size is None
+            and not self._fragments
+            and not ws.extensions
+        )
+
+    def _fast_frames(self, data: bytes) -> int:
+        """Handle the common case without the protocol object; returns bytes consumed.
+
+        Only complete, final, masked text or binary frames without RSV bits, shorter
+        than 64 KiB and within max_message_size, taken from a frame boundary (RFC 6455
+        §5.2). The first frame that is anything else -- a control frame, a fragment, an
+        extension's, too large, cut by the read -- and everything after it goes to
+        websockets' protocol, which then owns every rule this path does not check.
+        """
+        worker = self._worker
+        handler = worker.handler("message")
+        server = worker.server
+        limit = worker.settings.max_message_size
+        n = len(data)
+        pos = 0
+        while n - pos >= 6:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            # FIN, no RSV, text or binary; masked; a 7- or 16-bit length
+            if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80 or b1 == 0xFF:
+                break
+            extent = frame_extent(data, pos)
+            if extent is None:
+                break
+            head, end = extent
+            if end > n or end - head > limit:
+                break
+            payload = apply_mask(data[head:end], data[head - 4 : head])
+            pos = end
+            if b0 == 0x81:
+                try:
+                    message: str | bytes = payload.decode()
+                except UnicodeDecodeError as exc:
+                    self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+                    return n  # failing: the rest is discarded (RFC 6455 §7.1.7)
+                opcode = TEXT
+            else:
+                message, opcode = payload, BINARY
+            self.messages_in += 1
+            worker.stats["messages_in"] += 1
+            self._dispatch(handler, (server, Frame(self.sid, message, opcode)))
+            if self.closing or self.ws is None or self.ws.state is not OPEN:
+                # A handler closed the session: the client's reply to that close, and
+                # whatever else follows, belongs to the protocol.
+                self._fast = False
+                return pos
+        return pos
+
+    def _data_frame(self, opcode: Any, payload: bytes, fin: bool) -> None:
+        if self.closing:
+            return  # RFC 6455 §1.4: after a close is sent, data frames are discarded
+        if opcode is not OP_CONT:
+            self._frag_opcode = TEXT if opcode is OP_TEXT else BINARY
+            if self._frag_opcode == TEXT and not fin:
+                self._text_decoder = codecs.getincrementaldecoder("utf-8")()
+        if self._frag_opcode == TEXT:
+            try:
+                if self._text_decoder is not None:
+                    # Fail fast on invalid UTF-8 inside a fragmented message (§8.1).
+                    self._fragments.append(self._text_decoder.decode(payload, fin))
+                else:
+                    self._fragments.append(payload.decode())
+            except UnicodeDecodeError as exc:
+                self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+                return
+        else:
+            self._fragments.append(payload)
+        if not fin:
+            return
+        parts, self._fragments, self._text_decoder = self._fragments, [], None
+        if self._frag_opcode == TEXT:
+            data: str | bytes = parts[0] if len(parts) == 1 else "".join(parts)
+        else:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.messages_in += 1
+        worker = self._worker
+        worker.stats["messages_in"] += 1
+        self._dispatch(
+            worker.handler("message"), (worker.server, Frame(self.sid, data, self._frag_opcode))
+        )
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the WebSocket connection (RFC 6455 §7.1.7) with ``code``, from an event."""
+        ws = self.ws
+        if ws is not None and ws.state is OPEN:
+            ws.fail(code, reason)
+        elif ws is not None and not self.closing and self.transport is not None:
+            # The protocol already queued a close for a later frame of the same chunk
+            # (its own 1002, or the echo of the client's close); it is not on the wire
+            # yet. The first error wins (§7.1.7): send this close, drop the queued one.
+            self.transport.write(encode_close(code, reason))
+            self._cancel_timer()
+            self._begin_close()
+            self.transport.close()
+            return
+        self._begin_close()
+        self._flush_protocol()
+
+    # ------------------------------------------------------------------ bytes out
+
+    def _flush_protocol(self) -> None:
+        if self.ws is not None:
+            self._write_all(self.ws.data_to_send())
+
+    def _write_all(self, writes: list[bytes]) -> None:
+        for data in writes:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            if data:
+                self._write(data)
+            else:
+                # websockets' SEND_EOF: the closing handshake is over (RFC 6455 §7.1.1),
+                # the server closes the TCP connection first.
+                self._cancel_timer()
+                self._begin_close()
+                transport.close()
+                return
+
+    def _write(self, data: bytes) -> None:
+        """Every byte this session writes goes here (the hand-off's ``unsent`` record)."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+        if self._track:
+            self._note_written(transport, data)
+
+    def _note_written(self, transport: asyncio.Transport, data: bytes) -> None:
+        if not transport.get_write_buffer_size():
+            if self._tx_log is not None:
+                self._tx_log = None  # the client caught up: nothing is owed, free the log
+                self._tx_bytes = 0
+            return
+        tx_log = self._tx_log
+        if tx_log is None:
+            tx_log = self._tx_log = deque()
+        tx_log.append(data)
+        self._tx_bytes += len(data)
+        limit = 2 * self._worker.settings.buffer_output_size
+        while self._tx_bytes > limit and len(tx_log) > 1:
+            self._tx_bytes -= len(tx_log.popleft())
+
+    # ------------------------------------------------------------------ server-side API
+
+    def push(self, data: str | bytes, opcode: int | None) -> bool:
+        """Send one message; ``False`` (never an exception) when it cannot be sent."""
+        transport = self.transport
+        worker = self._worker
+        if self.closing or not self.established or transport is None:
+            worker.stats["push_to_closed"] += 1
+            return False
+        if transport.get_write_buffer_size() > worker.settings.buffer_output_size:
+            worker.stats["push_over_buffer"] += 1
+            return False
+        if isinstance(data, str):
+            payload = data.encode()
+            opcode = opcode or TEXT
+        else:
+            payload = bytes(data)
+            opcode = opcode or BINARY
+        ws = self.ws
+        assert ws is not None
+        if ws.extensions:
+            # permessage-deflate (RFC 7692 §7.2.1) compresses the frame; serialised here
+            # rather than with ws.send_text(), which refuses once the protocol has queued
+            # a close: a message answered before that close still goes out before it.
+            frame = WsFrame(Opcode.TEXT if opcode == TEXT else Opcode.BINARY, payload)
+            wire = frame.serialize(mask=False, extensions=ws.extensions)
+        else:
+            wire = encode_frame(opcode, payload)
+        self._write(wire)
+        self.messages_out += 1
+        worker.stats["messages_out"] += 1
+        return True
+
+    def disconnect(self, code: int = 1000, reason: str = "") -> bool:
+        """Start the closing handshake with ``code``; the session is gone from now on."""
+        ws = self.ws
+        if self.closing or ws is None or ws.state is not OPEN or self.transport is None:
+            return False
+        check_close(code, reason)  # RFC 6455 §5.5, §7.4: a bad code raises here, at the call
+        ws.send_close(code, reason)
+        self._begin_close()
+        self._flush_protocol()
+        self._arm_timer(CLOSE_TIMEOUT, self.abort)
+        return True
+
+    def drain(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` once this connection's handlers in flight are done."""
+        if self._handler_queue is None:
+            self.disconnect(code, reason)
+        else:
+            self._close_when_idle = (code, reason)
+
+    def _handlers_idle(self) -> None:
+        if self._close_when_idle is not None:
+            code, reason = self._close_when_idle
+            self._close_when_idle = None
+            self.disconnect(code, reason)
+
+    def _fail_after_handler_error(self) -> None:
+        """Close this connection only, with 1011 (docs/quickstart.md)."""
+        if self.disconnect(INTERNAL_ERROR, "internal error"):
+            return
+        if not self.closing and self.ws is not None:
+            self._fail(INTERNAL_ERROR, "internal error")  # a close is queued, unsent
+        else:
+            self.abort()
+
+    # ------------------------------------------------------------------ moving (live hand-off)
+
+    def prepare_move(self) -> None:
+        """Take this session's bound timers out of the wheel, as data that moves."""
+        moved, dropped = self._worker.timers.export_bound(self.sid)
+        self._moved_timers = moved
+        if dropped:
+            self._worker.stats["timers_not_movable"] += dropped
+
+    def freeze(self) -> None:
+        """Stop reading: from here on, nothing new arrives for this worker to handle."""
+        if self.flow is not None:
+            self.flow.pause(Reason.MOVING)
+
+    def thaw(self) -> None:
+        if self.flow is not None:
+            self.flow.resume(Reason.MOVING)
+
+    def unmovable_reason(self) -> str | None:
+        """Why this connection must stay and close with 1012; None if it can move."""
+        ws = self.ws
+        if self.closing or ws is None or ws.state is not OPEN or self.transport is None:
+            return "closing"
+        if not self.quiescent():
+            return "busy past the bound"
+        if ws.expect_continuation_frame:
+            return "sending a fragmented message"
+        if self.transport.get_extra_info("sslcontext") is not None:
+            return "TLS"
+        if export_extensions(ws.extensions) is None:
+            return "compression context"
+        worker = self._worker
+        handler = worker.handler("handoff")
+        if handler is not None:
+            try:
+                self._app_state = handler(worker.server, self.sid)
+            except Exception:
+                log.exception("handoff hook raised for session %d", self.sid)
+                return "handoff hook raised"
+            if not is_plain_data(self._app_state):
+                return "app state is not plain data"
+        return None
+
+    def begin_move(self) -> int:
+        """Detach: dup the socket, abort the transport (no FIN, no RST, no flush)."""
+        transport = self.transport
+        assert transport is not None
+        fd = os.dup(transport.get_extra_info("socket").fileno())
+        self.moving = True
+        self.moved_out = self._worker.loop.create_future()
+        self._worker.connections.moving(self.sid)  # gone from here: push() is False
+        transport.abort()
+        return fd
+
+    def _moved_lost(self) -> None:
+        """connection_lost of a moving connection: only now is the unsent size exact."""
+        transport = self.transport
+        remaining = transport.get_write_buffer_size() if transport is not None else 0
+        if remaining and self._tx_log:
+            self._unsent = b"".join(self._tx_log)[-remaining:]
+        self._tx_log = None
+        if self.moved_out is not None and not self.moved_out.done():
+            self.moved_out.set_result(None)
+        self._worker.stats["handed_off"] += 1
+
+    def export_state(self) -> MovingSession:
+        """The record of this detached session, for its new worker."""
+        ws = self.ws
+        assert ws is not None
+        decoder = self._text_decoder
+        return MovingSession(
+            sid=self.sid,
+            peer=self.peer,
+            connect_time=self.connect_time,
+            messages_in=self.messages_in,
+            messages_out=self.messages_out,
+            extensions=export_extensions(ws.extensions) or [],
+            subprotocol=ws.subprotocol,
+            current_size=ws.current_size,
+            fragments=list(self._fragments),
+            frag_opcode=self._frag_opcode,
+            decoder=decoder.getstate() if decoder is not None else None,
+            unparsed=self._rx_pending,
+            unsent=self._unsent,
+            app=self._app_state,
+            timers=self._moved_timers or [],
+        )

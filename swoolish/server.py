@@ -40,7 +40,7 @@ class WebSocketServer:
     """A WebSocket + HTTP server run by a master and its prefork workers.
 
     ``WebSocketServer("127.0.0.1", 9501, worker_num=4, max_wait_time=3.0)``; every
-    keyword is a setting from :mod:`swoolish.settings`.
+    keyword is a setting from :mod:`swoolish.core.settings`.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9501, **settings: Any) -> None:
@@ -77,7 +77,7 @@ class WebSocketServer:
     # Every method below works for a session of any worker. This worker's sessions are
     # in ``worker.connections`` (checked first: the local path never touches shared
     # memory); another worker's are found in the shared session table and the
-    # operation is routed to their owner through the master (swoolish.routing).
+    # operation is routed to their owner through the master (swoolish.worker.router).
 
     def push(self, fd: int, data: str | bytes, opcode: int | None = None) -> bool:
         """Send a message to session ``fd``; ``False`` if it is gone, closing or backed up.

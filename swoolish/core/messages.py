@@ -16,7 +16,7 @@ Three conversations use them:
 * **master → worker**: :class:`Pause`, :class:`Stop`, :class:`StatsPoll`,
   :class:`ServerStatsReply`, :class:`Routed`, :class:`Released`;
 * **old worker ↔ new worker** (the hand-off channel of a reload): :class:`HandoffBatch`,
-  :class:`HandoffAck`, :class:`HandoffDone`.
+  :class:`HandoffAck`.
 
 Operations on sessions (:data:`Operation`) travel inside :class:`Route` and
 :class:`Routed`; a route names its destination with a :data:`Target`.
@@ -38,7 +38,6 @@ __all__ = [
     "Exiting",
     "HandoffAck",
     "HandoffBatch",
-    "HandoffDone",
     "Message",
     "MessageError",
     "MovingSession",
@@ -182,7 +181,7 @@ class Exiting(NamedTuple):
     timers_cleared: int
     connections_closed: int
     seconds: float
-    handoff: dict[str, Any] | None = None  # moved, fell_back, fallback_reasons, seconds
+    handoff: dict[str, Any] | None = None  # moved, fell_back, fallback_reasons, handoff_seconds
 
 
 class WorkerFigures(NamedTuple):
@@ -327,10 +326,6 @@ class HandoffAck(NamedTuple):
     reason: str
 
 
-class HandoffDone(NamedTuple):
-    """The old worker sends no more batches."""
-
-
 Message: TypeAlias = (
     Ready
     | Paused
@@ -352,7 +347,6 @@ Message: TypeAlias = (
     | Released
     | HandoffBatch
     | HandoffAck
-    | HandoffDone
 )
 
 _CATALOGUE: frozenset[type] = frozenset(
@@ -377,7 +371,6 @@ _CATALOGUE: frozenset[type] = frozenset(
         Released,
         HandoffBatch,
         HandoffAck,
-        HandoffDone,
     )
 )
 

@@ -66,7 +66,7 @@ class _Parked:
     def __init__(self) -> None:
         self.ops: list[Operation] = []
         self.front = 0  # ops that came through the old worker: they go first
-        self.deadline: float | None = None  # None: until the old worker's release_done
+        self.deadline: float | None = None  # None: until the old worker's ReleaseDone
 
 
 class Switchboard:
@@ -77,7 +77,7 @@ class Switchboard:
         self.locate = locate
         self.region_pid: dict[int, int] = {}
         self.parked: dict[int, _Parked] = {}
-        self.releasing: dict[ReleaseKey, set[int]] = {}  # granted, until release_done
+        self.releasing: dict[ReleaseKey, set[int]] = {}  # granted, until ReleaseDone
         # release requests waiting until the new owner announced every moved session
         self.waiting: dict[ReleaseKey, _Release] = {}
         # moved sid -> until when a route naming its old region goes to its new owner

@@ -127,9 +127,9 @@ def _check_callback(callback: object) -> None:
 
 def _check_bind(bind: object) -> None:
     if isinstance(bind, bool) or not isinstance(bind, int):
-        raise TypeError(f"Timer bind must be None or a session fd (int), got {type(bind).__name__}")
+        raise TypeError(f"Timer bind must be None or a session id (int), got {type(bind).__name__}")
     if bind < 1:
-        raise ValueError(f"Timer bind must be a positive session fd, got {bind!r}")
+        raise ValueError(f"Timer bind must be a positive session id, got {bind!r}")
 
 
 class TimerWheel:
@@ -139,7 +139,7 @@ class TimerWheel:
     the host to call :meth:`run_due` at that absolute clock value, ``None`` meaning nothing is
     pending; the wheel calls it only when the earliest deadline changes and after every
     :meth:`run_due`. ``spawn`` turns a coroutine returned by a callback into a task.
-    ``session_alive(fd)`` lets ``bind=fd`` refuse to arm timers for sessions already closed.
+    ``session_alive(sid)`` lets ``bind=sid`` refuse to arm timers for sessions already closed.
     ``resolution`` is the clock's step in seconds (0 for an exact clock): a deadline counts as
     due once the clock is within half a step of it, which rounds it to the nearest step as
     ``loop.call_at`` does.
@@ -294,9 +294,9 @@ class TimerWheel:
         self._request_wakeup(None)
         return count
 
-    def clear_bound(self, fd: int) -> int:
-        """Cancel every timer bound to session ``fd``; the server calls this when it closes."""
-        ids = self._bound.pop(fd, None)
+    def clear_bound(self, sid: int) -> int:
+        """Cancel every timer bound to session ``sid``; the server calls this when it closes."""
+        ids = self._bound.pop(sid, None)
         if not ids:
             return 0
         timers = self._timers
@@ -314,8 +314,8 @@ class TimerWheel:
             self._maybe_compact()
         return count
 
-    def export_bound(self, fd: int) -> tuple[list[dict[str, Any]], int]:
-        """Take the timers bound to ``fd`` out of this wheel, as data another process can
+    def export_bound(self, sid: int) -> tuple[list[dict[str, Any]], int]:
+        """Take the timers bound to ``sid`` out of this wheel, as data another process can
         re-arm (a live hand-off moves them with their session).
 
         A callable cannot cross processes, so a timer moves by its callback's name: a
@@ -323,7 +323,7 @@ class TimerWheel:
         Timers whose callback has no such name (lambdas, closures) or whose args do not
         pickle are cleared here; their number is returned beside the snapshots.
         """
-        ids = self._bound.pop(fd, None) or set()
+        ids = self._bound.pop(sid, None) or set()
         now = self._clock()
         moved: list[dict[str, Any]] = []
         dropped = 0
@@ -351,8 +351,8 @@ class TimerWheel:
             self._request_wakeup(None)
         return moved, dropped
 
-    def import_bound(self, fd: int, snapshot: dict[str, Any], callback: Callable[..., Any]) -> int:
-        """Re-arm a timer exported by :meth:`export_bound`, bound to ``fd`` here.
+    def import_bound(self, sid: int, snapshot: dict[str, Any], callback: Callable[..., Any]) -> int:
+        """Re-arm a timer exported by :meth:`export_bound`, bound to ``sid`` here.
 
         An overdue timer fires once, immediately: no catch-up burst.
         """
@@ -361,7 +361,7 @@ class TimerWheel:
             snapshot["interval"],
             callback,
             tuple(snapshot["args"]),
-            fd,
+            sid,
             first_delay=float(snapshot["delay"]),
         )
         timer = self._timers.get(adder)
@@ -370,7 +370,7 @@ class TimerWheel:
         return adder
 
     def _deactivate(self, timer: _Entry) -> None:
-        """Flag a timer dead and drop it from the fd index; its heap entry becomes stale."""
+        """Flag a timer dead and drop it from the sid index; its heap entry becomes stale."""
         timer[_ACTIVE] = False
         self._stale += 1
         if timer[_BIND] is not None:

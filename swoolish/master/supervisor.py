@@ -9,12 +9,12 @@ work, one method per duty, as gunicorn's arbiter does:
 
 * ``_handle_signals`` -- USR1/HUP reload; TERM/INT graceful (a second one forces);
   QUIT immediate
-* ``_read_channel``   -- worker messages: ready, paused, exiting, stats, requests
+* ``_read_channel``   -- worker messages (swoolish.core.messages), one method each
 * ``_reap``           -- collect exited workers, fire ``worker_error`` for crashes
 * ``_kill_overdue``   -- SIGKILL stopping workers past max_wait_time + grace
 * ``_spawn_missing``  -- keep every slot filled, with back-off for crash loops
 
-What a reload does is decided by :class:`swoolish.reload.ReloadPlan`; the master only
+What a reload does is decided by :class:`swoolish.core.reload.ReloadPlan`; the master only
 executes its actions (``_execute``).
 """
 

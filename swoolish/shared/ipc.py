@@ -2,7 +2,7 @@
 
 SEQPACKET keeps message boundaries (no length framing to get wrong) and lets file
 descriptors ride with a message (SCM_RIGHTS): the master hands the old worker the
-new worker's adoption inbox inside its ``stop`` message, and a hand-off batch carries
+new worker's adoption inbox inside its ``Stop`` message, and a hand-off batch carries
 up to 253 sockets (SCM_MAX_FD) with their state.
 
 Descriptors are received with ``MSG_CMSG_CLOEXEC`` through ``recvmsg`` itself

@@ -42,7 +42,6 @@ from ..core.messages import (
     HANDOFF_VERSION,
     HandoffAck,
     HandoffBatch,
-    HandoffDone,
     MovingSession,
 )
 from ..shared import ipc
@@ -107,8 +106,6 @@ async def hand_off(
                 break
         for conn in worker.take_late_movers(final=True):
             _fall_back_attached(conn, "handshake after the hand-off", report)
-        with contextlib.suppress(OSError):
-            ipc.send(channel, HandoffDone())
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -203,7 +200,7 @@ async def _send_batch(
         states,
     )
     # What these clients' messages made us route leaves before they do: the new worker
-    # has the master read it before anything it routes for them (routing.py).
+    # has the master read it before anything it routes for them (swoolish.worker.router).
     worker.router.flush()
     waiter = acks.expect(number)
     try:

@@ -19,24 +19,7 @@ from ..core.settings import Settings
 from ..core.timerwheel import TimerWheel
 from .sessions import SessionMap
 
-__all__ = ["ClientConnection", "HandoffRouting", "IdSource", "WorkerHost"]
-
-
-class ClientConnection(Protocol):
-    """What the worker does with any client connection, HTTP or WebSocket."""
-
-    sid: int
-    established: bool
-    closing: bool
-    last_time: float
-
-    def abort(self) -> None: ...
-
-    def drain(self, code: int, reason: str) -> None:
-        """Close for a worker that stops: WebSockets with ``code`` once their handlers
-        in flight are done, HTTP after the response in flight."""
-
-    def awaiting_first_request(self) -> bool: ...
+__all__ = ["HandoffRouting", "SessionIds", "WorkerHost"]
 
 
 class HandoffRouting(Protocol):
@@ -55,7 +38,9 @@ class HandoffRouting(Protocol):
     def announce(self) -> None: ...
 
 
-class IdSource(Protocol):
+class SessionIds(Protocol):
+    """Hands out session ids, never reused (swoolish.shared.ids.IdAllocator)."""
+
     def next_id(self) -> int: ...
 
 
@@ -74,7 +59,7 @@ class WorkerHost(Protocol):
     draining: bool
 
     @property
-    def ids(self) -> IdSource:
+    def ids(self) -> SessionIds:
         """Where new session ids come from (never reused)."""
         ...
 

@@ -266,7 +266,7 @@ class Worker:
             leftover += self.timers.clear_all()
             # Operations other workers sent to the sessions that moved went, batch by
             # batch, to the master, which delivers them to the new owner in order
-            # (swoolish.routing); the last answers may still be on their way.
+            # (swoolish.worker.router); the last answers may still be on their way.
             released = self.router.handoff_over()
         closed = await self._drain(close_code)
         if handing_off:

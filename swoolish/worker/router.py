@@ -1,20 +1,20 @@
 """Operations on another worker's sessions, routed through the master.
 
 A worker that pushes to (disconnects, closes) a session it does not own finds the
-owner's region in the shared :mod:`swoolish.table` and queues the operation; once per
-loop iteration it sends one message per target to the master (``route``), which
-forwards it to the worker owning that region (``routed``). Channels are FIFO, so the
+owner's region in the shared :mod:`swoolish.shared.table` and queues the operation; once per
+loop iteration it sends one message per target to the master (``Route``), which
+forwards it to the worker owning that region (``Routed``). Channels are FIFO, so the
 operations of one sender on one session are applied in the order they were made.
 
 **A session that moves (live hand-off)** is marked MOVING in the old worker's region
 and stays there until the old worker lets go; lookups prefer that entry, so every
 operation on the session still goes to the old worker, which keeps them, in order.
-Batch by batch, once the new worker acknowledged it, the old worker sends ``release``
+Batch by batch, once the new worker acknowledged it, the old worker sends ``Release``
 (the batch's ids and the operations it kept for them); the master *parks* every
-operation on those ids and answers ``released``; the old worker drops its MOVING
-entries and sends ``release_done`` with what reached it meanwhile (everything the
-master forwarded before ``released``). The master then delivers kept, late and parked
-operations, in that order, to the new owner, followed by an ``arrived`` marker (the
+operation on those ids and answers ``Released``; the old worker drops its MOVING
+entries and sends ``ReleaseDone`` with what reached it meanwhile (everything the
+master forwarded before ``Released``). The master then delivers kept, late and parked
+operations, in that order, to the new owner, followed by an ``Arrived`` marker (the
 new owner's own pushes to the session wait for it), and for a while sends operations
 still addressed to the old region for those ids to the new owner. Nothing is
 reordered and nothing is lost unless the session really went away; a busy client
@@ -23,11 +23,11 @@ waits one batch's round trip, not the whole hand-off.
 Two causal barriers keep one client's order when *its* worker changes (both travel on
 FIFO channels, so no clock is needed):
 
-* The new worker announces what it adopted (``adopted``) only after sending everything
+* The new worker announces what it adopted (``Adopted``) only after sending everything
   it routed before; the master lets the old worker go only once every moved session was
   announced, so an operation the new owner routed towards the old worker is always
   among the kept or late ones, ahead of the new owner's own held pushes.
-* Before it handles anything of an adopted batch, the new worker sends ``adopting``
+* Before it handles anything of an adopted batch, the new worker sends ``Adopting``
   naming the old one; the master then reads what the old worker had sent (it routed
   its operations before the batch left), so a client's messages handled by the old
   worker are routed before those the new worker handles for it.
@@ -35,7 +35,7 @@ FIFO channels, so no clock is needed):
 **Broadcasts** go to the master as one operation it fans out to every other worker, and
 to every session it parks. A moving session gets each broadcast once: from its old
 worker while attached or not yet let go of (kept), from the master while parked, from
-the new owner after ``arrived``. So the new owner skips another worker's broadcast for
+the new owner after ``Arrived``. So the new owner skips another worker's broadcast for
 a session still arriving, holds its own behind what was routed before, and drops a
 second copy (same broadcast id) of one the session already had or holds.
 """

@@ -1,4 +1,4 @@
-"""Unit tests for swoolish.timers, driven by a fake clock so nothing ever sleeps."""
+"""Unit tests for the timer wheel and the Timer facade, driven by a fake clock (no sleeping)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,21 @@ from .shared.logs import configure_logging
 from .shared.setup import WorkerSetup
 from .worker.process import App, run_worker
 
-__all__ = ["run_script", "serve"]
+__all__ = ["run_script", "serve", "unsupported_platform"]
+
+EXIT_USAGE = 2
+
+
+def unsupported_platform() -> str | None:
+    """Why this system cannot run a server (one line), or None on Linux.
+
+    Checked before anything is loaded or bound, by ``swoolish serve`` and
+    ``server.start()``: the master and workers rely on Linux alone (SO_PEERCRED on the
+    control socket, SOCK_SEQPACKET channels carrying descriptors, PR_SET_PDEATHSIG).
+    """
+    if sys.platform.startswith("linux"):
+        return None
+    return f"swoolish needs Linux to serve; this system is {sys.platform!r}"
 
 
 def serve(server: App, spec: loader.AppSpec, overrides: dict[str, Any]) -> int:
@@ -33,7 +47,7 @@ def _worker_main(
     spec: loader.AppSpec, overrides: dict[str, Any], expected: type[App], setup: WorkerSetup
 ) -> int:
     def load_fresh_app() -> App:
-        loader.purge_user_modules()
+        loader.purge_user_modules(loader.app_directory(spec))
         server = loader.load(spec, expected)
         server.settings.update(overrides)
         return server
@@ -43,6 +57,10 @@ def _worker_main(
 
 def run_script(server: App) -> None:
     """``server.start()``: the calling script becomes the app the workers re-import."""
+    problem = unsupported_platform()
+    if problem:
+        print(f"swoolish: {problem}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if not path:
@@ -53,5 +71,5 @@ def run_script(server: App) -> None:
         code = serve(server, loader.AppSpec("path", os.path.abspath(path), attr), {})
     except SettingError as exc:
         print(f"swoolish: {exc}", file=sys.stderr)
-        code = 2
+        code = EXIT_USAGE
     sys.exit(code)

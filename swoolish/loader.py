@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import site
 import sys
 import sysconfig
 from typing import Any, TypeVar
@@ -19,11 +20,15 @@ from typing import Any, TypeVar
 from .core.errors import SettingError, TargetError
 from .core.loading import created_during_load, loading
 
-__all__ = ["ANY_SERVER", "AppSpec", "load", "parse_target", "purge_user_modules"]
+__all__ = ["ANY_SERVER", "AppSpec", "app_directory", "load", "parse_target", "purge_user_modules"]
 
 T = TypeVar("T")
 
 ANY_SERVER = "*"  # AppSpec.attr of a script whose server has no module-level name
+
+# The app's own directory, noted by the last load() (in the master, before it forks):
+# what purge_user_modules() forgets when it is not told.
+_app_directory: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +100,15 @@ def _innermost_frame(exc: BaseException) -> str:
     return f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb else ""
 
 
+def app_directory(spec: AppSpec) -> str:
+    """The app's own directory: the directory of a path TARGET, the working directory
+    (which :func:`load` puts on ``sys.path``) for a module TARGET."""
+    return os.path.dirname(spec.ref) if spec.kind == "path" else os.getcwd()
+
+
 def _import(spec: AppSpec) -> Any:
+    global _app_directory
+    _app_directory = app_directory(spec)
     if spec.kind == "module":
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -121,26 +134,51 @@ def _import(spec: AppSpec) -> Any:
     return module
 
 
-def _library_dirs() -> tuple[str, ...]:
+def _directory(path: str) -> str:
+    """``path`` resolved, with a trailing separator (so /app never matches /app2)."""
+    return os.path.join(os.path.realpath(path), "")
+
+
+def _library_dirs(app: str) -> tuple[str, ...]:
+    """Where libraries live: the installation's, swoolish's, the user site-packages and
+    every PYTHONPATH entry, except the app's own directory and the directories above it
+    (a PYTHONPATH entry may be the app's directory, or the checkout that holds it)."""
     paths = sysconfig.get_paths()
     dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
     dirs.add(os.path.dirname(os.path.abspath(__file__)))  # swoolish itself
-    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
+    user_site = site.getusersitepackages()
+    if isinstance(user_site, str):
+        dirs.add(user_site)
+    dirs.update(entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry)
+    resolved = {_directory(d) for d in dirs}
+    return tuple(d for d in resolved if not app.startswith(d))
 
 
-def purge_user_modules() -> int:
-    """Forget every module loaded from outside the Python installation: the app's code.
+def _script_directory() -> str | None:
+    """The directory of ``__main__`` when it is a script (``server.start()``)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) if path else None
+
+
+def purge_user_modules(app_dir: str | None = None) -> int:
+    """Forget the app's own modules: those loaded from the app's directory ``app_dir``
+    (default: the one the last :func:`load` used, else the directory of the script that
+    called ``server.start()``, else the working directory).
 
     Run in a freshly forked worker before :func:`load`, so the app and its own modules
-    are imported from disk again. Library modules (stdlib, site-packages, swoolish) stay.
+    are imported from disk again. Libraries stay, including those under the app's
+    directory (a virtualenv inside it, a PYTHONPATH entry below it): re-importing a
+    library as app code would give the worker a second copy of its classes and state.
     """
-    library = _library_dirs()
+    app = _directory(app_dir or _app_directory or _script_directory() or os.getcwd())
+    library = _library_dirs(app)
     purged = 0
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if name == "__main__" or not path:
             continue
-        if not os.path.realpath(path).startswith(library):
+        real = os.path.realpath(path)
+        if real.startswith(app) and not real.startswith(library):
             del sys.modules[name]
             purged += 1
     importlib.invalidate_caches()

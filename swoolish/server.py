@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .core.events import Handlers, canonical_event_name
-from .core.frames import BINARY, GOING_AWAY, TEXT, check_close
+from .core.frames import BINARY, GOING_AWAY, TEXT, check_close, check_push
 from .core.loading import loading_in_worker, note_server_created
 from .core.messages import (
     Close,
@@ -83,11 +83,15 @@ class WebSocketServer:
         """Send a message to session ``fd``; ``False`` if it is gone, closing or backed up.
 
         For another worker's session, True means the message was handed to its owner
-        (which then applies the same rules). Never raises for a gone session and never
-        logs per push: failures are counted in ``stats()`` (``push_to_closed``,
-        ``push_over_buffer``).
+        (which then applies the same rules); False also when too much waits for the
+        master already (``routed_refused``: it is not keeping up, see docs/design.md,
+        "Channels"). Never raises for a gone session and never logs per push: failures
+        are counted in ``stats()`` (``push_to_closed``, ``push_over_buffer``). A bad
+        ``opcode`` (only TEXT and BINARY) or ``data`` raises ``ValueError`` here, at the
+        call, for any session.
         """
         worker = self._require_worker("push")
+        check_push(data, opcode)
         connections = worker.connections
         conn = connections.get(fd) if type(fd) is int else None
         if conn is not None:
@@ -101,8 +105,9 @@ class WebSocketServer:
         if len(data) > MAX_ROUTED_PAYLOAD:
             worker.stats["push_too_large"] += 1
             return False
+        if not worker.router.send(ToRegion(found[0]), Push(fd, data, opcode)):
+            return False  # counted in routed_refused
         worker.stats["routed_out"] += 1
-        worker.router.send(ToRegion(found[0]), Push(fd, data, opcode))
         return True
 
     def exists(self, fd: int) -> bool:
@@ -132,8 +137,7 @@ class WebSocketServer:
         if found is None or found[1] < ESTABLISHED:
             return False
         check_close(code, reason)  # raise here, at the call, as for a local session
-        worker.router.send(ToRegion(found[0]), Disconnect(fd, code, reason))
-        return True
+        return worker.router.send(ToRegion(found[0]), Disconnect(fd, code, reason))
 
     def close(self, fd: int) -> bool:
         """Close session ``fd`` (a WebSocket gets a 1000 close frame first)."""
@@ -143,8 +147,7 @@ class WebSocketServer:
             found = worker.router.lookup(fd)
             if found is None:
                 return False
-            worker.router.send(ToRegion(found[0]), Close(fd))
-            return True
+            return worker.router.send(ToRegion(found[0]), Close(fd))
         if conn.established:
             return self.disconnect(fd, 1000, "")
         conn.abort()
@@ -165,9 +168,9 @@ class WebSocketServer:
         router = worker.router
         handed = 0
         if fds is None:
-            handed = router.broadcast(data, None)
+            handed, routed = router.broadcast(data, None)
             table = router.table
-            if table is not None:
+            if table is not None and routed:
                 for region, _ in table.active_regions():
                     if region != router.region:
                         handed += table.established_count(region)
@@ -184,8 +187,8 @@ class WebSocketServer:
                 continue
             by_region.setdefault(found[0], []).append(fd)
         for region, sids in by_region.items():
-            handed += len(sids)
-            router.send(ToRegion(region), PushMany(sids, data, None))
+            if router.send(ToRegion(region), PushMany(sids, data, None)):
+                handed += len(sids)
         return handed
 
     @property
@@ -273,8 +276,7 @@ class WebSocketServer:
             raise ValueError(f"message over {MAX_ROUTED_PAYLOAD} bytes once pickled")
         if worker.channel is None:
             return False
-        worker.router.send(ToSlot(worker_id), Pipe(worker.worker_id, payload))
-        return True
+        return worker.router.send(ToSlot(worker_id), Pipe(worker.worker_id, payload))
 
     # ------------------------------------------------------------------ process control
 

@@ -18,7 +18,7 @@ from typing import Any
 from .. import loader
 from ..core.errors import SettingError, TargetError
 from ..core.settings import SETTINGS, Setting
-from ..launch import serve
+from ..launch import serve, unsupported_platform
 from ..server import WebSocketServer
 from ..shared.logs import LOG_FORMATS, configure_logging
 from . import commands
@@ -48,8 +48,9 @@ examples:
   swoolish serve myapp:server --workers 4 --pid-file /tmp/swoolish.pid
   swoolish serve myapp:server --log-format json 2>> /var/log/myapp.jsonl
 
-exit status: 0 after a graceful shutdown; 2 for a bad TARGET or setting (one line on
-stderr says what is wrong, before anything is forked).
+exit status: 0 after a graceful shutdown; 2 for a bad TARGET or setting, a pid file a
+running master holds, or a system other than Linux (one line on stderr says what is
+wrong, before anything is forked).
 """
 
 RELOAD_EXAMPLES = """\
@@ -58,15 +59,16 @@ examples:
   swoolish reload                 # the only swoolish master running, no waiting
 
 exit status: 0 reload requested (or, with --wait, completed); 1 rolled back, timed out,
-or no master found (including a stale pid file, which is never signalled).
+no master found (including a stale pid file, which is never signalled), or the master
+is another user's (only its user and root may control it).
 """
 
 STOP_EXAMPLES = """\
 examples:
   swoolish stop --pid-file /tmp/swoolish.pid --timeout 10
 
-exit status: 0 the master exited; 1 it is still running after --timeout, or no master
-was found.
+exit status: 0 the master exited; 1 it is still running after --timeout, no master
+was found, or it is another user's.
 """
 
 STATUS_EXAMPLES = """\
@@ -74,7 +76,8 @@ examples:
   swoolish status
   swoolish status --pid-file /tmp/swoolish.pid --json | jq .workers
 
-exit status: 0 printed; 1 no master found or it did not answer within --timeout.
+exit status: 0 printed; 1 no master found, another user's, or it did not answer
+within --timeout.
 """
 
 
@@ -211,7 +214,7 @@ def _add_pid_file(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pid-file",
         dest="pid_file",
-        help="the master's pid file (default: the only swoolish master running)",
+        help="the master's pid file (default: the only swoolish master of your user)",
     )
 
 
@@ -222,6 +225,10 @@ def _add_timeout(parser: argparse.ArgumentParser, default: float) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    problem = unsupported_platform()
+    if problem:  # before the app is loaded: nothing would run it
+        print(f"swoolish: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     overrides = serve_overrides(args)
     spec = loader.parse_target(args.target)
     server = loader.load(spec, WebSocketServer)

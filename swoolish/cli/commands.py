@@ -3,10 +3,16 @@
 Before any signal is sent, the pid is checked with psutil to be a live swoolish master
 (its process title starts with ``swoolish: master``): a stale pid file whose number now
 belongs to an unrelated process must never get a signal.
+
+Only the master's own user and root may control it (its control socket checks the
+peer's uid, master/control.py), so the CLI says so in one line instead of trying:
+without ``--pid-file`` it only considers masters of the caller's uid, and a master of
+another user named by ``--pid-file`` is refused unless the caller is root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -39,16 +45,18 @@ def _is_master(proc: psutil.Process) -> bool:
     return bool(cmdline) and cmdline[0].startswith(MASTER_TITLE)
 
 
+def _uid(proc: psutil.Process) -> int | None:
+    """The effective uid a master runs as (its control socket's owner)."""
+    try:
+        return int(proc.uids().effective)
+    except psutil.Error:
+        return None
+
+
 def find_master(pid_file: str | None) -> psutil.Process:
-    """The master named by ``pid_file``, or the only master running when none is given."""
+    """The master named by ``pid_file``, or the caller's only master when none is given."""
     if pid_file is None:
-        masters = [p for p in psutil.process_iter() if _is_master(p)]
-        if len(masters) == 1:
-            return masters[0]
-        if not masters:
-            raise CommandError("no swoolish master is running")
-        pids = ", ".join(str(p.pid) for p in masters)
-        raise CommandError(f"several swoolish masters are running ({pids}); pass --pid-file")
+        return _only_master_of(os.geteuid())
     try:
         with open(pid_file) as f:
             text = f.read().strip()
@@ -66,13 +74,62 @@ def find_master(pid_file: str | None) -> psutil.Process:
             f"stale pid file {pid_file}: process {pid} is not a swoolish master "
             f"({' '.join(proc.cmdline())[:60]!r}); not signalling it"
         )
+    _check_may_control(proc)
     return proc
+
+
+def _only_master_of(uid: int) -> psutil.Process:
+    masters = [p for p in psutil.process_iter() if _is_master(p)]
+    mine = [p for p in masters if _uid(p) == uid]
+    if len(mine) == 1:
+        return mine[0]
+    if mine:
+        pids = ", ".join(str(p.pid) for p in mine)
+        raise CommandError(f"several swoolish masters are running ({pids}); pass --pid-file")
+    others = f" ({len(masters)} of other users; --pid-file names one)" if masters else ""
+    raise CommandError(f"no swoolish master of uid {uid} is running{others}")
+
+
+def _check_may_control(proc: psutil.Process) -> None:
+    """Refuse, in one line, a master the caller may not control: another user's, unless
+    the caller is root (its control socket and the kernel would refuse anyway)."""
+    me, owner = os.geteuid(), _uid(proc)
+    if me != 0 and owner != me:
+        raise CommandError(
+            f"master {proc.pid} runs as uid {owner}; only that user or root may control it "
+            f"(you are uid {me})"
+        )
+
+
+def _control_path(master: psutil.Process) -> str:
+    """Where ``master``'s control socket is: its runtime directory was chosen from its
+    own environment (read with psutil when allowed), else from ours."""
+    uid = _uid(master)
+    if uid is None:
+        raise ConnectionError(f"master {master.pid} is gone")
+    environs: list[dict[str, str]] = []
+    with contextlib.suppress(psutil.Error):
+        environs.append(master.environ())
+    if uid == os.geteuid():
+        environs.append(dict(os.environ))
+    return control.locate(master.pid, uid, environs)
+
+
+def _signal(master: psutil.Process, sig: signal.Signals) -> None:
+    try:
+        master.send_signal(sig)
+    except psutil.NoSuchProcess:
+        raise CommandError(f"master {master.pid} exited before it got {sig.name}") from None
+    except psutil.AccessDenied:
+        raise CommandError(
+            f"not permitted to signal master {master.pid} (you are uid {os.geteuid()})"
+        ) from None
 
 
 def reload(pid_file: str | None, wait: bool, timeout: float) -> int:
     master = find_master(pid_file)
     if not wait:
-        os.kill(master.pid, signal.SIGUSR1)
+        _signal(master, signal.SIGUSR1)
         print(f"reload requested (master pid {master.pid})")
         return 0
     started = time.monotonic()
@@ -80,7 +137,8 @@ def reload(pid_file: str | None, wait: bool, timeout: float) -> int:
     try:
         # After "finished", the master goes on reporting how each old worker drained
         # (connections moved or closed) and hangs up when they have all exited.
-        for event in control.request(master.pid, {"command": "reload"}, timeout):
+        path = _control_path(master)
+        for event in control.request(master.pid, {"command": "reload"}, timeout, path):
             line = _describe_reload_event(event)
             if line:
                 print(line, flush=True)
@@ -135,7 +193,7 @@ def _describe_reload_event(event: dict[str, Any]) -> str:
 
 def stop(pid_file: str | None, timeout: float) -> int:
     master = find_master(pid_file)
-    master.send_signal(signal.SIGTERM)
+    _signal(master, signal.SIGTERM)
     if not _wait_gone(master, timeout):
         raise CommandError(
             f"master {master.pid} still running after {timeout:g}s "
@@ -162,7 +220,8 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
 def status(pid_file: str | None, as_json: bool, timeout: float) -> int:
     master = find_master(pid_file)
     try:
-        replies = list(control.request(master.pid, {"command": "status"}, timeout))
+        path = _control_path(master)
+        replies = list(control.request(master.pid, {"command": "status"}, timeout, path))
     except (TimeoutError, ConnectionError) as exc:
         raise CommandError(f"status: {exc}") from None
     if not replies or "master" not in replies[0]:

@@ -25,7 +25,9 @@ __all__ = [
     "PROTOCOL_ERROR",
     "SERVICE_RESTART",
     "TEXT",
+    "FrameCursor",
     "check_close",
+    "check_push",
     "encode_frame",
     "frame_extent",
     "unparsed_tail",
@@ -86,6 +88,34 @@ def check_close(code: int, reason: str) -> None:
         )
 
 
+def check_push(data: object, opcode: object) -> None:
+    """What ``push`` may send: raise ``ValueError`` (or ``TypeError``) at the call.
+
+    A message is TEXT or BINARY (None: text for ``str``, binary for bytes). Control
+    frames have their own rules (at most 125 bytes, RFC 6455 §5.5) and their own API
+    (``disconnect``); the other opcodes are reserved (§5.2). A text message is UTF-8
+    (§5.6), so bytes sent as TEXT must be, and a ``str`` must encode (no lone surrogate).
+    """
+    if opcode is not None and (type(opcode) is not int or opcode not in (TEXT, BINARY)):
+        raise ValueError(
+            f"push() sends opcode TEXT (1) or BINARY (2), or None (text for str, binary "
+            f"for bytes); got {opcode!r}"
+        )
+    if isinstance(data, str):
+        if not data.isascii() and not _encodes(data, len(data) * 4):
+            raise ValueError("push() got a str that is not valid Unicode (a lone surrogate)")
+    elif isinstance(data, bytes | bytearray | memoryview):
+        if opcode == TEXT:
+            try:
+                bytes(data).decode()
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"push() with opcode TEXT needs UTF-8, invalid at byte {exc.start}"
+                ) from None
+    else:
+        raise TypeError(f"push() sends str or bytes, got {type(data).__name__}")
+
+
 def _encodes(text: str, limit: int) -> bool:
     try:
         return len(text.encode()) <= limit
@@ -121,6 +151,82 @@ def frame_extent(buffer: bytes, pos: int = 0) -> tuple[int, int] | None:
     if available < head:
         return None
     return pos + head, pos + head + length
+
+
+class FrameCursor:
+    """Where the frame in progress of a byte stream ends, found in time linear in the bytes.
+
+    Fed every chunk a connection reads (starting at a frame boundary), it reads each
+    frame header once, with :func:`frame_extent`, and then only counts the payload
+    down: a 32 MiB message read in thousands of chunks is never rescanned (rescanning
+    the frame in progress on every read made receiving a large message quadratic). It
+    keeps the bytes of the frame in progress up to ``keep`` bytes: what a live hand-off
+    carries as ``unparsed``; past that it only counts them.
+    """
+
+    __slots__ = ("_kept", "_need", "_seen", "keep")
+
+    def __init__(self, keep: int = 0) -> None:
+        self.keep = keep
+        # the frame in progress while it is at most `keep` bytes, and always its first 14
+        # (a header's most), which say how long it is
+        self._kept = bytearray()
+        self._seen = 0  # bytes of the frame in progress read so far (0: at a boundary)
+        self._need = -1  # bytes still to come once its header is complete; -1: not yet
+
+    @property
+    def at_boundary(self) -> bool:
+        """No frame is in progress: the next byte starts a frame."""
+        return not self._seen
+
+    @property
+    def unparsed(self) -> bytes | None:
+        """The bytes after the last complete frame; None when more than ``keep`` were."""
+        if self._seen > self.keep or self._seen > len(self._kept):
+            return None
+        return bytes(self._kept)
+
+    def feed(self, data: bytes) -> None:
+        """Account for ``data``, the next bytes of the stream."""
+        n = len(data)
+        pos = 0
+        if self._seen:
+            if self._need < 0:
+                # The header is cut (at most 14 bytes, RFC 6455 §5.2): what we have of
+                # it, and the first bytes of data, tell the frame's length.
+                extent = frame_extent(bytes(self._kept) + data[:14])
+                if extent is None:
+                    self._take(data)
+                    return
+                self._need = extent[1] - self._seen
+            if n < self._need:
+                self._take(data)
+                self._need -= n
+                return
+            pos = self._need
+            self._kept.clear()
+            self._seen, self._need = 0, -1
+        while pos < n:
+            extent = frame_extent(data, pos)
+            end = -1 if extent is None else extent[1]
+            if end < 0 or end > n:
+                self._take(data[pos:])
+                if end > n:
+                    self._need = end - n
+                return
+            pos = end
+
+    def _take(self, data: bytes) -> None:
+        self._seen += len(data)
+        if self._seen <= max(self.keep, 14):
+            self._kept += data
+        elif self._kept:
+            self._kept.clear()  # too large to carry: only counted from here on
+
+    def reset(self) -> None:
+        """Forget the frame in progress (the stream is over)."""
+        self._kept.clear()
+        self._seen, self._need = 0, -1
 
 
 def unparsed_tail(buffer: bytes) -> bytes:

@@ -13,7 +13,7 @@ Three conversations use them:
   (:class:`ReloadRequest`, :class:`ShutdownRequest`, :class:`ServerStatsRequest`), and the
   routing of operations on other workers' sessions (:class:`Route`, :class:`Adopting`,
   :class:`Adopted`, :class:`Release`, :class:`ReleaseDone`);
-* **master → worker**: :class:`Pause`, :class:`Stop`, :class:`StatsPoll`,
+* **master → worker**: :class:`Serve`, :class:`Pause`, :class:`Stop`, :class:`StatsPoll`,
   :class:`ServerStatsReply`, :class:`Routed`, :class:`Released`;
 * **old worker ↔ new worker** (the hand-off channel of a reload): :class:`HandoffBatch`,
   :class:`HandoffAck`.
@@ -54,6 +54,7 @@ __all__ = [
     "ReloadRequest",
     "Route",
     "Routed",
+    "Serve",
     "ServerStatsReply",
     "ServerStatsRequest",
     "ShutdownRequest",
@@ -244,6 +245,11 @@ class ReleaseDone(NamedTuple):
 # ------------------------------------------------------------------ master -> worker
 
 
+class Serve(NamedTuple):
+    """Start accepting connections: this worker's whole generation is ready, so a
+    rollback can no longer take the connections it accepts (docs/reload.md)."""
+
+
 class Pause(NamedTuple):
     """Stop accepting new connections (answered by :class:`Paused`)."""
 
@@ -339,6 +345,7 @@ Message: TypeAlias = (
     | Adopted
     | Release
     | ReleaseDone
+    | Serve
     | Pause
     | Stop
     | StatsPoll
@@ -363,6 +370,7 @@ _CATALOGUE: frozenset[type] = frozenset(
         Adopted,
         Release,
         ReleaseDone,
+        Serve,
         Pause,
         Stop,
         StatsPoll,
@@ -386,7 +394,7 @@ def encode(message: Message) -> bytes:
     return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode(data: bytes) -> Message:
+def decode(data: bytes | memoryview) -> Message:
     """The message ``data`` encodes; :class:`MessageError` for anything else."""
     try:
         message = pickle.loads(data)

@@ -12,14 +12,20 @@ A reload of generation ``g`` to ``g + 1`` goes through these phases::
                          |                          (or pause deadline)
                          +--new worker exited / start deadline--> IDLE (rolled back)
 
-* BOOTING: new workers are forked, ``batch`` at a time. Old workers keep serving.
-* PAUSING: every new worker is ready. Each old worker is told to stop accepting and
-  acknowledges. Only when all have (or after ``pause_timeout``) are they told to stop:
-  ``worker_stop`` -> ``worker_exit`` -> drain with 1012. A client closed by an old
-  worker can therefore only reconnect to a new one: nobody is closed twice.
+* BOOTING: new workers are forked, ``batch`` at a time. Old workers keep serving; a
+  new worker that is ready does not accept connections yet.
+* PAUSING: every new worker is ready and is told to start accepting (``Serve``). Each
+  old worker is told to stop accepting and acknowledges. Only when all have (or after
+  ``pause_timeout``) are they told to stop: ``worker_stop`` -> ``worker_exit`` ->
+  drain with 1012. A client closed by an old worker can therefore only reconnect to a
+  new one: nobody is closed twice.
 * Rollback: if a new worker exits before it is ready, or is not ready within
-  ``start_timeout``, every new worker is killed and the old ones never noticed.
-  A reload is all-or-nothing: generations are never mixed.
+  ``start_timeout``, every new worker is killed and the old ones never noticed. No
+  new worker accepted a connection by then (it waits for ``Serve``), so a rollback
+  closes no client. A reload is all-or-nothing: generations are never mixed.
+
+Every reload gets a generation number of its own: a rolled-back generation's number is
+never given to a later one, so one number always names one set of processes.
 
 Reload requests that arrive during a reload are coalesced into one more reload after
 the current one ends.
@@ -39,6 +45,7 @@ __all__ = [
     "Phase",
     "ReloadPlan",
     "RequestAgain",
+    "Serve",
     "Spawn",
     "Stop",
 ]
@@ -59,6 +66,13 @@ class Spawn:
 
     slot: int
     generation: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Serve:
+    """Tell a new worker to start accepting connections: its whole generation is ready."""
+
+    pid: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +100,8 @@ class Kill:
 
 @dataclasses.dataclass(frozen=True)
 class Finished:
-    """A reload ended: ``ok`` (generation is now ``generation``) or rolled back."""
+    """A reload ended: ``ok`` (generation is now ``generation``) or rolled back
+    (``generation`` still serves; ``attempted`` is the number the reload had)."""
 
     generation: int
     ok: bool
@@ -95,6 +110,7 @@ class Finished:
     ended_at: float
     new_pids: tuple[int, ...]
     old_pids: tuple[int, ...]
+    attempted: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +120,7 @@ class RequestAgain:
     at: float
 
 
-Action = Spawn | Pause | Stop | Kill | Finished | RequestAgain
+Action = Spawn | Serve | Pause | Stop | Kill | Finished | RequestAgain
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -143,6 +159,7 @@ class ReloadPlan:
         if slots < 1:
             raise ValueError("a reload needs at least one slot")
         self.generation = generation  # the generation that is serving
+        self.latest = generation  # the highest generation number ever started
         self.slots = slots
         self.batch = batch if batch > 0 else slots
         self.start_timeout = start_timeout
@@ -161,7 +178,7 @@ class ReloadPlan:
     @property
     def target(self) -> int:
         """The generation being started (equals ``generation`` when idle)."""
-        return self.generation + 1 if self.phase is not Phase.IDLE else self.generation
+        return self.latest if self.phase is not Phase.IDLE else self.generation
 
     @property
     def active(self) -> bool:
@@ -187,6 +204,7 @@ class ReloadPlan:
             self.pending = True
             return []
         self.reloads += 1
+        self.latest += 1  # never reused, even when this reload is rolled back
         self.phase = Phase.BOOTING
         self._started_at = now
         self._old = dict(serving)
@@ -275,7 +293,7 @@ class ReloadPlan:
                 break
             if worker.boot is _Boot.WAITING:
                 worker.boot = _Boot.FORKING
-                actions.append(Spawn(worker.slot, self.generation + 1))
+                actions.append(Spawn(worker.slot, self.latest))
                 room -= 1
         return actions
 
@@ -283,7 +301,8 @@ class ReloadPlan:
         self.phase = Phase.PAUSING
         self._unpaused = set(self._old)
         self._pause_deadline = now + self.pause_timeout
-        actions: list[Action] = [Pause(pid) for pid in sorted(self._old)]
+        actions: list[Action] = [Serve(w.pid) for w in self._new.values() if w.pid is not None]
+        actions += [Pause(pid) for pid in sorted(self._old)]
         return actions + self._finish_if_paused(now)
 
     def _finish_if_paused(self, now: float) -> list[Action]:
@@ -291,7 +310,7 @@ class ReloadPlan:
             return []
         actions: list[Action] = [Stop(pid) for pid in sorted(self._old)]
         finished = self._finished(now, ok=True, reason="complete")
-        self.generation += 1
+        self.generation = self.latest
         self._reset()
         return [*actions, finished, *self._start_pending(now)]
 
@@ -305,13 +324,14 @@ class ReloadPlan:
 
     def _finished(self, now: float, ok: bool, reason: str) -> Finished:
         return Finished(
-            generation=self.generation + 1 if ok else self.generation,
+            generation=self.latest if ok else self.generation,
             ok=ok,
             reason=reason,
             started_at=self._started_at,
             ended_at=now,
             new_pids=tuple(w.pid for w in self._new.values() if w.pid is not None),
             old_pids=tuple(sorted(self._old)),
+            attempted=self.latest,
         )
 
     def _start_pending(self, now: float) -> list[Action]:

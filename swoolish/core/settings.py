@@ -12,14 +12,29 @@ Settings are validated in the master *before anything is forked*: a bad value is
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import SettingError
 
-__all__ = ["KINDS", "LOG_LEVELS", "SETTINGS", "Setting", "Settings", "render_reference"]
+__all__ = [
+    "KINDS",
+    "LOG_LEVELS",
+    "SETTINGS",
+    "Setting",
+    "Settings",
+    "normalize_origin",
+    "render_reference",
+]
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _comma_list(text: str) -> list[str]:
+    """``a, b,c`` on the command line: the items of a ``list`` setting."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
 
 #: How the command line spells each kind of value: the function that turns the text
 #: into a value (the validator still checks it afterwards) and the default metavar.
@@ -30,6 +45,7 @@ KINDS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
     "str": (str, "TEXT"),
     "path": (str, "PATH"),
     "bool": (None, ""),
+    "list": (_comma_list, "LIST"),
 }
 
 
@@ -45,6 +61,12 @@ def _non_negative_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise SettingError(f"{name} must be an integer >= 0, got {value!r}")
     return value
+
+
+def _non_negative_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise SettingError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def _positive_number(name: str, value: Any) -> float:
@@ -77,6 +99,49 @@ def _bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise SettingError(f"{name} must be true or false, got {value!r}")
     return value
+
+
+# An origin as browsers send it (RFC 6454 §6.2): scheme "://" host [":" port], no path.
+_ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://([^\s/?#@:\[\]]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?")
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def normalize_origin(text: str) -> str | None:
+    """``scheme://host[:port]`` in lower case without a default port, or None if
+    ``text`` is no such origin (so ``HTTPS://Example.com:443`` equals
+    ``https://example.com``, as RFC 6454 §5 compares them)."""
+    match = _ORIGIN.fullmatch(text.lower()) if isinstance(text, str) else None
+    if match is None:
+        return None
+    scheme, host, port = match.groups()
+    if port is None or int(port) == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    if int(port) > 65535:
+        return None
+    return f"{scheme}://{host}:{int(port)}"
+
+
+def _origins(name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise SettingError(
+            f"{name} must be a list of origins such as ['https://example.com'] "
+            f"(None allows every origin), got {value!r}"
+        )
+    origins: list[str] = []
+    for item in value:
+        origin = normalize_origin(item)
+        if origin is None:
+            raise SettingError(
+                f"{name}: {item!r} is no origin; write scheme://host[:port], such as "
+                "https://example.com or http://localhost:8080"
+            )
+        if origin not in origins:
+            origins.append(origin)
+    if not origins:
+        raise SettingError(f"{name} must list at least one origin (None allows every origin)")
+    return tuple(origins)
 
 
 def _optional_path(name: str, value: Any) -> str | None:
@@ -206,8 +271,34 @@ SETTINGS: tuple[Setting, ...] = (
         "buffer_output_size",
         2 * 1024 * 1024,
         _positive_int,
-        "Bytes that may wait unsent for one client; past it push() returns False.",
+        "Bytes that may wait unsent for one client: past a quarter of it the connection "
+        "stops reading; past it push() returns False, and a WebSocket that must still "
+        "answer is closed with 1008 (HTTP: reset).",
         metavar="BYTES",
+    ),
+    Setting(
+        "heartbeat_check_interval",
+        15.0,
+        _non_negative_number,
+        "Seconds between a worker's checks of idle connections (0: no checks, no pings).",
+    ),
+    Setting(
+        "heartbeat_idle_time",
+        60.0,
+        _positive_number,
+        "Seconds a WebSocket may send nothing, not even a pong, before it is closed with "
+        "1001; it is pinged after half of it. An HTTP client that takes nothing of its "
+        "answers for that long is reset.",
+    ),
+    Setting(
+        "websocket_origins",
+        None,
+        _origins,
+        "Origins (scheme://host[:port]) allowed to open a WebSocket; others, and a "
+        "handshake without an Origin, get 403 before the handshake handler runs. None "
+        "allows every origin. On the command line: a comma-separated list.",
+        kind="list",
+        metavar="ORIGINS",
     ),
     Setting(
         "max_connections",

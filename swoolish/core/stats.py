@@ -18,6 +18,9 @@ COUNTERS = (
     "messages_out",
     "push_to_closed",
     "push_over_buffer",
+    "closed_over_buffer",  # more than buffer_output_size waited unsent (1008 / reset)
+    "closed_idle",  # silent past heartbeat_idle_time (1001), or an HTTP client stuck
+    "origin_refused",  # a WebSocket handshake from an origin not in websocket_origins (403)
     "handler_errors",
     "handshake_timeouts",
     "bound_timers_cleared",
@@ -27,8 +30,10 @@ COUNTERS = (
     "timers_not_resumed",
     "routed_out",
     "routed_to_closed",
+    "routed_refused",  # too much waited for the master already (swoolish.worker.router)
     "push_too_large",
     "pipe_messages_in",
+    "handoff_arrivals_overdue",
 )
 
 SUMMED = (*COUNTERS, "connections", "websocket_connections", "timers", "tasks")

@@ -86,6 +86,12 @@ class Switchboard:
         # a release may still ask for it (the old worker may have died first)
         self.announced = _Expiring()
         self.dropped = 0
+        # Every wall-clock expiry that can break the order or lose an operation is
+        # counted here (and logged by the master, once per episode): a release granted
+        # before the new owner announced its sessions, and operations parked for a
+        # session whose new owner never appeared.
+        self.forced_releases = 0
+        self.expired_parked = 0
 
     def route(
         self,
@@ -220,6 +226,8 @@ class Switchboard:
             request.remaining.difference_update(self.announced)
             if request.remaining and now < request.deadline:
                 continue
+            if request.remaining:
+                self.forced_releases += 1  # the order of its sessions is not guaranteed
             del self.waiting[key]
             for sid in request.moved:
                 self.announced.pop(sid, None)
@@ -242,7 +250,11 @@ class Switchboard:
 
     def finish_release(self, key: ReleaseKey, late: list[Operation], now: float) -> None:
         """Kept, then late (forwarded to the old worker before ``released``), then
-        parked (arrived after): for every sender, the order it made them in."""
+        parked (arrived after): for every sender, the order it made them in.
+
+        An old worker that waited for ``Released`` longer than it may (a stall) lets go
+        on its own: its batch may still be waiting here, and is granted now."""
+        self._grant_now(key)
         moved = self.releasing.pop(key, set())
         self._put_front(late)
         for sid in moved | {_session_of(op) for op in late}:
@@ -262,16 +274,26 @@ class Switchboard:
                 del self.parked[sid]
             elif now >= entry.deadline:
                 self.dropped += len(entry.ops)
+                self.expired_parked += len(entry.ops)
                 del self.parked[sid]
         return list(out.items())
+
+    def _grant_now(self, key: ReleaseKey) -> None:
+        """Grant a waiting release without the new owner's announcement (counted)."""
+        request = self.waiting.pop(key, None)
+        if request is None:
+            return
+        request.remaining.difference_update(self.announced)
+        if request.remaining:
+            self.forced_releases += 1  # the order of its sessions is not guaranteed
+        self.begin_release(key, request.moved, request.kept)
 
     def has_waiting(self) -> bool:
         return bool(self.waiting) or any(e.deadline is not None for e in self.parked.values())
 
     def worker_gone(self, pid: int, region: int | None, now: float) -> None:
         for key in [key for key in self.waiting if key[0] == pid]:
-            request = self.waiting.pop(key)
-            self.begin_release(key, request.moved, request.kept)
+            self._grant_now(key)
         for key in [key for key in self.releasing if key[0] == pid]:
             self.finish_release(key, [], now)
         if region is not None and self.region_pid.get(region) == pid:

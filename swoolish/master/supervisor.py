@@ -39,15 +39,26 @@ from ..core import messages as msg
 from ..core.errors import SettingError
 from ..core.events import Handlers
 from ..core.messages import Message
-from ..core.reload import Action, Finished, Kill, Pause, ReloadPlan, RequestAgain, Spawn, Stop
+from ..core.reload import (
+    Action,
+    Finished,
+    Kill,
+    Pause,
+    ReloadPlan,
+    RequestAgain,
+    Serve,
+    Spawn,
+    Stop,
+)
 from ..core.settings import Settings
 from ..core.stats import totals
-from ..core.switchboard import Switchboard
+from ..core.switchboard import PARK_TIMEOUT, Switchboard
 from ..shared import ipc
 from ..shared.ids import SharedIdSource
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from ..shared.table import SessionTable
 from .control import ControlClient, ControlServer
+from .pidfile import PidFile
 
 __all__ = ["Master", "MasterApp", "WorkerMain", "bind"]
 
@@ -58,7 +69,7 @@ BACKOFF_START, BACKOFF_MAX = 0.1, 10.0  # seconds between restarts of a crash-lo
 PAUSE_TIMEOUT = 1.0  # seconds old workers get to confirm they stopped accepting
 STATS_TIMEOUT = 1.0  # seconds workers get to answer a status request
 LOOP_TICK = 0.5
-CHANNEL_BUFFER = 8 * 1024 * 1024  # adoption inboxes carry batches of up to 253 sockets
+CHANNEL_BUFFER = 8 * 1024 * 1024  # asked for; the kernel caps it (wmem_max), ipc fragments
 RELOAD_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*RELOAD_SIGNALS, *STOP_SIGNALS, signal.SIGQUIT, signal.SIGCHLD)
@@ -71,7 +82,7 @@ class WorkerProcess:
     pid: int
     slot: int
     generation: int
-    channel: socket.socket
+    channel: ipc.Channel  # never blocks: what the worker does not read waits, bounded
     started: float
     state: str = "booting"  # booting -> serving -> paused -> stopping | killed
     ready_at: float | None = None
@@ -79,6 +90,8 @@ class WorkerProcess:
     inbox: socket.socket | None = None  # our end of its adoption inbox (live hand-off)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     region: int | None = None  # its region of the shared session table
+    dropped: int = 0  # routed operations dropped because its queue was full
+    congested: bool = False  # its queue is full now (logged once per episode)
 
 
 @dataclasses.dataclass
@@ -131,10 +144,11 @@ class Master:
         # Two generations plus crash replacements: 4 regions per slot.
         self.table = SessionTable(4 * self.settings.worker_num, self.settings.max_connections)
         self.switchboard = Switchboard(self.table.region_of)
+        self._logged_forced = self._logged_expired = 0  # expiries already logged
         self.selector = selectors.DefaultSelector()
         self.control: ControlServer | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
-        self._pid_file_written = False
+        self.pid_file: PidFile | None = None  # held (locked) for the master's life
         self._reload_waiters: list[ControlClient] = []  # get this reload's progress
         self._next_reload_waiters: list[ControlClient] = []  # wait for the coalesced one
         # After a reload completes, its waiters keep getting each old worker's drain
@@ -165,12 +179,19 @@ class Master:
 
     def run(self) -> int:
         """Serve until stopped; returns the master's exit code."""
-        self.listen_sock = bind(self.settings.host, self.settings.port)
-        host, port = self.listen_sock.getsockname()[:2]
+        # The pid file first: a running master's refuses us before anything is bound.
         self._write_pid_file()
+        try:
+            self.listen_sock = bind(self.settings.host, self.settings.port)
+            self.control = ControlServer(self._on_control_request, self._drop_control)
+        except BaseException:
+            self._remove_pid_file()
+            if self.listen_sock is not None:
+                self.listen_sock.close()
+            raise
+        host, port = self.listen_sock.getsockname()[:2]
         setproctitle(f"swoolish: master {self.target} [{host}:{port}]")
         self._install_signal_handlers()
-        self.control = ControlServer(os.getpid(), self._on_control_request)
         self.selector.register(self.control.sock, selectors.EVENT_READ, "control")
         log.info(
             "master (pid %d) listening on %s:%d with %d workers",
@@ -191,22 +212,15 @@ class Master:
             self.listen_sock.close()
 
     def _write_pid_file(self) -> None:
-        path = self.settings.pid_file
-        if not path:
-            return
-        try:
-            with open(path, "w") as f:
-                f.write(f"{os.getpid()}\n")
-        except OSError as exc:
-            raise SettingError(
-                f"cannot write pid_file {path}: {exc.strerror}; choose a writable path"
-            ) from None
-        self._pid_file_written = True
+        """Create and lock the pid file (master/pidfile.py): exclusive, never through a
+        symlink, refused while a running master holds it, a stale one replaced."""
+        if self.settings.pid_file:
+            self.pid_file = PidFile.create(self.settings.pid_file)
 
     def _remove_pid_file(self) -> None:
-        if self._pid_file_written:
-            with contextlib.suppress(OSError):
-                os.unlink(self.settings.pid_file)
+        """Remove the pid file only if it is still ours (same file, our pid)."""
+        if self.pid_file is not None:
+            self.pid_file.release()
 
     def _install_signal_handlers(self) -> None:
         os.set_blocking(self._wakeup_w, False)
@@ -221,7 +235,7 @@ class Master:
 
     def _loop(self) -> int:
         while True:
-            for key, _ in self.selector.select(self._select_timeout()):
+            for key, events in self.selector.select(self._select_timeout()):
                 if key.data == "signals":
                     self._handle_signals()
                 elif key.data == "control":
@@ -229,15 +243,20 @@ class Master:
                 elif isinstance(key.data, ControlClient):
                     self._read_control(key.data)
                 else:
-                    self._read_channel(key.data)
+                    if events & selectors.EVENT_WRITE:
+                        self._write_channel(key.data)
+                    if events & selectors.EVENT_READ:
+                        self._read_channel(key.data)
             self._reap()
             now = time.monotonic()
+            self._resume_control(now)
             self._execute(self.plan.tick(now))
             self._answer_status_requests(now)
             if self.switchboard.waiting:
                 self._grant_releases(now)
             if self.switchboard.parked:
-                self._forward(self.switchboard.deliver_parked(now))
+                self._deliver_parked(now)
+            self._log_handoff_expiries()
             self._kill_overdue(now)
             if self.stopping:
                 if not self.workers:
@@ -288,16 +307,17 @@ class Master:
         if self.plan.active:
             log.info("%s: reload requested during a reload; one more will follow it", source)
         else:
+            upcoming = self.plan.latest + 1  # a rolled-back generation's number is not reused
             log.info(
                 "%s: reload to generation %d started (%d workers)",
                 source,
-                self.generation + 1,
+                upcoming,
                 self.settings.worker_num,
             )
             self._fire("before_reload")
             self._reload_waiters.extend(self._next_reload_waiters)
             self._next_reload_waiters.clear()
-            self._notify_waiters({"event": "started", "generation": self.generation + 1})
+            self._notify_waiters({"event": "started", "generation": upcoming})
         self._execute(self.plan.request(time.monotonic(), self._serving()))
         return True
 
@@ -317,6 +337,8 @@ class Master:
             if isinstance(action, Spawn):
                 proc = self._spawn(action.slot, action.generation)
                 queue.extend(self.plan.spawned(action.slot, proc.pid, time.monotonic()))
+            elif isinstance(action, Serve):
+                self._send(action.pid, msg.Serve())
             elif isinstance(action, Pause):
                 self._send(action.pid, msg.Pause())
             elif isinstance(action, Stop):
@@ -349,7 +371,7 @@ class Master:
         else:
             log.error(
                 "reload to generation %d rolled back after %.3fs: %s; generation %d keeps serving",
-                self.generation + 1,
+                result.attempted,
                 seconds,
                 result.reason,
                 self.generation,
@@ -515,12 +537,13 @@ class Master:
         child.close()
         if inbox_child is not None:
             inbox_child.close()
-        parent.setblocking(False)
+        channel = ipc.Channel(parent, name=f"the channel of worker {slot} (pid {pid})")
         proc = WorkerProcess(
-            pid, slot, generation, parent, time.monotonic(), inbox=inbox, region=region
+            pid, slot, generation, channel, time.monotonic(), inbox=inbox, region=region
         )
+        channel.on_backlog = lambda waiting: self._want_write(proc, waiting)
         self.workers[pid] = proc
-        self.selector.register(parent, selectors.EVENT_READ, proc)
+        self.selector.register(channel, selectors.EVENT_READ, proc)
         return proc
 
     def _become_worker(
@@ -547,6 +570,8 @@ class Master:
             os.close(self._wakeup_w)
             if self.control is not None:
                 self.control.close()
+            if self.pid_file is not None:
+                self.pid_file.close()  # the master alone holds its lock (master/pidfile.py)
             for proc in self.workers.values():
                 proc.channel.close()
                 if proc.inbox is not None:
@@ -571,20 +596,40 @@ class Master:
             logging.shutdown()
             os._exit(code)
 
-    def _send(self, pid: int, message: Message, fds: tuple[int, ...] = ()) -> bool:
+    def _send(
+        self, pid: int, message: Message, fds: tuple[int, ...] = (), essential: bool = True
+    ) -> bool:
+        """Queue ``message`` for worker ``pid``; never blocks (docs/design.md, "Channels").
+
+        Only routed operations are not ``essential``: they are refused once the worker's
+        queue is over ipc.QUEUE_LIMIT; the rest (lifecycle, releases) only past
+        ipc.HARD_LIMIT."""
         proc = self.workers.get(pid)
         if proc is None:
             return False
-        try:
-            ipc.send(proc.channel, message, fds)
-            return True
-        except OSError:
-            return False
+        return proc.channel.send(message, fds, essential=essential)
 
-    def _read_channel(self, proc: WorkerProcess) -> None:
+    def _want_write(self, proc: WorkerProcess, waiting: bool) -> None:
+        """Watch the channel for room while packets wait in its queue."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.modify(proc.channel, events, proc)
+
+    def _write_channel(self, proc: WorkerProcess) -> None:
+        proc.channel.flush()
+        if proc.congested and proc.channel.queued <= proc.channel.limit // 2:
+            proc.congested = False
+            log.debug("worker %d (pid %d) reads its channel again", proc.slot, proc.pid)
+
+    def _read_channel(self, proc: WorkerProcess, everything: bool = False) -> None:
+        """Handle what ``proc`` sent: a batch of packets (the selector calls again while
+        more wait, so one busy worker cannot starve the others), or ``everything``
+        waiting now (a causal barrier, a worker's last words)."""
         try:
-            messages = ipc.receive(proc.channel)
-        except (EOFError, OSError, ipc.Truncated):
+            messages = proc.channel.receive(None if everything else ipc.READ_BATCH)
+        except (EOFError, OSError):
+            # The worker is gone: _reap collects it. A damaged message never gets here
+            # (the channel drops it alone and reading goes on).
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(proc.channel)
             return
@@ -623,6 +668,9 @@ class Master:
                     "seconds": round(now - proc.started, 4),
                 }
             )
+        else:
+            # Not part of a reload (the first generation, a replacement): serve at once.
+            self._send(proc.pid, msg.Serve())
         self._execute(self.plan.ready(proc.pid, now))
 
     def _on_paused(self, proc: WorkerProcess, message: msg.Paused, now: float) -> None:
@@ -652,7 +700,7 @@ class Master:
         # take that in before anything this worker routes for them (docs/design.md).
         predecessor = self.workers.get(message.predecessor or 0)
         if predecessor is not None and predecessor is not proc:
-            self._read_channel(predecessor)
+            self._read_channel(predecessor, everything=True)
 
     def _on_adopted(self, proc: WorkerProcess, message: msg.Adopted, now: float) -> None:
         self.switchboard.note_adopted(message.sids, now)
@@ -676,7 +724,7 @@ class Master:
 
     def _on_release_done(self, proc: WorkerProcess, message: msg.ReleaseDone, now: float) -> None:
         self.switchboard.finish_release((proc.pid, message.batch), message.late, now)
-        self._forward(self.switchboard.deliver_parked(now))
+        self._deliver_parked(now)
 
     def _on_server_stats_request(
         self, proc: WorkerProcess, message: msg.ServerStatsRequest, now: float
@@ -731,7 +779,7 @@ class Master:
             proc = self.workers.get(pid)
             if proc is None:
                 continue
-            self._read_channel(proc)  # its last words ("exiting") may still be unread
+            self._read_channel(proc, everything=True)  # its last words may still be unread
             del self.workers[pid]
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(proc.channel)
@@ -802,6 +850,17 @@ class Master:
         client = self.control.accept()
         if client is not None:
             self.selector.register(client.sock, selectors.EVENT_READ, client)
+        elif self.control.paused_until is not None:
+            # accept keeps failing (out of descriptors, nothing idle to drop): stop
+            # polling the listening socket for a moment instead of spinning on it.
+            self.selector.unregister(self.control.sock)
+
+    def _resume_control(self, now: float) -> None:
+        control = self.control
+        if control is not None and control.paused_until is not None:
+            if now >= control.paused_until:
+                control.paused_until = None
+                self.selector.register(control.sock, selectors.EVENT_READ, "control")
 
     def _read_control(self, client: ControlClient) -> None:
         assert self.control is not None
@@ -819,7 +878,7 @@ class Master:
             waiting = self.plan.active
             (self._next_reload_waiters if waiting else self._reload_waiters).append(client)
             if waiting:
-                client.send({"event": "queued", "generation": self.generation + 2})
+                client.send({"event": "queued", "generation": self.plan.latest + 1})
             if not self.request_reload("swoolish reload"):
                 client.send({"event": "finished", "ok": False, "reason": "server shutting down"})
                 self._drop_control(client)
@@ -869,6 +928,8 @@ class Master:
             "workers": workers,
             "totals": totals(workers),
             "routed_dropped": self.switchboard.dropped,
+            "handoff_forced_releases": self.switchboard.forced_releases,
+            "handoff_expired_operations": self.switchboard.expired_parked,
         }
 
     # ------------------------------------------------------------------ routing
@@ -877,10 +938,56 @@ class Master:
         for pid, number in self.switchboard.ready_releases(now):
             self._send(pid, msg.Released(number))
 
-    def _forward(self, sends: list[tuple[int, list[msg.Operation]]]) -> None:
+    def _deliver_parked(self, now: float) -> None:
+        self._forward(self.switchboard.deliver_parked(now), essential=True)
+
+    def _log_handoff_expiries(self) -> None:
+        """Every wall-clock expiry of a hand-off, logged once per loop pass (docs/reload.md)."""
+        board = self.switchboard
+        forced = board.forced_releases - self._logged_forced
+        if forced:
+            log.warning(
+                "hand-off: %d batches released after %gs without their new worker's "
+                "announcement (a stalled worker?); operations routed to those sessions "
+                "may arrive out of order",
+                forced,
+                PARK_TIMEOUT,
+            )
+        expired = board.expired_parked - self._logged_expired
+        if expired:
+            log.warning(
+                "hand-off: %d operations dropped: their sessions had no owner %gs after "
+                "the old worker let go of them",
+                expired,
+                PARK_TIMEOUT,
+            )
+        self._logged_forced, self._logged_expired = board.forced_releases, board.expired_parked
+
+    def _forward(
+        self, sends: list[tuple[int, list[msg.Operation]]], essential: bool = False
+    ) -> None:
+        """Send each worker its operations. A worker whose queue is full (stalled, or
+        not reading) loses them, counted: the others never wait for it."""
         for pid, ops in sends:
-            if not self._send(pid, msg.Routed(ops)):
+            if not self._send(pid, msg.Routed(ops), essential=essential):
                 self.switchboard.dropped += len(ops)
+                proc = self.workers.get(pid)
+                if proc is not None:
+                    self._dropped_for(proc, len(ops))
+
+    def _dropped_for(self, proc: WorkerProcess, count: int) -> None:
+        proc.dropped += count
+        if not proc.congested and not proc.channel.broken:
+            proc.congested = True  # one line per episode, never one per operation
+            log.warning(
+                "worker %d gen %d (pid %d) is not reading its channel (%d bytes wait): "
+                "operations routed to it are dropped (counted in routed_dropped) until "
+                "it catches up",
+                proc.slot,
+                proc.generation,
+                proc.pid,
+                proc.channel.queued,
+            )
 
     def _slot_pid(self, slot: int) -> int:
         """The worker serving ``slot`` now (the new one once a reload made it serve)."""
@@ -911,6 +1018,9 @@ class Master:
                 "reloading": self.plan.active,
                 "started": self.started,
                 "reloads": self.reload_history,
+                "routed_dropped": self.switchboard.dropped,
+                "handoff_forced_releases": self.switchboard.forced_releases,
+                "handoff_expired_operations": self.switchboard.expired_parked,
             },
             "workers": [
                 {
@@ -922,6 +1032,8 @@ class Master:
                     "timers": proc.stats.get("timers", 0),
                     "messages": proc.stats.get("messages_in", 0),
                     "requests": proc.stats.get("requests", 0),
+                    "channel_queued": proc.channel.queued,
+                    "routed_dropped": proc.dropped,
                 }
                 for proc in sorted(self.workers.values(), key=lambda p: (p.slot, p.generation))
             ],

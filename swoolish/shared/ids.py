@@ -13,10 +13,13 @@ connection can push into whoever gets the same fd next. swoolish ids are never r
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import mmap
-import multiprocessing
+import os
 import struct
 import threading
+from collections.abc import Iterator
 from typing import Protocol
 
 __all__ = [
@@ -57,20 +60,37 @@ class LocalIdSource:
 class SharedIdSource:
     """A counter in shared memory, created by the master before it forks.
 
-    The counter lives in an anonymous shared mapping, so every worker forked from the
-    master, in any generation, draws from the same sequence; the lock makes each
-    fetch-and-add atomic across processes.
+    The counter lives in a memfd (an anonymous file) mapped shared, so every worker
+    forked from the master, in any generation, draws from the same sequence. Each
+    fetch-and-add holds a POSIX record lock (``fcntl.lockf``) on that file: the kernel
+    owns such a lock per process and releases it when its holder dies, even by
+    SIGKILL, so a worker killed in the middle of one never deadlocks the others (a
+    semaphore-based lock would stay taken forever). Record locks do not exclude the
+    threads of one process from each other, so a thread lock is taken first.
     """
 
     _FORMAT = struct.Struct("=Q")
 
     def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, self._FORMAT.size)
-        self._lock = multiprocessing.get_context("fork").Lock()
+        # Inherited across fork (not across exec: workers are forked, never exec'd).
+        self._fd = os.memfd_create("swoolish-session-ids", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, self._FORMAT.size)
+        self._memory = mmap.mmap(self._fd, self._FORMAT.size, mmap.MAP_SHARED)
+        self._thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the counter's lock (the kernel drops it if this process dies)."""
+        with self._thread_lock:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def take_block(self) -> int:
         start: int  # the "=Q" format unpacks one unsigned 64-bit integer
-        with self._lock:
+        with self.locked():
             (start,) = self._FORMAT.unpack_from(self._memory, 0)
             self._FORMAT.pack_into(self._memory, 0, start + BLOCK)
         return start

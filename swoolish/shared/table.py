@@ -17,10 +17,13 @@ Layout (8-byte words)::
 
 Each region holds an open-addressing hash table (linear probing, power-of-two
 ``capacity`` >= 2 x max_connections). State and id share one aligned 8-byte word, so a
-reader sees an entry wholly before or wholly after a write (aligned 8-byte stores are
-single-copy atomic on x86-64 and aarch64). The only race is benign: a session that
-closes at the instant it is read is reported as still there, exactly as if the read had
-happened a microsecond earlier.
+reader sees an entry wholly before or wholly after a write. There are no barriers: the
+lock-free readers rely on x86-64, where aligned 8-byte stores are single-copy atomic and
+stores become visible to other cores in program order (so a flipped ``half`` is never
+seen before the entries written ahead of it). Other architectures (aarch64 among them,
+whose stores may be reordered) are untested and not claimed. The only race is benign:
+a session that closes at the instant it is read is reported as still there, exactly as
+if the read had happened a microsecond earlier.
 
 Deletes leave tombstones. When live entries plus tombstones pass 3/4 of the capacity the
 writer rebuilds the live entries into the *other* half and then flips ``half`` with one

@@ -23,9 +23,19 @@ from typing import Any
 from .flow import FlowControl, Reason
 from .host import WorkerHost
 
-__all__ = ["MAX_QUEUED_HANDLERS", "Connection"]
+__all__ = ["MAX_QUEUED_HANDLERS", "Connection", "high_water"]
 
 MAX_QUEUED_HANDLERS = 1024  # events queued for coroutine handlers before a connection stops reading
+
+
+def high_water(buffer_output_size: int) -> int:
+    """Unsent bytes past which a connection stops reading (and answering HTTP requests).
+
+    A quarter of the budget: a client that does not read is stopped well before
+    ``buffer_output_size``, the point at which it is closed (docs/quickstart.md, "Bad
+    input"), so only what one read already brought in can take it that far.
+    """
+    return buffer_output_size // 4
 
 
 class Connection:
@@ -88,6 +98,9 @@ class Connection:
             self._begin_close()
             self.transport.abort()
 
+    def heartbeat(self, now: float, idle_time: float) -> None:
+        """The worker's periodic check of its sessions (``heartbeat_check_interval``)."""
+
     def awaiting_first_request(self) -> bool:
         """Accepted, and neither answered nor upgraded yet (only an HTTP connection)."""
         return False
@@ -110,6 +123,20 @@ class Connection:
         }
 
     # ------------------------------------------------------------------ for the subclasses
+
+    def _report_over_budget(self, unsent: int) -> None:
+        """Counted, and logged once: the connection is closed right after."""
+        worker = self._worker
+        worker.stats["closed_over_buffer"] += 1
+        worker.log.warning(
+            "session %d (%s:%d) does not read: %d bytes wait unsent, over "
+            "buffer_output_size (%d); closing it",
+            self.sid,
+            self.peer[0],
+            self.peer[1],
+            unsent,
+            worker.settings.buffer_output_size,
+        )
 
     def _begin_close(self) -> None:
         """The session ends here for the app: exists() turns False, bound timers go."""
@@ -144,7 +171,10 @@ class Connection:
                 self._worker.track(self._work_handler_queue(result, handler, after))
                 return
         if after is not None:
-            after()
+            try:
+                after()  # e.g. the end() of a response the handler left open
+            except Exception:
+                self._handler_failed(handler or after)
 
     async def _work_handler_queue(
         self, first: Any, handler: Callable[..., Any], after: Callable[[], None] | None
@@ -154,11 +184,10 @@ class Connection:
         assert queue is not None
         try:
             await first
-        except Exception:
-            self._handler_failed(handler)
-        else:
             if after is not None:
                 after()
+        except Exception:
+            self._handler_failed(handler)
         while queue:
             step, args = queue.popleft()
             try:

@@ -21,7 +21,7 @@ class Reason(enum.IntEnum):
 
     BACKPRESSURE = 1  # the client does not read what we write (pause_writing)
     HANDLERS = 2  # this connection's coroutine handlers are behind (its handler queue is full)
-    PIPELINE = 4  # pipelined HTTP requests wait for their answers
+    PIPELINE = 4  # pipelined HTTP requests (or a handshake the app decides on) wait
     MOVING = 8  # the session is about to move to another worker (live hand-off)
 
 

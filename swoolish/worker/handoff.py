@@ -58,8 +58,7 @@ ACK_GRACE = 1.0  # seconds more the old worker waits: a batch is accepted before
 SETTLE_TIMEOUT = 1.0  # seconds a connection accepted just before the stop gets to upgrade
 LATE_ROUNDS = 3  # hand-off rounds for sessions whose handshake completed meanwhile
 MAX_MOVED_BYTES = 256 * 1024  # unsent + unparsed bytes one connection may carry
-MAX_BATCH_BYTES = 2 * 1024 * 1024  # one SEQPACKET message
-CHANNEL_BUFFER = 8 * 1024 * 1024
+MAX_BATCH_BYTES = 2 * 1024 * 1024  # one message (ipc cuts it into packets that fit)
 
 
 class HandoffReport:
@@ -84,20 +83,26 @@ class HandoffReport:
 
 
 async def hand_off(
-    worker: WorkerHost, channel: socket.socket, conns: list[WsConnection]
+    worker: WorkerHost,
+    sock: socket.socket,
+    conns: list[WsConnection],
+    master: ipc.Channel | None = None,
 ) -> HandoffReport:
-    """Move ``conns`` to the worker at the other end of ``channel``, then the sessions
+    """Move ``conns`` to the worker at the other end of ``sock``, then the sessions
     whose handshake completed meanwhile (accepted just before we stopped accepting);
-    what cannot move gets the 1012 close of a reload."""
+    what cannot move gets the 1012 close of a reload. ``master`` is this worker's
+    channel to the master: what we routed for a batch's clients reaches the master
+    before the batch leaves (see ``_send_batch``)."""
     report = HandoffReport()
     started = time.monotonic()
-    channel.setblocking(False)
+    channel = ipc.Channel(sock, name="the hand-off channel")
+    channel.use_loop(worker.loop)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a GC pass walks every connection object: not while clients wait
     try:
         for _ in range(LATE_ROUNDS):
             if conns:
-                await _move(worker, channel, conns, report)
+                await _move(worker, channel, conns, report, master)
             await _settle_handshakes(worker)
             conns = worker.take_late_movers(final=False)
             for conn in conns:
@@ -114,7 +119,11 @@ async def hand_off(
 
 
 async def _move(
-    worker: WorkerHost, channel: socket.socket, conns: list[WsConnection], report: HandoffReport
+    worker: WorkerHost,
+    channel: ipc.Channel,
+    conns: list[WsConnection],
+    report: HandoffReport,
+    master: ipc.Channel | None,
 ) -> None:
     acks = _AckReader(worker.loop, channel)
     try:
@@ -134,7 +143,7 @@ async def _move(
                     _fall_back_attached(conn, reason, report)
             if batch:
                 report.batches += 1  # numbers stay unique over every round: acks match
-                await _send_batch(worker, channel, acks, report.batches, batch, report)
+                await _send_batch(worker, channel, acks, report.batches, batch, report, master)
     finally:
         acks.close()
 
@@ -165,11 +174,12 @@ def _fall_back_attached(conn: WsConnection, reason: str, report: HandoffReport) 
 
 async def _send_batch(
     worker: WorkerHost,
-    channel: socket.socket,
+    channel: ipc.Channel,
     acks: _AckReader,
     number: int,
     batch: list[WsConnection],
     report: HandoffReport,
+    master: ipc.Channel | None,
 ) -> None:
     detached = [(conn, conn.begin_move()) for conn in batch]
     # uvloop delivers connection_lost (and only then knows how much was left unsent)
@@ -190,6 +200,11 @@ async def _send_batch(
         fds.append(descriptor)
     if not fds:
         return
+    # What these clients' messages made us route leaves before they do: the new worker
+    # has the master read our channel before anything it routes for them
+    # (swoolish.worker.router), so it must be in the kernel, not in our queue.
+    worker.router.flush()
+    await _master_took_all(master)
     message = HandoffBatch(
         HANDOFF_VERSION,
         number,
@@ -199,15 +214,15 @@ async def _send_batch(
         time.monotonic() + ACK_TIMEOUT,
         states,
     )
-    # What these clients' messages made us route leaves before they do: the new worker
-    # has the master read it before anything it routes for them (swoolish.worker.router).
-    worker.router.flush()
     waiter = acks.expect(number)
     try:
-        ipc.send(channel, message, fds)
-    except (OSError, pickle.PicklingError) as exc:
+        sent = channel.send(message, fds, essential=True)
+        failure = "the new worker is gone or not reading"
+    except (pickle.PicklingError, TypeError) as exc:
+        sent, failure = False, exc.__class__.__name__
+    if not sent:
         acks.forget(number)
-        reason = f"send failed ({exc.__class__.__name__})"
+        reason = f"send failed ({failure})"
         for state, descriptor in zip(states, fds, strict=True):
             await _readopt(worker, descriptor, state, reason, report)
         return
@@ -232,6 +247,13 @@ async def _send_batch(
         worker.router.release(number, moved)
 
 
+async def _master_took_all(master: ipc.Channel | None) -> None:
+    """Wait until our queue to the master is empty (bounded: a stalled master costs the
+    order of these clients' routed operations, never the hand-off)."""
+    if master is not None:
+        await master.drained(ACK_TIMEOUT)
+
+
 async def _readopt(
     worker: WorkerHost, descriptor: int, state: MovingSession, reason: str, report: HandoffReport
 ) -> None:
@@ -250,7 +272,7 @@ async def _readopt(
 class _AckReader:
     """Reads the new worker's acknowledgements from the hand-off channel."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, channel: socket.socket) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, channel: ipc.Channel) -> None:
         self.loop = loop
         self.channel = channel
         self.waiters: dict[int, asyncio.Future[HandoffAck]] = {}
@@ -273,8 +295,8 @@ class _AckReader:
 
     def _readable(self) -> None:
         try:
-            messages = ipc.receive(self.channel)
-        except (EOFError, OSError, ipc.Truncated):
+            messages = self.channel.receive()
+        except (EOFError, OSError):
             self.loop.remove_reader(self.channel.fileno())
             for future in self.waiters.values():
                 if not future.done():
@@ -302,9 +324,9 @@ class Adopter:
 
     def __init__(self, worker: WorkerHost, inbox: socket.socket) -> None:
         self.worker = worker
-        self.inbox = inbox
+        self.inbox = ipc.Channel(inbox, name="the adoption inbox")
+        self.inbox.use_loop(worker.loop)
         self.adopted = 0
-        inbox.setblocking(False)
         worker.loop.add_reader(inbox.fileno(), self._readable)
 
     def close(self) -> None:
@@ -312,14 +334,11 @@ class Adopter:
             self.worker.loop.remove_reader(self.inbox.fileno())
 
     def _readable(self) -> None:
+        # A batch the kernel truncated (descriptors or bytes dropped) is dropped by the
+        # channel, its descriptors closed: never acknowledged, so the old worker, which
+        # still holds every socket, falls back after the deadline.
         try:
-            messages = ipc.receive(self.inbox)
-        except ipc.Truncated as exc:
-            # The kernel dropped descriptors (or bytes) of this batch: refuse all of it by
-            # not acknowledging; the old worker still holds every socket and falls back.
-            log.error("hand-off batch truncated in transit; refusing it")
-            ipc.close_fds(exc.fds)
-            return
+            messages = self.inbox.receive()
         except (EOFError, OSError):
             self.close()
             return
@@ -345,14 +364,15 @@ class Adopter:
             # Take what fits; the old worker closes the rest with 1012.
             accepted, reason = accepted[: max(0, room)], "the new worker is at max_connections"
         # Acknowledge before any I/O: from here on these connections are ours.
-        try:
-            ipc.send(self.inbox, HandoffAck(message.batch, accepted, reason or ""))
-        except OSError:
+        if not self.inbox.send(HandoffAck(message.batch, accepted, reason or ""), essential=True):
             accepted = []
         keep = set(accepted)
-        pairs = list(zip(states, fds, strict=True))
+        # Refused (a descriptor count that does not match included): none is ours, and
+        # every descriptor received is closed here, or the sockets would leak.
+        pairs = list(zip(states, fds, strict=True)) if keep else []
         taken = [(state, descriptor) for state, descriptor in pairs if state.sid in keep]
-        ipc.close_fds([descriptor for state, descriptor in pairs if state.sid not in keep])
+        adopting = {descriptor for _, descriptor in taken}
+        ipc.close_fds([descriptor for descriptor in fds if descriptor not in adopting])
         if taken:
             self.worker.router.adopting(message.sender_pid)
             self.worker.track(self._adopt(taken))

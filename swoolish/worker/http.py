@@ -11,7 +11,9 @@ and then the transport is handed to a :class:`~swoolish.worker.websocket.WsConne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import socket
 import time
 from typing import Any, cast
 
@@ -21,7 +23,8 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
-from .connection import Connection
+from ..core.settings import normalize_origin
+from .connection import Connection, high_water
 from .flow import FlowControl, Reason
 from .host import WorkerHost
 from .request import Request, Response, render_response, simple_response
@@ -30,7 +33,13 @@ from .websocket import QUIET_LOG, WsConnection
 __all__ = ["MAX_HEADER_BYTES", "MAX_PIPELINED", "HttpConnection"]
 
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers; more gets 431
-MAX_PIPELINED = 16  # parsed-but-unanswered requests before we stop reading
+MAX_PIPELINED = 16  # parsed-but-unanswered requests before we stop parsing and reading
+FEED_SIZE = 2048  # bytes handed to the parser at a time, so it stops near MAX_PIPELINED
+
+# TCP keepalive on every accepted socket (RFC 1122 §4.2.3.6): a peer that vanished
+# without a FIN or RST (power loss, a dropped NAT entry) is noticed after 30 s of
+# silence and 3 unanswered probes 10 s apart, about a minute.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
 
 #: The resting value of the parser's header and body lists between requests (never mutated:
 #: on_message_begin replaces it with a fresh list before anything is appended).
@@ -45,13 +54,18 @@ class HttpConnection(Connection, asyncio.Protocol):
         "_body",
         "_body_size",
         "_close_after_response",
+        "_fed",
         "_header_bytes",
         "_headers",
         "_in_flight",
         "_parser",
         "_pending_upgrade_bytes",
+        "_pumping",
         "_rejection",
         "_requests",
+        "_stall_since",
+        "_stall_size",
+        "_unfed",
         "_url",
     )
 
@@ -74,6 +88,11 @@ class HttpConnection(Connection, asyncio.Protocol):
         # set by a parser callback that refuses the request for a reason with its own
         # status (413, 431); the parser itself only reports a generic error
         self._rejection: tuple[int, str] | None = None
+        self._unfed = b""  # bytes read and not yet given to the parser, from _fed on
+        self._fed = 0
+        self._pumping = False  # _pump is running (it is never re-entered)
+        self._stall_since = 0.0  # since when the unsent bytes have not gone down
+        self._stall_size = 0
 
     # ------------------------------------------------------------------ transport events
 
@@ -93,7 +112,8 @@ class HttpConnection(Connection, asyncio.Protocol):
             transport.write(simple_response(503, "Server is at max_connections, retry later.\n"))
             transport.close()
             return
-        transport.set_write_buffer_limits(high=worker.settings.buffer_output_size)
+        transport.set_write_buffer_limits(high=high_water(worker.settings.buffer_output_size))
+        _enable_keepalive(transport)
         self.flow = FlowControl(transport)
         self.sid = worker.ids.next_id()
         worker.connections.accepted(self.sid, self)
@@ -105,8 +125,17 @@ class HttpConnection(Connection, asyncio.Protocol):
         self.last_time = time.time()
         if self._pending_upgrade_bytes is not None:
             self._pending_upgrade_bytes += data  # the handshake handler is still deciding
+            return
+        if self._fed < len(self._unfed):
+            self._unfed = self._unfed[self._fed :] + data
         else:
-            self._http_data(data)
+            self._unfed = data
+        self._fed = 0
+        self._pump()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._pump()  # answering waited for the client to take what was sent
 
     def eof_received(self) -> bool | None:
         self._begin_close()
@@ -126,7 +155,12 @@ class HttpConnection(Connection, asyncio.Protocol):
         """Close now if idle, else after the response in flight (``Connection: close``)."""
         if self.transport is None:
             return
-        if self._in_flight or self._requests or (self._parser is not None and not self._answered):
+        if (
+            self._in_flight
+            or self._requests
+            or self._fed < len(self._unfed)
+            or (self._parser is not None and not self._answered)
+        ):
             # Busy, or accepted just before this worker stopped accepting and its first
             # request is still on its way: answer it (Connection: close), then close.
             self._close_after_response = True
@@ -139,27 +173,84 @@ class HttpConnection(Connection, asyncio.Protocol):
         WebSocket handshake) is still on its way or being handled."""
         return not self.closing and self.transport is not None and not self._answered
 
+    def heartbeat(self, now: float, idle_time: float) -> None:
+        """Reset a connection whose client has taken nothing of what waits for it for
+        ``idle_time`` seconds (answering stopped at the high-water mark; a client that
+        never reads would otherwise hold its slot for ever)."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        unsent = transport.get_write_buffer_size()
+        if not unsent or not self._stall_size or unsent < self._stall_size:
+            self._stall_since = now  # nothing waits, or the client took some
+        self._stall_size = unsent
+        if unsent and now - self._stall_since >= idle_time:
+            self._worker.stats["closed_idle"] += 1
+            self.abort()
+
     # ------------------------------------------------------------------ parsing
 
-    def _http_data(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None:
+    def _pump(self) -> None:
+        """Parse and answer requests in one loop, never by recursion.
+
+        A client may pipeline thousands of requests in one write. They are answered one
+        at a time, in order; the parser gets FEED_SIZE bytes at a time, and only while
+        fewer than MAX_PIPELINED requests wait, so the rest waits as bytes and reading
+        stops (``PIPELINE``). Answering also stops while the client does not take what
+        was sent (``BACKPRESSURE``, past the high-water mark), until ``resume_writing``.
+        """
+        if self._pumping:
             return
+        self._pumping = True
         try:
-            parser.feed_data(data)
+            while self.transport is not None and not self.closing:
+                if self._requests and not self._in_flight:
+                    if self.flow is not None and self.flow.holds(Reason.BACKPRESSURE):
+                        break
+                    self._answer_next_request()
+                elif (
+                    self._fed < len(self._unfed)
+                    and len(self._requests) < MAX_PIPELINED
+                    and self._parser is not None
+                    and self._pending_upgrade_bytes is None
+                ):
+                    self._feed_parser()
+                else:
+                    break
+        finally:
+            self._pumping = False
+        flow = self.flow
+        if flow is not None and not self.closing:
+            if (
+                self._fed < len(self._unfed)
+                or len(self._requests) >= MAX_PIPELINED
+                or self._pending_upgrade_bytes is not None
+            ):
+                flow.pause(Reason.PIPELINE)
+            else:
+                flow.resume(Reason.PIPELINE)
+
+    def _feed_parser(self) -> None:
+        """Give the parser the next FEED_SIZE bytes (a view: nothing is copied)."""
+        parser = self._parser
+        assert parser is not None
+        unfed, start = self._unfed, self._fed
+        self._fed = end = min(start + FEED_SIZE, len(unfed))
+        if end == len(unfed):
+            self._unfed, self._fed = b"", 0  # all given: let the read buffer go
+        try:
+            parser.feed_data(memoryview(unfed)[start:end])
         except httptools.HttpParserUpgrade as upgrade:
-            self._on_upgrade(data[upgrade.args[0] :])
-            return
+            self._unfed, self._fed = b"", 0
+            self._on_upgrade(unfed[start + upgrade.args[0] :])
         except httptools.HttpParserError:
             self._parser = None
+            self._unfed, self._fed = b"", 0
             status, text = self._rejection or (
                 400,
                 "Bad Request: the request is not valid HTTP/1.1.\n",
             )
             self._reject(status, text)
-            return
-        if self._requests and not self._in_flight:
-            self._answer_next_request()
 
     # httptools callbacks, in the order it calls them
     def on_message_begin(self) -> None:
@@ -209,13 +300,11 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._url = b""
         self._headers = self._body = _NO_ITEMS  # now owned by the request
         self._requests.append(request)
-        if len(self._requests) > MAX_PIPELINED and self.flow is not None:
-            self.flow.pause(Reason.PIPELINE)
 
     # ------------------------------------------------------------------ answering
 
     def _answer_next_request(self) -> None:
-        """Answer pipelined requests one at a time, in order."""
+        """Answer the oldest request (called by _pump only, one at a time, in order)."""
         if not self._requests or self.transport is None:
             return
         self._cancel_timer()
@@ -243,23 +332,39 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._in_flight = False
         if transport is None or transport.is_closing():
             return
-        self._answered += 1
-        keep_alive = keep_alive and not self._close_after_response and not self._worker.draining
-        transport.write(
-            render_response(
+        worker = self._worker
+        keep_alive = keep_alive and not self._close_after_response and not worker.draining
+        try:
+            wire = render_response(
                 resp.status_code, resp.headers, body, keep_alive, resp.reason, method == "HEAD"
             )
-        )
+        except Exception as exc:  # Response checks values at the call; this is the last guard
+            worker.stats["handler_errors"] += 1
+            worker.log.error(
+                "session %d: the response cannot be sent (%s: %s); answering 500 instead",
+                self.sid,
+                type(exc).__name__,
+                exc,
+            )
+            self._reject(500, "Internal Server Error\n")
+            return
+        unsent = transport.get_write_buffer_size()
+        if unsent > worker.settings.buffer_output_size:
+            # The budget's rule (docs/quickstart.md, "Bad input"). _pump starts an answer
+            # only below the high-water mark, so in practice a client that does not read
+            # is stopped there, and reset by the heartbeat when it never catches up.
+            self._report_over_budget(unsent)
+            self.abort()
+            return
+        self._answered += 1
+        transport.write(wire)
         if not keep_alive:
             self._begin_close()
             transport.close()
             return
-        if self.flow is not None and len(self._requests) <= MAX_PIPELINED:
-            self.flow.resume(Reason.PIPELINE)
-        if self._requests:
-            self._answer_next_request()
-        else:
-            self._arm_timer(self._worker.settings.keepalive_timeout, self._on_idle_timeout)
+        if not self._requests:
+            self._arm_timer(worker.settings.keepalive_timeout, self._on_idle_timeout)
+        self._pump()  # the next request, unless this runs inside _pump already
 
     def _reject(self, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -300,7 +405,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             # (The parser hands a body of an upgrade request over as upgraded bytes, so
             # only body-less requests can be served this way; others still get 400.)
             self._parser = httptools.HttpRequestParser(self)
-            self._http_data(rest)
+            self._unfed, self._fed = bytes(rest), 0  # _pump goes on parsing it
             return
         request = self._requests.pop() if self._requests else None
         self._parser = None
@@ -309,6 +414,13 @@ class HttpConnection(Connection, asyncio.Protocol):
             return
         if request.headers.get("Upgrade", "").lower() != "websocket":
             self._reject(400, "Bad Request: only WebSocket upgrades are supported.\n")
+            return
+        allowed = self._worker.settings.websocket_origins
+        if allowed is not None and not _origin_allowed(request, allowed):
+            # Before the handshake handler: a page of another site must not open a
+            # WebSocket with the user's cookies (cross-site WebSocket hijacking).
+            self._worker.stats["origin_refused"] += 1
+            self._reject(403, "Forbidden: WebSockets from this origin are not allowed.\n")
             return
         self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
         self._pending_upgrade_bytes = bytearray(rest)
@@ -390,7 +502,26 @@ class HttpConnection(Connection, asyncio.Protocol):
         transport.set_protocol(ws)
         rest = bytes(self._pending_upgrade_bytes or b"")
         self._pending_upgrade_bytes = None
+        flow.resume(Reason.PIPELINE)  # held while the handshake handler decided
         ws.upgraded(transport, flow, handshake, request, rest)
+
+
+def _enable_keepalive(transport: asyncio.Transport) -> None:
+    """TCP keepalive with the timings above, so dead peers free their slots."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # a transport without TCP options
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+
+
+def _origin_allowed(request: Request, allowed: tuple[str, ...]) -> bool:
+    """Exactly one Origin header (RFC 6454 §7), and one of ``websocket_origins``."""
+    origins = request.headers.get_all("Origin")
+    return len(origins) == 1 and normalize_origin(origins[0]) in allowed
 
 
 def _end_if_open(response: Response) -> None:

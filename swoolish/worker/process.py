@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ from ..core.messages import (
     Ready,
     Released,
     Routed,
+    Serve,
     ServerStatsReply,
     ServerStatsRequest,
     StatsPoll,
@@ -62,6 +64,7 @@ __all__ = ["App", "Worker", "run_worker"]
 
 SERVER_STATS_TIMEOUT = 3.0  # seconds server_stats() waits for the master's answer
 MASTER_CHECK_INTERVAL = 0.5  # seconds between checks that the master is still alive
+EXIT_FLUSH_TIMEOUT = 2.0  # seconds an exiting worker waits for the master to read it
 _PR_SET_PDEATHSIG = 1
 
 
@@ -86,7 +89,9 @@ class Worker:
         self.generation = setup.generation
         self.master_pid = setup.master_pid
         self.listen_sock = setup.listen_sock
-        self.channel = setup.channel
+        # to and from the master; never blocks (swoolish.shared.ipc)
+        channel = setup.channel
+        self.channel = ipc.Channel(channel, name="the master's channel") if channel else None
         self.inbox = setup.inbox  # where the previous generation hands us its connections
         self.adopter: Adopter | None = None
         self.handoff_channel: socket.socket | None = None  # where we hand ours on
@@ -95,7 +100,7 @@ class Worker:
         table, region = setup.table, setup.region
         writer = RegionWriter(table, region) if table is not None and region is not None else None
         self.connections: SessionMap = SessionMap(writer)
-        self.router = Router(self, table, region)
+        self.router = Router(self, table, region, self.channel)
         self.connections.on_adopt = self.router.adopted
         self._requests: dict[int, asyncio.Future[Any]] = {}  # server_stats() answers
         self._request_ids = 0
@@ -107,6 +112,8 @@ class Worker:
         self.late_movers: list[WsConnection] | None = None  # see established_while_draining
         self.log = logging.getLogger(f"swoolish.worker.{worker_id}")
         self.loop = asyncio.get_event_loop()
+        if self.channel is not None:
+            self.channel.use_loop(self.loop)  # what the master does not take yet waits
         self.timers = timers.uvloop_wheel(
             self.loop,
             spawn=self.track,
@@ -116,6 +123,7 @@ class Worker:
         self._handlers = server.handlers
         self._asyncio_server: asyncio.AbstractServer | None = None
         self._duties: dict[type, Callable[[Any], None]] = {
+            Serve: self._on_serve,
             Pause: self._on_pause,
             Stop: self._on_stop,
             Routed: self._on_routed,
@@ -124,6 +132,7 @@ class Worker:
             ServerStatsReply: self._on_server_stats_reply,
         }
         self._stop_requested: asyncio.Future[int] | None = None
+        self._serve_allowed: asyncio.Future[None] = self.loop.create_future()
 
     # -- used by connections and the server facade
 
@@ -187,6 +196,7 @@ class Worker:
     async def serve(self) -> int:
         """Boot, serve until told to stop, drain; returns the process exit code."""
         self._stop_requested = self.loop.create_future()
+        self._serve_allowed = self.loop.create_future()
         timers.install(self.timers)
         try:
             await self._call_hook("worker_start")
@@ -197,17 +207,26 @@ class Worker:
                 self.generation,
             )
             return EXIT_BOOT_ERROR
-        self._asyncio_server = await self.loop.create_server(
-            lambda: HttpConnection(self), sock=self.listen_sock, backlog=2048
-        )
         self._install_signal_handlers()
         self._watch_master()
+        self._schedule_heartbeat()
         if self.inbox is not None:
             self.adopter = Adopter(self, self.inbox)
         self.report(Ready(os.getpid()))
-        self.log.info(
-            "worker %d gen %d (pid %d) serving", self.worker_id, self.generation, os.getpid()
+        if self.channel is None:
+            self._serve_allowed.set_result(None)
+        # Accept only once the master says this worker's whole generation is ready: a
+        # reload rolled back meanwhile then has no client of ours to close (docs/reload.md).
+        await asyncio.wait(
+            (self._serve_allowed, self._stop_requested), return_when=asyncio.FIRST_COMPLETED
         )
+        if not self._stop_requested.done():
+            self._asyncio_server = await self.loop.create_server(
+                lambda: HttpConnection(self), sock=self.listen_sock, backlog=2048
+            )
+            self.log.info(
+                "worker %d gen %d (pid %d) serving", self.worker_id, self.generation, os.getpid()
+            )
         close_code = await self._stop_requested
         await self.shutdown(close_code)
         return 0
@@ -248,6 +267,8 @@ class Worker:
             )
         await self._call_hook_logged("worker_stop")
         await self._call_hook_logged("worker_exit")
+        for conn in moving:
+            conn.prepare_move()  # timers those hooks bound to a moving session move too
         leftover = self.timers.clear_all()
         if leftover:
             # Logged once per worker, never once per timer or per push (docs/reload.md).
@@ -260,7 +281,7 @@ class Worker:
         handoff: dict[str, Any] | None = None
         if handing_off:
             assert self.handoff_channel is not None
-            report = await hand_off(self, self.handoff_channel, moving)
+            report = await hand_off(self, self.handoff_channel, moving, self.channel)
             handoff = report.as_dict()
             # Timers an open handler of a late session set up unbound (after worker_exit).
             leftover += self.timers.clear_all()
@@ -270,10 +291,14 @@ class Worker:
             released = self.router.handoff_over()
         closed = await self._drain(close_code)
         if handing_off:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(released, self.settings.max_wait_time)
+            except TimeoutError:
+                self.router.give_up_releases()  # hand over what we kept, never drop it
         self.router.flush()
         self.report(Exiting(leftover, closed, round(self.loop.time() - started, 4), handoff))
+        if self.channel is not None:
+            await self.channel.drained(EXIT_FLUSH_TIMEOUT)  # our last words, before we exit
         self.log.info(
             "worker %d gen %d (pid %d) exiting: %d timers cleared, %d connections closed",
             self.worker_id,
@@ -361,11 +386,24 @@ class Worker:
         if self.channel is not None:
             self.loop.add_reader(self.channel.fileno(), self._on_channel_readable)
 
+    def _schedule_heartbeat(self) -> None:
+        """One sweep per worker checks every session (not a timer per connection)."""
+        interval = self.settings.heartbeat_check_interval
+        if interval > 0 and not self.draining:
+            self.loop.call_later(interval, self._check_heartbeats)
+
+    def _check_heartbeats(self) -> None:
+        """Ping quiet WebSockets, close silent ones (docs/quickstart.md, "Bad input")."""
+        now, idle_time = time.time(), self.settings.heartbeat_idle_time
+        for conn in list(self.connections.values()):
+            conn.heartbeat(now, idle_time)
+        self._schedule_heartbeat()
+
     def _on_channel_readable(self) -> None:
         assert self.channel is not None
         try:
-            messages = ipc.receive(self.channel)
-        except (OSError, EOFError, ipc.Truncated):
+            messages = self.channel.receive()
+        except (OSError, EOFError):
             self.loop.remove_reader(self.channel.fileno())
             self.request_stop(GOING_AWAY)
             return
@@ -381,6 +419,10 @@ class Worker:
                 duty(message)
 
     # -- one method per message from the master (swoolish.core.messages)
+
+    def _on_serve(self, message: Serve) -> None:
+        if not self._serve_allowed.done():
+            self._serve_allowed.set_result(None)
 
     def _on_pause(self, message: Pause) -> None:
         self.stop_accepting()
@@ -404,12 +446,14 @@ class Worker:
             future.set_result(message.status)
 
     def report(self, message: Message) -> None:
-        """Send ``message`` to the master (nothing without one: a test's bare worker)."""
-        if self.channel is not None:
-            try:
-                ipc.send(self.channel, message)
-            except OSError:
-                self.log.debug("worker %d: master channel closed", self.worker_id)
+        """Send ``message`` to the master (nothing without one: a test's bare worker).
+
+        Never blocks: what the kernel does not take now waits in the channel's queue.
+        Reports are essential (lifecycle, figures, hand-off bookkeeping, and routes the
+        router already bounded, see ``Router.send``), so only ipc.HARD_LIMIT refuses them.
+        """
+        if self.channel is not None and not self.channel.send(message, essential=True):
+            self.log.debug("worker %d: master channel closed or full", self.worker_id)
 
 
 def run_worker(load_server: Callable[[], App], setup: WorkerSetup) -> int:

@@ -9,6 +9,7 @@ handlers get for a WebSocket, with ``request.fd`` set to the new session id.
 from __future__ import annotations
 
 import http
+import re
 from collections.abc import Callable
 from email.utils import formatdate
 from urllib.parse import parse_qsl
@@ -16,6 +17,11 @@ from urllib.parse import parse_qsl
 from websockets.datastructures import Headers
 
 __all__ = ["Headers", "Request", "Response", "render_response"]
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a field name (RFC 9110 §5.1, §5.6.2)
+# What a field value or reason phrase may not hold: CR, LF, NUL (RFC 9110 §5.5), nor a
+# character outside latin-1, the octets HTTP/1.1 carries (RFC 9112 §5).
+_BAD_TEXT = re.compile(r"[\r\n\x00]|[^\x00-\xff]")
 
 
 class Request:
@@ -86,15 +92,24 @@ class Response:
         """Set the status code (Swoole: ``$response->status(404)``)."""
         if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 999:
             raise ValueError(f"an HTTP status code is an integer 100-999, got {code!r}")
+        if reason is not None and (not isinstance(reason, str) or _BAD_TEXT.search(reason)):
+            raise ValueError(
+                f"invalid reason phrase {reason!r}: latin-1 text without CR, LF or NUL"
+            )
         self._status = code
         self.reason = reason
         return self
 
     def header(self, name: str, value: str) -> Response:
-        """Add a response header; a CR or LF in it would split the response, so it raises."""
+        """Add a response header; raises ``ValueError`` here, at the call, for a name
+        that is not a token or a value that HTTP/1.1 cannot carry (a CR or LF would split
+        the response; a character outside latin-1 cannot be sent)."""
         name, value = str(name), str(value)
-        if any(c in name + value for c in "\r\n") or not name or ":" in name:
-            raise ValueError(f"invalid HTTP header {name!r}: {value!r}")
+        if not _TOKEN.fullmatch(name) or _BAD_TEXT.search(value):
+            raise ValueError(
+                f"invalid HTTP header {name!r}: {value!r} (the name is a token, the value "
+                "latin-1 text without CR, LF or NUL)"
+            )
         self._headers.append((name, value))
         return self
 

@@ -70,6 +70,7 @@ from ..core.messages import (
     ToAll,
 )
 from ..core.switchboard import PARK_TIMEOUT
+from ..shared.ipc import Channel
 from ..shared.table import SessionTable
 from .host import WorkerHost
 from .websocket import WsConnection
@@ -78,7 +79,7 @@ __all__ = ["MAX_ROUTED_PAYLOAD", "Router"]
 
 log = logging.getLogger("swoolish.routing")
 
-CHUNK_BYTES = 256 * 1024  # one routed message stays well under the channel buffer
+CHUNK_BYTES = 256 * 1024  # one routed message: a bounded unit of work for the master
 MAX_ROUTED_PAYLOAD = 1024 * 1024  # a bigger push to another worker's session is refused
 
 
@@ -101,11 +102,22 @@ def operation_size(op: Operation) -> int:
 class Router:
     """The worker's side: queue operations for other workers, apply theirs."""
 
-    def __init__(self, worker: WorkerHost, table: SessionTable | None, region: int | None) -> None:
+    def __init__(
+        self,
+        worker: WorkerHost,
+        table: SessionTable | None,
+        region: int | None,
+        channel: Channel | None = None,
+    ) -> None:
+        """``channel`` is the worker's channel to the master: what waits in it and in the
+        outbox is bounded by its ``limit`` (see :meth:`send`)."""
         self.worker = worker
         self.table = table
         self.region = region
+        self.channel = channel
         self.outbox: dict[Target, list[Operation]] = {}
+        self._pending = 0  # bytes (about) in the outbox
+        self._refusing = False  # an episode of refusals is going on (logged once)
         self._flush_scheduled = False
         # operations on sessions we handed off, by session, until the master takes them
         self.kept: dict[int, list[Operation]] = {}
@@ -115,6 +127,7 @@ class Router:
         # adopted sids, until they arrived -> broadcasts they got or hold (applied once)
         self.seen: dict[int, set[int]] = {}
         self._broadcasts = 0
+        self._overdue = 0  # arrivals overdue since the last log line
         self._pid = os.getpid()
         self._appliers: dict[type, Callable[[Any], None]] = {
             Push: self._apply_push,
@@ -133,14 +146,41 @@ class Router:
             return None
         return self.table.lookup(sid)
 
-    def send(self, target: Target, op: Operation) -> None:
+    def send(self, target: Target, op: Operation) -> bool:
+        """Queue ``op`` for the master; False (counted ``routed_refused``) if what waits
+        for the master is over the channel's bound already: the master is not reading
+        us fast enough, and the operation fails now instead of stalling this worker."""
+        size = operation_size(op)
+        channel = self.channel
+        if channel is not None:
+            waiting = self._pending + channel.queued
+            if waiting and waiting + size > channel.limit:
+                self._refuse(waiting)
+                return False
+        if self._refusing:
+            self._refusing = False
+            log.debug("worker %d: routing again", self.worker.worker_id)
+        self._pending += size
         self.outbox.setdefault(target, []).append(op)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.worker.loop.call_soon(self.flush)
+        return True
+
+    def _refuse(self, waiting: int) -> None:
+        self.worker.stats["routed_refused"] += 1
+        if not self._refusing:
+            self._refusing = True  # one line per episode, never one per operation
+            log.warning(
+                "worker %d: %d bytes wait for the master; operations on other workers' "
+                "sessions are refused (counted in routed_refused) until they drain",
+                self.worker.worker_id,
+                waiting,
+            )
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        self._pending = 0
         outbox, self.outbox = self.outbox, {}
         for target, ops in outbox.items():
             chunk: list[Operation] = []
@@ -203,16 +243,18 @@ class Router:
     def _apply_arrived(self, op: Arrived) -> None:
         self.arrived(op.sid)
 
-    def broadcast(self, data: Any, opcode: Any) -> int:
+    def broadcast(self, data: Any, opcode: Any) -> tuple[int, bool]:
         """This worker's broadcast: its own sessions now, the others' through the master
-        (one operation it fans out). Returns how many of ours it was handed to."""
+        (one operation it fans out). Returns how many of ours it was handed to, and
+        whether it went to the others (False: no table, or refused, see :meth:`send`)."""
         self._broadcasts += 1
         bid = broadcast_id(self._pid, self._broadcasts)
         handed = self.apply_broadcast(data, opcode, bid, local=True)
+        routed = False
         if self.table is not None:
             origin = -1 if self.region is None else self.region
-            self.send(ToAll(origin), Broadcast(data, opcode, bid))
-        return handed
+            routed = self.send(ToAll(origin), Broadcast(data, opcode, bid))
+        return handed, routed
 
     def apply_broadcast(self, data: Any, opcode: Any, bid: int, local: bool) -> int:
         """Push a broadcast to every session this worker owns.
@@ -273,8 +315,29 @@ class Router:
 
     def adopted(self, sid: int) -> None:
         """Deliver our own pushes to an adopted session at the latest after PARK_TIMEOUT."""
-        self.worker.loop.call_later(PARK_TIMEOUT, self.arrived, sid)
+        self.worker.loop.call_later(PARK_TIMEOUT, self._arrival_overdue, sid)
         self._news.append(sid)
+
+    def _arrival_overdue(self, sid: int) -> None:
+        """No ``Arrived`` within PARK_TIMEOUT (a stalled worker or master): our own held
+        operations go now, perhaps ahead of ones routed before the move. Counted, and
+        logged once per batch of overdue sessions, never silently."""
+        if sid not in self.worker.connections.arriving:
+            return  # arrived in time
+        self.worker.stats["handoff_arrivals_overdue"] += 1
+        self._overdue += 1
+        if self._overdue == 1:
+            self.worker.loop.call_soon(self._log_overdue)
+        self.arrived(sid)
+
+    def _log_overdue(self) -> None:
+        log.warning(
+            "hand-off: %d adopted sessions got no arrival marker within %gs; operations "
+            "held for them were sent, possibly ahead of ones routed before they moved",
+            self._overdue,
+            PARK_TIMEOUT,
+        )
+        self._overdue = 0
 
     def lost(self, sid: int) -> None:
         """A session of a batch could not be adopted: nobody need wait for it."""
@@ -347,6 +410,13 @@ class Router:
         self.worker.connections.let_go(sids)
         self.worker.report(ReleaseDone(number, late))
         self._check_released()
+
+    def give_up_releases(self) -> None:
+        """The master did not answer a release in time (a stalled process): let go of
+        those sessions anyway and hand it what was kept for them; nothing is dropped
+        here (the master counts the release as forced)."""
+        for number in list(self.releasing):
+            self.on_released(number)
 
     def handoff_over(self) -> asyncio.Future[None]:
         """No more batches: resolved once the master answered every release."""

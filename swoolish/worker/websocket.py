@@ -38,28 +38,35 @@ except ImportError:  # pragma: no cover - a build without its C extension
 
 from ..core.frames import (
     BINARY,
+    GOING_AWAY,
     INTERNAL_ERROR,
     INVALID_DATA,
+    POLICY_VIOLATION,
     TEXT,
+    FrameCursor,
     check_close,
     encode_close,
     encode_frame,
     frame_extent,
-    unparsed_tail,
 )
 from ..core.messages import MovingSession
 from ..core.timerwheel import is_plain_data, resolve_callback
-from .connection import Connection
+from .connection import Connection, high_water
 from .flow import FlowControl, Reason
 from .host import WorkerHost
 
 __all__ = ["QUIET_LOG", "Frame", "WsConnection", "open_protocol"]
 
 OP_TEXT, OP_BINARY, OP_CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
-OP_CLOSE, OP_PING = Opcode.CLOSE, Opcode.PING
+OP_CLOSE, OP_PING, OP_PONG = Opcode.CLOSE, Opcode.PING, Opcode.PONG
 PONG_HEAD = bytes((0x80 | Opcode.PONG,))  # a server's pong frame starts so (RFC 6455 §5.2)
+PING = encode_frame(Opcode.PING, b"")  # the heartbeat's ping (RFC 6455 §5.5.2)
 
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the client's half of a closing handshake
+#: Bytes of a frame in progress kept for a hand-off (worker/handoff.py moves at most
+#: 256 KiB of unsent and unparsed bytes per session); a session reading a larger frame
+#: stays and gets the 1012 of the reload.
+MAX_UNPARSED_KEPT = 256 * 1024
 
 log = logging.getLogger("swoolish.handoff")
 
@@ -159,7 +166,8 @@ class WsConnection(Connection, asyncio.Protocol):
         "_frag_opcode",
         "_fragments",
         "_moved_timers",
-        "_rx_pending",
+        "_rx",
+        "_stash",
         "_text_decoder",
         "_track",
         "_tx_bytes",
@@ -185,7 +193,9 @@ class WsConnection(Connection, asyncio.Protocol):
         self._close_when_idle: tuple[int, str] | None = None
         # hand-off records, kept only while hand-off is enabled
         self._track = worker.settings.reload_handoff
-        self._rx_pending = b""  # bytes after the last complete frame read
+        # where the frame in progress ends (and, for a hand-off, its bytes)
+        self._rx = FrameCursor(MAX_UNPARSED_KEPT if self._track else 0)
+        self._stash = b""  # a small frame cut by the read, kept for the fast path
         self._tx_log: deque[bytes] | None = None  # created on the first write left buffered
         self._tx_bytes = 0
         self._unsent = b""
@@ -245,7 +255,7 @@ class WsConnection(Connection, asyncio.Protocol):
         self.transport = transport
         self.flow = FlowControl(transport)
         worker.live.add(self)
-        transport.set_write_buffer_limits(high=worker.settings.buffer_output_size)
+        transport.set_write_buffer_limits(high=high_water(worker.settings.buffer_output_size))
         self.last_time = time.time()
         self.messages_in = record.messages_in
         self.messages_out = record.messages_out
@@ -328,14 +338,22 @@ class WsConnection(Connection, asyncio.Protocol):
     def _websocket_data(self, data: bytes) -> None:
         ws = self.ws
         assert ws is not None
+        if self._stash:
+            data, self._stash = self._stash + data, b""
         if self._fast and not self.closing and ws.state is OPEN:
             consumed = self._fast_frames(data)
             if consumed == len(data):
                 return
-            data = data[consumed:]  # the rest starts at a frame boundary
-        if self._track:
-            pending = self._rx_pending
-            self._rx_pending = unparsed_tail(pending + data if pending else data)
+            if consumed:
+                data = data[consumed:]  # the rest starts at a frame boundary
+            if self._fast and self._cut_fast_frame(data):
+                # A stream rarely ends a read on a frame boundary: wait for the end of
+                # this frame (at most 64 KiB) rather than leave the fast path for good.
+                self._stash = data
+                return
+        # Every byte the protocol gets passes the cursor too, which knows whether a frame is
+        # in progress (then the next read must not go fast) without rescanning it.
+        self._rx.feed(data)
         ws.receive_data(data)
         events = cast(list[WsFrame], ws.events_received())  # frames only, once OPEN
         # The protocol queued its replies while parsing the whole chunk: one pong per
@@ -363,7 +381,7 @@ class WsConnection(Connection, asyncio.Protocol):
         self._flush_protocol()  # anything a handler's disconnect() queued meanwhile
         # Back at a frame boundary with nothing pending: the next chunk may go fast.
         self._fast = (
-            not self._rx_pending
+            self._rx.at_boundary
             and ws.state is OPEN
             and ws.current_size is None
             and not self._fragments
@@ -374,10 +392,16 @@ class WsConnection(Connection, asyncio.Protocol):
         """Handle the common case without the protocol object; returns bytes consumed.
 
         Only complete, final, masked text or binary frames without RSV bits, shorter
-        than 64 KiB and within max_message_size, taken from a frame boundary (RFC 6455
-        §5.2). The first frame that is anything else -- a control frame, a fragment, an
-        extension's, too large, cut by the read -- and everything after it goes to
-        websockets' protocol, which then owns every rule this path does not check.
+        than 64 KiB and within max_message_size, and pings (final, masked, at most 125
+        bytes: RFC 6455 §5.5), taken from a frame boundary (§5.2). The first frame that
+        is anything else -- another control frame, a fragment, an extension's, too
+        large, cut by the read -- and everything after it goes to websockets' protocol,
+        which then owns every rule this path does not check.
+
+        Each ping gets its pong, in order; the pongs of one read go out in one write,
+        before the reply to any message that followed them. A client flooding pings
+        then costs a fraction of what the protocol object's parser and one write per
+        pong cost, and other clients of the worker keep being served.
         """
         worker = self._worker
         handler = worker.handler("message")
@@ -385,9 +409,18 @@ class WsConnection(Connection, asyncio.Protocol):
         limit = worker.settings.max_message_size
         n = len(data)
         pos = 0
+        pongs: list[bytes] = []
         while n - pos >= 6:
             b0 = data[pos]
             b1 = data[pos + 1]
+            if b0 == 0x89 and 0x80 <= b1 <= 0xFD:  # a ping: FIN, masked, 0-125 bytes
+                end = pos + 6 + (b1 & 0x7F)
+                if end > n:
+                    break
+                payload = apply_mask(data[pos + 6 : end], data[pos + 2 : pos + 6])
+                pongs.append(encode_frame(OP_PONG, payload))
+                pos = end
+                continue
             # FIN, no RSV, text or binary; masked; a 7- or 16-bit length
             if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80 or b1 == 0xFF:
                 break
@@ -397,6 +430,8 @@ class WsConnection(Connection, asyncio.Protocol):
             head, end = extent
             if end > n or end - head > limit:
                 break
+            if pongs and not self._send_pongs(pongs):
+                return n  # closed over its output budget: the rest is discarded
             payload = apply_mask(data[head:end], data[head - 4 : head])
             pos = end
             if b0 == 0x81:
@@ -416,7 +451,31 @@ class WsConnection(Connection, asyncio.Protocol):
                 # whatever else follows, belongs to the protocol.
                 self._fast = False
                 return pos
+        if pongs and not self._send_pongs(pongs):
+            return n
         return pos
+
+    def _cut_fast_frame(self, data: bytes) -> bool:
+        """``data`` starts with a frame the fast path takes, cut by the read."""
+        b0 = data[0]
+        if len(data) < 2:
+            return b0 == 0x81 or b0 == 0x82 or b0 == 0x89
+        b1 = data[1]
+        if b0 == 0x89:
+            return 0x80 <= b1 <= 0xFD
+        if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80 or b1 == 0xFF:
+            return False
+        extent = frame_extent(data)
+        if extent is None:
+            return True
+        head, end = extent
+        return end > len(data) and end - head <= self._worker.settings.max_message_size
+
+    def _send_pongs(self, pongs: list[bytes]) -> bool:
+        """Write the pongs gathered so far in one write; False if the session closed."""
+        self._write(b"".join(pongs) if len(pongs) > 1 else pongs[0])
+        pongs.clear()
+        return not self.closing
 
     def _data_frame(self, opcode: Any, payload: bytes, fin: bool) -> None:
         if self.closing:
@@ -490,12 +549,31 @@ class WsConnection(Connection, asyncio.Protocol):
                 return
 
     def _write(self, data: bytes) -> None:
-        """Every byte this session writes goes here (the hand-off's ``unsent`` record)."""
+        """Every byte this session writes goes here (the hand-off's ``unsent`` record).
+
+        Everything written counts against one budget, ``buffer_output_size`` unsent
+        bytes: past a quarter of it reading stops (``pause_writing``), past it ``push``
+        returns False and a write the protocol owes (a pong, a close) closes the
+        session with 1008 instead (docs/quickstart.md, "Bad input").
+        """
         transport = self.transport
         assert transport is not None
+        if not self.closing:
+            unsent = transport.get_write_buffer_size()
+            if unsent > self._worker.settings.buffer_output_size:
+                self._close_over_budget(unsent)
+                return
         transport.write(data)
         if self._track:
             self._note_written(transport, data)
+
+    def _close_over_budget(self, unsent: int) -> None:
+        """The client lets more than buffer_output_size pile up: close it with 1008, and
+        abort if it has not taken the close within CLOSE_TIMEOUT (it does not read)."""
+        self._report_over_budget(unsent)
+        self._fail(POLICY_VIOLATION, "output buffer full")
+        if self.transport is not None:
+            self._arm_timer(CLOSE_TIMEOUT, self.abort)
 
     def _note_written(self, transport: asyncio.Transport, data: bytes) -> None:
         if not transport.get_write_buffer_size():
@@ -557,6 +635,25 @@ class WsConnection(Connection, asyncio.Protocol):
         self._arm_timer(CLOSE_TIMEOUT, self.abort)
         return True
 
+    def heartbeat(self, now: float, idle_time: float) -> None:
+        """The worker's periodic check: ping a quiet client, close a silent one (1001).
+
+        A client that has sent nothing, not even a pong, for ``idle_time`` seconds is
+        gone or stuck; after half of it, a ping asks for a sign of life (RFC 6455
+        §5.5.2). Not while this worker is the one not reading (handlers behind, moving).
+        """
+        transport, ws, flow = self.transport, self.ws, self.flow
+        if self.closing or self.moving or transport is None or ws is None or ws.state is not OPEN:
+            return
+        if flow is not None and (flow.holds(Reason.HANDLERS) or flow.holds(Reason.MOVING)):
+            return
+        quiet = now - self.last_time
+        if quiet >= idle_time:
+            self._worker.stats["closed_idle"] += 1
+            self.disconnect(GOING_AWAY, "idle")
+        elif quiet >= idle_time / 2:
+            self._write(PING)
+
     def drain(self, code: int, reason: str = "") -> None:
         """Close with ``code`` once this connection's handlers in flight are done."""
         if self._handler_queue is None:
@@ -582,9 +679,14 @@ class WsConnection(Connection, asyncio.Protocol):
     # ------------------------------------------------------------------ moving (live hand-off)
 
     def prepare_move(self) -> None:
-        """Take this session's bound timers out of the wheel, as data that moves."""
+        """Take this session's bound timers out of the wheel, as data that moves.
+
+        Called before ``worker_stop`` (so none fires here and again over there), again
+        after ``worker_exit`` and by :meth:`export_state`: a timer bound to the session
+        meanwhile (by those hooks or a late handler) moves too, never cleared."""
         moved, dropped = self._worker.timers.export_bound(self.sid)
-        self._moved_timers = moved
+        if moved:
+            self._moved_timers = [*(self._moved_timers or []), *moved]
         if dropped:
             self._worker.stats["timers_not_movable"] += dropped
 
@@ -602,6 +704,8 @@ class WsConnection(Connection, asyncio.Protocol):
         ws = self.ws
         if self.closing or ws is None or ws.state is not OPEN or self.transport is None:
             return "closing"
+        if not self._rx.at_boundary and self._rx.unparsed is None:
+            return "reading a large frame"
         if not self.quiescent():
             return "busy past the bound"
         if ws.expect_continuation_frame:
@@ -648,6 +752,7 @@ class WsConnection(Connection, asyncio.Protocol):
         """The record of this detached session, for its new worker."""
         ws = self.ws
         assert ws is not None
+        self.prepare_move()  # timers bound since the last export
         decoder = self._text_decoder
         return MovingSession(
             sid=self.sid,
@@ -661,7 +766,7 @@ class WsConnection(Connection, asyncio.Protocol):
             fragments=list(self._fragments),
             frag_opcode=self._frag_opcode,
             decoder=decoder.getstate() if decoder is not None else None,
-            unparsed=self._rx_pending,
+            unparsed=self._stash or self._rx.unparsed or b"",
             unsent=self._unsent,
             app=self._app_state,
             timers=self._moved_timers or [],

@@ -132,6 +132,10 @@ def test_each_serve_flag_overrides_its_setting_alone(setting):
         assert overrides(setting.flags[1]) == {setting.name: not setting.default}
         assert overrides(setting.cli) == {setting.name: True}
         return
+    if setting.kind == "list":  # comma-separated on the command line
+        origins = ("https://a.example", "http://b.example:8080")
+        assert overrides(setting.cli, " , ".join(origins)) == {setting.name: origins}
+        return
     value = "/tmp/swoolish.pid" if setting.default is None else setting.default
     assert overrides(setting.cli, str(value)) == {setting.name: value}
 

@@ -22,6 +22,7 @@ from swoolish.core.reload import (
     Phase,
     ReloadPlan,
     RequestAgain,
+    Serve,
     Spawn,
     Stop,
 )
@@ -44,8 +45,10 @@ class Reload:
     generation: int
     slots: int
     old: frozenset[int]
+    number: int = 0  # the generation number this reload starts (set by its first Spawn)
     new: dict[int, int] = dataclasses.field(default_factory=dict)  # slot -> pid
     ready: set[int] = dataclasses.field(default_factory=set)
+    served: set[int] = dataclasses.field(default_factory=set)  # Serve issued
     paused: list[int] = dataclasses.field(default_factory=list)  # Pause issued, in order
     stopped: list[int] = dataclasses.field(default_factory=list)  # Stop issued, in order
     killed: list[int] = dataclasses.field(default_factory=list)
@@ -78,6 +81,7 @@ class Master:
         self.reloads: list[Reload] = []
         self.log: list[object] = []  # every action executed, in order
         self.finished: list[Finished] = []
+        self.numbers_used = generation  # the highest generation number seen so far
 
     @property
     def old_pids(self) -> list[int]:
@@ -154,7 +158,7 @@ class Master:
                 assert self.reload is not None
                 self.reload.new[slot] = pid
                 return self.plan.spawned(slot, pid, self.now)
-            case Pause():
+            case Pause() | Serve():
                 return []
             case Stop(pid=pid) | Kill(pid=pid):
                 self.alive.discard(pid)
@@ -182,10 +186,20 @@ class Master:
         assert reload is not None, f"{action!r} issued while no reload was in progress"
         match action:
             case Spawn(generation=generation):
-                assert generation == reload.generation + 1
+                if not reload.number:
+                    assert generation > self.numbers_used, "a generation number was reused"
+                    reload.number = self.numbers_used = generation
+                assert generation == reload.number, "two numbers in one reload"
+            case Serve(pid=pid):
+                assert pid in reload.new.values(), "only a new worker is told to serve"
+                assert reload.all_ready, "a new worker served before its generation was ready"
+                assert not reload.paused, "a Serve after a Pause"
+                assert pid not in reload.served, "a new worker told to serve twice"
+                reload.served.add(pid)
             case Pause(pid=pid):
                 assert pid in reload.old, "only an old worker is paused"
                 assert reload.all_ready, "an old worker paused before every new one was ready"
+                assert reload.served == set(reload.new.values()), "paused before new ones serve"
                 assert not reload.stopped, "a Pause after a Stop"
                 assert pid not in reload.paused, "an old worker paused twice"
                 reload.paused.append(pid)
@@ -204,13 +218,20 @@ class Master:
                 assert pid not in self.exited_pids, "a dead worker was killed"
                 assert pid not in reload.killed, "a worker killed twice"
                 reload.killed.append(pid)
-            case Finished(ok=True, generation=generation):
-                assert generation == reload.generation + 1
+            case Finished(ok=True, generation=generation, attempted=attempted):
+                assert generation == attempted == reload.number
                 assert reload.all_ready
                 assert not reload.killed
-            case Finished(ok=False, generation=generation):
+            case Finished(ok=False, generation=generation, attempted=attempted):
                 assert generation == reload.generation
+                assert attempted == reload.number or not reload.number
                 assert not reload.paused and not reload.stopped
+                assert not reload.served, "a rolled-back worker had been told to serve"
+
+
+def serve_new(m: Master) -> list[object]:
+    """The Serve actions a reload gives its new workers once all are ready, in slot order."""
+    return [Serve(pid) for _, pid in sorted(m.new.items())]
 
 
 def of(kind: type, actions: list[object]) -> list[object]:
@@ -262,7 +283,7 @@ def test_a_reload_boots_new_workers_batch_by_batch_then_pauses_and_stops_the_old
             following = slot + window
             assert actions == ([Spawn(following, G + 1)] if following < slots else [])
         else:
-            assert actions == [Pause(pid) for pid in old]
+            assert actions == serve_new(m) + [Pause(pid) for pid in old]
     assert m.plan.phase is Phase.PAUSING
     new = [m.new[slot] for slot in range(slots)]
 
@@ -280,6 +301,7 @@ def test_a_reload_boots_new_workers_batch_by_batch_then_pauses_and_stops_the_old
         ended_at=m.now,
         new_pids=tuple(new),
         old_pids=tuple(old),
+        attempted=G + 1,
     )
     assert m.plan.generation == G + 1
     assert m.plan.target == G + 1
@@ -303,7 +325,7 @@ def test_old_workers_stop_only_after_every_new_worker_is_ready(batch):
     assert m.plan.phase is Phase.BOOTING
 
     last = m.ready(m.new[3])
-    assert last == [Pause(pid) for pid in m.old_pids]
+    assert last == serve_new(m) + [Pause(pid) for pid in m.old_pids]
 
 
 def test_new_workers_may_become_ready_in_any_order():
@@ -312,7 +334,7 @@ def test_new_workers_may_become_ready_in_any_order():
     m.request()
     assert m.ready(m.new[2]) == []
     assert m.ready(m.new[0]) == []
-    assert m.ready(m.new[1]) == [Pause(pid) for pid in old]
+    assert m.ready(m.new[1]) == serve_new(m) + [Pause(pid) for pid in old]
 
 
 def test_a_batch_refills_only_as_workers_become_ready():
@@ -321,7 +343,7 @@ def test_a_batch_refills_only_as_workers_become_ready():
     assert m.ready(m.new[1]) == [Spawn(2, G + 1)]
     assert m.ready(m.new[2]) == [Spawn(3, G + 1)]
     assert m.ready(m.new[0]) == []
-    assert m.ready(m.new[3]) == [Pause(pid) for pid in m.old_pids]
+    assert m.ready(m.new[3]) == serve_new(m) + [Pause(pid) for pid in m.old_pids]
 
 
 def test_a_batch_larger_than_the_slots_forks_every_slot_at_once():
@@ -335,7 +357,7 @@ def test_old_workers_are_paused_and_stopped_in_pid_order():
     m.serving = dict(serving)
     m.alive = set(serving)
     m.request()
-    assert boot_all(m) == [Pause(901), Pause(903), Pause(905)]
+    assert boot_all(m) == [*serve_new(m), Pause(901), Pause(903), Pause(905)]
     assert m.paused(905) == []
     assert m.paused(901) == []
     assert m.paused(903)[:3] == [Stop(901), Stop(903), Stop(905)]
@@ -346,9 +368,11 @@ def test_a_reload_with_no_serving_workers_finishes_when_the_new_ones_are_ready()
     m.serving = {}
     m.request()
     m.ready(m.new[0])
+    new = (m.reloads[0].new[0], m.reloads[0].new[1])
     actions = m.ready(m.new[1])
     assert actions == [
-        Finished(G + 1, True, "complete", T0, T0, (m.reloads[0].new[0], m.reloads[0].new[1]), ())
+        *(Serve(pid) for pid in new),
+        Finished(G + 1, True, "complete", T0, T0, new, (), attempted=G + 1),
     ]
     assert m.plan.generation == G + 1
 
@@ -371,7 +395,7 @@ def test_a_second_reload_replaces_the_workers_of_the_first():
     assert set(second_old).isdisjoint(first_old)
 
     assert m.request() == [Spawn(0, G + 2), Spawn(1, G + 2)]
-    assert boot_all(m) == [Pause(pid) for pid in second_old]
+    assert boot_all(m) == serve_new(m) + [Pause(pid) for pid in second_old]
     assert finished(pause_all(m, second_old)).generation == G + 2
     assert m.plan.generation == G + 2
     assert m.plan.reloads == 2
@@ -509,10 +533,14 @@ def test_a_rolled_back_reload_leaves_the_plan_ready_for_the_next_one():
     m.request()
     m.exited(m.new[1])
     assert m.plan.reloads == 1
+    [rolled_back] = m.finished
+    assert (rolled_back.generation, rolled_back.attempted) == (G, G + 1)
 
-    assert m.request() == [Spawn(0, G + 1), Spawn(1, G + 1)]
-    assert boot_all(m) == [Pause(pid) for pid in old]
-    assert finished(pause_all(m, old)).generation == G + 1
+    # The rolled-back generation's number is never given to another set of processes.
+    assert m.request() == [Spawn(0, G + 2), Spawn(1, G + 2)]
+    assert boot_all(m) == serve_new(m) + [Pause(pid) for pid in old]
+    assert finished(pause_all(m, old)).generation == G + 2
+    assert m.plan.generation == m.plan.latest == G + 2
 
 
 def test_events_about_workers_of_a_rolled_back_reload_are_ignored():
@@ -579,7 +607,7 @@ def test_requests_during_a_reload_coalesce_into_one_more_reload(requests, phase,
     i = actions.index(result)
     assert actions[i + 1] == RequestAgain(m.now)
     # The master calls request() again at once, with the workers serving now.
-    assert actions[i + 2 :] == [Spawn(0, result.generation + 1)]
+    assert actions[i + 2 :] == [Spawn(0, result.attempted + 1)]
     assert of(RequestAgain, m.log) == [RequestAgain(m.now)]
     assert not m.plan.pending
     assert m.plan.reloads == 2
@@ -591,7 +619,7 @@ def test_requests_during_a_reload_coalesce_into_one_more_reload(requests, phase,
     actions = pause_all(m, sorted(second.old))
     assert of(RequestAgain, actions) == []
     assert m.plan.reloads == 2
-    assert m.plan.generation == G + (2 if how == "ok" else 1)
+    assert m.plan.generation == G + 2  # a rolled-back first reload took number G + 1
 
 
 def test_twenty_requests_during_a_reload_make_exactly_two_reloads():
@@ -632,7 +660,7 @@ def test_an_old_worker_exiting_while_booting_is_neither_paused_nor_stopped():
     assert m.exited(crashed) == []
     assert m.plan.phase is Phase.BOOTING
 
-    assert boot_all(m) == [Pause(survivor)]
+    assert boot_all(m) == [*serve_new(m), Pause(survivor)]
     actions = m.paused(survivor)
     assert actions[:-1] == [Stop(survivor)]
     result = finished(actions)
@@ -700,7 +728,7 @@ def test_ready_twice_does_not_fork_twice_or_pause_early():
     assert m.ready(first) == []
     assert m.ready(m.new[1]) == [Spawn(2, G + 1)]
     assert m.ready(m.new[1]) == []
-    assert m.ready(m.new[2]) == [Pause(pid) for pid in m.old_pids]
+    assert m.ready(m.new[2]) == serve_new(m) + [Pause(pid) for pid in m.old_pids]
     assert m.ready(m.new[2]) == []
     assert m.plan.phase is Phase.PAUSING
 
@@ -731,7 +759,7 @@ def test_paused_when_idle_or_booting_is_ignored():
     assert m.paused(old[0]) == []
     assert m.paused(old[1]) == []
     # The early acknowledgements do not count: both are still asked to pause.
-    assert boot_all(m) == [Pause(old[0]), Pause(old[1])]
+    assert boot_all(m) == [*serve_new(m), Pause(old[0]), Pause(old[1])]
     assert m.paused(old[0]) == []
 
 
@@ -1032,7 +1060,7 @@ def test_random_event_sequences_never_break_the_reload_rules(slots, batch, event
             case "request":
                 m.request()
         assert m.plan.active is (m.reload is not None)
-        assert m.plan.target == m.plan.generation + m.plan.active
+        assert m.plan.target == (m.plan.latest if m.plan.active else m.plan.generation)
 
     # Liveness: the deadlines end every reload, coalesced ones included.
     for _ in range(3):
@@ -1042,5 +1070,6 @@ def test_random_event_sequences_never_break_the_reload_rules(slots, batch, event
     assert not m.plan.active
     assert not m.plan.pending
     assert m.plan.next_deadline() is None
-    assert m.plan.generation == G + sum(f.ok for f in m.finished)
+    assert m.plan.latest == G + m.plan.reloads  # every reload took a number of its own
+    assert m.plan.generation == max([G] + [f.generation for f in m.finished if f.ok])
     assert len(m.finished) == m.plan.reloads

@@ -274,3 +274,80 @@ def test_an_old_worker_keeps_broadcasts_for_sessions_it_handed_off():
     router = Router(worker, None, None)
     router.apply([Broadcast("b", None, 42)])
     assert router.kept == {7: [Push(7, "b", None, 42)]}
+
+
+def test_an_old_worker_that_gives_up_waiting_hands_over_what_it_kept():
+    """A stalled master or new worker: the old worker's wait for Released expires; it
+    lets go anyway and gives the master every operation it kept, dropping none."""
+    loop = asyncio.new_event_loop()
+    try:
+        reports = []
+        connections = SessionMap()
+        connections.moved.update({7})
+        worker = SimpleNamespace(
+            connections=connections, stats=Counter(), loop=loop, report=reports.append
+        )
+        router = Router(worker, None, None)
+        router.release(1, [7])
+        router.apply([push(7, "kept after the release")])
+        router.give_up_releases()
+        assert reports[-1] == ReleaseDone(1, [push(7, "kept after the release")])
+        assert connections.moved == set() and router.kept == {}
+    finally:
+        loop.close()
+
+
+def test_a_release_done_for_a_batch_still_waiting_is_granted_counted_and_delivered(board):
+    switchboard, table = board
+    switchboard.request_release((OLD, 1), [7], [push(7, "kept")], now=0.0)
+    table.where[7] = NEW_REGION  # adopted, but the stalled new owner announced nothing
+    switchboard.finish_release((OLD, 1), [push(7, "late")], now=1.0)
+    assert switchboard.forced_releases == 1
+    assert switchboard.deliver_parked(1.0) == [
+        (NEW, [push(7, "kept"), push(7, "late"), Arrived(7)])
+    ]
+
+
+def test_an_announced_release_is_not_counted_as_forced(board):
+    switchboard, table = board
+    switchboard.request_release((OLD, 1), [7], [], now=0.0)
+    table.where[7] = NEW_REGION
+    switchboard.note_adopted([7], 0.0)
+    assert switchboard.ready_releases(0.0) == [(OLD, 1)]
+    switchboard.finish_release((OLD, 1), [], now=0.0)
+    assert switchboard.forced_releases == 0
+
+
+def test_every_expiry_that_can_reorder_or_drop_is_counted(board):
+    switchboard, _table = board
+    switchboard.request_release((OLD, 1), [7], [push(7, "kept")], now=0.0)
+    assert switchboard.ready_releases(PARK_TIMEOUT) == [(OLD, 1)]  # nobody announced
+    assert switchboard.forced_releases == 1
+    switchboard.finish_release((OLD, 1), [], now=PARK_TIMEOUT)
+    # the session has no owner anywhere: after the wait, its operations are dropped
+    assert switchboard.deliver_parked(2 * PARK_TIMEOUT) == []
+    assert switchboard.expired_parked == 1 and switchboard.dropped == 1
+
+
+def test_an_old_worker_dying_before_its_release_was_granted_counts_it_as_forced(board):
+    switchboard, table = board
+    switchboard.request_release((OLD, 1), [7], [push(7, "kept")], now=0.0)
+    table.where[7] = NEW_REGION
+    switchboard.worker_gone(OLD, OLD_REGION, now=0.0)
+    assert switchboard.forced_releases == 1
+    assert switchboard.deliver_parked(0.0) == [(NEW, [push(7, "kept"), Arrived(7)])]
+
+
+def test_an_arrival_marker_that_never_comes_is_counted_and_the_held_pushes_go():
+    loop = asyncio.new_event_loop()
+    try:
+        router, conn, _settled = new_owner_with_an_arriving_session()
+        router.worker.loop = loop
+        router.hold(conn, 7, "held", None)
+        router._arrival_overdue(7)
+        assert conn.calls == [("push", "held")]
+        assert router.worker.stats["handoff_arrivals_overdue"] == 1
+        router._arrival_overdue(7)  # arrived meanwhile: nothing more is counted
+        assert router.worker.stats["handoff_arrivals_overdue"] == 1
+    finally:
+        loop.close()

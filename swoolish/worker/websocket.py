@@ -563,6 +563,10 @@ class WsConnection(Connection, asyncio.Protocol):
             if unsent > self._worker.settings.buffer_output_size:
                 self._close_over_budget(unsent)
                 return
+        self._emit(transport, data)
+
+    def _emit(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Write ``data`` whose budget was checked, keeping the hand-off's record."""
         transport.write(data)
         if self._track:
             self._note_written(transport, data)
@@ -618,7 +622,7 @@ class WsConnection(Connection, asyncio.Protocol):
             wire = frame.serialize(mask=False, extensions=ws.extensions)
         else:
             wire = encode_frame(opcode, payload)
-        self._write(wire)
+        self._emit(transport, wire)  # within budget: checked above
         self.messages_out += 1
         worker.stats["messages_out"] += 1
         return True

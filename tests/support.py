@@ -283,6 +283,8 @@ def masked_frame(
         head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
     else:
         head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    if mask == b"\0\0\0\0":
+        return head + mask + payload  # masking with zeros changes nothing (RFC 6455 §5.3)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 

@@ -57,15 +57,7 @@ def ask(ws: ClientConnection, command: str):
 def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     """A client frame with an all-zero masking key: the payload goes on the wire as is
     (RFC 6455 §5.3), so a test can place exact bytes, and large frames cost no masking."""
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + b"\0\0\0\0" + payload
+    return masked_frame(opcode, payload, fin, mask=b"\0\0\0\0")
 
 
 class Frames:

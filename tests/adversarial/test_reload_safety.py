@@ -120,14 +120,14 @@ STALLS_ON_ADOPTION = """
     @server.on("message")
     def on_message(server, frame):
         if frame.data == "who":
-            server.push(frame.fd, f"{{server.worker_id}} {{frame.fd}}")
+            server.push(frame.fd, f"{server.worker_id} {frame.fd}")
         elif frame.data.startswith("to "):
             _, target, number = frame.data.split()
             server.push(int(target), number)
 
     @server.on("resume")
     def resume(server, fd, state):
-        if {stall} and server.worker_id == 0:
+        if server.worker_id == 0:
             time.sleep(4.0)
 """
 
@@ -151,7 +151,7 @@ def test_a_worker_stalled_mid_handoff_under_routed_traffic_is_logged_and_counted
     adopting the receiver  3. the receiver gets the numbers in increasing order with
     none lost, or the master logged and counted the hand-off expiry that allowed it;
     here the stall outlasts the 3 s wait, so the expiry is logged and counted."""
-    app = write_app(tmp_path, STALLS_ON_ADOPTION.format(stall=True))
+    app = write_app(tmp_path, STALLS_ON_ADOPTION)
     pid_file = tmp_path / "master.pid"
     with serving(f"{app}:server", tmp_path, "--pid-file", str(pid_file), workers=2) as server:
         stack = contextlib.ExitStack()

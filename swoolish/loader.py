@@ -26,11 +26,6 @@ T = TypeVar("T")
 
 ANY_SERVER = "*"  # AppSpec.attr of a script whose server has no module-level name
 
-# The app's own directory, noted by the last load() (in the master, before it forks):
-# what purge_user_modules() forgets when it is not told.
-_app_directory: str | None = None
-
-
 @dataclasses.dataclass(frozen=True)
 class AppSpec:
     """Where the app's server object lives: ``kind`` is "module" or "path"."""
@@ -107,8 +102,6 @@ def app_directory(spec: AppSpec) -> str:
 
 
 def _import(spec: AppSpec) -> Any:
-    global _app_directory
-    _app_directory = app_directory(spec)
     if spec.kind == "module":
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -154,23 +147,16 @@ def _library_dirs(app: str) -> tuple[str, ...]:
     return tuple(d for d in resolved if not app.startswith(d))
 
 
-def _script_directory() -> str | None:
-    """The directory of ``__main__`` when it is a script (``server.start()``)."""
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
-    return os.path.dirname(os.path.abspath(path)) if path else None
-
-
-def purge_user_modules(app_dir: str | None = None) -> int:
+def purge_user_modules(app_dir: str) -> int:
     """Forget the app's own modules: those loaded from the app's directory ``app_dir``
-    (default: the one the last :func:`load` used, else the directory of the script that
-    called ``server.start()``, else the working directory).
+    (:func:`app_directory` of its TARGET).
 
     Run in a freshly forked worker before :func:`load`, so the app and its own modules
     are imported from disk again. Libraries stay, including those under the app's
     directory (a virtualenv inside it, a PYTHONPATH entry below it): re-importing a
     library as app code would give the worker a second copy of its classes and state.
     """
-    app = _directory(app_dir or _app_directory or _script_directory() or os.getcwd())
+    app = _directory(app_dir)
     library = _library_dirs(app)
     purged = 0
     for name, module in list(sys.modules.items()):

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import loader
 from .core.errors import SettingError
+from .core.settings import settings_from_environ
 from .master.supervisor import Master
 from .shared.logs import configure_logging
 from .shared.setup import WorkerSetup
@@ -66,9 +67,12 @@ def run_script(server: App) -> None:
     if not path:
         raise RuntimeError("server.start() must be called from a script file")
     attr = next((k for k, v in vars(main).items() if v is server), loader.ANY_SERVER)
-    configure_logging(server.settings.log_level)
     try:
-        code = serve(server, loader.AppSpec("path", os.path.abspath(path), attr), {})
+        # The environment overrides the script's own settings (docs/settings.md).
+        overrides = settings_from_environ(os.environ)
+        server.settings.update(overrides)
+        configure_logging(server.settings.log_level, server.settings.log_format)
+        code = serve(server, loader.AppSpec("path", os.path.abspath(path), attr), overrides)
     except SettingError as exc:
         print(f"swoolish: {exc}", file=sys.stderr)
         code = EXIT_USAGE

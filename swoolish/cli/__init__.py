@@ -11,26 +11,22 @@ from its declaration, and so is the options table of docs/cli.md
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .. import loader
+from .. import __version__, loader
 from ..core.errors import SettingError, TargetError
-from ..core.settings import SETTINGS, Setting
+from ..core.settings import SETTINGS, Setting, settings_from_environ, unknown_environ_names
 from ..launch import serve, unsupported_platform
 from ..server import WebSocketServer
-from ..shared.logs import LOG_FORMATS, configure_logging
+from ..shared.logs import configure_logging
 from . import commands
 
 __all__ = ["build_parser", "main", "render_serve_options", "serve_overrides"]
 
 EXIT_USAGE = 2
-
-# `--log-format` is no setting (an app's code cannot set it; `server.start()` scripts log
-# text, docs/cli.md), so it is declared here, once, for both the parser and docs/cli.md.
-LOG_FORMAT_DEFAULT = "text"
-LOG_FORMAT_DOC = "Text lines, or one JSON object per line with time, level, pid, logger, message."
 
 MAIN_EXAMPLES = """\
 examples:
@@ -88,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=MAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"swoolish {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = commands.add_parser(
         "serve",
@@ -99,13 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("target", metavar="TARGET", help="module:attr or path/to/file.py:attr")
     _add_setting_options(serve)
-    serve.add_argument(
-        "--log-format",
-        dest="log_format",
-        choices=LOG_FORMATS,
-        default=LOG_FORMAT_DEFAULT,
-        help=f"{LOG_FORMAT_DOC} (default: {LOG_FORMAT_DEFAULT})",
-    )
     reload = commands.add_parser(
         "reload",
         help="rolling reload of every worker (new code from disk)",
@@ -194,8 +184,6 @@ def render_serve_options() -> str:
     for s in SETTINGS:
         meaning = _meaning(s.doc, s.choices, s.default_text)
         lines.append(f"| {_option_cell(s)} | `{s.name}` | {meaning} |")
-    meaning = _meaning(LOG_FORMAT_DOC, LOG_FORMATS, LOG_FORMAT_DEFAULT)
-    lines.append(f"| `--log-format FORMAT` | | {meaning} |")
     return "\n".join(lines) + "\n"
 
 
@@ -229,11 +217,14 @@ def _serve(args: argparse.Namespace) -> int:
     if problem:  # before the app is loaded: nothing would run it
         print(f"swoolish: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    overrides = serve_overrides(args)
+    # Precedence: command line > environment > the app's code > default (docs/settings.md).
+    overrides = {**settings_from_environ(os.environ), **serve_overrides(args)}
+    for name in unknown_environ_names(os.environ):
+        print(f"swoolish: warning: {name} names no setting; ignored", file=sys.stderr)
     spec = loader.parse_target(args.target)
     server = loader.load(spec, WebSocketServer)
     server.settings.update(overrides)
-    configure_logging(server.settings.log_level, args.log_format)
+    configure_logging(server.settings.log_level, server.settings.log_format)
     return serve(server, spec, overrides)
 
 

@@ -19,16 +19,22 @@ from typing import TYPE_CHECKING, Any
 from .errors import SettingError
 
 __all__ = [
+    "CLIENT_CERT_MODES",
     "KINDS",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "SETTINGS",
     "Setting",
     "Settings",
     "normalize_origin",
     "render_reference",
+    "settings_from_environ",
+    "unknown_environ_names",
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+CLIENT_CERT_MODES = ("none", "optional", "required")
 
 
 def _comma_list(text: str) -> list[str]:
@@ -95,6 +101,35 @@ def _log_level(name: str, value: Any) -> str:
     return value.lower()
 
 
+def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
+    """A validator accepting one of ``choices`` (any case), returned in lower case."""
+
+    def validate(name: str, value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise SettingError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value.lower()
+
+    return validate
+
+
+def _optional_port(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise SettingError(
+            f"{name} must be an integer between 1 and 65535 (None: off), got {value!r}"
+        )
+    return value
+
+
+def _string_list(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise SettingError(f"{name} must be a list of strings, got {value!r}")
+    if not all(isinstance(item, str) and item for item in value):
+        raise SettingError(f"{name} must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
 def _bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise SettingError(f"{name} must be true or false, got {value!r}")
@@ -152,6 +187,11 @@ def _optional_path(name: str, value: Any) -> str | None:
     return value
 
 
+ENV_PREFIX = "SWOOLISH_"
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off")
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One declared setting: the single source of its default, validation, doc and CLI flag.
@@ -194,7 +234,30 @@ class Setting:
     @property
     def default_text(self) -> str:
         """The default as ``--help`` and docs/cli.md show it."""
-        return "none" if self.default is None else str(self.default)
+        if self.default is None:
+            return "none"
+        if isinstance(self.default, tuple):
+            return ",".join(self.default) or "none"
+        return str(self.default)
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets it: ``SWOOLISH_`` + the name in capitals."""
+        return ENV_PREFIX + self.name.upper()
+
+    def from_text(self, text: str) -> Any:
+        """A value given as text (environment variable) for the validator; a ``bool`` is
+        true/false, 1/0, yes/no or on/off."""
+        if self.kind != "bool":
+            parse = self.parse
+            assert parse is not None
+            return parse(text)
+        word = text.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        raise SettingError(f"{self.env} must be true or false, got {text!r}")
 
 
 def _kind_of(name: str, default: Any) -> str:
@@ -329,6 +392,113 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="LEVEL",
         choices=LOG_LEVELS,
     ),
+    Setting(
+        "log_format",
+        "text",
+        _choice(LOG_FORMATS),
+        "Text lines, or one JSON object per line with time, level, pid, logger, message.",
+        metavar="FORMAT",
+        choices=LOG_FORMATS,
+    ),
+    Setting(
+        "log_config",
+        None,
+        _optional_path,
+        "A logging configuration file: a .json dictConfig, or an .ini fileConfig file. "
+        "Applied instead of the default set-up (log_level and log_format then do not apply).",
+        kind="path",
+    ),
+    Setting(
+        "access_log",
+        False,
+        _bool,
+        "Log one line per HTTP request and per WebSocket open and close (logger "
+        "swoolish.access).",
+    ),
+    Setting(
+        "uds",
+        None,
+        _optional_path,
+        "Listen on this Unix domain socket instead of host and port (for a proxy in front).",
+        kind="path",
+    ),
+    Setting(
+        "proxy_headers",
+        False,
+        _bool,
+        "Take the client's address from X-Forwarded-For / X-Forwarded-Proto (or "
+        "Forwarded) when the peer is one of forwarded_allow_ips.",
+    ),
+    Setting(
+        "forwarded_allow_ips",
+        ("127.0.0.1", "::1"),
+        _string_list,
+        "Peers trusted to send proxy headers: addresses or networks (10.0.0.0/8), "
+        "'unix' for a Unix socket peer, '*' for any. On the command line: a "
+        "comma-separated list.",
+        kind="list",
+        metavar="IPS",
+    ),
+    Setting(
+        "ssl_cert_file",
+        None,
+        _optional_path,
+        "PEM certificate chain: serve TLS (wss://, https://). Read again by each new "
+        "worker, so a reload picks up a renewed certificate.",
+        "--ssl-certfile",
+        kind="path",
+    ),
+    Setting(
+        "ssl_key_file",
+        None,
+        _optional_path,
+        "PEM private key of ssl_cert_file (None: the key is in the certificate file).",
+        "--ssl-keyfile",
+        kind="path",
+    ),
+    Setting(
+        "ssl_ca_file",
+        None,
+        _optional_path,
+        "PEM CA bundle that client certificates are verified against.",
+        "--ssl-ca-certs",
+        kind="path",
+    ),
+    Setting(
+        "ssl_client_cert",
+        "none",
+        _choice(CLIENT_CERT_MODES),
+        "Whether clients must present a certificate signed by ssl_ca_file.",
+        metavar="MODE",
+        choices=CLIENT_CERT_MODES,
+    ),
+    Setting(
+        "metrics_port",
+        None,
+        _optional_port,
+        "Port on host where the master serves Prometheus metrics (/metrics) and "
+        "/healthz (None: off).",
+        kind="int",
+        metavar="PORT",
+    ),
+    Setting(
+        "reload_on_change",
+        False,
+        _bool,
+        "Development: watch the app's files and run a rolling reload when one changes "
+        "(open WebSockets stay connected; a broken save is rolled back).",
+        "--reload",
+    ),
+    Setting(
+        "reload_dirs",
+        (),
+        _string_list,
+        "Directories watched by --reload (default: the app's directory). On the command "
+        "line: a comma-separated list.",
+        "--reload-dir",
+        kind="list",
+        metavar="DIRS",
+    ),
 )
 
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -367,6 +537,37 @@ class Settings:
         return f"Settings({self.as_dict()!r})"
 
 
+def settings_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings given as ``SWOOLISH_<NAME>`` environment variables, validated.
+
+    Precedence (docs/settings.md): the command line over the environment over the app's
+    code over the default. A variable with a bad value is a :class:`SettingError` naming
+    the variable. Variables that name no setting are left alone here; see
+    :func:`unknown_environ_names`.
+    """
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        text = environ.get(setting.env)
+        if text is None:
+            continue
+        try:
+            values[setting.name] = setting.validate(setting.name, setting.from_text(text))
+        except (ValueError, SettingError) as exc:
+            raise SettingError(f"{setting.env}={text!r}: {exc}") from None
+    return values
+
+
+def unknown_environ_names(environ: Mapping[str, str]) -> list[str]:
+    """``SWOOLISH_`` variables that name no setting: almost always a typo, so the CLI
+    warns about them instead of ignoring them in silence."""
+    known = {s.env for s in SETTINGS} | _NOT_SETTINGS
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
+#: ``SWOOLISH_`` variables that are no setting: test knobs (shared/ipc.py, tests/).
+_NOT_SETTINGS = frozenset({"SWOOLISH_CHANNEL_BUFFER", "SWOOLISH_TIMEOUT_FACTOR"})
+
+
 def render_reference() -> str:
     """The Markdown settings reference, generated so that docs never go stale."""
     lines = [
@@ -378,15 +579,20 @@ def render_reference() -> str:
         "",
         "Pass settings as keyword arguments: `WebSocketServer(host, port, worker_num=4)`",
         "or `server.set(worker_num=4)`. Every setting also has a `swoolish serve` option",
-        "([cli.md](cli.md)); an option given on the command line overrides the value set",
-        "in code. Settings take effect on a full restart, not on a reload (as in Swoole).",
+        "([cli.md](cli.md)) and an environment variable `SWOOLISH_<NAME>`",
+        "(`SWOOLISH_WORKER_NUM=4`; a bool is `true`/`false`, `1`/`0`, `yes`/`no` or",
+        "`on`/`off`; a list is comma-separated).",
         "",
-        "| setting | default | CLI option | meaning |",
-        "|---|---|---|---|",
+        "Precedence: **command line > environment > the app's code > default**. A bad value",
+        "or an unknown `SWOOLISH_` variable stops the start with one line naming it.",
+        "Settings take effect on a full restart, not on a reload (as in Swoole).",
+        "",
+        "| setting | default | CLI option | environment | meaning |",
+        "|---|---|---|---|---|",
     ]
     for s in SETTINGS:
         flags = ", ".join(f"`{flag}`" for flag in s.flags)
-        lines.append(f"| `{s.name}` | `{s.default!r}` | {flags} | {s.doc} |")
+        lines.append(f"| `{s.name}` | `{s.default!r}` | {flags} | `{s.env}` | {s.doc} |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,9 +8,10 @@ import sys
 import time
 from typing import Any
 
+from ..core.settings import LOG_FORMATS
+
 __all__ = ["LOG_FORMATS", "JsonFormatter", "configure_logging"]
 
-LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 

@@ -123,20 +123,22 @@ def test_serve_overrides_hold_the_options_given_and_nothing_else():
         "reload_handoff": False,
     }
     assert overrides() == {}
-    assert overrides("--log-format", "json") == {}  # not a setting
+    assert overrides("--log-format", "json") == {"log_format": "json"}
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
 def test_each_serve_flag_overrides_its_setting_alone(setting):
     if setting.kind == "bool":
-        assert overrides(setting.flags[1]) == {setting.name: not setting.default}
+        assert overrides(setting.flags[1]) == {setting.name: False}
         assert overrides(setting.cli) == {setting.name: True}
         return
     if setting.kind == "list":  # comma-separated on the command line
         origins = ("https://a.example", "http://b.example:8080")
         assert overrides(setting.cli, " , ".join(origins)) == {setting.name: origins}
         return
-    value = "/tmp/swoolish.pid" if setting.default is None else setting.default
+    value = setting.default
+    if value is None:
+        value = 9100 if setting.kind == "int" else "/tmp/swoolish.pid"
     assert overrides(setting.cli, str(value)) == {setting.name: value}
 
 
@@ -179,7 +181,7 @@ def test_serve_options_table_in_docs_is_current():
     assert text.count(begin) == 1 and text.count(end) == 1
     table = text.split(begin, 1)[1].split(end, 1)[0]
     assert table == render_serve_options()
-    assert "| `--log-format FORMAT` |" in table
+    assert "| `--log-format FORMAT` | `log_format` |" in table
 
 
 def test_no_command_is_a_usage_error():

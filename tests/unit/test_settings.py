@@ -59,6 +59,12 @@ def test_cli_flags_keep_their_spellings_and_derive_the_rest():
         "max_wait_time": "--max-wait-time",
         "pid_file": "--pid-file",
         "log_level": "--log-level",
+        # as uvicorn spells them
+        "ssl_cert_file": "--ssl-certfile",
+        "ssl_key_file": "--ssl-keyfile",
+        "ssl_ca_file": "--ssl-ca-certs",
+        "reload_on_change": "--reload",
+        "reload_dirs": "--reload-dir",
     }
     for setting in SETTINGS:
         assert setting.cli == kept.get(setting.name, "--" + setting.name.replace("_", "-"))
@@ -76,9 +82,9 @@ def test_every_setting_says_how_the_cli_spells_its_value():
         assert setting.kind in KINDS
         assert (setting.kind == "bool") == (setting.parse is None)
         assert bool(setting.metavar) == (setting.kind != "bool"), setting.name
-        if setting.default is not None and setting.parse is not None:
+        if setting.default not in (None, ()) and setting.parse is not None:
             # The default, written out on the command line, parses back to itself.
-            assert setting.validate(setting.name, setting.parse(str(setting.default))) == (
+            assert setting.validate(setting.name, setting.parse(setting.default_text)) == (
                 setting.default
             )
 

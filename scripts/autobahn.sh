@@ -4,37 +4,31 @@
 #   scripts/autobahn.sh [--install] [--quick] [--with-perf] [--cases P,...] [...]
 #
 # Starts `swoolish serve examples/autobahn_echo.py:server` on a free loopback port,
-# runs the shared tool ../shared/tools/autobahn.sh (relative to this repository)
-# against it with every argument passed through, and stops the server by pid on exit.
-# Exit status is the tool's: 0 no case FAILED, 1 some case FAILED, 2 setup error.
+# runs conformance/wstest.py (the real wstest, pinned in
+# conformance/requirements-py27.txt) against it with every other argument passed
+# through, and stops the server by pid on exit. Needs a Python 2.7 interpreter (wstest
+# is Python 2 code) and PyPI for the one-time --install. Exit status is wstest.py's:
+# 0 no case FAILED, 1 some case FAILED, 2 setup error.
 #
 # Environment: APP (default examples/autobahn_echo.py:server), WORKERS (default 1),
 # RELOAD_EVERY (seconds; when set, the master gets SIGUSR1 that often during the run,
-# so cases run on connections handed live from worker to worker), plus the tool's own
-# (AUTOBAHN_VENV, PY27).
+# so cases run on connections handed live from worker to worker), AUTOBAHN_VENV, PY27.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-TOOL="$(dirname "$0")/../../shared/tools/autobahn.sh"
-if [ ! -f "$TOOL" ]; then
-  echo "autobahn.sh: the Autobahn tool is missing: expected $TOOL" \
-       "(a checkout of the shared tools next to this repository)" >&2
-  exit 2
-fi
-TOOL="$(cd "$(dirname "$TOOL")" && pwd)/$(basename "$TOOL")"
-
 PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || PY="$(command -v python3)"
+WSTEST=("$PY" "$ROOT/conformance/wstest.py")
 APP="${APP:-examples/autobahn_echo.py:server}"
 WORKERS="${WORKERS:-1}"
 
 # `--install` alone only builds the wstest venv: no server needed.
 if [ "$#" -eq 1 ] && [ "$1" = "--install" ]; then
-  exec bash "$TOOL" --install
+  exec "${WSTEST[@]}" install
 fi
 for arg in "$@"; do
-  if [ "$arg" = "--install" ]; then bash "$TOOL" --install; fi
+  if [ "$arg" = "--install" ]; then "${WSTEST[@]}" install; fi
 done
 ARGS=()
 for arg in "$@"; do
@@ -118,7 +112,7 @@ fi
 
 # In the background, so that a TERM/INT to this script runs its trap at once.
 set +e
-bash "$TOOL" --agent swoolish ${ARGS[@]+"${ARGS[@]}"} "ws://127.0.0.1:$PORT" &
+"${WSTEST[@]}" run ${ARGS[@]+"${ARGS[@]}"} "ws://127.0.0.1:$PORT" &
 TOOL_PID=$!
 wait "$TOOL_PID"
 rc=$?

@@ -5,48 +5,37 @@ Runs ``scripts/autobahn.sh --quick``: a real ``swoolish serve`` of
 (Python 2.7). The full suite (all cases, 9.* included) is ``scripts/autobahn.sh
 --with-perf``; it takes minutes, so it is not part of the test run.
 
-Skipped, with the reason, when the shared Autobahn tool or a Python 2.7 interpreter is
-missing. The wstest venv is built on first use (``--install``, from PyPI).
+Everything comes from this repository (conformance/wstest.py and its pinned
+requirements) and PyPI. Skipped, with the reason, when no Python 2.7 interpreter is
+found; the wstest venv is built on first use (``--install``, from PyPI).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import re
-import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from support import ROOT, timeout
 
 SCRIPT = ROOT / "scripts" / "autobahn.sh"
-TOOL = ROOT.parent / "shared" / "tools" / "autobahn.sh"
 VENV = Path(os.environ.get("AUTOBAHN_VENV", "/tmp/autobahn-wstest"))
 
 
-def python27() -> str | None:
-    """A Python 2.7 interpreter, looked up the way the tool looks it up."""
-    candidates = [os.environ.get("PY27", "")]
-    for root in (os.environ.get("PYENV_ROOT", ""), os.path.expanduser("~/.pyenv")):
-        if root:
-            candidates += sorted(glob.glob(f"{root}/versions/2.7*/bin/python2.7"))
-    candidates += [shutil.which(name) or "" for name in ("python2.7", "python2")]
-    for candidate in filter(None, candidates):
-        try:
-            probe = subprocess.run(
-                [candidate, "-c", "import sys; assert sys.version_info[:2] == (2, 7)"],
-                capture_output=True,
-                timeout=30,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if probe.returncode == 0:
-            return candidate
-    return None
+def wstest_cannot_run() -> str | None:
+    """Why wstest cannot run here (``conformance/wstest.py check``), or None if it can."""
+    probe = subprocess.run(
+        [sys.executable, str(ROOT / "conformance" / "wstest.py"), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return probe.stderr.strip() or "wstest cannot run" if probe.returncode else None
 
 
 def run_script(args: list[str], seconds: float, **env: str) -> tuple[int, str]:
@@ -80,10 +69,9 @@ def test_autobahn_quick_sample_has_no_failed_case(tmp_path: Path, reload_every) 
     """The quick sample, on a steady server and on one reloaded every 300 ms: there the
     cases run on connections handed live from worker to worker mid-case, compression
     (12.*, 13.*) included."""
-    if not TOOL.is_file():
-        pytest.skip(f"the Autobahn tool is not at {TOOL}")
-    if python27() is None:
-        pytest.skip("no Python 2.7 interpreter (wstest is Python 2 only; set PY27)")
+    problem = wstest_cannot_run()
+    if problem:
+        pytest.skip(problem)
     if not (VENV / ".autobahn-ok").is_file():
         code, output = run_script(["--install"], timeout(300))
         if code != 0:

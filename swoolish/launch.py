@@ -16,8 +16,9 @@ from typing import Any
 from . import loader
 from .core.errors import SettingError
 from .core.settings import settings_from_environ
+from .master import watch
 from .master.supervisor import Master
-from .shared.logs import configure_logging
+from .shared.logs import capture_print, configure_logging
 from .shared.setup import WorkerSetup
 from .worker.process import App, run_worker
 
@@ -41,7 +42,24 @@ def unsupported_platform() -> str | None:
 def serve(server: App, spec: loader.AppSpec, overrides: dict[str, Any]) -> int:
     """Run a master for ``server`` in this process; returns the exit code."""
     worker_main = functools.partial(_worker_main, spec, overrides, type(server))
-    return Master(server, str(spec), worker_main).run()
+    watch_dirs = _watch_dirs(server, spec)
+    return Master(server, str(spec), worker_main, watch_dirs).run()
+
+
+def _watch_dirs(server: App, spec: loader.AppSpec) -> tuple[str, ...]:
+    """What ``--reload`` watches: ``reload_dirs``, else the app's directory; nothing
+    without ``--reload``. Refused (one line, exit 2) before anything is bound when
+    watchfiles is missing or a directory does not exist."""
+    settings = server.settings
+    if not settings.reload_on_change:
+        return ()
+    if not watch.available():
+        raise SettingError(watch.missing_message())
+    dirs = tuple(os.path.abspath(d) for d in settings.reload_dirs or (loader.app_directory(spec),))
+    for directory in dirs:
+        if not os.path.isdir(directory):
+            raise SettingError(f"reload_dirs: {directory} is not a directory")
+    return dirs
 
 
 def _worker_main(
@@ -53,7 +71,11 @@ def _worker_main(
         server.settings.update(overrides)
         return server
 
-    return run_worker(load_fresh_app, setup)
+    output = capture_print()  # print() in the app's code goes through the log
+    try:
+        return run_worker(load_fresh_app, setup)
+    finally:
+        output.finish()  # a worker leaves through os._exit: no atexit for it
 
 
 def run_script(server: App) -> None:
@@ -71,7 +93,9 @@ def run_script(server: App) -> None:
         # The environment overrides the script's own settings (docs/settings.md).
         overrides = settings_from_environ(os.environ)
         server.settings.update(overrides)
-        configure_logging(server.settings.log_level, server.settings.log_format)
+        settings = server.settings
+        configure_logging(settings.log_level, settings.log_format, settings.log_config)
+        capture_print()  # what the master's hooks print goes through the log
         code = serve(server, loader.AppSpec("path", os.path.abspath(path), attr), overrides)
     except SettingError as exc:
         print(f"swoolish: {exc}", file=sys.stderr)

@@ -77,12 +77,28 @@ def load(spec: AppSpec, expected: type[T]) -> T:
     else:
         server = getattr(module, spec.attr, None)
     if not isinstance(server, expected):
-        found = type(server).__name__ if server is not None else "nothing"
-        raise TargetError(
-            f"{spec}: expected a swoolish.WebSocketServer named {spec.attr!r} at module "
-            f"level, found {found}"
-        )
+        if spec.attr == ANY_SERVER:
+            found = type(server).__name__ if server is not None else "nothing"
+            raise TargetError(
+                f"{spec}: expected a swoolish.WebSocketServer named {spec.attr!r} at module "
+                f"level, found {found}"
+            )
+        raise TargetError(_not_a_server(spec, module, expected))
     return server
+
+
+def _not_a_server(spec: AppSpec, module: Any, expected: type) -> str:
+    """What is wrong with ``spec.attr``, and the module-level servers TARGET could name
+    instead (``swoolish serve app.py`` looks for ``server`` when no attr is given)."""
+    if hasattr(module, spec.attr):
+        kind = type(getattr(module, spec.attr)).__name__
+        problem = f"{spec} is of type {kind}, not a swoolish.WebSocketServer"
+    else:
+        problem = f"{spec.ref} has no attribute {spec.attr!r}"
+    names = [name for name, value in vars(module).items() if isinstance(value, expected)]
+    if not names:
+        return f"{problem}; no WebSocketServer at module level"
+    return f"{problem}; module-level servers found: {', '.join(names)} (use {spec.ref}:{names[0]})"
 
 
 def _innermost_frame(exc: BaseException) -> str:

@@ -67,14 +67,22 @@ class ServerProcess:
     """A ``swoolish serve`` master started by a test, with everything it forked."""
 
     def __init__(
-        self, args: list[str], port: int, cwd: Path, log_path: Path, script: Path | None = None
+        self,
+        args: list[str],
+        port: int,
+        cwd: Path,
+        log_path: Path,
+        script: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """``swoolish serve`` with ``args``, or ``python script`` when a script is given
-        (an app that calls ``server.start()`` at its bottom)."""
+        (an app that calls ``server.start()`` at its bottom). ``env`` adds to (or
+        overrides) this process's environment."""
         self.port = port
+        self.uds: Path | None = None  # set when it listens on a Unix socket (--uds)
         self.log_path = log_path
         self._log = open(log_path, "wb")  # closed in stop()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env or {}))
         command = [str(script)] if script else ["-m", "swoolish", *args]
         self.proc = subprocess.Popen(
             [sys.executable, *command],
@@ -117,6 +125,11 @@ class ServerProcess:
 
     def accepts(self) -> bool:
         try:
+            if self.uds is not None:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(1)
+                    sock.connect(str(self.uds))
+                return True
             socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
             return True
         except OSError:
@@ -165,11 +178,17 @@ def serving(
     workers: int = 1,
     cwd: Path | None = None,
     wait: bool = True,
+    env: dict[str, str] | None = None,
+    uds: Path | None = None,
 ) -> Iterator[ServerProcess]:
-    """Run ``swoolish serve TARGET`` on a free loopback port for the ``with`` block."""
+    """Run ``swoolish serve TARGET`` on a free loopback port (or the Unix socket ``uds``)
+    for the ``with`` block."""
     port = free_port()
     args = ["serve", target, "--port", str(port), "--workers", str(workers), *extra]
-    server = ServerProcess(args, port, cwd or ROOT, tmp_path / f"server-{port}.log")
+    if uds is not None:
+        args += ["--uds", str(uds)]
+    server = ServerProcess(args, port, cwd or ROOT, tmp_path / f"server-{port}.log", env=env)
+    server.uds = uds
     try:
         if wait:
             server.wait_ready(workers)

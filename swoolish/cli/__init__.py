@@ -14,17 +14,30 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__, loader
 from ..core.errors import SettingError, TargetError
-from ..core.settings import SETTINGS, Setting, settings_from_environ, unknown_environ_names
+from ..core.settings import (
+    SETTINGS,
+    Setting,
+    Settings,
+    settings_from_environ,
+    unknown_environ_names,
+)
 from ..launch import serve, unsupported_platform
 from ..server import WebSocketServer
-from ..shared.logs import configure_logging
+from ..shared.logs import capture_print, configure_logging
 from . import commands
 
-__all__ = ["build_parser", "main", "render_serve_options", "serve_overrides"]
+__all__ = [
+    "Parser",
+    "build_parser",
+    "main",
+    "render_serve_options",
+    "serve_overrides",
+    "usage_error",
+]
 
 EXIT_USAGE = 2
 
@@ -52,6 +65,7 @@ wrong, before anything is forked).
 RELOAD_EXAMPLES = """\
 examples:
   swoolish reload --pid-file /tmp/swoolish.pid --wait
+  swoolish reload --port 9501 --wait    # the master listening on port 9501
   swoolish reload                 # the only swoolish master running, no waiting
 
 exit status: 0 reload requested (or, with --wait, completed); 1 rolled back, timed out,
@@ -62,6 +76,7 @@ is another user's (only its user and root may control it).
 STOP_EXAMPLES = """\
 examples:
   swoolish stop --pid-file /tmp/swoolish.pid --timeout 10
+  swoolish stop --port 9501
 
 exit status: 0 the master exited; 1 it is still running after --timeout, no master
 was found, or it is another user's.
@@ -70,6 +85,7 @@ was found, or it is another user's.
 STATUS_EXAMPLES = """\
 examples:
   swoolish status
+  swoolish status --port 9501
   swoolish status --pid-file /tmp/swoolish.pid --json | jq .workers
 
 exit status: 0 printed; 1 no master found, another user's, or it did not answer
@@ -77,15 +93,53 @@ within --timeout.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in the form of the app's own checks: one line that
+    says what is wrong, then where the options are, and exit status 2::
+
+        swoolish serve: argument --workers: invalid int value: 'abc'
+        run 'swoolish serve --help' for the options
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, usage_error(self.prog, message))
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """Unknown options are the command's error (argparse reports them as the main
+        program's): ``swoolish serve: unrecognized arguments: --wokers``."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._command_parser(getattr(parsed, "command", None)) or self
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _command_parser(self, command: str | None) -> argparse.ArgumentParser | None:
+        """The parser of the command chosen (``serve``), if any."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found: argparse.ArgumentParser | None = action.choices.get(command or "")
+                return found
+        return None
+
+
+def usage_error(prog: str, message: str) -> str:
+    """What a usage error prints: the error on one line, then the ``--help`` to run."""
+    return f"{prog}: {message}\nrun '{prog} --help' for the options\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="swoolish",
         description="Swoole's server model for Python: prefork uvloop WebSocket/HTTP workers.",
         epilog=MAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"swoolish {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    )
     serve = commands.add_parser(
         "serve",
         help="run a server in the foreground",
@@ -110,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser(
         "stop",
         help="graceful shutdown (SIGTERM), waiting for the master to exit",
-        description="Send SIGTERM to the master and wait until it has exited: every worker "
-        "runs worker_stop and worker_exit, closes its WebSockets with 1001 and finishes the "
-        "HTTP requests in flight.",
+        description="Ask the master for a graceful shutdown (as SIGTERM does) and wait until "
+        "it has exited, showing what it waits for: every worker runs worker_stop and "
+        "worker_exit, closes its WebSockets with 1001 and finishes the HTTP requests in "
+        "flight. A master that does not answer on its control socket gets SIGTERM.",
         epilog=STOP_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -199,10 +254,18 @@ def _meaning(doc: str, choices: Sequence[str], default: str) -> str:
 
 
 def _add_pid_file(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    """Which master: ``--pid-file`` or ``--port`` (docs/cli.md, "Which master")."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--pid-file",
         dest="pid_file",
         help="the master's pid file (default: the only swoolish master of your user)",
+    )
+    which.add_argument(
+        "--port",
+        type=int,
+        metavar="PORT",
+        help="the master of your user listening on this TCP port",
     )
 
 
@@ -222,10 +285,21 @@ def _serve(args: argparse.Namespace) -> int:
     for name in unknown_environ_names(os.environ):
         print(f"swoolish: warning: {name} names no setting; ignored", file=sys.stderr)
     spec = loader.parse_target(args.target)
+    # Logging as the command line and the environment say, before the app's code runs:
+    # what it prints while it loads goes through the log (docs/deployment.md, "Logs").
+    early = _log_setup(Settings(overrides))
+    configure_logging(*early)
+    capture_print()
     server = loader.load(spec, WebSocketServer)
     server.settings.update(overrides)
-    configure_logging(server.settings.log_level, server.settings.log_format)
+    if _log_setup(server.settings) != early:  # the app's code chose its own
+        configure_logging(*_log_setup(server.settings))
     return serve(server, spec, overrides)
+
+
+def _log_setup(settings: Settings) -> tuple[str, str, str | None]:
+    """The arguments of configure_logging: log_level, log_format, log_config."""
+    return settings.log_level, settings.log_format, settings.log_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,11 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "reload":
-            return commands.reload(args.pid_file, args.wait, args.timeout)
+            return commands.reload(args.pid_file, args.wait, args.timeout, port=args.port)
         if args.command == "stop":
-            return commands.stop(args.pid_file, args.timeout)
+            return commands.stop(args.pid_file, args.timeout, port=args.port)
         if args.command == "status":
-            return commands.status(args.pid_file, args.json, args.timeout)
+            return commands.status(args.pid_file, args.json, args.timeout, port=args.port)
     except commands.CommandError as exc:
         print(f"swoolish: {exc}", file=sys.stderr)
         return exc.exit_code

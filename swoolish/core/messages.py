@@ -9,10 +9,11 @@ sends each, who answers, and what it guarantees.
 Three conversations use them:
 
 * **worker → master** (the worker's channel): lifecycle (:class:`Ready`, :class:`Paused`,
-  :class:`Exiting`), figures (:class:`WorkerFigures`), requests of the app
-  (:class:`ReloadRequest`, :class:`ShutdownRequest`, :class:`ServerStatsRequest`), and the
-  routing of operations on other workers' sessions (:class:`Route`, :class:`Adopting`,
-  :class:`Adopted`, :class:`Release`, :class:`ReleaseDone`);
+  :class:`Exiting`, :class:`BootFailed`, :class:`BootStalled`), figures
+  (:class:`WorkerFigures`), requests of the app (:class:`ReloadRequest`,
+  :class:`ShutdownRequest`, :class:`ServerStatsRequest`), and the routing of operations
+  on other workers' sessions (:class:`Route`, :class:`Adopting`, :class:`Adopted`,
+  :class:`Release`, :class:`ReleaseDone`);
 * **master → worker**: :class:`Serve`, :class:`Pause`, :class:`Stop`, :class:`StatsPoll`,
   :class:`ServerStatsReply`, :class:`Routed`, :class:`Released`;
 * **old worker ↔ new worker** (the hand-off channel of a reload): :class:`HandoffBatch`,
@@ -32,6 +33,8 @@ __all__ = [
     "Adopted",
     "Adopting",
     "Arrived",
+    "BootFailed",
+    "BootStalled",
     "Broadcast",
     "Close",
     "Disconnect",
@@ -176,6 +179,26 @@ class Paused(NamedTuple):
     """Answer to :class:`Pause`: the worker no longer accepts new connections."""
 
 
+class BootFailed(NamedTuple):
+    """The worker cannot boot (the app failed to import, ``worker_start`` raised) and
+    exits with EXIT_BOOT_ERROR: ``error`` is the exception ("ZeroDivisionError: division
+    by zero"), ``where`` the file:line of the innermost frame of the app's code. A rolled
+    back reload says so (docs/reload.md)."""
+
+    error: str
+    where: str
+
+
+class BootStalled(NamedTuple):
+    """The worker is still booting shortly before ``worker_start_timeout``: ``line`` is
+    the source line it is at, ``where`` its file:line, so a reload rolled back for the
+    timeout says where the worker was stuck."""
+
+    seconds: float
+    line: str
+    where: str
+
+
 class Exiting(NamedTuple):
     """The worker's last words: how its drain went (logged, and shown by ``reload --wait``)."""
 
@@ -311,6 +334,7 @@ class MovingSession(NamedTuple):
     unsent: bytes  # written, not yet sent: written first over there
     app: Any  # what the app's ``handoff`` handler returned (plain data)
     timers: list[dict[str, Any]]  # bound timers, by callback name
+    path: str = ""  # the handshake's request path, for the access log's close line
 
 
 class HandoffBatch(NamedTuple):
@@ -336,6 +360,8 @@ Message: TypeAlias = (
     Ready
     | Paused
     | Exiting
+    | BootFailed
+    | BootStalled
     | WorkerFigures
     | ReloadRequest
     | ShutdownRequest
@@ -361,6 +387,8 @@ _CATALOGUE: frozenset[type] = frozenset(
         Ready,
         Paused,
         Exiting,
+        BootFailed,
+        BootStalled,
         WorkerFigures,
         ReloadRequest,
         ShutdownRequest,

@@ -22,7 +22,9 @@ A reload of generation ``g`` to ``g + 1`` goes through these phases::
 * Rollback: if a new worker exits before it is ready, or is not ready within
   ``start_timeout``, every new worker is killed and the old ones never noticed. No
   new worker accepted a connection by then (it waits for ``Serve``), so a rollback
-  closes no client. A reload is all-or-nothing: generations are never mixed.
+  closes no client. A reload is all-or-nothing: generations are never mixed. The
+  reason names what the worker reported before it went (``boot_failed``: the
+  exception and where it was raised; ``boot_stalled``: where it was stuck).
 
 Every reload gets a generation number of its own: a rolled-back generation's number is
 never given to a later one, so one number always names one set of processes.
@@ -139,6 +141,8 @@ class _NewWorker:
     pid: int | None = None
     deadline: float | None = None
     boot: _Boot = _Boot.WAITING
+    failure: str = ""  # why it cannot boot, as it said before exiting
+    stalled: str = ""  # where it was, still booting, shortly before its deadline
 
     @property
     def ready(self) -> bool:
@@ -247,18 +251,38 @@ class ReloadPlan:
             return []
         if self.phase is Phase.BOOTING:
             worker.pid = None  # gone: not to be killed again
+            if worker.failure:
+                return self._roll_back(
+                    now, f"new worker {worker.slot} failed to boot: {worker.failure}"
+                )
             return self._roll_back(now, f"new worker {worker.slot} {reason} before it was ready")
         return []  # after PAUSING began it is an ordinary worker: the supervisor's business
+
+    def boot_failed(self, pid: int, cause: str) -> None:
+        """A new worker said why it cannot boot ("ZeroDivisionError: division by zero
+        (app.py:7)"); the rollback its exit brings gives that as the reason."""
+        worker = self._find_new(pid)
+        if self.phase is Phase.BOOTING and worker is not None and not worker.ready:
+            worker.failure = cause
+            worker.stalled = ""
+
+    def boot_stalled(self, pid: int, where: str) -> None:
+        """A new worker is still booting near its deadline, at ``where``; a rollback
+        for its start deadline says so."""
+        worker = self._find_new(pid)
+        if self.phase is Phase.BOOTING and worker is not None and not worker.ready:
+            worker.stalled = where
 
     def tick(self, now: float) -> list[Action]:
         """Time passed: enforce the start and pause deadlines."""
         if self.phase is Phase.BOOTING:
             for worker in self._new.values():
                 if worker.deadline is not None and now >= worker.deadline and not worker.ready:
+                    stuck = f", stuck at {worker.stalled}" if worker.stalled else ""
                     return self._roll_back(
                         now,
                         f"new worker {worker.slot} was not ready within "
-                        f"{self.start_timeout:g}s (worker_start_timeout)",
+                        f"{self.start_timeout:g}s (worker_start_timeout){stuck}",
                     )
         elif self.phase is Phase.PAUSING and self._pause_deadline is not None:
             if now >= self._pause_deadline:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import SettingError
+from .proxy import TrustedPeers
 
 __all__ = [
     "CLIENT_CERT_MODES",
@@ -128,6 +129,13 @@ def _string_list(name: str, value: Any) -> tuple[str, ...]:
     if not all(isinstance(item, str) and item for item in value):
         raise SettingError(f"{name} must be a list of non-empty strings, got {value!r}")
     return tuple(value)
+
+
+def _trusted_peers(name: str, value: Any) -> tuple[str, ...]:
+    """A list of strings that each name peers: checked now, so a typo stops the start."""
+    entries = _string_list(name, value)
+    TrustedPeers(entries)
+    return entries
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -432,7 +440,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "forwarded_allow_ips",
         ("127.0.0.1", "::1"),
-        _string_list,
+        _trusted_peers,
         "Peers trusted to send proxy headers: addresses or networks (10.0.0.0/8), "
         "'unix' for a Unix socket peer, '*' for any. On the command line: a "
         "comma-separated list.",

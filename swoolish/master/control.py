@@ -27,7 +27,6 @@ master closes the connection.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..core.errors import SettingError
+from .listeners import AcceptFailures
 
 __all__ = [
     "ControlClient",
@@ -56,12 +56,6 @@ log = logging.getLogger("swoolish.master")
 MAX_REQUEST = 64 * 1024
 MAX_CLIENTS = 16  # control clients held at once
 BACKLOG = 64
-ACCEPT_PAUSE = 0.5  # seconds the listening socket is not polled after accept ran dry
-# Out of descriptors or memory: waiting (or freeing a descriptor) is the only cure.
-RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# This connection failed before we got it; the next one may be fine.
-TRANSIENT_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
-EPISODE_GAP = 10.0  # seconds without an accept error that end an episode (one log line each)
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about one refused uid
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (unix(7), SO_PEERCRED)
 _SOCKET_NAME = re.compile(r"master-(\d+)\.sock")
@@ -236,7 +230,7 @@ class ControlServer:
         self.path = socket_path(self.directory, self.pid)
         self.clients: list[ControlClient] = []  # oldest first
         self.paused_until: float | None = None  # not polled until then (see accept)
-        self._last_failure = float("-inf")  # when accept last failed
+        self._failures = AcceptFailures("control socket")
         self._refusals_logged: dict[int, float] = {}  # uid -> when last logged
         prepare_directory(self.directory, self.uid)
         _remove_stale_sockets(self.directory, self.pid)
@@ -288,25 +282,17 @@ class ControlServer:
         return next((c for c in self.clients if not c.closed and not c.requested), None)
 
     def _accept_failed(self, exc: OSError) -> None:
-        """Keep the master alive whatever ``accept`` raised: log once per episode, free
-        a descriptor or back off."""
-        now = time.monotonic()
-        if now - self._last_failure > EPISODE_GAP:
-            log.warning(
-                "control socket: accept failed (%s); the master keeps running, hanging up "
-                "on idle control clients or pausing accepts (logged once per episode)",
-                exc,
-            )
-        self._last_failure = now
-        if exc.errno in TRANSIENT_ERRORS:
-            return
-        if exc.errno in RESOURCE_ERRORS:
-            idle = self._oldest_idle()
-            if idle is not None:  # an idle client's descriptor lets the next accept work
-                self.drop(idle)
-                self.clients.remove(idle)
-                return
-        self.paused_until = time.monotonic() + ACCEPT_PAUSE
+        """Keep the master alive whatever ``accept`` raised (listeners.AcceptFailures)."""
+        self.paused_until = self._failures.pause_until(exc, self._drop_oldest_idle)
+
+    def _drop_oldest_idle(self) -> bool:
+        """Free an idle client's descriptor, so that the next accept can work."""
+        idle = self._oldest_idle()
+        if idle is None:
+            return False
+        self.drop(idle)
+        self.clients.remove(idle)
+        return True
 
     def _refuse(self, conn: socket.socket, uid: int | None) -> None:
         now = time.monotonic()

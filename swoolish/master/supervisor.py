@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import selectors
@@ -30,13 +29,12 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from setproctitle import setproctitle
 
 from ..core import messages as msg
-from ..core.errors import SettingError
 from ..core.events import Handlers
 from ..core.messages import Message
 from ..core.reload import (
@@ -53,14 +51,20 @@ from ..core.reload import (
 from ..core.settings import Settings
 from ..core.stats import totals
 from ..core.switchboard import PARK_TIMEOUT, Switchboard
-from ..shared import ipc
+from ..core.words import plural
+from ..shared import ipc, tls
 from ..shared.ids import SharedIdSource
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from ..shared.table import SessionTable
 from .control import ControlClient, ControlServer
+from .listeners import bind, bind_unix, unlink_unix
+from .metrics import MetricsServer, Snapshot, Tally, WorkerSample
+from .notify import Notifier
 from .pidfile import PidFile
+from .watch import SUFFIXES, Watcher
+from .watch import parse as parse_watcher_line
 
-__all__ = ["Master", "MasterApp", "WorkerMain", "bind"]
+__all__ = ["Master", "MasterApp", "WorkerMain"]
 
 log = logging.getLogger("swoolish.master")
 
@@ -68,6 +72,7 @@ SHUTDOWN_GRACE = 1.5  # seconds past max_wait_time before a stopping worker is k
 BACKOFF_START, BACKOFF_MAX = 0.1, 10.0  # seconds between restarts of a crash-looping slot
 PAUSE_TIMEOUT = 1.0  # seconds old workers get to confirm they stopped accepting
 STATS_TIMEOUT = 1.0  # seconds workers get to answer a status request
+PROGRESS_INTERVAL = 1.0  # seconds between two progress reports of a stopping worker
 LOOP_TICK = 0.5
 CHANNEL_BUFFER = 8 * 1024 * 1024  # asked for; the kernel caps it (wmem_max), ipc fragments
 RELOAD_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
@@ -87,6 +92,9 @@ class WorkerProcess:
     state: str = "booting"  # booting -> serving -> paused -> stopping | killed
     ready_at: float | None = None
     stop_deadline: float | None = None
+    stopped_at: float | None = None  # when it was told to stop
+    boot_error: str = ""  # why it could not boot, as it said (BootFailed)
+    drained: bool = False  # it sent its last words (Exiting); only its exit is to come
     inbox: socket.socket | None = None  # our end of its adoption inbox (live hand-off)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     region: int | None = None  # its region of the shared session table
@@ -101,6 +109,7 @@ class StatusRequest:
     deadline: float
     reply_to: int = 0  # the asking worker's pid
     request_id: int = 0
+    on_done: Callable[[], None] | None = None  # a metrics scrape: called instead of a reply
 
 
 class MasterApp(Protocol):
@@ -119,11 +128,20 @@ WorkerMain = Callable[[WorkerSetup], int]
 class Master:
     """Supervises ``worker_num`` workers over one listening socket."""
 
-    def __init__(self, app: MasterApp, target: str, worker_main: WorkerMain) -> None:
+    def __init__(
+        self,
+        app: MasterApp,
+        target: str,
+        worker_main: WorkerMain,
+        watch_dirs: Sequence[str] = (),
+    ) -> None:
         """``app`` is the server the master loaded (for settings and master hooks);
         ``target`` names the app in titles and status; ``worker_main`` runs in each
-        forked worker."""
+        forked worker; ``watch_dirs``, with ``reload_on_change``, are watched for
+        changes that start a reload (master/watch.py)."""
         self.app = app
+        self.watch_dirs = tuple(watch_dirs)
+        self.watcher: Watcher | None = None  # serve --reload (master/watch.py)
         self.settings = app.settings
         self.target = target
         self.worker_main = worker_main
@@ -140,6 +158,7 @@ class Master:
         self.stopping = False
         self.started = time.time()
         self.listen_sock: socket.socket | None = None
+        self._uds_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self.ids = SharedIdSource()
         # Two generations plus crash replacements: 4 regions per slot.
         self.table = SessionTable(4 * self.settings.worker_num, self.settings.max_connections)
@@ -147,6 +166,9 @@ class Master:
         self._logged_forced = self._logged_expired = 0  # expiries already logged
         self.selector = selectors.DefaultSelector()
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None  # with metrics_port (master/metrics.py)
+        self.tally = Tally()  # the master's own counters, for the metrics
+        self.notifier = Notifier(None)  # systemd's NOTIFY_SOCKET, read in run()
         self._wakeup_r, self._wakeup_w = os.pipe()
         self.pid_file: PidFile | None = None  # held (locked) for the master's life
         self._reload_waiters: list[ControlClient] = []  # get this reload's progress
@@ -154,12 +176,17 @@ class Master:
         # After a reload completes, its waiters keep getting each old worker's drain
         # figures (moved, fell back, closed) until every old worker has exited.
         self._drain_watches: list[tuple[list[ControlClient], set[int]]] = []
+        self._stop_waiters: list[ControlClient] = []  # swoolish stop: progress to exit
+        self._progress_at = 0.0  # when stopping workers are next asked for progress
+        self._progress_polled: set[int] = set()  # pids asked, not answered yet
         self._status_requests: list[StatusRequest] = []
         self.reload_history: list[dict[str, Any]] = []
         self._duties: dict[type, Callable[[WorkerProcess, Any, float], None]] = {
             msg.Ready: self._on_ready,
             msg.Paused: self._on_paused,
             msg.Exiting: self._on_exiting,
+            msg.BootFailed: self._on_boot_failed,
+            msg.BootStalled: self._on_boot_stalled,
             msg.WorkerFigures: self._on_figures,
             msg.Route: self._on_route,
             msg.Adopting: self._on_adopting,
@@ -179,37 +206,98 @@ class Master:
 
     def run(self) -> int:
         """Serve until stopped; returns the master's exit code."""
+        # Certificates that do not load refuse the start here, before any worker fails
+        # on them; each worker loads them again after the fork (swoolish.shared.tls).
+        tls.server_context(self.settings)
         # The pid file first: a running master's refuses us before anything is bound.
         self._write_pid_file()
         try:
-            self.listen_sock = bind(self.settings.host, self.settings.port)
+            self.listen_sock = self._bind()
+            self.metrics = self._start_metrics()
             self.control = ControlServer(self._on_control_request, self._drop_control)
         except BaseException:
+            if self.metrics is not None:
+                self.metrics.close()
             self._remove_pid_file()
-            if self.listen_sock is not None:
-                self.listen_sock.close()
+            self._close_listener()
             raise
-        host, port = self.listen_sock.getsockname()[:2]
-        setproctitle(f"swoolish: master {self.target} [{host}:{port}]")
+        where = self.listen_address()
+        setproctitle(f"swoolish: master {self.target} [{where}]")
         self._install_signal_handlers()
+        self.notifier = Notifier.from_environ(os.environ)  # before any fork: workers lack it
         self.selector.register(self.control.sock, selectors.EVENT_READ, "control")
         log.info(
-            "master (pid %d) listening on %s:%d with %d workers",
+            "master (pid %d) listening on %s%s with %s",
             os.getpid(),
-            host,
-            port,
-            self.settings.worker_num,
+            where,
+            " (TLS)" if self.settings.ssl_cert_file else "",
+            plural(self.settings.worker_num, "worker"),
         )
         self._fire("start")
         try:
+            self._start_watcher()
             for slot in range(self.settings.worker_num):
                 self._spawn(slot, self.generation)
             return self._loop()
         finally:
+            self._stop_watcher()
             self._fire("shutdown")
             self._remove_pid_file()
             self.control.close()
+            if self.metrics is not None:
+                self.metrics.close()
+            self.notifier.close()
+            self._close_listener()
+
+    def _bind(self) -> socket.socket:
+        """The one listening socket: a Unix socket at ``uds``, else TCP host:port."""
+        if self.settings.uds:
+            sock, self._uds_identity = bind_unix(self.settings.uds)
+            return sock
+        return bind(self.settings.host, self.settings.port)
+
+    def _close_listener(self) -> None:
+        """Close the listening socket; a Unix socket's file goes too, if still ours."""
+        if self.listen_sock is not None:
             self.listen_sock.close()
+        if self._uds_identity is not None:
+            unlink_unix(self.settings.uds, self._uds_identity)
+            self._uds_identity = None
+
+    def listen_address(self) -> str:
+        """Where clients connect, as logs and status show it: host:port or unix:PATH."""
+        if self.settings.uds:
+            return f"unix:{self.settings.uds}"
+        assert self.listen_sock is not None
+        host, port = self.listen_sock.getsockname()[:2]
+        return f"{host}:{port}"
+
+    def _start_metrics(self) -> MetricsServer | None:
+        """The metrics endpoint on (host, metrics_port), bound before anything forks: a
+        port that cannot be bound is one line and exit 2, like the listening socket's."""
+        if self.settings.metrics_port is None:
+            return None
+        server = MetricsServer(
+            self.settings.host,
+            self.settings.metrics_port,
+            self.selector,
+            healthy=self._healthy,
+            poll=lambda done: self._request_stats(None, on_done=done),
+            snapshot=self._metrics_snapshot,
+        )
+        log.info("metrics on http://%s:%d/metrics and /healthz", *server.address)
+        return server
+
+    def _healthy(self) -> bool:
+        """/healthz: a generation serves (at least one worker serving), not shutting down."""
+        return not self.stopping and any(p.state == "serving" for p in self.workers.values())
+
+    def _metrics_snapshot(self) -> Snapshot:
+        workers = tuple(
+            WorkerSample(p.slot, p.pid, p.generation, p.state, p.stats)
+            for p in self.workers.values()
+        )
+        return Snapshot(self.generation, workers, self.tally, self.switchboard.dropped)
 
     def _write_pid_file(self) -> None:
         """Create and lock the pid file (master/pidfile.py): exclusive, never through a
@@ -242,6 +330,10 @@ class Master:
                     self._accept_control()
                 elif isinstance(key.data, ControlClient):
                     self._read_control(key.data)
+                elif key.data == "watcher":
+                    self._read_watcher()
+                elif self.metrics is not None and self.metrics.owns(key.data):
+                    self.metrics.handle(key.data, events, time.monotonic())
                 else:
                     if events & selectors.EVENT_WRITE:
                         self._write_channel(key.data)
@@ -250,8 +342,11 @@ class Master:
             self._reap()
             now = time.monotonic()
             self._resume_control(now)
+            if self.metrics is not None:
+                self.metrics.expire(now)
             self._execute(self.plan.tick(now))
             self._answer_status_requests(now)
+            self._poll_progress(now)
             if self.switchboard.waiting:
                 self._grant_releases(now)
             if self.switchboard.parked:
@@ -261,6 +356,7 @@ class Master:
             if self.stopping:
                 if not self.workers:
                     log.info("master (pid %d): all workers gone, exiting", os.getpid())
+                    self._release_stop_waiters()
                     return 0
             elif not self.plan.active:
                 self._spawn_missing(now)
@@ -295,8 +391,59 @@ class Master:
             elif signum == signal.SIGQUIT:
                 log.info("SIGQUIT: immediate shutdown")
                 self.stopping = True
+                self.notifier.stopping("stopping now (SIGQUIT)")
                 self._execute(self.plan.abort())
                 self._kill_all()
+
+    # ------------------------------------------------------------------ serve --reload
+
+    def _start_watcher(self) -> None:
+        """With ``reload_on_change``: start the watcher process (master/watch.py); the
+        selector hands its lines to ``_read_watcher``."""
+        if not self.settings.reload_on_change or not self.watch_dirs:
+            return
+        self.watcher = Watcher(self.watch_dirs)
+        self.selector.register(self.watcher.fileno(), selectors.EVENT_READ, "watcher")
+
+    def _read_watcher(self) -> None:
+        """A saved file starts the same rolling reload as SIGUSR1: the open WebSockets
+        move to the new code, and a broken save is rolled back (docs/reload.md)."""
+        assert self.watcher is not None
+        lines = self.watcher.read()
+        if lines is None:
+            self._watcher_gone()
+            return
+        for line in lines:
+            kind, paths = parse_watcher_line(line)
+            if kind == "ready":
+                log.info(
+                    "watching %s for changes (%s files)",
+                    ", ".join(self.watch_dirs),
+                    ", ".join(f"*{suffix}" for suffix in SUFFIXES),
+                )
+            elif kind == "changed" and paths:
+                self.request_reload(f"{_names(paths)} changed")
+
+    def _watcher_gone(self) -> None:
+        assert self.watcher is not None
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.selector.unregister(self.watcher.fileno())
+        self.watcher.forget()
+        if not self.stopping:
+            log.error(
+                "the file watcher (pid %d) exited: files are no longer watched; "
+                "restart swoolish serve --reload",
+                self.watcher.pid,
+            )
+
+    def _stop_watcher(self) -> None:
+        """Stop the watcher by its pid as the master exits (it would die with the
+        master anyway, PR_SET_PDEATHSIG)."""
+        if self.watcher is None or self.watcher.closed:
+            return  # none, or gone already (_watcher_gone)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.selector.unregister(self.watcher.fileno())
+        self.watcher.stop()
 
     # ------------------------------------------------------------------ reload
 
@@ -309,15 +456,16 @@ class Master:
         else:
             upcoming = self.plan.latest + 1  # a rolled-back generation's number is not reused
             log.info(
-                "%s: reload to generation %d started (%d workers)",
+                "%s: reload to generation %d started (%s)",
                 source,
                 upcoming,
-                self.settings.worker_num,
+                plural(self.settings.worker_num, "worker"),
             )
             self._fire("before_reload")
             self._reload_waiters.extend(self._next_reload_waiters)
             self._next_reload_waiters.clear()
             self._notify_waiters({"event": "started", "generation": upcoming})
+            self.notifier.reloading(f"reloading to generation {upcoming}")
         self._execute(self.plan.request(time.monotonic(), self._serving()))
         return True
 
@@ -362,11 +510,11 @@ class Master:
                 if pid in self.workers
             )
             log.info(
-                "reload to generation %d complete in %.3fs: new %s; %d old workers draining",
+                "reload to generation %d complete in %.3fs: new %s; %s draining",
                 result.generation,
                 seconds,
                 new,
-                len(result.old_pids),
+                plural(len(result.old_pids), "old worker"),
             )
         else:
             log.error(
@@ -385,11 +533,14 @@ class Master:
             }
         )
         del self.reload_history[:-20]
+        self.tally.reloads["ok" if result.ok else "rolled_back"] += 1
+        self._notify_reloaded(result)
         self._fire("after_reload")
         finished = {
             "event": "finished",
             "ok": result.ok,
             "generation": result.generation,
+            "attempted": result.attempted,
             "reason": result.reason,
             "seconds": round(seconds, 4),
         }
@@ -401,6 +552,32 @@ class Master:
             self._reload_waiters = []
         else:
             self._notify_waiters(finished, final=True)
+
+    def _notify_first_ready(self) -> None:
+        """READY=1 for systemd once every slot's worker of the first generation serves."""
+        if self.notifier.ready_sent or self.plan.active or self.stopping:
+            return
+        serving = {
+            p.slot
+            for p in self.workers.values()
+            if p.generation == self.generation and p.state == "serving"
+        }
+        if len(serving) >= self.settings.worker_num:
+            self.notifier.ready(self._serving_status())
+
+    def _notify_reloaded(self, result: Finished) -> None:
+        """READY=1 after a reload, saying whether it completed or was rolled back."""
+        if self.stopping:
+            return
+        if result.ok:
+            how = f"reload to generation {result.generation} complete"
+        else:
+            how = f"reload to generation {result.attempted} rolled back ({result.reason})"
+        self.notifier.ready(f"{self._serving_status()}; {how}")
+
+    def _serving_status(self) -> str:
+        workers = plural(self.settings.worker_num, "worker")
+        return f"serving generation {self.generation} ({workers})"
 
     def _watch_drain(self, pid: int, message: dict[str, Any] | None) -> None:
         """Tell the waiters of the reload that retired ``pid`` how it drained (message)
@@ -426,11 +603,75 @@ class Master:
         if final:
             self._reload_waiters = []
 
+    # ------------------------------------------------------------------ drain progress
+
+    def _progress_watchers(self, pid: int) -> list[ControlClient]:
+        """Who follows worker ``pid``'s drain: the ``reload --wait`` clients of the reload
+        that retired it, and every ``swoolish stop`` client."""
+        clients = [c for watchers, pids in self._drain_watches if pid in pids for c in watchers]
+        return clients + self._stop_waiters
+
+    def _poll_progress(self, now: float) -> None:
+        """Every PROGRESS_INTERVAL, ask each stopping worker someone follows how its drain
+        goes (its WorkerFigures answer is reported by ``_report_progress``), so the CLI
+        shows what it waits for instead of going silent (docs/cli.md). A worker that did
+        not answer the last poll (a blocking hook) is reported as not answering."""
+        if now < self._progress_at:
+            return
+        self._progress_at = now + PROGRESS_INTERVAL
+        for proc in list(self.workers.values()):
+            if proc.state != "stopping" or proc.stopped_at is None:
+                continue
+            if now - proc.stopped_at < PROGRESS_INTERVAL or not self._progress_watchers(proc.pid):
+                continue
+            if proc.pid in self._progress_polled:
+                self._report_progress(proc, None, now)
+            self._progress_polled.add(proc.pid)
+            self._send(proc.pid, msg.StatsPoll())
+
+    def _report_progress(
+        self, proc: WorkerProcess, figures: dict[str, Any] | None, now: float
+    ) -> None:
+        """One ``waiting`` event: the connections and handlers the worker still has
+        (None: it did not answer), and the seconds to its max_wait_time and to its kill."""
+        if proc.stop_deadline is None:
+            return
+        event = {
+            "event": "waiting",
+            "slot": proc.slot,
+            "pid": proc.pid,
+            "generation": proc.generation,
+            "connections": None if figures is None else figures.get("connections", 0),
+            "handlers": None if figures is None else figures.get("tasks", 0),
+            "seconds_left": round(proc.stop_deadline - SHUTDOWN_GRACE - now, 1),
+            "kill_in": round(proc.stop_deadline - now, 1),
+            "workers_left": self._workers_left(),
+        }
+        for client in self._progress_watchers(proc.pid):
+            client.send(event)
+
+    def _workers_left(self) -> int:
+        """Workers that have not drained yet: what a stop still waits for."""
+        return sum(1 for proc in self.workers.values() if not proc.drained)
+
+    def _tell_stop_waiters(self, event: dict[str, Any]) -> None:
+        for client in self._stop_waiters:
+            client.send(event)
+
+    def _release_stop_waiters(self) -> None:
+        """Every worker is gone: say so to the ``swoolish stop`` clients and hang up; the
+        CLI then waits for the master's process to end."""
+        self._tell_stop_waiters({"event": "exiting", "pid": os.getpid()})
+        for client in self._stop_waiters:
+            self._drop_control(client)
+        self._stop_waiters = []
+
     # ------------------------------------------------------------------ stopping
 
     def shutdown(self) -> None:
         """Every worker runs worker_stop and worker_exit, then drains with 1001."""
         self.stopping = True
+        self.notifier.stopping(f"stopping: {plural(len(self.workers), 'worker')} draining")
         self._execute(self.plan.abort())
         for client in self._reload_waiters + self._next_reload_waiters:
             client.send({"event": "finished", "ok": False, "reason": "server shutting down"})
@@ -468,6 +709,7 @@ class Master:
             return
         proc.state = "stopping"
         proc.stop_deadline = deadline
+        proc.stopped_at = time.monotonic()
         fds: tuple[int, ...] = ()
         if successor is not None and successor.inbox is not None:
             fds = (successor.inbox.fileno(),)
@@ -570,6 +812,11 @@ class Master:
             os.close(self._wakeup_w)
             if self.control is not None:
                 self.control.close()
+            if self.metrics is not None:
+                self.metrics.forget()
+            self.notifier.close()  # only the master notifies (NotifyAccess=main)
+            if self.watcher is not None:
+                self.watcher.forget()  # the master's to read (master/watch.py)
             if self.pid_file is not None:
                 self.pid_file.close()  # the master alone holds its lock (master/pidfile.py)
             for proc in self.workers.values():
@@ -588,6 +835,7 @@ class Master:
                 inbox,
                 self.table,
                 region,
+                start_timeout=self.settings.worker_start_timeout,
             )
             code = self.worker_main(setup)
         except BaseException:
@@ -671,6 +919,7 @@ class Master:
         else:
             # Not part of a reload (the first generation, a replacement): serve at once.
             self._send(proc.pid, msg.Serve())
+            self._notify_first_ready()
         self._execute(self.plan.ready(proc.pid, now))
 
     def _on_paused(self, proc: WorkerProcess, message: msg.Paused, now: float) -> None:
@@ -685,12 +934,27 @@ class Master:
             "seconds": message.seconds,
             **(message.handoff or {}),
         }
+        self.tally.handed_off(message.handoff)
+        proc.drained = True
         self._log_drained(proc, figures)
 
     def _on_figures(self, proc: WorkerProcess, message: msg.WorkerFigures, now: float) -> None:
         proc.stats = message.figures
         for request in self._status_requests:
             request.waiting.discard(proc.pid)
+        if proc.pid in self._progress_polled:
+            self._progress_polled.discard(proc.pid)
+            self._report_progress(proc, message.figures, now)
+
+    def _on_boot_failed(self, proc: WorkerProcess, message: msg.BootFailed, now: float) -> None:
+        # Kept for the log line of its exit, and given to the plan: a reload it rolls
+        # back says why (docs/reload.md).
+        proc.boot_error = f"{message.error} ({message.where})" if message.where else message.error
+        self.plan.boot_failed(proc.pid, proc.boot_error)
+
+    def _on_boot_stalled(self, proc: WorkerProcess, message: msg.BootStalled, now: float) -> None:
+        where = f"{message.where}: {message.line}" if message.line else message.where
+        self.plan.boot_stalled(proc.pid, where)
 
     def _on_route(self, proc: WorkerProcess, message: msg.Route, now: float) -> None:
         self._forward(self.switchboard.route(message.target, message.ops, self._slot_pid, now))
@@ -712,14 +976,13 @@ class Master:
         self.switchboard.request_release(key, message.moved, message.kept, now)
         self._grant_releases(now)
         log.debug(
-            "worker %d gen %d (pid %d): lets go of %d moved sessions (batch %d), with "
-            "%d operations it kept for them",
+            "worker %d gen %d (pid %d): lets go of %s (batch %d), with %s it kept for them",
             proc.slot,
             proc.generation,
             proc.pid,
-            len(message.moved),
+            plural(len(message.moved), "moved session"),
             message.batch,
-            len(message.kept),
+            plural(len(message.kept), "operation"),
         )
 
     def _on_release_done(self, proc: WorkerProcess, message: msg.ReleaseDone, now: float) -> None:
@@ -754,19 +1017,18 @@ class Master:
             if figures.get("fallback_reasons"):
                 moved += f" {figures['fallback_reasons']}"
         log.info(
-            "worker %d gen %d (pid %d) drained in %.3fs: %d timers cleared, "
-            "%d connections closed%s",
+            "worker %d gen %d (pid %d) drained in %.3fs: %s cleared, %s closed%s",
             proc.slot,
             proc.generation,
             proc.pid,
             figures.get("seconds", 0.0),
-            figures.get("timers_cleared", 0),
-            figures.get("connections_closed", 0),
+            plural(figures.get("timers_cleared", 0), "timer"),
+            plural(figures.get("connections_closed", 0), "connection"),
             moved,
         )
-        self._watch_drain(
-            proc.pid, {"event": "drained", "slot": proc.slot, "pid": proc.pid, **figures}
-        )
+        drained = {"event": "drained", "slot": proc.slot, "pid": proc.pid, **figures}
+        self._watch_drain(proc.pid, drained)
+        self._tell_stop_waiters({**drained, "workers_left": self._workers_left()})
 
     def _reap(self) -> None:
         while True:
@@ -781,6 +1043,7 @@ class Master:
                 continue
             self._read_channel(proc, everything=True)  # its last words may still be unread
             del self.workers[pid]
+            self.tally.retire(proc.stats)  # its final counters, so totals never go down
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(proc.channel)
             proc.channel.close()
@@ -795,15 +1058,32 @@ class Master:
 
     def _on_worker_exit(self, proc: WorkerProcess, status: int) -> None:
         self._watch_drain(proc.pid, None)
+        self._progress_polled.discard(proc.pid)
         now = time.monotonic()
         how = describe_status(status)
+        self._tell_stop_waiters(
+            {
+                "event": "exited",
+                "slot": proc.slot,
+                "pid": proc.pid,
+                "how": how,
+                "workers_left": self._workers_left(),
+            }
+        )
         expected = proc.state in ("stopping", "killed")
         if not expected:
+            cause = f", failed to boot: {proc.boot_error}" if proc.boot_error else ""
             log.error(
-                "worker %d gen %d (pid %d) died: %s", proc.slot, proc.generation, proc.pid, how
+                "worker %d gen %d (pid %d) died: %s%s",
+                proc.slot,
+                proc.generation,
+                proc.pid,
+                how,
+                cause,
             )
             exit_code = os.waitstatus_to_exitcode(status)
             self._fire("worker_error", proc.slot, proc.pid, exit_code, max(0, -exit_code))
+            self.tally.worker_restarts += 1
         in_reload = self.plan.owns(proc.pid)
         self._execute(self.plan.exited(proc.pid, now, how))
         if expected or in_reload or self.stopping:
@@ -815,9 +1095,9 @@ class Master:
         delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1)) if failures else 0.0
         if delay:
             log.warning(
-                "worker %d failed to boot %d times in a row; next try in %.1fs",
+                "worker %d failed to boot %s in a row; next try in %.1fs",
                 proc.slot,
-                failures,
+                plural(failures, "time"),
                 delay,
             )
         self.respawn_at[proc.slot] = now + delay
@@ -884,12 +1164,34 @@ class Master:
                 self._drop_control(client)
         elif command == "status":
             self._request_stats(client)
+        elif command == "stop":
+            self._on_stop_request(client)
         else:
-            client.send({"error": f"unknown command {command!r}; use reload or status"})
+            client.send({"error": f"unknown command {command!r}; use reload, stop or status"})
             self._drop_control(client)
 
+    def _on_stop_request(self, client: ControlClient) -> None:
+        """``swoolish stop``: the graceful shutdown of SIGTERM, followed to its end: the
+        client gets each worker's progress and drain, and a hang-up when all are gone."""
+        if not self.stopping:
+            log.info("swoolish stop: graceful shutdown")
+            self.shutdown()
+        self._stop_waiters.append(client)
+        client.send(
+            {
+                "event": "stopping",
+                "pid": os.getpid(),
+                "workers": len(self.workers),
+                "max_wait_time": self.settings.max_wait_time,
+            }
+        )
+
     def _request_stats(
-        self, client: ControlClient | None, reply_to: int = 0, request_id: int = 0
+        self,
+        client: ControlClient | None,
+        reply_to: int = 0,
+        request_id: int = 0,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         live = [p for p in self.workers.values() if p.state not in ("killed",)]
         for proc in live:
@@ -901,6 +1203,7 @@ class Master:
                 time.monotonic() + STATS_TIMEOUT,
                 reply_to,
                 request_id,
+                on_done,
             )
         )
 
@@ -909,6 +1212,9 @@ class Master:
             if request.waiting and now < request.deadline:
                 continue
             self._status_requests.remove(request)
+            if request.on_done is not None:
+                request.on_done()
+                continue
             if request.client is None:
                 reply = msg.ServerStatsReply(request.request_id, self.server_stats())
                 self._send(request.reply_to, reply)
@@ -947,18 +1253,18 @@ class Master:
         forced = board.forced_releases - self._logged_forced
         if forced:
             log.warning(
-                "hand-off: %d batches released after %gs without their new worker's "
+                "hand-off: %s released after %gs without their new worker's "
                 "announcement (a stalled worker?); operations routed to those sessions "
                 "may arrive out of order",
-                forced,
+                plural(forced, "batch", "batches"),
                 PARK_TIMEOUT,
             )
         expired = board.expired_parked - self._logged_expired
         if expired:
             log.warning(
-                "hand-off: %d operations dropped: their sessions had no owner %gs after "
+                "hand-off: %s dropped: their sessions had no owner %gs after "
                 "the old worker let go of them",
-                expired,
+                plural(expired, "operation"),
                 PARK_TIMEOUT,
             )
         self._logged_forced, self._logged_expired = board.forced_releases, board.expired_parked
@@ -1007,13 +1313,11 @@ class Master:
 
     def status(self) -> dict[str, Any]:
         """The master and its workers, for ``swoolish status``."""
-        assert self.listen_sock is not None
-        host, port = self.listen_sock.getsockname()[:2]
         return {
             "master": {
                 "pid": os.getpid(),
                 "target": self.target,
-                "listen": f"{host}:{port}",
+                "listen": self.listen_address(),
                 "generation": self.generation,
                 "reloading": self.plan.active,
                 "started": self.started,
@@ -1021,6 +1325,8 @@ class Master:
                 "routed_dropped": self.switchboard.dropped,
                 "handoff_forced_releases": self.switchboard.forced_releases,
                 "handoff_expired_operations": self.switchboard.expired_parked,
+                "worker_restarts": self.tally.worker_restarts,
+                "reloads_total": dict(self.tally.reloads),
             },
             "workers": [
                 {
@@ -1044,23 +1350,14 @@ def _noop_handler(signum: int, frame: Any) -> None:
     """Signal handlers only wake the loop (through the wakeup fd)."""
 
 
+def _names(paths: list[str], shown: int = 3) -> str:
+    """The changed files of one save, for the reload's log line."""
+    rest = len(paths) - shown
+    more = f" and {plural(rest, 'more file')}" if rest > 0 else ""
+    return ", ".join(paths[:shown]) + more
+
+
 def describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"exit status {os.WEXITSTATUS(status)}"
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """Bind the one listening socket (SO_REUSEADDR), before anything is forked."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        hint = "choose another --port" if exc.errno == errno.EADDRINUSE else "check --host"
-        raise SettingError(f"cannot listen on {host}:{port}: {exc.strerror}; {hint}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock

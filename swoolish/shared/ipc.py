@@ -64,6 +64,7 @@ __all__ = [
     "Channel",
     "channel_pair",
     "close_fds",
+    "send_packet",
 ]
 
 log = logging.getLogger("swoolish.ipc")
@@ -393,6 +394,26 @@ class Channel:
         callbacks, self._drained = self._drained, []
         for callback in callbacks:
             callback()
+
+
+def send_packet(sock: socket.socket, message: Message) -> bool:
+    """Send a small ``message`` as one packet, now, bypassing every :class:`Channel`
+    queue; True if the kernel took it.
+
+    For a thread that does not own the channel (a booting worker's watchdog,
+    worker/process.py ``BootWatch``): a Channel's queue belongs to its owner's thread.
+    A message that does not fit one packet is not sent. The one packet is whole on its
+    own; only if the owner is in the middle of a multi-packet message at that instant
+    does the receiver drop that message as out of order (logged, module docstring).
+    """
+    payload = encode(message)
+    if len(payload) > FRAGMENT_BYTES:
+        return False
+    try:
+        sock.sendmsg([_HEADERS[0], payload], [], socket.MSG_DONTWAIT)
+    except OSError:
+        return False
+    return True
 
 
 def _cut(payload: bytes) -> list[tuple[bytes, memoryview]]:

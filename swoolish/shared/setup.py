@@ -26,3 +26,4 @@ class WorkerSetup:
     inbox: socket.socket | None = None  # where the previous generation hands us sessions
     table: SessionTable | None = None  # the server-wide session table
     region: int | None = None  # our region of it
+    start_timeout: float | None = None  # worker_start_timeout, as the master enforces it

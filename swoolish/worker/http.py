@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import socket
 import time
@@ -23,7 +24,9 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
+from ..core.proxy import Client, TrustedPeers, forwarded_client
 from ..core.settings import normalize_origin
+from .access import log_request, request_client
 from .connection import Connection, high_water
 from .flow import FlowControl, Reason
 from .host import WorkerHost
@@ -50,10 +53,12 @@ class HttpConnection(Connection, asyncio.Protocol):
     """A client connection until (unless) it upgrades to a WebSocket."""
 
     __slots__ = (
+        "_access",
         "_answered",
         "_body",
         "_body_size",
         "_close_after_response",
+        "_direct",
         "_fed",
         "_header_bytes",
         "_headers",
@@ -63,9 +68,11 @@ class HttpConnection(Connection, asyncio.Protocol):
         "_pumping",
         "_rejection",
         "_requests",
+        "_secure",
         "_stall_since",
         "_stall_size",
         "_unfed",
+        "_unix",
         "_url",
     )
 
@@ -93,11 +100,17 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._pumping = False  # _pump is running (it is never re-entered)
         self._stall_since = 0.0  # since when the unsent bytes have not gone down
         self._stall_size = 0
+        # with access_log on: the request being answered, and since when (perf_counter)
+        self._access: tuple[Request, float] | None = None
+        self._direct: tuple[str, int] = ("", 0)  # the peer itself (a proxy, perhaps)
+        self._unix = False  # the peer is on a Unix socket: it has no address
+        self._secure = False  # TLS on this connection
 
     # ------------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport
+        # uvloop's TCP or Unix transport, or its TLS transport over one of them
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         worker = self._worker
         worker.live.add(self)
@@ -105,6 +118,10 @@ class HttpConnection(Connection, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = (peer[0], peer[1])
+        else:
+            self._unix = True  # a Unix socket peer's name is "" (or a path): no address
+        self._direct = self.peer
+        self._secure = worker.settings.ssl_cert_file is not None  # the server's TLS
         if len(worker.connections) >= worker.settings.max_connections:
             # More clients than max_connections are refused cleanly (docs/quickstart.md).
             worker.stats["refused"] += 1
@@ -289,17 +306,39 @@ class HttpConnection(Connection, asyncio.Protocol):
     def on_message_complete(self) -> None:
         parser = self._parser
         assert parser is not None
+        headers = Headers(self._headers)
+        client = self._client(headers)
         request = Request(
             parser.get_method().decode("ascii", "replace"),
             self._url.decode("latin-1"),
-            Headers(self._headers),
+            headers,
             b"".join(self._body),
             parser.get_http_version(),
             self.sid,
+            client.addr,
+            client.secure,
         )
         self._url = b""
         self._headers = self._body = _NO_ITEMS  # now owned by the request
         self._requests.append(request)
+
+    def _client(self, headers: Headers) -> Client:
+        """Who sent this request: the peer, or with ``proxy_headers`` the client a
+        trusted proxy names (swoolish.core.proxy)."""
+        settings = self._worker.settings
+        if not settings.proxy_headers:
+            return Client(self._direct[0], self._secure)
+        peer = None if self._unix else self._direct[0]
+        trusted = _trusted_peers(settings.forwarded_allow_ips)
+        return forwarded_client(peer, self._secure, trusted, headers.get_all)
+
+    def _serve_client_of(self, request: Request) -> None:
+        """The session's peer is the client of the request being answered from now on,
+        so client_info() and the session table show a proxied client's address (its
+        port is unknown: 0)."""
+        if self._worker.settings.proxy_headers:
+            addr = request.remote_addr
+            self.peer = self._direct if addr == self._direct[0] else (addr, 0)
 
     # ------------------------------------------------------------------ answering
 
@@ -309,7 +348,10 @@ class HttpConnection(Connection, asyncio.Protocol):
             return
         self._cancel_timer()
         request = self._requests.pop(0)
+        self._serve_client_of(request)
         worker = self._worker
+        if worker.settings.access_log:
+            self._access = (request, time.perf_counter())
         handler = worker.handler("request")
         worker.stats["requests"] += 1
         if handler is None:
@@ -330,6 +372,7 @@ class HttpConnection(Connection, asyncio.Protocol):
     def _send_response(self, resp: Response, body: bytes, keep_alive: bool, method: str) -> None:
         transport = self.transport
         self._in_flight = False
+        access, self._access = self._access, None
         if transport is None or transport.is_closing():
             return
         worker = self._worker
@@ -346,6 +389,7 @@ class HttpConnection(Connection, asyncio.Protocol):
                 type(exc).__name__,
                 exc,
             )
+            self._access = access
             self._reject(500, "Internal Server Error\n")
             return
         unsent = transport.get_write_buffer_size()
@@ -358,6 +402,8 @@ class HttpConnection(Connection, asyncio.Protocol):
             return
         self._answered += 1
         transport.write(wire)
+        if access is not None:
+            self._log_access(access, resp.status_code, 0 if method == "HEAD" else len(body))
         if not keep_alive:
             self._begin_close()
             transport.close()
@@ -367,10 +413,19 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._pump()  # the next request, unless this runs inside _pump already
 
     def _reject(self, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> None:
+        access, self._access = self._access, None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(simple_response(status, text, headers))
+            if access is not None:
+                self._log_access(access, status, len(text.encode()))
             self._begin_close()
             self.transport.close()
+
+    def _log_access(self, access: tuple[Request, float], status: int, size: int) -> None:
+        """The access log's line for a request answered (access_log on only)."""
+        request, started = access
+        client = request_client(self.peer, request)
+        log_request(client, request.method, request.path, request.version, status, size, started)
 
     def _fail_after_handler_error(self) -> None:
         if self.transport is not None:
@@ -409,6 +464,8 @@ class HttpConnection(Connection, asyncio.Protocol):
             return
         request = self._requests.pop() if self._requests else None
         self._parser = None
+        if request is not None and self._worker.settings.access_log:
+            self._access = (request, time.perf_counter())  # a refusal is logged as a request
         if request is None or self._requests or self._in_flight:
             self._reject(400, "Bad Request: an upgrade must not follow pipelined requests.\n")
             return
@@ -456,6 +513,9 @@ class HttpConnection(Connection, asyncio.Protocol):
         ):
             status = custom.status_code if custom.status_code != 200 else 403
             transport.write(render_response(status, custom.headers, b"", False, custom.reason))
+            access, self._access = self._access, None
+            if access is not None:
+                self._log_access(access, status, 0)
             self._begin_close()
             transport.close()
             return
@@ -465,9 +525,12 @@ class HttpConnection(Connection, asyncio.Protocol):
             for name, value in custom.headers:
                 handshake.headers[name] = value
         protocol.send_response(handshake)
+        access, self._access = self._access, None  # an accepted one: WsConnection logs it
         if handshake.status_code != 101:
             for data in protocol.data_to_send():
                 transport.write(data)
+            if access is not None:
+                self._log_access(access, handshake.status_code, len(handshake.body or b""))
             self._begin_close()
             transport.close()
             return
@@ -479,10 +542,10 @@ class HttpConnection(Connection, asyncio.Protocol):
         extensions = []
         if settings.websocket_compression:
             # With live hand-off, ask the client not to keep its compression context
-            # (RFC 7692 §7.1.1.1): then no decompression window has to move.
-            extensions.append(
-                ServerPerMessageDeflateFactory(client_no_context_takeover=settings.reload_handoff)
-            )
+            # (RFC 7692 §7.1.1.1): then no decompression window has to move. A TLS
+            # connection never moves, so it keeps the better compression.
+            movable = settings.reload_handoff and not self._secure
+            extensions.append(ServerPerMessageDeflateFactory(client_no_context_takeover=movable))
         return ServerProtocol(
             extensions=extensions, max_size=settings.max_message_size, logger=QUIET_LOG
         )
@@ -492,6 +555,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         transport = self.transport
         assert transport is not None and self.flow is not None
         worker = self._worker
+        self._serve_client_of(request)  # the WebSocket's client for its whole life
         ws = WsConnection(worker, self.sid, self.peer, self.connect_time)
         ws.last_time = self.last_time
         flow, self.flow = self.flow, None
@@ -507,15 +571,22 @@ class HttpConnection(Connection, asyncio.Protocol):
 
 
 def _enable_keepalive(transport: asyncio.Transport) -> None:
-    """TCP keepalive with the timings above, so dead peers free their slots."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
+    """TCP keepalive with the timings above, so dead peers free their slots (TCP only:
+    a Unix socket peer is local, and its close is always seen)."""
+    sock = transport.get_extra_info("socket")  # under TLS too: the TCP socket beneath
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     with contextlib.suppress(OSError, AttributeError):  # a transport without TCP options
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+
+
+@functools.lru_cache(maxsize=4)
+def _trusted_peers(entries: tuple[str, ...]) -> TrustedPeers:
+    """``forwarded_allow_ips`` parsed once per worker, not once per request."""
+    return TrustedPeers(entries)
 
 
 def _origin_allowed(request: Request, allowed: tuple[str, ...]) -> bool:

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 
 import uvloop
 
+from ..core.errors import SettingError
 from ..core.events import Handlers
 from ..core.frames import GOING_AWAY, SERVICE_RESTART
 from ..core.messages import (
@@ -48,11 +50,12 @@ from ..core.messages import (
 )
 from ..core.settings import Settings
 from ..core.stats import COUNTERS, totals
-from ..shared import ipc
+from ..shared import ipc, tls
 from ..shared.ids import IdAllocator
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from ..shared.table import RegionWriter
 from . import timers
+from .boot import BootWatch, boot_failure, stall_delay
 from .connection import Connection
 from .handoff import Adopter, hand_off
 from .http import HttpConnection
@@ -122,6 +125,7 @@ class Worker:
         )
         self._handlers = server.handlers
         self._asyncio_server: asyncio.AbstractServer | None = None
+        self.tls_context: ssl.SSLContext | None = None  # built in serve(), after the fork
         self._duties: dict[type, Callable[[Any], None]] = {
             Serve: self._on_serve,
             Pause: self._on_pause,
@@ -133,6 +137,7 @@ class Worker:
         }
         self._stop_requested: asyncio.Future[int] | None = None
         self._serve_allowed: asyncio.Future[None] = self.loop.create_future()
+        self.boot_watch: BootWatch | None = None  # reports where a slow boot is stuck
 
     # -- used by connections and the server facade
 
@@ -197,21 +202,37 @@ class Worker:
         """Boot, serve until told to stop, drain; returns the process exit code."""
         self._stop_requested = self.loop.create_future()
         self._serve_allowed = self.loop.create_future()
+        try:
+            # From the files on disk now, after the fork: a reload serves a renewed
+            # certificate; one that no longer loads fails this boot (the reload rolls back).
+            self.tls_context = tls.server_context(self.settings)
+        except SettingError as exc:
+            self.log.error(
+                "worker %d gen %d: %s; this worker will not serve",
+                self.worker_id,
+                self.generation,
+                exc,
+            )
+            await self._boot_failed(exc)
+            return EXIT_BOOT_ERROR
         timers.install(self.timers)
         try:
             await self._call_hook("worker_start")
-        except Exception:
+        except Exception as exc:
             self.log.exception(
                 "worker %d gen %d: worker_start raised; this worker will not serve",
                 self.worker_id,
                 self.generation,
             )
+            await self._boot_failed(exc)
             return EXIT_BOOT_ERROR
         self._install_signal_handlers()
         self._watch_master()
         self._schedule_heartbeat()
         if self.inbox is not None:
             self.adopter = Adopter(self, self.inbox)
+        if self.boot_watch is not None:
+            self.boot_watch.cancel()
         self.report(Ready(os.getpid()))
         if self.channel is None:
             self._serve_allowed.set_result(None)
@@ -222,7 +243,13 @@ class Worker:
         )
         if not self._stop_requested.done():
             self._asyncio_server = await self.loop.create_server(
-                lambda: HttpConnection(self), sock=self.listen_sock, backlog=2048
+                lambda: HttpConnection(self),
+                sock=self.listen_sock,  # TCP or a Unix socket alike
+                backlog=2048,
+                ssl=self.tls_context,
+                ssl_handshake_timeout=(
+                    self.settings.handshake_timeout if self.tls_context is not None else None
+                ),
             )
             self.log.info(
                 "worker %d gen %d (pid %d) serving", self.worker_id, self.generation, os.getpid()
@@ -230,6 +257,15 @@ class Worker:
         close_code = await self._stop_requested
         await self.shutdown(close_code)
         return 0
+
+    async def _boot_failed(self, exc: BaseException) -> None:
+        """Tell the master why this worker will not serve, before it exits: a reload
+        rolled back for it says so (worker/boot.py)."""
+        if self.boot_watch is not None:
+            self.boot_watch.cancel()
+        self.report(boot_failure(exc))
+        if self.channel is not None:
+            await self.channel.drained(EXIT_FLUSH_TIMEOUT)
 
     def stop_accepting(self) -> None:
         """Close this process's copy of the listening socket.
@@ -296,6 +332,9 @@ class Worker:
             except TimeoutError:
                 self.router.give_up_releases()  # hand over what we kept, never drop it
         self.router.flush()
+        # Our final counters: the master keeps them once we are gone, so server-wide
+        # totals (its metrics) never go down when a worker exits (docs/deployment.md).
+        self.report(WorkerFigures(self.snapshot()))
         self.report(Exiting(leftover, closed, round(self.loop.time() - started, 4), handoff))
         if self.channel is not None:
             await self.channel.drained(EXIT_FLUSH_TIMEOUT)  # our last words, before we exit
@@ -459,18 +498,34 @@ class Worker:
 def run_worker(load_server: Callable[[], App], setup: WorkerSetup) -> int:
     """The body of a forked worker process; returns its exit code."""
     log = logging.getLogger(f"swoolish.worker.{setup.worker_id}")
+    watch = _watch_boot(setup)
     try:
         server = load_server()
-    except BaseException:
+    except BaseException as exc:
         log.exception("worker %d gen %d: the app failed to load", setup.worker_id, setup.generation)
+        if watch is not None:
+            watch.cancel()
+        if setup.channel is not None:  # nothing else uses the channel yet: one packet
+            ipc.send_packet(setup.channel, boot_failure(exc))
         return EXIT_BOOT_ERROR
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         worker = Worker(server, setup)
+        worker.boot_watch = watch
         server.attach_worker(worker)
         return loop.run_until_complete(worker.serve())
     finally:
         with contextlib.suppress(Exception):
             loop.close()
         sys.stdout.flush()
+
+
+def _watch_boot(setup: WorkerSetup) -> BootWatch | None:
+    """Start the watch that reports where a boot is stuck (worker/boot.py), when there
+    is a master to tell and a deadline it enforces."""
+    if setup.channel is None or not setup.start_timeout:
+        return None
+    watch = BootWatch(setup.channel, stall_delay(setup.start_timeout))
+    watch.start()
+    return watch

@@ -1,9 +1,10 @@
 """HTTP requests and responses as Swoole hands them to ``request`` handlers.
 
 ``request.method``, ``.path``, ``.query`` (dict), ``.headers`` (case-insensitive),
-``.body`` (bytes); ``response.status(code)``, ``response.header(name, value)``,
-``response.end(body)``. The same :class:`Request` is what ``open`` and ``handshake``
-handlers get for a WebSocket, with ``request.fd`` set to the new session id.
+``.body`` (bytes), ``.remote_addr``, ``.scheme``; ``response.status(code)``,
+``response.header(name, value)``, ``response.end(body)``. The same :class:`Request` is
+what ``open`` and ``handshake`` handlers get for a WebSocket, with ``request.fd`` set to
+the new session id.
 """
 
 from __future__ import annotations
@@ -27,7 +28,18 @@ _BAD_TEXT = re.compile(r"[\r\n\x00]|[^\x00-\xff]")
 class Request:
     """One parsed HTTP request (or WebSocket handshake request)."""
 
-    __slots__ = ("body", "fd", "headers", "method", "path", "query", "query_string", "version")
+    __slots__ = (
+        "_remote_addr",
+        "_secure",
+        "body",
+        "fd",
+        "headers",
+        "method",
+        "path",
+        "query",
+        "query_string",
+        "version",
+    )
 
     def __init__(
         self,
@@ -37,6 +49,8 @@ class Request:
         body: bytes = b"",
         version: str = "1.1",
         fd: int = 0,
+        remote_addr: str = "",
+        secure: bool = False,
     ) -> None:
         path, _, query_string = target.partition("?")
         self.method = method
@@ -47,10 +61,27 @@ class Request:
         self.body = body
         self.version = version
         self.fd = fd
+        self._remote_addr = remote_addr
+        self._secure = secure
 
     @property
     def target(self) -> str:
         return f"{self.path}?{self.query_string}" if self.query_string else self.path
+
+    @property
+    def remote_addr(self) -> str:
+        """The client's IP address: the peer's, or with ``proxy_headers`` the one a
+        trusted proxy forwarded; "" for a Unix socket peer that named no client."""
+        return self._remote_addr
+
+    @property
+    def scheme(self) -> str:
+        """How the client reached us: "http" or "https" for a request, "ws" or "wss" for
+        a WebSocket handshake; TLS here, or a trusted proxy's X-Forwarded-Proto."""
+        websocket = self.headers.get("Upgrade", "").lower() == "websocket"
+        if websocket:
+            return "wss" if self._secure else "ws"
+        return "https" if self._secure else "http"
 
     def keep_alive(self) -> bool:
         """HTTP/1.1 keeps the connection unless told not to; HTTP/1.0 only when asked."""

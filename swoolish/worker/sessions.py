@@ -42,11 +42,13 @@ class SessionMap(dict[int, Any]):
             self.writer.insert(sid, OPEN, peer_word(conn.peer))
 
     def upgraded(self, sid: int, conn: _Peer) -> None:
-        """The session's WebSocket handshake is done; ``conn`` serves it from now on."""
+        """The session's WebSocket handshake is done; ``conn`` serves it from now on.
+        Its peer is written again: behind a trusted proxy it is the client the
+        handshake named (worker/http.py)."""
         if sid in self:
             dict.__setitem__(self, sid, conn)
-            if self.writer is not None:
-                self.writer.set_state(sid, ESTABLISHED)
+            if self.writer is not None and sid in self.writer.slots:  # not if it overflowed
+                self.writer.insert(sid, ESTABLISHED, peer_word(conn.peer))
 
     def adopted(self, sid: int, conn: _Peer) -> None:
         """A session handed over by our predecessor: operations routed to it through

@@ -51,6 +51,7 @@ from ..core.frames import (
 )
 from ..core.messages import MovingSession
 from ..core.timerwheel import is_plain_data, resolve_callback
+from .access import client_address, log_close, log_open, request_client
 from .connection import Connection, high_water
 from .flow import FlowControl, Reason
 from .host import WorkerHost
@@ -63,6 +64,7 @@ PONG_HEAD = bytes((0x80 | Opcode.PONG,))  # a server's pong frame starts so (RFC
 PING = encode_frame(Opcode.PING, b"")  # the heartbeat's ping (RFC 6455 §5.5.2)
 
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the client's half of a closing handshake
+ABNORMAL_CLOSURE = 1006  # closed without a close frame (RFC 6455 §7.1.5); never sent
 #: Bytes of a frame in progress kept for a hand-off (worker/handoff.py moves at most
 #: 256 KiB of unsent and unparsed bytes per session); a session reading a larger frame
 #: stays and gets the 1012 of the reload.
@@ -175,6 +177,7 @@ class WsConnection(Connection, asyncio.Protocol):
         "_unsent",
         "moved_out",
         "moving",
+        "path",
         "ws",
     )
 
@@ -191,8 +194,10 @@ class WsConnection(Connection, asyncio.Protocol):
         self._frag_opcode = 0
         self._text_decoder: codecs.IncrementalDecoder | None = None
         self._close_when_idle: tuple[int, str] | None = None
-        # hand-off records, kept only while hand-off is enabled
-        self._track = worker.settings.reload_handoff
+        # hand-off records, kept only while hand-off is enabled and possible (a TLS
+        # connection never moves: its TLS state lives in this process)
+        settings = worker.settings
+        self._track = settings.reload_handoff and settings.ssl_cert_file is None
         # where the frame in progress ends (and, for a hand-off, its bytes)
         self._rx = FrameCursor(MAX_UNPARSED_KEPT if self._track else 0)
         self._stash = b""  # a small frame cut by the read, kept for the fast path
@@ -204,6 +209,7 @@ class WsConnection(Connection, asyncio.Protocol):
         self._app_state: Any = None
         self.moved_out: asyncio.Future[None] | None = None
         self._arrival: tuple[MovingSession, int | None] | None = None
+        self.path = ""  # the handshake's request path (the access log's)
 
     # ------------------------------------------------------------------ the two beginnings
 
@@ -226,9 +232,12 @@ class WsConnection(Connection, asyncio.Protocol):
         )
         self._fast = not self.ws.extensions
         self.established = True
+        self.path = request.path
         worker.connections.upgraded(self.sid, self)
         worker.stats["websocket_opened"] += 1
         self._write_all(handshake.data_to_send())
+        if worker.settings.access_log:
+            log_open(request_client(self.peer, request), self.path)
         self._dispatch(worker.handler("open"), (worker.server, request))
         if rest:
             self._websocket_data(rest)
@@ -243,6 +252,7 @@ class WsConnection(Connection, asyncio.Protocol):
         (``closing_code``: a session this worker takes back only to close it)."""
         conn = cls(worker, record.sid, record.peer, record.connect_time)
         conn._arrival = (record, closing_code)
+        conn.path = record.path  # the same connection: no open line (worker/access.py)
         return conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -330,8 +340,21 @@ class WsConnection(Connection, asyncio.Protocol):
         worker.stats["closed"] += 1
         if self.established:
             self.established = False
+            if worker.settings.access_log:
+                client = client_address(self.peer)
+                log_close(client, self.path, self._close_code(), self.connect_time)
             self._dispatch(worker.handler("close"), (worker.server, self.sid))
         self.transport = None
+
+    def _close_code(self) -> int:
+        """The close code of the access log: the client's close frame, else ours, else
+        1006, no close frame at all (RFC 6455 §7.1.5)."""
+        ws = self.ws
+        if ws is not None:
+            for close in (ws.close_rcvd, ws.close_sent):
+                if close is not None:
+                    return int(close.code)
+        return ABNORMAL_CLOSURE
 
     # ------------------------------------------------------------------ frames in
 
@@ -708,14 +731,14 @@ class WsConnection(Connection, asyncio.Protocol):
         ws = self.ws
         if self.closing or ws is None or ws.state is not OPEN or self.transport is None:
             return "closing"
+        if self.transport.get_extra_info("sslcontext") is not None:
+            return "TLS"  # its keys and sequence numbers cannot leave this process
         if not self._rx.at_boundary and self._rx.unparsed is None:
             return "reading a large frame"
         if not self.quiescent():
             return "busy past the bound"
         if ws.expect_continuation_frame:
             return "sending a fragmented message"
-        if self.transport.get_extra_info("sslcontext") is not None:
-            return "TLS"
         if export_extensions(ws.extensions) is None:
             return "compression context"
         worker = self._worker
@@ -774,4 +797,5 @@ class WsConnection(Connection, asyncio.Protocol):
             unsent=self._unsent,
             app=self._app_state,
             timers=self._moved_timers or [],
+            path=self.path,
         )

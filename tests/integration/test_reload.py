@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,6 +180,30 @@ BROKEN_APPS = {
         def start(server, worker_id):
             time.sleep(30)
     """,
+    "syntax-error": "from swoolish import WebSocketServer\nserver = WebSocketServer(\n",
+}
+
+# What `reload --wait` says of each (docs/reload.md, "Why a reload was rolled back"):
+# the cause and the file:line in the app, and the line of the app it points at.
+BROKEN_CAUSES = {
+    "import-error": (
+        r"failed to boot: ImportError: broken deploy \(\S*app\.py:(?P<line>\d+)\)",
+        "raise ImportError",
+    ),
+    "worker-start-raises": (
+        r"failed to boot: RuntimeError: cannot reach the database "
+        r"\(\S*app\.py:(?P<line>\d+)\)",
+        "raise RuntimeError",
+    ),
+    "never-ready": (
+        r"was not ready within 1s \(worker_start_timeout\), "
+        r"stuck at \S*app\.py:(?P<line>\d+): time\.sleep\(30\)",
+        "time.sleep(30)",
+    ),
+    "syntax-error": (
+        r"failed to boot: SyntaxError: '\(' was never closed \(\S*app\.py:(?P<line>\d+)\)",
+        "WebSocketServer(",
+    ),
 }
 
 GOOD_APP = """
@@ -196,8 +221,10 @@ GOOD_APP = """
 def test_broken_deploy_is_rolled_back_and_the_fixed_one_then_served(tmp_path, breakage):
     """1. v1 serving with 2 workers, a client connected  2. broken code on disk
     3. `reload --wait` exits non-zero and says rolled back; the old workers are the
-    same processes and the client still gets answers from v1  4. fixed code on disk,
-    `reload --wait` exits 0 and new clients get v3."""
+    same processes and the client still gets answers from v1; the CLI's last line and
+    the master's log line give the cause (the exception and the file:line of the app,
+    or where a worker was stuck)  4. fixed code on disk, `reload --wait` exits 0 and new
+    clients get v3."""
     app = write_app(tmp_path, GOOD_APP.format(version="v1"))
     pid_file = tmp_path / "master.pid"
     with (
@@ -210,6 +237,15 @@ def test_broken_deploy_is_rolled_back_and_the_fixed_one_then_served(tmp_path, br
         assert result.returncode == 1, result.stdout + result.stderr
         assert "reload rolled back" in result.stdout
         assert "generation 1 keeps serving" in server.log()
+        cause, marker = BROKEN_CAUSES[breakage]
+        last = result.stdout.splitlines()[-1]
+        found = re.fullmatch(
+            rf"reload rolled back: new worker [01] {cause}; generation 1 keeps serving", last
+        )
+        assert found, result.stdout
+        source = app.read_text().splitlines()
+        assert marker in source[int(found["line"]) - 1]
+        assert re.search(rf"rolled back after [\d.]+s: new worker [01] {cause}", server.log())
         wait_until(lambda: {w.pid for w in server.workers()} == before, 10, what="new killed")
         client.send("still there?")
         assert client.recv(timeout=5) == "v1"

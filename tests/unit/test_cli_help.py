@@ -126,6 +126,10 @@ def test_serve_overrides_hold_the_options_given_and_nothing_else():
     assert overrides("--log-format", "json") == {"log_format": "json"}
 
 
+#: Items a list setting accepts where an origin is no valid item.
+LIST_SAMPLES = {"forwarded_allow_ips": ("10.0.0.0/8", "unix")}
+
+
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
 def test_each_serve_flag_overrides_its_setting_alone(setting):
     if setting.kind == "bool":
@@ -133,8 +137,8 @@ def test_each_serve_flag_overrides_its_setting_alone(setting):
         assert overrides(setting.cli) == {setting.name: True}
         return
     if setting.kind == "list":  # comma-separated on the command line
-        origins = ("https://a.example", "http://b.example:8080")
-        assert overrides(setting.cli, " , ".join(origins)) == {setting.name: origins}
+        items = LIST_SAMPLES.get(setting.name, ("https://a.example", "http://b.example:8080"))
+        assert overrides(setting.cli, " , ".join(items)) == {setting.name: items}
         return
     value = setting.default
     if value is None:
@@ -169,9 +173,10 @@ def test_unparsable_setting_value_is_a_usage_error(options, error, capsys):
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(["serve", TARGET, *options])
     assert exited.value.code == 2
-    last = capsys.readouterr().err.splitlines()[-1]
-    assert last.startswith("swoolish serve: error: ")
-    assert error in last
+    first, hint = capsys.readouterr().err.splitlines()  # tests/unit/test_cli_errors.py
+    assert first.startswith("swoolish serve: argument ")
+    assert error in first
+    assert hint == "run 'swoolish serve --help' for the options"
 
 
 def test_serve_options_table_in_docs_is_current():
@@ -187,7 +192,10 @@ def test_serve_options_table_in_docs_is_current():
 def test_no_command_is_a_usage_error():
     result = run_cli()
     assert result.returncode == 2
-    assert "usage: swoolish" in result.stderr
+    assert result.stderr == (
+        "swoolish: the following arguments are required: COMMAND\n"
+        "run 'swoolish --help' for the options\n"
+    )
 
 
 def test_unknown_log_format_is_a_usage_error():

@@ -496,6 +496,47 @@ def test_the_exit_reason_given_by_the_master_is_in_the_rollback_reason():
     assert result.reason == "new worker 0 was killed by SIGSEGV before it was ready"
 
 
+def test_the_cause_a_new_worker_reported_is_the_rollback_reason():
+    plan = ReloadPlan(G, 2)
+    plan.request(T0, {1: 0, 2: 1})
+    plan.spawned(0, 3, T0)
+    plan.spawned(1, 4, T0)
+    plan.boot_stalled(4, "app.py:3: import time")  # superseded by what it says next
+    plan.boot_failed(4, "ZeroDivisionError: division by zero (app.py:7)")
+    actions = plan.exited(4, T0 + 1, reason="exit status 3")
+    assert finished(actions).reason == (
+        "new worker 1 failed to boot: ZeroDivisionError: division by zero (app.py:7)"
+    )
+    assert of(Kill, actions) == [Kill(3, "reload rolled back")]
+
+
+def test_where_a_new_worker_was_stuck_is_in_the_timeout_reason():
+    plan = ReloadPlan(G, 1, start_timeout=START_TIMEOUT)
+    plan.request(T0, {1: 0})
+    plan.spawned(0, 2, T0)
+    plan.boot_stalled(2, "app.py:8: time.sleep(30)")
+    actions = plan.tick(T0 + START_TIMEOUT)
+    assert finished(actions).reason == (
+        "new worker 0 was not ready within 10s (worker_start_timeout), "
+        "stuck at app.py:8: time.sleep(30)"
+    )
+
+
+def test_causes_reported_by_unknown_ready_or_idle_workers_change_nothing():
+    plan = ReloadPlan(G, 1)
+    plan.boot_failed(2, "ignored while idle")
+    plan.request(T0, {1: 0})
+    plan.spawned(0, 2, T0)
+    plan.boot_failed(UNKNOWN_PID, "not a new worker")
+    plan.ready(2, T0 + 1)
+    plan.paused(1, T0 + 1)  # the reload finished: the worker is an ordinary one now
+    plan.boot_failed(2, "too late")
+    plan.request(T0 + 3, {2: 0})
+    plan.spawned(0, 5, T0 + 3)
+    actions = plan.exited(5, T0 + 4, reason="exit status 3")
+    assert finished(actions).reason == "new worker 0 exit status 3 before it was ready"
+
+
 @pytest.mark.parametrize("batch", [1, 0])
 def test_a_new_worker_not_ready_by_the_start_deadline_rolls_the_reload_back(batch):
     m = Master(slots=2, batch=batch)

@@ -1,0 +1,86 @@
+"""Settings from ``SWOOLISH_<NAME>`` environment variables, on real ``swoolish serve``
+processes: command line > environment > the app's code > default (docs/settings.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from support import ROOT, ServerProcess, free_port, run_cli, write_app
+
+from swoolish import __version__
+
+ECHO = "tests/apps/echo_app.py:server"
+
+
+@contextlib.contextmanager
+def served(target: str, tmp_path: Path, *extra: str, **env: str) -> Iterator[ServerProcess]:
+    """``swoolish serve TARGET`` without ``--workers`` (unlike support.serving), so the
+    environment and the app's code decide."""
+    port = free_port()
+    args = ["serve", target, "--port", str(port), *extra]
+    server = ServerProcess(args, port, ROOT, tmp_path / f"server-{port}.log", env=env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def workers_announced(server: ServerProcess) -> int:
+    (count,) = server.wait_for_log(r"listening on \S+ with (\d+) workers?\b")
+    return int(count)
+
+
+def assert_serves(server: ServerProcess, workers: int) -> None:
+    server.wait_ready(workers)
+    assert workers_announced(server) == workers
+    assert len(server.workers()) == workers
+    assert len(re.findall(r"\) serving", server.log())) == workers
+
+
+def test_worker_num_from_the_environment(tmp_path):
+    with served(ECHO, tmp_path, SWOOLISH_WORKER_NUM="2") as server:
+        assert_serves(server, 2)
+
+
+def test_the_command_line_wins_over_the_environment(tmp_path):
+    with served(ECHO, tmp_path, "--workers", "3", SWOOLISH_WORKER_NUM="2") as server:
+        assert_serves(server, 3)
+
+
+def test_the_environment_wins_over_the_apps_code(tmp_path):
+    app = write_app(
+        tmp_path,
+        """
+        from swoolish import WebSocketServer
+        server = WebSocketServer(worker_num=2)
+        """,
+    )
+    with served(f"{app}:server", tmp_path, SWOOLISH_WORKER_NUM="1") as server:
+        assert_serves(server, 1)
+    with served(f"{app}:server", tmp_path) as server:  # without it, the code's 2
+        assert_serves(server, 2)
+
+
+def test_a_bad_value_is_one_line_naming_the_variable_and_exit_2():
+    result = run_cli("serve", ECHO, SWOOLISH_PORT="abc")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("swoolish: SWOOLISH_PORT='abc': ")
+    assert result.stdout == ""
+
+
+def test_an_unknown_variable_is_a_warning_and_the_server_serves(tmp_path):
+    with served(ECHO, tmp_path, SWOOLISH_WORKERS="2") as server:
+        assert_serves(server, 1)
+        lines = server.log().splitlines()
+    assert lines[0] == "swoolish: warning: SWOOLISH_WORKERS names no setting; ignored"
+    assert sum("SWOOLISH_WORKERS" in line for line in lines) == 1
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"swoolish {__version__}\n" == "swoolish 0.1.0\n"

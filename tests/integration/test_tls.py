@@ -1,0 +1,395 @@
+"""TLS (--ssl-certfile): wss:// and https:// on real processes, real clients, real files.
+
+Certificates come from ``trustme`` (a throw-away CA) written into the test's directory.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+import trustme
+from support import (
+    free_port,
+    masked_frame,
+    run_cli,
+    serving,
+    timeout,
+    upgrade,
+    wait_until,
+    write_app,
+)
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+APP = """
+    import json
+    from swoolish import WebSocketServer
+
+    server = WebSocketServer()
+
+    def describe(request):
+        return json.dumps({
+            "path": request.path,
+            "remote_addr": request.remote_addr,
+            "scheme": request.scheme,
+            "gen": server.generation,
+        })
+
+    @server.on("open")
+    def on_open(server, request):
+        if request.path == "/who":
+            server.push(request.fd, describe(request))
+
+    @server.on("message")
+    def on_message(server, frame):
+        if frame.data == "gen":
+            server.push(frame.fd, str(server.generation))
+        else:
+            server.push(frame.fd, frame.data)
+
+    @server.on("request")
+    def on_request(request, response):
+        response.header("Content-Type", "application/json")
+        response.end(describe(request))
+"""
+
+
+class Certs:
+    """A CA and a server certificate for 127.0.0.1, written to files a server reads."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.cert = directory / "server.pem"
+        self.key = directory / "server.key"
+        self.ca_file = directory / "ca.pem"
+        self.issue()
+
+    def issue(self) -> None:
+        """A new CA and a new server certificate, written over the same paths."""
+        self.ca = trustme.CA()
+        leaf = self.ca.issue_cert("127.0.0.1", "localhost")
+        leaf.cert_chain_pems[0].write_to_path(str(self.cert))
+        leaf.private_key_pem.write_to_path(str(self.key))
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self.der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+
+    def options(self) -> tuple[str, ...]:
+        return ("--ssl-certfile", str(self.cert), "--ssl-keyfile", str(self.key))
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture
+def certs(tmp_path):
+    return Certs(tmp_path)
+
+
+@pytest.fixture
+def app(tmp_path):
+    return str(write_app(tmp_path, APP)) + ":server"
+
+
+def wss(server, certs, path="/", **kwargs):
+    return connect(
+        f"wss://127.0.0.1:{server.port}{path}",
+        ssl=certs.client_context(),
+        open_timeout=timeout(5),
+        close_timeout=timeout(5),
+        **kwargs,
+    )
+
+
+def tls_socket(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout(5))
+    return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_wss_echo_and_https_answer(tmp_path, certs, app):
+    """1. serve with --ssl-certfile/--ssl-keyfile  2. a websockets client trusting the CA
+    echoes over wss://, and the open handler sees scheme wss  3. curl --cacert gets an
+    HTTP answer over https:// that says https  4. the log says the master serves TLS."""
+    with serving(app, tmp_path, *certs.options()) as server:
+        with wss(server, certs, "/who") as ws:
+            who = json.loads(ws.recv(timeout=timeout(5)))
+            assert who["scheme"] == "wss" and who["remote_addr"] == "127.0.0.1"
+            ws.send("hello over TLS")
+            assert ws.recv(timeout=timeout(5)) == "hello over TLS"
+        answer = subprocess.run(
+            [
+                "/usr/bin/curl",
+                "-sS",
+                "--cacert",
+                str(certs.ca_file),
+                f"https://127.0.0.1:{server.port}/page",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout(15),
+        )
+        assert answer.returncode == 0, answer.stderr
+        page = json.loads(answer.stdout)
+        assert page == {"path": "/page", "remote_addr": "127.0.0.1", "scheme": "https", "gen": 1}
+        assert "listening on 127.0.0.1:" in server.log() and "(TLS)" in server.log()
+
+
+def test_alpn_is_http11(tmp_path, certs, app):
+    """A client offering h2 and http/1.1 gets http/1.1 (the server offers nothing else)."""
+    with serving(app, tmp_path, *certs.options()) as server:
+        context = certs.client_context()
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with tls_socket(server.port, context) as sock:
+            assert sock.selected_alpn_protocol() == "http/1.1"
+            assert sock.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_plain_http_on_the_tls_port_gets_no_answer(tmp_path, certs, app):
+    """A client speaking plain HTTP to the TLS port is not served (no HTTP answer)."""
+    with serving(app, tmp_path, *certs.options()) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=timeout(5)) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            try:
+                while chunk := sock.recv(4096):
+                    received += chunk
+            except ConnectionResetError:
+                pass
+            assert not received.startswith(b"HTTP/")
+        with wss(server, certs) as ws:  # and the worker still serves TLS clients
+            ws.send("still here")
+            assert ws.recv(timeout=timeout(5)) == "still here"
+
+
+def test_a_client_that_never_starts_tls_is_dropped(tmp_path, certs, app):
+    """The TLS handshake has handshake_timeout too: a silent client is disconnected."""
+    with serving(app, tmp_path, *certs.options(), "--handshake-timeout", "0.5") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=timeout(10)) as sock:
+            try:
+                assert sock.recv(4096) == b""  # the server hung up, having sent nothing
+            except ConnectionResetError:
+                pass
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ("missing", "No such file or directory"),
+        ("garbage", "no PEM certificate chain with an unencrypted private key found"),
+        ("mismatch", "the private key does not match the certificate"),
+    ],
+)
+def test_a_certificate_that_does_not_load_stops_the_start(tmp_path, certs, app, files, reason):
+    """A bad certificate: exit status 2 and one line on stderr, before anything serves."""
+    cert, key = certs.cert, certs.key
+    if files == "missing":
+        cert = tmp_path / "nowhere.pem"
+    elif files == "garbage":
+        cert.write_text("not a certificate\n")
+    else:
+        other = trustme.CA().issue_cert("127.0.0.1")
+        other.private_key_pem.write_to_path(str(key))
+    port = free_port()
+    result = run_cli(
+        "serve", app, "--port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"swoolish: cannot load TLS certificate {cert}"), lines[0]
+    assert lines[0].endswith(reason), lines[0]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_client_cert_options_without_what_they_need_stop_the_start(tmp_path, certs, app):
+    result = run_cli("serve", app, "--port", "0", *certs.options(), "--ssl-client-cert", "required")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "swoolish: ssl_client_cert=required needs ssl_ca_file (--ssl-ca-certs): the CA "
+        "bundle client certificates are verified against"
+    ]
+
+
+def test_reload_closes_a_tls_websocket_once_with_1012(tmp_path, certs, app):
+    """1. a wss client is connected  2. SIGUSR1  3. its connection cannot move (TLS state
+    lives in the old worker): it gets exactly one close frame, 1012, and the drain counts
+    it as fell back ('TLS')  4. the client reconnects and is served by generation 2."""
+    with serving(app, tmp_path, *certs.options()) as server:
+        with tls_socket(server.port, certs.client_context()) as sock:
+            rest = upgrade(sock)  # a raw client sees every frame the server sends
+            server.signal(signal.SIGUSR1)
+            assert _close_codes(sock, rest) == [1012]
+        server.wait_for_log(
+            r"0 moved to the new worker .* 1 fell back to a 1012 close \{'TLS': 1\}"
+        )
+        with wss(server, certs) as ws:
+            ws.send("gen")
+            assert ws.recv(timeout=timeout(5)) == "2"
+
+
+def test_reload_close_seen_by_a_websockets_client(tmp_path, certs, app):
+    """The same as a library client sees it: ConnectionClosed with code 1012, once."""
+    with serving(app, tmp_path, *certs.options()) as server:
+        with wss(server, certs) as ws:
+            ws.send("gen")
+            assert ws.recv(timeout=timeout(5)) == "1"
+            server.signal(signal.SIGUSR1)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=timeout(15))
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        wait_until(lambda: "reload to generation 2 complete" in server.log(), what="reload")
+        with wss(server, certs) as ws:
+            ws.send("gen")
+            assert ws.recv(timeout=timeout(5)) == "2"
+
+
+def test_a_renewed_certificate_is_served_after_a_reload(tmp_path, certs, app):
+    """1. serve certificate A  2. write certificate B (another CA, another serial) over
+    the same files  3. before the reload new connections still get A  4. reload --wait
+    5. new connections get B, and B's CA verifies them."""
+    with serving(app, tmp_path, *certs.options(), "--pid-file", str(tmp_path / "pid")) as server:
+        first = certs.der
+        assert _served_certificate(server.port) == first
+        certs.issue()
+        assert certs.der != first
+        assert _served_certificate(server.port) == first, "read again only by new workers"
+        result = run_cli("reload", "--wait", "--pid-file", str(tmp_path / "pid"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert _served_certificate(server.port) == certs.der
+        with wss(server, certs) as ws:  # trusting only the new CA
+            ws.send("renewed")
+            assert ws.recv(timeout=timeout(5)) == "renewed"
+
+
+def test_a_renewed_certificate_that_does_not_load_rolls_the_reload_back(tmp_path, certs, app):
+    """A broken renewal: the new workers fail at boot, the reload is rolled back, and the
+    old workers go on serving the old certificate."""
+    with serving(app, tmp_path, *certs.options(), "--pid-file", str(tmp_path / "pid")) as server:
+        first = certs.der
+        certs.key.write_text("broken\n")
+        result = run_cli("reload", "--wait", "--pid-file", str(tmp_path / "pid"))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "cannot load TLS certificate" in server.log()
+        assert "cannot load TLS certificate" in result.stdout, "the reload's result says why"
+        assert _served_certificate(server.port) == first
+
+
+class TestClientCertificates:
+    """--ssl-ca-certs with --ssl-client-cert required (and optional)."""
+
+    def serve(self, tmp_path, certs, app, mode):
+        options = (*certs.options(), "--ssl-ca-certs", str(certs.ca_file))
+        return serving(app, tmp_path, *options, "--ssl-client-cert", mode)
+
+    def test_required_refuses_a_client_without_a_certificate(self, tmp_path, certs, app):
+        with self.serve(tmp_path, certs, app, "required") as server:
+            assert _https_get(server.port, certs.client_context()) is None
+
+    def test_required_refuses_a_certificate_of_another_ca(self, tmp_path, certs, app):
+        with self.serve(tmp_path, certs, app, "required") as server:
+            context = certs.client_context()
+            trustme.CA().issue_cert("intruder@example.com").configure_cert(context)
+            assert _https_get(server.port, context) is None
+
+    def test_required_serves_a_client_with_a_certificate_of_the_ca(self, tmp_path, certs, app):
+        with self.serve(tmp_path, certs, app, "required") as server:
+            context = certs.client_context()
+            certs.ca.issue_cert("client@example.com").configure_cert(context)
+            answer = _https_get(server.port, context)
+            assert answer is not None and answer.startswith(b"HTTP/1.1 200 ")
+            with connect(
+                f"wss://127.0.0.1:{server.port}/",
+                ssl=context,
+                open_timeout=timeout(5),
+                close_timeout=timeout(5),
+            ) as ws:
+                ws.send("with a certificate")
+                assert ws.recv(timeout=timeout(5)) == "with a certificate"
+
+    def test_optional_serves_clients_with_and_without(self, tmp_path, certs, app):
+        with self.serve(tmp_path, certs, app, "optional") as server:
+            assert (_https_get(server.port, certs.client_context()) or b"").startswith(
+                b"HTTP/1.1 200 "
+            )
+            context = certs.client_context()
+            trustme.CA().issue_cert("intruder@example.com").configure_cert(context)
+            assert _https_get(server.port, context) is None, "a certificate is still verified"
+
+
+def _https_get(port: int, context: ssl.SSLContext) -> bytes | None:
+    """The first bytes of the answer to a GET, or None if TLS refused us (before or,
+    with TLS 1.3, right after the handshake: the server's alert arrives on first read)."""
+    try:
+        with tls_socket(port, context) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = _read_to_eof(sock)
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return None
+    return data or None
+
+
+def _close_codes(sock: ssl.SSLSocket, data: bytes) -> list[int]:
+    """The code of every close frame the server sends until it hangs up; the first is
+    answered as RFC 6455 §5.5.1 asks, so the server completes its closing handshake."""
+    codes: list[int] = []
+    sock.settimeout(timeout(15))
+    while True:
+        while (frame := _next_frame(data)) is not None:
+            opcode, payload, data = frame
+            if opcode == 8:
+                codes.append(int.from_bytes(payload[:2], "big") if payload else 1005)
+                if len(codes) == 1:
+                    sock.sendall(masked_frame(8, payload[:2]))
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLZeroReturnError, ConnectionResetError):
+            return codes
+        if not chunk:
+            return codes
+        data += chunk
+
+
+def _next_frame(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """(opcode, payload, rest) of the first whole unmasked frame in ``data``, or None."""
+    if len(data) < 2:
+        return None
+    length, offset = data[1] & 0x7F, 2
+    if length == 126:
+        length, offset = int.from_bytes(data[2:4], "big"), 4
+    elif length == 127:
+        length, offset = int.from_bytes(data[2:10], "big"), 10
+    if len(data) < offset + length:
+        return None
+    return data[0] & 0x0F, data[offset : offset + length], data[offset + length :]
+
+
+def _read_to_eof(sock: ssl.SSLSocket) -> bytes:
+    data = b""
+    sock.settimeout(timeout(10))
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ssl.SSLZeroReturnError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _served_certificate(port: int) -> bytes:
+    """The DER certificate the server presents to a new connection (not verified)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with tls_socket(port, context) as sock:
+        der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return der

@@ -1,0 +1,90 @@
+"""The pure parts of the master's metrics endpoint and systemd notifier: request
+parsing, the retired-workers tally, NOTIFY_SOCKET addresses (master/metrics.py,
+master/notify.py). The served endpoint is tested in tests/integration/test_metrics.py."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from swoolish.master.metrics import (
+    Snapshot,
+    Tally,
+    WorkerSample,
+    parse_request,
+    registry_for,
+    render,
+)
+from swoolish.master.notify import Notifier, address_of
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"GET /metrics HTTP/1.1\r\nHost: x", ("GET", "/metrics")),
+        (b"GET /metrics?name[]=a HTTP/1.0", ("GET", "/metrics")),
+        (b"HEAD /healthz HTTP/1.1\r\nA: b\r\nC:d", ("HEAD", "/healthz")),
+        (b"GET http://host:9109/metrics HTTP/1.1", ("GET", "/metrics")),
+        (b"GET /metrics HTTP/2.0", None),
+        (b"GET  /metrics HTTP/1.1", None),
+        (b"GET /metrics", None),
+        (b"get /metrics HTTP/1.1", None),
+        (b"GET metrics HTTP/1.1", None),
+        (b"GET /metrics HTTP/1.1\r\nno colon here", None),
+        (b"GET /m\xe9trics HTTP/1.1", None),
+        (b"", None),
+    ],
+)
+def test_parse_request(head, expected):
+    assert parse_request(head) == expected
+
+
+def test_totals_keep_exited_workers_and_never_go_down():
+    tally = Tally()
+    old = WorkerSample(0, 10, 1, "stopping", {"messages_in": 5, "connections": 2})
+    new = WorkerSample(0, 11, 2, "serving", {"messages_in": 1, "connections": 2})
+    before = Snapshot(2, (old, new), tally, 0)
+    assert (before.total("messages_in"), before.now("connections")) == (6, 4)
+    tally.retire(old.figures)
+    after = Snapshot(2, (new,), tally, 0)
+    assert (after.total("messages_in"), after.now("connections")) == (6, 2)
+    tally.retire({"messages_in": True, "connections": 7})  # not counters: ignored
+    assert after.total("messages_in") == 6 and tally.retired["connections"] == 0
+
+
+def test_exposition_parses_with_prometheus_client():
+    tally = Tally()
+    tally.reloads["rolled_back"] += 1
+    tally.handed_off({"moved": 3, "fell_back": 1})
+    snap = Snapshot(4, (WorkerSample(0, 1, 4, "serving", {"push_too_large": 2}),), tally, 7)
+    body, content_type = render(registry_for(lambda: snap))
+    assert content_type.startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert samples[("swoolish_generation", ())] == 4
+    assert samples[("swoolish_reloads_total", (("result", "rolled_back"),))] == 1
+    assert samples[("swoolish_reloads_total", (("result", "ok"),))] == 0
+    assert samples[("swoolish_handoff_moved_total", ())] == 3
+    assert samples[("swoolish_push_failures_total", (("reason", "too_large"),))] == 2
+    assert samples[("swoolish_routed_dropped_total", ())] == 7
+
+
+def test_notify_socket_addresses():
+    assert address_of("/run/systemd/notify") == "/run/systemd/notify"
+    assert address_of("@abstract/name") == b"\0abstract/name"
+    assert address_of("vsock:2:1234") is None
+
+
+def test_notifier_takes_the_variable_out_of_the_environment():
+    environ = {"NOTIFY_SOCKET": "@x", "OTHER": "1"}
+    notifier = Notifier.from_environ(environ)
+    try:
+        assert environ == {"OTHER": "1"} and notifier.active
+    finally:
+        notifier.close()
+    silent = Notifier.from_environ({})
+    assert not silent.active
+    silent.ready("nothing to tell")  # no socket: a no-op

@@ -12,5 +12,6 @@ echo "swoolish demo: open http://127.0.0.1:$PORT/ in a browser"
 echo "  reload it from another terminal:  bin/swoolish reload --pid-file $PID_FILE --wait"
 echo "  (or: bin/swoolish reload --port $PORT --wait, or kill -USR1 \$(cat $PID_FILE))"
 echo "  stop it: Ctrl-C, or bin/swoolish stop --pid-file $PID_FILE"
+echo "  with --reload (sh scripts/demo.sh --reload): edit examples/ticker.py, the page stays connected"
 exec "$VENV/bin/swoolish" serve examples/ticker.py:server --port "$PORT" --workers 2 \
   --pid-file "$PID_FILE" "$@"

@@ -490,6 +490,35 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="PORT",
     ),
     Setting(
+        "task_worker_num",
+        0,
+        _non_negative_int,
+        "Task worker processes next to the event workers, for server.task() and "
+        "taskwait() (0: none).",
+        "--task-workers",
+    ),
+    Setting(
+        "task_queue_size",
+        1024,
+        _positive_int,
+        "Tasks one task worker may hold (running and queued); when every task worker is "
+        "full, task() returns False and taskwait() raises.",
+    ),
+    Setting(
+        "max_request",
+        0,
+        _non_negative_int,
+        "Replace an event worker after it has handled this many HTTP requests and "
+        "WebSocket messages, its open WebSockets handed to its successor (0: never).",
+    ),
+    Setting(
+        "max_request_grace",
+        0,
+        _non_negative_int,
+        "Up to this many more before the replacement, chosen at random per worker, so "
+        "workers are not all replaced at once (gunicorn's max_requests_jitter).",
+    ),
+    Setting(
         "reload_on_change",
         False,
         _bool,

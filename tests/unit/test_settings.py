@@ -65,6 +65,7 @@ def test_cli_flags_keep_their_spellings_and_derive_the_rest():
         "ssl_ca_file": "--ssl-ca-certs",
         "reload_on_change": "--reload",
         "reload_dirs": "--reload-dir",
+        "task_worker_num": "--task-workers",
     }
     for setting in SETTINGS:
         assert setting.cli == kept.get(setting.name, "--" + setting.name.replace("_", "-"))

@@ -18,9 +18,11 @@ from .core.errors import SettingError
 from .core.settings import settings_from_environ
 from .master import watch
 from .master.supervisor import Master
+from .shared import memory
 from .shared.logs import capture_print, configure_logging
 from .shared.setup import WorkerSetup
-from .worker.process import App, run_worker
+from .worker.process import App, Worker, run_worker
+from .worker.taskworker import TaskWorker
 
 __all__ = ["run_script", "serve", "unsupported_platform"]
 
@@ -66,6 +68,7 @@ def _worker_main(
     spec: loader.AppSpec, overrides: dict[str, Any], expected: type[App], setup: WorkerSetup
 ) -> int:
     def load_fresh_app() -> App:
+        memory.enter_worker()  # the app's Tables and Atomics attach to the master's
         loader.purge_user_modules(loader.app_directory(spec))
         server = loader.load(spec, expected)
         server.settings.update(overrides)
@@ -73,7 +76,7 @@ def _worker_main(
 
     output = capture_print()  # print() in the app's code goes through the log
     try:
-        return run_worker(load_fresh_app, setup)
+        return run_worker(load_fresh_app, setup, TaskWorker if setup.task_worker else Worker)
     finally:
         output.finish()  # a worker leaves through os._exit: no atexit for it
 

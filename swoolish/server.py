@@ -278,6 +278,48 @@ class WebSocketServer:
             return False
         return worker.router.send(ToSlot(worker_id), Pipe(worker.worker_id, payload))
 
+    # ------------------------------------------------------------------ tasks (docs/tasks.md)
+
+    def task(
+        self,
+        data: Any,
+        dst_worker_id: int = -1,
+        callback: Callable[..., Any] | None = None,
+    ) -> int | bool:
+        """Hand ``data`` (anything picklable) to a task worker; returns the task id at once.
+
+        The least busy task worker takes it (``dst_worker_id`` ≥ 0: that one, counted
+        from 0 as in Swoole). Its result comes back to ``callback(server, task_id,
+        result)``, else to the ``finish`` handler, in this worker's loop; a task whose
+        handler raised brings the exception as the result. ``False`` when the task
+        workers it may go to hold ``task_queue_size`` tasks each: nothing was sent.
+        """
+        worker = self._require_worker("task")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        task_id = worker.task_client.submit(data, dst_worker_id, callback)
+        return False if task_id is None else task_id
+
+    async def taskwait(self, data: Any, timeout: float = 0.5, dst_worker_id: int = -1) -> Any:
+        """Run ``data`` in a task worker and return its result (``await``).
+
+        Raises the handler's exception (same type and message), ``TaskQueueFull`` when
+        the task workers are full, ``TaskError`` when its task worker died or stopped
+        before finishing it, and ``TimeoutError`` after ``timeout`` seconds (a result
+        arriving later is dropped and counted in ``task_results_late``).
+        """
+        worker = self._require_worker("taskwait")
+        return await worker.task_client.wait(data, timeout, dst_worker_id)
+
+    async def task_gather(
+        self, items: list[Any], timeout: float = 0.5, dst_worker_id: int = -1
+    ) -> list[Any]:
+        """Run each item as a task, at once, and return their results in order
+        (Swoole's ``taskWaitMulti``/``taskCo``); an item that failed, was refused or
+        got no result within ``timeout`` has its exception as its entry."""
+        worker = self._require_worker("task_gather")
+        return await worker.task_client.gather(list(items), timeout, dst_worker_id)
+
     # ------------------------------------------------------------------ process control
 
     def reload(self) -> bool:
@@ -352,3 +394,6 @@ class WebSocketServer:
     isEstablished = is_established
     getClientInfo = get_client_info
     sendMessage = send_message
+    taskWait = taskwait
+    taskWaitMulti = task_gather
+    taskCo = task_gather

@@ -237,8 +237,9 @@ def _describe_reload_event(event: dict[str, Any]) -> str:
     if kind == "started":
         return f"reload to generation {event['generation']} started"
     if kind == "ready":
+        which = "task worker" if event.get("kind") == "task" else "worker"
         return (
-            f"  worker {event['slot']} gen {event['generation']} (pid {event['pid']}) ready "
+            f"  {which} {event['slot']} gen {event['generation']} (pid {event['pid']}) ready "
             f"in {event['seconds']:.3f}s"
         )
     if kind == "waiting":
@@ -249,6 +250,11 @@ def _describe_reload_event(event: dict[str, Any]) -> str:
             moved = (
                 f", {plural(event['moved'], 'connection')} moved to the new worker, "
                 f"{event.get('fell_back', 0)} closed with 1012 instead"
+            )
+        if event.get("kind") == "task":
+            return (
+                f"  old task worker {event['slot']} (pid {event['pid']}) drained: "
+                f"{plural(event.get('tasks_done', 0), 'task')} done"
             )
         return f"  old {_describe_drained(event)}{moved}"
     if kind == "finished":
@@ -407,6 +413,7 @@ def render_status(report: dict[str, Any]) -> str:
     ]
     header = (
         "slot",
+        "kind",
         "pid",
         "gen",
         "state",
@@ -422,6 +429,7 @@ def render_status(report: dict[str, Any]) -> str:
         rows.append(
             (
                 str(w["slot"]),
+                w.get("kind", "event"),
                 str(w["pid"]),
                 str(w["generation"]),
                 w["state"],

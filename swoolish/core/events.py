@@ -27,6 +27,8 @@ WORKER_EVENTS: tuple[str, ...] = (
     "request",
     "close",
     "pipe_message",
+    "task",  # in a task worker: (server, task)
+    "finish",  # in the event worker that sent the task: (server, task_id, result)
     "worker_stop",
     "worker_exit",
     "handoff",

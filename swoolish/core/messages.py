@@ -11,11 +11,14 @@ Three conversations use them:
 * **worker → master** (the worker's channel): lifecycle (:class:`Ready`, :class:`Paused`,
   :class:`Exiting`, :class:`BootFailed`, :class:`BootStalled`), figures
   (:class:`WorkerFigures`), requests of the app (:class:`ReloadRequest`,
-  :class:`ShutdownRequest`, :class:`ServerStatsRequest`), and the routing of operations
+  :class:`ShutdownRequest`, :class:`ServerStatsRequest`), :class:`RecycleRequest`
+  (``max_request``), the routing of operations
   on other workers' sessions (:class:`Route`, :class:`Adopting`, :class:`Adopted`,
-  :class:`Release`, :class:`ReleaseDone`);
+  :class:`Release`, :class:`ReleaseDone`), and tasks (:class:`Task` from an event worker,
+  :class:`TaskResult` from a task worker);
 * **master → worker**: :class:`Serve`, :class:`Pause`, :class:`Stop`, :class:`StatsPoll`,
-  :class:`ServerStatsReply`, :class:`Routed`, :class:`Released`;
+  :class:`ServerStatsReply`, :class:`Routed`, :class:`Released`, and the same
+  :class:`Task` (to a task worker) and :class:`TaskResult` (to the task's sender);
 * **old worker ↔ new worker** (the hand-off channel of a reload): :class:`HandoffBatch`,
   :class:`HandoffAck`.
 
@@ -51,6 +54,7 @@ __all__ = [
     "Push",
     "PushMany",
     "Ready",
+    "RecycleRequest",
     "Release",
     "ReleaseDone",
     "Released",
@@ -64,6 +68,8 @@ __all__ = [
     "StatsPoll",
     "Stop",
     "Target",
+    "Task",
+    "TaskResult",
     "ToAll",
     "ToRegion",
     "ToSlot",
@@ -222,6 +228,13 @@ class ShutdownRequest(NamedTuple):
     """``server.shutdown()``: the app asks the master for a graceful shutdown."""
 
 
+class RecycleRequest(NamedTuple):
+    """The worker handled ``handled`` requests and messages (its ``max_request`` plus
+    its grace): it asks, once, to be replaced through the rolling machinery."""
+
+    handled: int
+
+
 class ServerStatsRequest(NamedTuple):
     """``await server.server_stats()``: every worker's figures, answered by
     :class:`ServerStatsReply` with the same ``request_id``."""
@@ -310,6 +323,34 @@ class Released(NamedTuple):
     batch: int
 
 
+# ------------------------------------------------------------------ tasks (docs/tasks.md)
+
+
+class Task(NamedTuple):
+    """``server.task()``: pickled ``payload`` for the ``task`` handler of task worker
+    ``slot`` (0 … task_worker_num - 1), which the sender chose and counted in the shared
+    task load; the master relays it to the task worker serving that slot now."""
+
+    task_id: int  # the sender's own number for it
+    src_worker: int  # the sender's worker_id
+    src_pid: int
+    slot: int
+    payload: bytes
+
+
+class TaskResult(NamedTuple):
+    """A task's one answer, relayed by the master to its sender: ``payload`` pickles the
+    result (``ok``) or the exception (not ``ok``); ``notify`` is False when the handler
+    returned None without ``task.finish()`` (no ``finish`` event, as in Swoole)."""
+
+    task_id: int
+    src_pid: int
+    slot: int
+    ok: bool
+    payload: bytes
+    notify: bool = True
+
+
 # ------------------------------------------------------------------ old worker <-> new worker
 
 HANDOFF_VERSION = 2
@@ -366,6 +407,7 @@ Message: TypeAlias = (
     | ReloadRequest
     | ShutdownRequest
     | ServerStatsRequest
+    | RecycleRequest
     | Route
     | Adopting
     | Adopted
@@ -378,6 +420,8 @@ Message: TypeAlias = (
     | ServerStatsReply
     | Routed
     | Released
+    | Task
+    | TaskResult
     | HandoffBatch
     | HandoffAck
 )
@@ -393,6 +437,7 @@ _CATALOGUE: frozenset[type] = frozenset(
         ReloadRequest,
         ShutdownRequest,
         ServerStatsRequest,
+        RecycleRequest,
         Route,
         Adopting,
         Adopted,
@@ -405,6 +450,8 @@ _CATALOGUE: frozenset[type] = frozenset(
         ServerStatsReply,
         Routed,
         Released,
+        Task,
+        TaskResult,
         HandoffBatch,
         HandoffAck,
     )

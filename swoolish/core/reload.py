@@ -31,12 +31,22 @@ never given to a later one, so one number always names one set of processes.
 
 Reload requests that arrive during a reload are coalesced into one more reload after
 the current one ends.
+
+A *recycle* (``max_request``, docs/reload.md) is the same roll for one slot: the
+worker that asked is replaced by a new worker of the same slot and generation (the
+generation counts reloads; the new worker imports the code on disk, like any worker
+forked for that slot). It boots, becomes ready, serves; then the old one pauses and
+stops, its WebSockets handed to its successor. One recycle or reload runs at a time:
+a recycle asked for meanwhile waits in a queue, and one whose worker a reload replaces
+is dropped. A recycle whose new worker fails rolls back like a reload (the old worker
+keeps serving) and is tried again after a back-off, doubling per failure of that slot.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 
 from .frames import SERVICE_RESTART
 
@@ -45,11 +55,13 @@ __all__ = [
     "Kill",
     "Pause",
     "Phase",
+    "Recycled",
     "ReloadPlan",
     "RequestAgain",
     "Serve",
     "Spawn",
     "Stop",
+    "recycle_point",
 ]
 
 
@@ -122,7 +134,33 @@ class RequestAgain:
     at: float
 
 
-Action = Spawn | Serve | Pause | Stop | Kill | Finished | RequestAgain
+@dataclasses.dataclass(frozen=True)
+class Recycled:
+    """A recycle of ``slot`` ended: ``old_pid`` was replaced by ``new_pid`` (``ok``), or
+    its new worker failed (``reason``) and ``old_pid`` keeps serving until the recycle
+    is tried again at ``retry_at``."""
+
+    slot: int
+    ok: bool
+    reason: str
+    old_pid: int
+    new_pid: int | None
+    started_at: float
+    ended_at: float
+    retry_at: float | None = None
+
+
+Action = Spawn | Serve | Pause | Stop | Kill | Finished | RequestAgain | Recycled
+
+
+def recycle_point(max_request: int, grace: int, randint: Callable[[int, int], int]) -> int:
+    """How many requests and messages one worker handles before it asks to be recycled:
+    ``max_request`` plus up to ``grace`` more, drawn once per worker with ``randint``
+    (``random.randint``: both ends included), so workers that started together are not
+    all replaced together (gunicorn's max_requests_jitter). 0 means never."""
+    if max_request <= 0:
+        return 0
+    return max_request + (randint(0, grace) if grace > 0 else 0)
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -159,6 +197,8 @@ class ReloadPlan:
         batch: int = 0,
         start_timeout: float = 10.0,
         pause_timeout: float = 1.0,
+        recycle_backoff: float = 1.0,
+        recycle_backoff_max: float = 60.0,
     ) -> None:
         if slots < 1:
             raise ValueError("a reload needs at least one slot")
@@ -176,6 +216,14 @@ class ReloadPlan:
         self._unpaused: set[int] = set()
         self._pause_deadline: float | None = None
         self._started_at = 0.0
+        self.recycle_backoff = recycle_backoff
+        self.recycle_backoff_max = recycle_backoff_max
+        self.recycling: int | None = None  # the slot being recycled (None: a reload)
+        self._recycled_pid = 0  # the worker that recycle replaces
+        self.recycles = 0  # recycles started
+        self._recycle_queue: dict[int, int] = {}  # pid -> slot, asked during a roll
+        self._recycle_retry: dict[int, tuple[int, float]] = {}  # pid -> (slot, when)
+        self._recycle_failures: dict[int, int] = {}  # slot -> recycles rolled back in a row
 
     # -- what the master asks
 
@@ -198,7 +246,14 @@ class ReloadPlan:
         ]
         if self._pause_deadline is not None:
             deadlines.append(self._pause_deadline)
+        if self.phase is Phase.IDLE:
+            deadlines += [when for _, when in self._recycle_retry.values()]
         return min(deadlines) if deadlines else None
+
+    @property
+    def recycles_waiting(self) -> int:
+        """Recycles asked for and not started yet (queued or backing off)."""
+        return len(self._recycle_queue) + len(self._recycle_retry)
 
     # -- events
 
@@ -214,6 +269,18 @@ class ReloadPlan:
         self._old = dict(serving)
         self._new = {slot: _NewWorker(slot) for slot in range(self.slots)}
         return self._spawn_next_batch()
+
+    def recycle(self, pid: int, now: float, serving: dict[int, int]) -> list[Action]:
+        """Worker ``pid`` handled its ``max_request`` and asks to be replaced;
+        ``serving`` maps pid -> slot of the live workers. Queued during a roll; ignored
+        for a worker that is not serving or whose recycle is backing off."""
+        slot = serving.get(pid)
+        if slot is None or pid in self._recycle_retry:
+            return []
+        if self.phase is not Phase.IDLE:
+            self._recycle_queue.setdefault(pid, slot)
+            return []
+        return self._begin_recycle(pid, slot, now)
 
     def spawned(self, slot: int, pid: int, now: float) -> list[Action]:
         worker = self._new.get(slot)
@@ -242,6 +309,8 @@ class ReloadPlan:
 
     def exited(self, pid: int, now: float, reason: str = "exited") -> list[Action]:
         """A worker process ended (for any reason)."""
+        self._recycle_queue.pop(pid, None)
+        self._recycle_retry.pop(pid, None)
         if self._old.pop(pid, None) is not None:
             # An old worker died mid-reload: nothing to pause or stop any more.
             self._unpaused.discard(pid)
@@ -274,7 +343,8 @@ class ReloadPlan:
             worker.stalled = where
 
     def tick(self, now: float) -> list[Action]:
-        """Time passed: enforce the start and pause deadlines."""
+        """Time passed: enforce the start and pause deadlines; idle, start a recycle
+        whose back-off is over."""
         if self.phase is Phase.BOOTING:
             for worker in self._new.values():
                 if worker.deadline is not None and now >= worker.deadline and not worker.ready:
@@ -288,6 +358,8 @@ class ReloadPlan:
             if now >= self._pause_deadline:
                 self._unpaused.clear()
                 return self._finish_if_paused(now)
+        elif self.phase is Phase.IDLE:
+            return self._retry_due_recycle(now)
         return []
 
     def abort(self) -> list[Action]:
@@ -301,6 +373,8 @@ class ReloadPlan:
             ]
         self._reset()
         self.pending = False
+        self._recycle_queue.clear()
+        self._recycle_retry.clear()
         return actions
 
     # -- internals
@@ -317,7 +391,8 @@ class ReloadPlan:
                 break
             if worker.boot is _Boot.WAITING:
                 worker.boot = _Boot.FORKING
-                actions.append(Spawn(worker.slot, self.latest))
+                generation = self.generation if self.recycling is not None else self.latest
+                actions.append(Spawn(worker.slot, generation))
                 room -= 1
         return actions
 
@@ -333,18 +408,81 @@ class ReloadPlan:
         if self._unpaused:
             return []
         actions: list[Action] = [Stop(pid) for pid in sorted(self._old)]
-        finished = self._finished(now, ok=True, reason="complete")
-        self.generation = self.latest
+        for pid in self._old:  # replaced: a recycle it asked for is done
+            self._recycle_queue.pop(pid, None)
+            self._recycle_retry.pop(pid, None)
+        finished: Finished | Recycled
+        if self.recycling is not None:
+            self._recycle_failures.pop(self.recycling, None)
+            finished = self._recycled(now, ok=True, reason="complete")
+        else:
+            finished = self._finished(now, ok=True, reason="complete")
+            self.generation = self.latest
         self._reset()
         return [*actions, finished, *self._start_pending(now)]
 
     def _roll_back(self, now: float, reason: str) -> list[Action]:
+        what = "recycle" if self.recycling is not None else "reload"
         actions: list[Action] = [
-            Kill(w.pid, "reload rolled back") for w in self._new.values() if w.pid is not None
+            Kill(w.pid, f"{what} rolled back") for w in self._new.values() if w.pid is not None
         ]
-        finished = self._finished(now, ok=False, reason=reason)
+        finished = (
+            self._recycle_failed(now, reason)
+            if self.recycling is not None
+            else self._finished(now, ok=False, reason=reason)
+        )
         self._reset()
         return [*actions, finished, *self._start_pending(now)]
+
+    def _begin_recycle(self, pid: int, slot: int, now: float) -> list[Action]:
+        self.recycles += 1
+        self.phase = Phase.BOOTING
+        self.recycling = slot
+        self._recycled_pid = pid
+        self._started_at = now
+        self._old = {pid: slot}
+        self._new = {slot: _NewWorker(slot)}
+        return self._spawn_next_batch()
+
+    def _recycled(
+        self, now: float, ok: bool, reason: str, retry_at: float | None = None
+    ) -> Recycled:
+        assert self.recycling is not None
+        worker = self._new[self.recycling]
+        return Recycled(
+            slot=self.recycling,
+            ok=ok,
+            reason=reason,
+            old_pid=self._recycled_pid,
+            new_pid=worker.pid,
+            started_at=self._started_at,
+            ended_at=now,
+            retry_at=retry_at,
+        )
+
+    def _recycle_failed(self, now: float, reason: str) -> Recycled:
+        """The old worker keeps serving; its recycle is tried again after a back-off
+        that doubles with each failure of the slot, so a broken app on disk is not
+        forked in a hot loop."""
+        assert self.recycling is not None
+        slot = self.recycling
+        failures = self._recycle_failures.get(slot, 0) + 1
+        self._recycle_failures[slot] = failures
+        delay = min(self.recycle_backoff_max, self.recycle_backoff * 2 ** (failures - 1))
+        retry_at = now + delay
+        for pid in self._old:  # empty if the old worker died meanwhile
+            self._recycle_retry[pid] = (slot, retry_at)
+        return self._recycled(
+            now, ok=False, reason=reason, retry_at=retry_at if self._old else None
+        )
+
+    def _retry_due_recycle(self, now: float) -> list[Action]:
+        """Idle: start the first recycle whose back-off is over."""
+        for pid, (slot, when) in list(self._recycle_retry.items()):
+            if now >= when:
+                del self._recycle_retry[pid]
+                return self._begin_recycle(pid, slot, now)
+        return []
 
     def _finished(self, now: float, ok: bool, reason: str) -> Finished:
         return Finished(
@@ -360,14 +498,19 @@ class ReloadPlan:
 
     def _start_pending(self, now: float) -> list[Action]:
         """A coalesced request is due. The serving set after a reload is the master's
-        to give (it knows which processes are alive), so it is asked for it."""
-        if not self.pending:
-            return []
-        self.pending = False
-        return [RequestAgain(now)]
+        to give (it knows which processes are alive), so it is asked for it. A reload
+        goes first (it replaces every worker anyway); else the next queued recycle."""
+        if self.pending:
+            self.pending = False
+            return [RequestAgain(now)]
+        if self._recycle_queue:
+            pid = next(iter(self._recycle_queue))
+            return self._begin_recycle(pid, self._recycle_queue.pop(pid), now)
+        return self._retry_due_recycle(now)
 
     def _reset(self) -> None:
         self.phase = Phase.IDLE
+        self.recycling = None
         self._old = {}
         self._new = {}
         self._unpaused = set()

@@ -120,6 +120,7 @@ class Tally:
     handoff_moved: int = 0
     handoff_fell_back: int = 0
     worker_restarts: int = 0  # workers that died without being told to stop
+    recycles: Counter[str] = dataclasses.field(default_factory=Counter)  # max_request: ok / …
 
     def retire(self, figures: Mapping[str, Any]) -> None:
         """Keep an exited worker's final counters, so the totals never go down."""
@@ -221,6 +222,14 @@ class _SnapshotCollector:
             "Workers that died without being told to stop (a crash, a signal from outside).",
             value=tally.worker_restarts,
         )
+        recycles = family(
+            "swoolish_worker_recycles",
+            "Workers replaced after max_request, by result (rolled_back: the old one kept on).",
+            labels=["result"],
+        )
+        for result in ("ok", "rolled_back"):
+            recycles.add_metric([result], tally.recycles.get(result, 0))
+        yield recycles
 
     @staticmethod
     def _rss(snap: Snapshot, family: type[GaugeMetricFamily]) -> Metric:

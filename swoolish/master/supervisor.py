@@ -36,12 +36,14 @@ from setproctitle import setproctitle
 
 from ..core import messages as msg
 from ..core.events import Handlers
+from ..core.frames import SERVICE_RESTART
 from ..core.messages import Message
 from ..core.reload import (
     Action,
     Finished,
     Kill,
     Pause,
+    Recycled,
     ReloadPlan,
     RequestAgain,
     Serve,
@@ -61,6 +63,7 @@ from .listeners import bind, bind_unix, unlink_unix
 from .metrics import MetricsServer, Snapshot, Tally, WorkerSample
 from .notify import Notifier
 from .pidfile import PidFile
+from .tasks import TaskRelay
 from .watch import SUFFIXES, Watcher
 from .watch import parse as parse_watcher_line
 
@@ -100,6 +103,7 @@ class WorkerProcess:
     region: int | None = None  # its region of the shared session table
     dropped: int = 0  # routed operations dropped because its queue was full
     congested: bool = False  # its queue is full now (logged once per episode)
+    kind: str = "event"  # "event", or "task": a task worker (master/tasks.py)
 
 
 @dataclasses.dataclass
@@ -181,6 +185,13 @@ class Master:
         self._progress_polled: set[int] = set()  # pids asked, not answered yet
         self._status_requests: list[StatusRequest] = []
         self.reload_history: list[dict[str, Any]] = []
+        # Task workers take the worker_ids after the event workers' (docs/tasks.md).
+        self.relay = TaskRelay(
+            self.settings.worker_num,
+            self.settings.task_worker_num,
+            lambda pid, message, essential: self._send(pid, message, essential=essential),
+            self._retire_task_worker,
+        )
         self._duties: dict[type, Callable[[WorkerProcess, Any, float], None]] = {
             msg.Ready: self._on_ready,
             msg.Paused: self._on_paused,
@@ -196,6 +207,9 @@ class Master:
             msg.ServerStatsRequest: self._on_server_stats_request,
             msg.ReloadRequest: self._on_reload_request,
             msg.ShutdownRequest: self._on_shutdown_request,
+            msg.Task: lambda proc, message, now: self.relay.submitted(message),
+            msg.TaskResult: lambda proc, message, now: self.relay.answered(proc.pid, message),
+            msg.RecycleRequest: self._on_recycle_request,
         }
 
     @property
@@ -237,6 +251,8 @@ class Master:
         try:
             self._start_watcher()
             for slot in range(self.settings.worker_num):
+                self._spawn(slot, self.generation)
+            for slot in self.relay.slots():
                 self._spawn(slot, self.generation)
             return self._loop()
         finally:
@@ -452,7 +468,8 @@ class Master:
         if self.stopping:
             return False
         if self.plan.active:
-            log.info("%s: reload requested during a reload; one more will follow it", source)
+            rolling = "a recycle" if self.plan.recycling is not None else "a reload"
+            log.info("%s: reload requested during %s; one more will follow it", source, rolling)
         else:
             upcoming = self.plan.latest + 1  # a rolled-back generation's number is not reused
             log.info(
@@ -474,7 +491,9 @@ class Master:
         return {
             proc.pid: proc.slot
             for proc in self.workers.values()
-            if proc.state in ("booting", "serving") and not self.plan.owns(proc.pid)
+            if proc.state in ("booting", "serving")
+            and not self.plan.owns(proc.pid)
+            and proc.kind == "event"
         }
 
     def _execute(self, actions: list[Action]) -> None:
@@ -500,6 +519,8 @@ class Master:
                 self._reload_finished(action)
             elif isinstance(action, RequestAgain):
                 self.request_reload("coalesced request")
+            elif isinstance(action, Recycled):
+                self._recycle_finished(action)
 
     def _reload_finished(self, result: Finished) -> None:
         seconds = result.ended_at - result.started_at
@@ -545,6 +566,8 @@ class Master:
             "seconds": round(seconds, 4),
         }
         old = {pid for pid in result.old_pids if pid in self.workers}
+        if result.ok:
+            old |= self._roll_task_workers()
         if result.ok and old:
             for client in self._reload_waiters:
                 client.send(finished)
@@ -560,7 +583,7 @@ class Master:
         serving = {
             p.slot
             for p in self.workers.values()
-            if p.generation == self.generation and p.state == "serving"
+            if p.generation == self.generation and p.state == "serving" and p.kind == "event"
         }
         if len(serving) >= self.settings.worker_num:
             self.notifier.ready(self._serving_status())
@@ -677,6 +700,7 @@ class Master:
             client.send({"event": "finished", "ok": False, "reason": "server shutting down"})
             self._drop_control(client)
         self._reload_waiters, self._next_reload_waiters = [], []
+        self.relay.close()
         deadline = self._stop_deadline()
         for proc in list(self.workers.values()):
             self._stop_worker(proc, 1001, deadline)
@@ -685,18 +709,19 @@ class Master:
         return time.monotonic() + self.settings.max_wait_time + SHUTDOWN_GRACE
 
     def _successor(self, proc: WorkerProcess) -> WorkerProcess | None:
-        """The new worker of ``proc``'s slot, if it can adopt ``proc``'s connections."""
-        return next(
-            (
-                p
-                for p in self.workers.values()
-                if p.slot == proc.slot
-                and p.generation == self.generation
-                and p.state == "serving"
-                and p.inbox is not None
-            ),
-            None,
-        )
+        """The new worker of ``proc``'s slot, if it can adopt ``proc``'s connections: the
+        newest one serving. A recycle's successor has ``proc``'s generation, and ``proc``
+        may still count as serving (its pause unconfirmed), so it is left out by name."""
+        candidates = [
+            p
+            for p in self.workers.values()
+            if p is not proc
+            and p.slot == proc.slot
+            and p.generation == self.generation
+            and p.state == "serving"
+            and p.inbox is not None
+        ]
+        return max(candidates, key=lambda p: p.started, default=None)
 
     def _stop_worker(
         self,
@@ -753,14 +778,18 @@ class Master:
 
     def _spawn(self, slot: int, generation: int) -> WorkerProcess:
         parent, child = ipc.channel_pair(CHANNEL_BUFFER)  # routed batches can be large
+        # A task worker serves no client: no adoption inbox, no session-table region.
+        task = self.relay.owns(slot)
         # The adoption inbox: the old worker of this slot will get our end of it in
         # its stop message, and move its connections through it (live hand-off).
         inbox, inbox_child = (
-            ipc.channel_pair(CHANNEL_BUFFER) if self.settings.reload_handoff else (None, None)
+            ipc.channel_pair(CHANNEL_BUFFER)
+            if self.settings.reload_handoff and not task
+            else (None, None)
         )
         master_pid = os.getpid()
-        region = self.table.claim(slot)
-        if region is None:
+        region = None if task else self.table.claim(slot)
+        if region is None and not task:
             log.warning(
                 "worker %d gen %d: no free session-table region; other workers will not "
                 "see its sessions",
@@ -783,6 +812,9 @@ class Master:
         proc = WorkerProcess(
             pid, slot, generation, channel, time.monotonic(), inbox=inbox, region=region
         )
+        if task:
+            proc.kind = "task"
+            self.relay.spawned(slot, generation)
         channel.on_backlog = lambda waiting: self._want_write(proc, waiting)
         self.workers[pid] = proc
         self.selector.register(channel, selectors.EVENT_READ, proc)
@@ -823,7 +855,8 @@ class Master:
                 proc.channel.close()
                 if proc.inbox is not None:
                     proc.inbox.close()
-            setproctitle(f"swoolish: worker {slot} gen {generation}")
+            task = self.relay.owns(slot)
+            setproctitle(f"swoolish: {'task worker' if task else 'worker'} {slot} gen {generation}")
             assert self.listen_sock is not None
             setup = WorkerSetup(
                 slot,
@@ -836,6 +869,8 @@ class Master:
                 self.table,
                 region,
                 start_timeout=self.settings.worker_start_timeout,
+                task_load=None if task else self.relay.load,
+                task_worker=task,
             )
             code = self.worker_main(setup)
         except BaseException:
@@ -899,6 +934,9 @@ class Master:
         if proc.state == "booting":
             proc.state = "serving"
         self.failures.pop(proc.slot, None)
+        if proc.kind == "task":
+            self._task_worker_ready(proc, now)
+            return
         if self.plan.owns(proc.pid):
             log.info(
                 "worker %d gen %d (pid %d) ready in %.3fs",
@@ -922,6 +960,55 @@ class Master:
             self._notify_first_ready()
         self._execute(self.plan.ready(proc.pid, now))
 
+    def _task_worker_ready(self, proc: WorkerProcess, now: float) -> None:
+        """A task worker is up: it takes its slot's new tasks; the one it replaces (a
+        reload's) is retired, and the reload's ``--wait`` clients hear of both."""
+        replaced = self.relay.book.accepting.get(proc.slot - self.relay.first)
+        log.info(
+            "task worker %d gen %d (pid %d) ready in %.3fs",
+            proc.slot,
+            proc.generation,
+            proc.pid,
+            now - proc.started,
+        )
+        if replaced is not None:
+            ready = {
+                "event": "ready",
+                "kind": "task",
+                "slot": proc.slot,
+                "pid": proc.pid,
+                "generation": proc.generation,
+                "seconds": round(now - proc.started, 4),
+            }
+            self._watch_drain(replaced, ready)
+        self.relay.ready(proc.pid, proc.slot, proc.generation)
+
+    def _retire_task_worker(self, pid: int) -> None:
+        """Stop a task worker whose slot a newer one serves: it finishes the tasks it
+        holds (up to max_wait_time), then exits; new tasks go to its successor."""
+        proc = self.workers.get(pid)
+        self.relay.stopping(pid)
+        if proc is not None:
+            self._stop_worker(proc, SERVICE_RESTART, self._stop_deadline())
+
+    def _roll_task_workers(self) -> set[int]:
+        """A reload completed: fork each task slot's worker of the new generation. The
+        old ones keep taking tasks until their successors are ready; returned, so the
+        reload's ``--wait`` clients follow them to their exit."""
+        old = {p.pid for p in self.workers.values() if p.kind == "task" and p.state == "serving"}
+        for slot in self.relay.slots():
+            self._spawn(slot, self.generation)
+        return old
+
+    def _release_retiring(self, proc: WorkerProcess) -> None:
+        """A new task worker died before it was ready: the old one of its slot keeps
+        taking tasks, and the reload's ``--wait`` clients stop waiting for it."""
+        if proc.ready_at is not None:
+            return
+        for other in self.workers.values():
+            if other.kind == "task" and other.slot == proc.slot and other.state == "serving":
+                self._watch_drain(other.pid, None)
+
     def _on_paused(self, proc: WorkerProcess, message: msg.Paused, now: float) -> None:
         if proc.state == "serving":
             proc.state = "paused"
@@ -934,6 +1021,8 @@ class Master:
             "seconds": message.seconds,
             **(message.handoff or {}),
         }
+        if proc.kind == "task":
+            figures.update(kind="task", tasks_done=proc.stats.get("tasks_done", 0))
         self.tally.handed_off(message.handoff)
         proc.drained = True
         self._log_drained(proc, figures)
@@ -999,6 +1088,49 @@ class Master:
     ) -> None:
         self.request_reload(f"worker {proc.slot} (server.reload())")
 
+    def _on_recycle_request(
+        self, proc: WorkerProcess, message: msg.RecycleRequest, now: float
+    ) -> None:
+        """max_request: replace this one worker through the rolling machinery (its
+        WebSockets move to its successor), one recycle at a time, never during a
+        reload (docs/reload.md, "Recycling")."""
+        serving = self._serving()
+        if self.stopping or proc.pid not in serving:
+            return  # stopping already: its replacement, if any, is under way
+        busy = self.plan.active
+        log.info(
+            "worker %d (pid %d) handled %d requests: recycling%s",
+            proc.slot,
+            proc.pid,
+            message.handled,
+            " after the reload or recycle in progress" if busy else "",
+        )
+        self._execute(self.plan.recycle(proc.pid, now, serving))
+
+    def _recycle_finished(self, result: Recycled) -> None:
+        seconds = result.ended_at - result.started_at
+        if result.ok:
+            log.info(
+                "worker %d recycled in %.3fs: pid %d replaced by pid %d",
+                result.slot,
+                seconds,
+                result.old_pid,
+                result.new_pid or 0,
+            )
+        else:
+            retry = ""
+            if result.retry_at is not None:
+                retry = f"; next try in {max(0.0, result.retry_at - result.ended_at):.1f}s"
+            log.error(
+                "recycle of worker %d (pid %d) rolled back after %.3fs: %s; it keeps serving%s",
+                result.slot,
+                result.old_pid,
+                seconds,
+                result.reason,
+                retry,
+            )
+        self.tally.recycles["ok" if result.ok else "rolled_back"] += 1
+
     def _on_shutdown_request(
         self, proc: WorkerProcess, message: msg.ShutdownRequest, now: float
     ) -> None:
@@ -1061,6 +1193,9 @@ class Master:
         self._progress_polled.discard(proc.pid)
         now = time.monotonic()
         how = describe_status(status)
+        if proc.kind == "task":
+            self.relay.gone(proc.pid, proc.slot, f"exited ({how})")
+            self._release_retiring(proc)
         self._tell_stop_waiters(
             {
                 "event": "exited",
@@ -1105,7 +1240,7 @@ class Master:
     def _spawn_missing(self, now: float) -> None:
         """Keep one live worker per slot (after crashes, and after a rollback)."""
         filled = {p.slot for p in self.workers.values() if p.state in ("booting", "serving")}
-        for slot in range(self.settings.worker_num):
+        for slot in [*range(self.settings.worker_num), *self.relay.slots()]:
             if slot in filled:
                 self.respawn_at.pop(slot, None)
                 continue
@@ -1326,12 +1461,19 @@ class Master:
                 "handoff_forced_releases": self.switchboard.forced_releases,
                 "handoff_expired_operations": self.switchboard.expired_parked,
                 "worker_restarts": self.tally.worker_restarts,
+                "task_results_dropped": self.relay.results_dropped,
+                "tasks_failed": self.relay.failed,
+                "recycles": self.plan.recycles,
+                "recycles_total": dict(self.tally.recycles),
+                "recycles_waiting": self.plan.recycles_waiting,
                 "reloads_total": dict(self.tally.reloads),
             },
             "workers": [
                 {
                     "pid": proc.pid,
                     "slot": proc.slot,
+                    "kind": proc.kind,
+                    "tasks": self.relay.book.holding(proc.pid),
                     "generation": proc.generation,
                     "state": proc.state,
                     "connections": proc.stats.get("websocket_connections", 0),

@@ -7,6 +7,7 @@ import socket
 
 from .ids import IdSource
 from .table import SessionTable
+from .taskload import TaskLoad
 
 __all__ = ["EXIT_BOOT_ERROR", "WorkerSetup"]
 
@@ -27,3 +28,5 @@ class WorkerSetup:
     table: SessionTable | None = None  # the server-wide session table
     region: int | None = None  # our region of it
     start_timeout: float | None = None  # worker_start_timeout, as the master enforces it
+    task_load: TaskLoad | None = None  # what each task worker slot holds (docs/tasks.md)
+    task_worker: bool = False  # a task worker: runs tasks, serves no client

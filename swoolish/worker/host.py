@@ -57,6 +57,7 @@ class WorkerHost(Protocol):
     live: set[Any]  # every connection with a transport, closing ones included
     timers: TimerWheel
     draining: bool
+    handled_left: int = -1  # requests and messages before max_request (below 0: never)
 
     @property
     def ids(self) -> SessionIds:
@@ -76,6 +77,9 @@ class WorkerHost(Protocol):
         """Send ``message`` to the master."""
 
     def clear_bound_timers(self, sid: int) -> None: ...
+
+    def handled_enough(self) -> None:
+        """``handled_left`` reached 0: ask the master to recycle this worker."""
 
     def established_while_draining(self, conn: Any) -> None:
         """A handshake completed after this worker stopped accepting."""

@@ -354,6 +354,9 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._access = (request, time.perf_counter())
         handler = worker.handler("request")
         worker.stats["requests"] += 1
+        worker.handled_left -= 1
+        if not worker.handled_left:
+            worker.handled_enough()
         if handler is None:
             # docs/quickstart.md: a plain HTTP request when the app serves only WebSockets.
             self._reject(

@@ -19,6 +19,7 @@ import ctypes
 import inspect
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
@@ -39,6 +40,7 @@ from ..core.messages import (
     Pause,
     Paused,
     Ready,
+    RecycleRequest,
     Released,
     Routed,
     Serve,
@@ -46,8 +48,10 @@ from ..core.messages import (
     ServerStatsRequest,
     StatsPoll,
     Stop,
+    TaskResult,
     WorkerFigures,
 )
+from ..core.reload import recycle_point
 from ..core.settings import Settings
 from ..core.stats import COUNTERS, totals
 from ..shared import ipc, tls
@@ -61,6 +65,7 @@ from .handoff import Adopter, hand_off
 from .http import HttpConnection
 from .router import Router
 from .sessions import SessionMap
+from .tasks import TaskClient
 from .websocket import WsConnection
 
 __all__ = ["App", "Worker", "run_worker"]
@@ -105,6 +110,8 @@ class Worker:
         self.connections: SessionMap = SessionMap(writer)
         self.router = Router(self, table, region, self.channel)
         self.connections.on_adopt = self.router.adopted
+        # server.task() and its answers (docs/tasks.md); None load: no task workers
+        self.task_client = TaskClient(self, setup.task_load, self._send_task)
         self._requests: dict[int, asyncio.Future[Any]] = {}  # server_stats() answers
         self._request_ids = 0
         self.live: set[Connection] = set()  # every transport, closing ones included
@@ -113,6 +120,12 @@ class Worker:
         self.draining = False
         self.stop_code = GOING_AWAY  # the close code of the drain, once stopping
         self.late_movers: list[WsConnection] | None = None  # see established_while_draining
+        # max_request: requests and messages left before this worker asks to be recycled
+        # (connections count it down; -1 and below: never). Its grace is drawn once here.
+        self.recycle_after = recycle_point(
+            self.settings.max_request, self.settings.max_request_grace, random.randint
+        )
+        self.handled_left = self.recycle_after or -1
         self.log = logging.getLogger(f"swoolish.worker.{worker_id}")
         self.loop = asyncio.get_event_loop()
         if self.channel is not None:
@@ -134,6 +147,7 @@ class Worker:
             Released: self._on_released,
             StatsPoll: self._on_stats_poll,
             ServerStatsReply: self._on_server_stats_reply,
+            TaskResult: self._on_task_result,
         }
         self._stop_requested: asyncio.Future[int] | None = None
         self._serve_allowed: asyncio.Future[None] = self.loop.create_future()
@@ -175,6 +189,21 @@ class Worker:
         cleared = self.timers.clear_bound(sid)
         if cleared:
             self.stats["bound_timers_cleared"] += cleared
+
+    def handled_enough(self) -> None:
+        """This worker handled ``max_request`` (plus its grace) requests and messages:
+        ask the master, once, to replace it through the rolling machinery, its open
+        WebSockets handed to its successor (docs/reload.md, "Recycling")."""
+        if self.draining or self.channel is None:
+            return
+        self.log.info(
+            "worker %d gen %d (pid %d) handled %d requests and messages: asking to be recycled",
+            self.worker_id,
+            self.generation,
+            os.getpid(),
+            self.recycle_after,
+        )
+        self.report(RecycleRequest(self.recycle_after))
 
     def request_stop(self, close_code: int) -> None:
         """Ask the serving loop to stop; the first request's close code wins."""
@@ -378,7 +407,11 @@ class Worker:
         deadline = self.loop.time() + self.settings.max_wait_time
         # Closing connections are no longer sessions but may still owe bytes (a close
         # frame, an answer, what a hand-off gave back): wait for every transport.
-        while self.loop.time() < deadline and (self.tasks or self.live):
+        # Answers of tasks this worker sent are awaited too: their finish handlers and
+        # callbacks still run here, and push to sessions that moved (docs/tasks.md).
+        while self.loop.time() < deadline and (
+            self.tasks or self.live or self.task_client.waiting
+        ):
             await asyncio.sleep(0.01)
         for conn in list(self.live):
             conn.abort()
@@ -484,6 +517,14 @@ class Worker:
         if future is not None and not future.done():
             future.set_result(message.status)
 
+    def _on_task_result(self, message: TaskResult) -> None:
+        self.task_client.on_result(message)
+
+    def _send_task(self, message: Message) -> bool:
+        """Queue a task for the master; False (the task is refused) once the channel's
+        queue is over its bound: tasks are not essential, the sender hears False."""
+        return self.channel is not None and self.channel.send(message)
+
     def report(self, message: Message) -> None:
         """Send ``message`` to the master (nothing without one: a test's bare worker).
 
@@ -495,8 +536,13 @@ class Worker:
             self.log.debug("worker %d: master channel closed or full", self.worker_id)
 
 
-def run_worker(load_server: Callable[[], App], setup: WorkerSetup) -> int:
-    """The body of a forked worker process; returns its exit code."""
+def run_worker(
+    load_server: Callable[[], App],
+    setup: WorkerSetup,
+    worker_type: Callable[[App, WorkerSetup], Worker] = Worker,
+) -> int:
+    """The body of a forked worker process; returns its exit code. ``worker_type`` is
+    ``TaskWorker`` for a task worker (swoolish.worker.taskworker)."""
     log = logging.getLogger(f"swoolish.worker.{setup.worker_id}")
     watch = _watch_boot(setup)
     try:
@@ -511,7 +557,7 @@ def run_worker(load_server: Callable[[], App], setup: WorkerSetup) -> int:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        worker = Worker(server, setup)
+        worker = worker_type(server, setup)
         worker.boot_watch = watch
         server.attach_worker(worker)
         return loop.run_until_complete(worker.serve())

@@ -468,6 +468,9 @@ class WsConnection(Connection, asyncio.Protocol):
                 message, opcode = payload, BINARY
             self.messages_in += 1
             worker.stats["messages_in"] += 1
+            worker.handled_left -= 1
+            if not worker.handled_left:
+                worker.handled_enough()  # max_request: asks once to be recycled
             self._dispatch(handler, (server, Frame(self.sid, message, opcode)))
             if self.closing or self.ws is None or self.ws.state is not OPEN:
                 # A handler closed the session: the client's reply to that close, and
@@ -529,6 +532,9 @@ class WsConnection(Connection, asyncio.Protocol):
         self.messages_in += 1
         worker = self._worker
         worker.stats["messages_in"] += 1
+        worker.handled_left -= 1
+        if not worker.handled_left:
+            worker.handled_enough()  # max_request: asks once to be recycled
         self._dispatch(
             worker.handler("message"), (worker.server, Frame(self.sid, data, self._frag_opcode))
         )

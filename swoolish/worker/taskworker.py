@@ -1,0 +1,284 @@
+"""A task worker process: runs ``task`` handlers, serves no client (docs/tasks.md).
+
+It is a :class:`~swoolish.worker.process.Worker` (the app imported fresh after the fork,
+``worker_start``/``worker_stop``/``worker_exit``, timers, logging, the master's channel,
+``server.push`` to any session through the master) that never accepts: it closes its
+copy of the listening socket and takes :class:`~swoolish.core.messages.Task` messages
+from the master instead.
+
+* A plain-function handler runs in the task worker's one handler thread, one task at a
+  time (Swoole's model): it may block (that is what task workers are for) while the
+  loop keeps reading the channel, firing timers and answering the master, so a
+  ``Stop`` is honoured once the running task ends. ``task.finish()`` may be called
+  from that thread; other server methods (``push``, ``Timer``) belong to the loop: use
+  an ``async def`` handler for them.
+* An ``async def`` handler runs on the loop; several run at once, at most
+  ``task_queue_size`` (the master never hands a slot more).
+* Every task gets exactly one answer: the first ``task.finish(result)``, else what the
+  handler returned, else the exception it raised (the same type and message reach the
+  sender). The answer goes back through the master.
+* On ``Stop`` (a reload retired it, or shutdown) it finishes the tasks it holds, for at
+  most ``max_wait_time``, answers the unfinished ones with a TaskError, then runs
+  ``worker_stop`` and ``worker_exit`` and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import inspect
+import os
+import pickle
+import threading
+from typing import Any
+
+from ..core.errors import TaskError
+from ..core.messages import Exiting, Ready, Task, TaskResult, WorkerFigures
+from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
+from . import timers
+from .process import App, Worker
+from .tasks import MAX_TASK_PAYLOAD
+
+__all__ = ["TaskRequest", "TaskWorker"]
+
+DRAIN_POLL = 0.01  # seconds between two looks at the tasks a stopping task worker holds
+
+
+class TaskRequest:
+    """What a ``task`` handler gets: ``id``, ``worker_id`` (the sender's) and ``data``."""
+
+    __slots__ = ("_answered", "_lock", "_worker", "data", "id", "src_pid", "worker_id")
+
+    def __init__(self, worker: TaskWorker, message: Task) -> None:
+        self.id = message.task_id
+        self.worker_id = message.src_worker
+        self.src_pid = message.src_pid
+        self.data: Any = None
+        self._worker = worker
+        self._answered = False
+        self._lock = threading.Lock()  # finish() may come from the handler thread
+
+    def finish(self, result: Any = None) -> bool:
+        """Send ``result`` to the sender now (Swoole's ``$server->finish()``); False if
+        this task was answered already. Safe from the handler thread."""
+        return self._answer(True, result, notify=True)
+
+    def _returned(self, result: Any) -> None:
+        self._answer(True, result, notify=result is not None)
+
+    def _failed(self, error: BaseException) -> None:
+        self._answer(False, error, notify=True)
+
+    def _answer(self, ok: bool, value: Any, notify: bool) -> bool:
+        with self._lock:
+            if self._answered:
+                return False
+            self._answered = True
+        self._worker.answer(self, ok, value, notify)
+        return True
+
+    def __repr__(self) -> str:
+        return f"TaskRequest(id={self.id}, worker_id={self.worker_id}, data={self.data!r})"
+
+
+class TaskWorker(Worker):
+    """A worker that runs tasks instead of serving clients."""
+
+    def __init__(self, server: App, setup: WorkerSetup) -> None:
+        super().__init__(server, setup)
+        self.task_index = setup.worker_id - self.settings.worker_num
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, "swoolish-task")
+        self.held: dict[tuple[int, int], TaskRequest] = {}  # received, not answered yet
+        self._loop_thread = threading.get_ident()
+        self._duties[Task] = self._on_task
+
+    def snapshot(self) -> dict[str, Any]:
+        figures = super().snapshot()
+        figures.update(kind="task", tasks_held=len(self.held))
+        return figures
+
+    # -- the lifecycle
+
+    async def serve(self) -> int:
+        """worker_start, then run tasks until told to stop; returns the exit code."""
+        self._stop_requested = self.loop.create_future()
+        timers.install(self.timers)
+        try:
+            await self._call_hook("worker_start")
+        except Exception as exc:
+            self.log.exception(
+                "task worker %d gen %d: worker_start raised; this task worker will not run",
+                self.worker_id,
+                self.generation,
+            )
+            await self._boot_failed(exc)
+            return EXIT_BOOT_ERROR
+        with contextlib.suppress(OSError):
+            self.listen_sock.close()  # this process never accepts a client
+        self._install_signal_handlers()
+        self._watch_master()
+        if self.boot_watch is not None:
+            self.boot_watch.cancel()
+        self.report(Ready(os.getpid()))
+        self.log.info(
+            "task worker %d gen %d (pid %d) taking tasks",
+            self.worker_id,
+            self.generation,
+            os.getpid(),
+        )
+        close_code = await self._stop_requested
+        await self.shutdown(close_code)
+        return 0
+
+    async def shutdown(self, close_code: int) -> None:
+        """Finish the held tasks (up to max_wait_time), then the hooks, then exit."""
+        started = self.loop.time()
+        self.draining = True
+        deadline = started + self.settings.max_wait_time
+        while self.held and self.loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+        unfinished = list(self.held.values())
+        for task in unfinished:
+            task._failed(
+                TaskError(
+                    f"task worker {self.worker_id} (pid {os.getpid()}) stopped before "
+                    f"task {task.id} finished (max_wait_time {self.settings.max_wait_time:g}s)"
+                )
+            )
+        if unfinished:
+            self.log.warning(
+                "task worker %d gen %d: %d tasks unfinished after max_wait_time; their "
+                "senders got an error",
+                self.worker_id,
+                self.generation,
+                len(unfinished),
+            )
+        await self._call_hook_logged("worker_stop")
+        await self._call_hook_logged("worker_exit")
+        leftover = self.timers.clear_all()
+        for running in list(self.tasks):
+            running.cancel()
+        await asyncio.sleep(0)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.router.flush()
+        self.report(WorkerFigures(self.snapshot()))
+        self.report(Exiting(leftover, 0, round(self.loop.time() - started, 4), None))
+        if self.channel is not None:
+            await self.channel.drained(2.0)
+        self.log.info(
+            "task worker %d gen %d (pid %d) exiting: %d tasks done, %d timers cleared",
+            self.worker_id,
+            self.generation,
+            os.getpid(),
+            self.stats["tasks_done"],
+            leftover,
+        )
+        timers.uninstall()
+
+    # -- tasks
+
+    def _on_task(self, message: Task) -> None:
+        task = TaskRequest(self, message)
+        self.held[(message.src_pid, message.task_id)] = task
+        self.stats["tasks_received"] += 1
+        handler = self.handler("task")
+        if handler is None:
+            task._failed(TaskError("no task handler: register one with server.on('task')"))
+            return
+        try:
+            task.data = pickle.loads(message.payload)
+        except Exception as exc:
+            task._failed(TaskError(f"the data of task {task.id} could not be unpickled: {exc!r}"))
+            return
+        if inspect.iscoroutinefunction(handler):
+            self.track(self._run_async(handler, task))
+            return
+        future = self.loop.run_in_executor(self.executor, handler, self.server, task)
+        future.add_done_callback(functools.partial(self._sync_done, task))
+
+    def _sync_done(self, task: TaskRequest, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            task._failed(TaskError(f"task {task.id} was cancelled: the task worker stopped"))
+        elif future.exception() is not None:
+            self._raised(task, future.exception())
+        elif inspect.isawaitable(future.result()):
+            self.track(self._await_result(task, future.result()))
+        else:
+            task._returned(future.result())
+
+    async def _run_async(self, handler: Any, task: TaskRequest) -> None:
+        await self._await_result(task, handler(self.server, task))
+
+    async def _await_result(self, task: TaskRequest, awaitable: Any) -> None:
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            task._failed(TaskError(f"task {task.id} was cancelled: the task worker stopped"))
+            raise
+        except Exception as exc:
+            self._raised(task, exc)
+        else:
+            task._returned(result)
+
+    def _raised(self, task: TaskRequest, exc: BaseException | None) -> None:
+        assert exc is not None
+        self.stats["handler_errors"] += 1
+        self.log.error(
+            "task worker %d: task %d from worker %d raised",
+            self.worker_id,
+            task.id,
+            task.worker_id,
+            exc_info=exc,
+        )
+        task._failed(exc)
+
+    def answer(self, task: TaskRequest, ok: bool, value: Any, notify: bool) -> None:
+        """Send a task's one answer; from the handler thread, through the loop."""
+        if threading.get_ident() != self._loop_thread:
+            self.loop.call_soon_threadsafe(self._send_answer, task, ok, value, notify)
+        else:
+            self._send_answer(task, ok, value, notify)
+
+    def _send_answer(self, task: TaskRequest, ok: bool, value: Any, notify: bool) -> None:
+        self.held.pop((task.src_pid, task.id), None)
+        payload = _encode_answer(ok, value, task.id)
+        if payload is None:
+            ok = False
+            payload = _encode_error(
+                ValueError(
+                    f"the result of task {task.id} is over {MAX_TASK_PAYLOAD} bytes once "
+                    "pickled, or cannot be pickled"
+                )
+            )
+        self.stats["tasks_done" if ok else "task_errors"] += 1
+        result = TaskResult(task.id, task.src_pid, self.task_index, ok, payload, notify)
+        if self.channel is not None and not self.channel.send(result, essential=True):
+            self.log.error(
+                "task worker %d: the answer of task %d could not be queued for the master",
+                self.worker_id,
+                task.id,
+            )
+
+
+def _encode_answer(ok: bool, value: Any, task_id: int) -> bytes | None:
+    """The pickled result (None if it cannot be sent), or the pickled error."""
+    if not ok:
+        return _encode_error(value)
+    try:
+        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+    return payload if len(payload) <= MAX_TASK_PAYLOAD else None
+
+
+def _encode_error(error: BaseException) -> bytes:
+    """The exception itself when it survives pickling (the sender gets its type and
+    message), else a TaskError naming it."""
+    with contextlib.suppress(Exception):
+        payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(payload)
+        if len(payload) <= MAX_TASK_PAYLOAD:
+            return payload
+    return pickle.dumps(TaskError(f"{type(error).__name__}: {error}"))

@@ -307,11 +307,20 @@ class Channel:
         """
         messages: list[tuple[Message, list[int]]] = []
         count = 0
+        reset = False
         while max_packets is None or count < max_packets:
             try:
                 data, ancillary, flags, _ = self.sock.recvmsg(_PACKET, _ANCILLARY, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
                 break
+            except ConnectionResetError:
+                # The peer closed with messages of ours unread: Linux reports that once
+                # (unix(7), ECONNRESET), ahead of what the peer sent before it went,
+                # which is still there to read (a worker's last words).
+                if reset:
+                    raise
+                reset = True
+                continue
             count += 1
             fds = _descriptors(ancillary)
             if not data and not fds:  # every packet has its header: this is the end

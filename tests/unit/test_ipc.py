@@ -143,6 +143,19 @@ def test_eof_comes_after_the_messages_already_waiting(pair):
         receiver.receive()
 
 
+def test_last_words_survive_a_peer_that_closed_with_our_messages_unread(pair):
+    """A worker that exits with a message of the master's unread makes Linux report
+    ECONNRESET once on the master's end, ahead of the worker's last messages, which are
+    still there: they must be read, not lost with the error."""
+    worker, master = pair
+    worker.send(Routed([Pipe(0, b"last words")]))
+    master.send(Routed([Pipe(1, b"never read")]))
+    worker.close()
+    assert [m for m, _ in master.receive()] == [Routed([Pipe(0, b"last words")])]
+    with pytest.raises(EOFError):
+        master.receive()
+
+
 def test_a_send_to_a_closed_peer_is_refused_not_raised(pair):
     sender, receiver = pair
     receiver.close()

@@ -30,11 +30,26 @@ __all__ = [
     "IdSource",
     "LocalIdSource",
     "SharedIdSource",
+    "exclusive",
 ]
 
 NODE_SHIFT = 45  # 2**45 ids per node: 35 trillion, more than a master will ever accept
 MAX_NODE = 127  # node numbers 0..127 keep every id below 2**52
 BLOCK = 4096  # ids a worker takes from the shared counter at once
+
+
+@contextlib.contextmanager
+def exclusive(fd: int, thread_lock: threading.Lock) -> Iterator[None]:
+    """Hold a memfd's whole-file ``lockf`` lock, shared between processes: the kernel
+    drops it when its holder dies, so a worker killed holding it blocks nobody; the
+    thread lock keeps this process's threads out of each other's way (a record lock
+    belongs to the process, not the thread)."""
+    with thread_lock:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
 
 
 class IdSource(Protocol):
@@ -78,15 +93,9 @@ class SharedIdSource:
         self._memory = mmap.mmap(self._fd, self._FORMAT.size, mmap.MAP_SHARED)
         self._thread_lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the counter's lock (the kernel drops it if this process dies)."""
-        with self._thread_lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        return exclusive(self._fd, self._thread_lock)
 
     def take_block(self) -> int:
         start: int  # the "=Q" format unpacks one unsigned 64-bit integer

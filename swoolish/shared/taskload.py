@@ -18,13 +18,12 @@ included. During a reload it counts what the slot's old and new task workers hol
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import mmap
 import os
 import threading
-from collections.abc import Iterator
 
 from ..core.tasks import choose_slot
+from .ids import exclusive
 
 __all__ = ["TaskLoad"]
 
@@ -47,14 +46,8 @@ class TaskLoad:
         self._thread_lock = threading.Lock()
         self._cursor = 0  # where this process's next tie-break starts
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._thread_lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive(self._fd, self._thread_lock)
 
     def loads(self) -> list[int]:
         """Tasks each slot holds now (sent and not over)."""

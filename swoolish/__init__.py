@@ -24,6 +24,7 @@ from .server import WebSocketServer
 from .shared.memory import Atomic, Table, TableFull
 from .worker.request import Request, Response
 from .worker.timers import Timer
+from .worker.userprocess import UserProcess
 from .worker.websocket import Frame
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "TaskError",
     "TaskQueueFull",
     "Timer",
+    "UserProcess",
     "WebSocketServer",
 ]
 

@@ -23,6 +23,7 @@ from .shared.logs import capture_print, configure_logging
 from .shared.setup import WorkerSetup
 from .worker.process import App, Worker, run_worker
 from .worker.taskworker import TaskWorker
+from .worker.userprocess import UserProcessWorker
 
 __all__ = ["run_script", "serve", "unsupported_platform"]
 
@@ -76,9 +77,18 @@ def _worker_main(
 
     output = capture_print()  # print() in the app's code goes through the log
     try:
-        return run_worker(load_fresh_app, setup, TaskWorker if setup.task_worker else Worker)
+        return run_worker(load_fresh_app, setup, _worker_type(setup))
     finally:
         output.finish()  # a worker leaves through os._exit: no atexit for it
+
+
+def _worker_type(setup: WorkerSetup) -> type[Worker]:
+    """What the forked process runs: a task worker, a user process, or an event worker."""
+    if setup.task_worker:
+        return TaskWorker
+    if setup.process_index is not None:
+        return UserProcessWorker
+    return Worker
 
 
 def run_script(server: App) -> None:

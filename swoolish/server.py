@@ -8,7 +8,6 @@ only inside a worker, where the object is attached to the running :class:`Worker
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,14 +17,13 @@ from .core.loading import loading_in_worker, note_server_created
 from .core.messages import (
     Close,
     Disconnect,
-    Pipe,
     Push,
     PushMany,
     ReloadRequest,
     ShutdownRequest,
     ToRegion,
-    ToSlot,
 )
+from .core.processes import ProcessSpec
 from .core.settings import Settings
 from .shared.table import ESTABLISHED, peer_from_word
 from .worker.process import Worker
@@ -47,6 +45,7 @@ class WebSocketServer:
         self.settings = Settings({"host": host, "port": port, **settings})
         self._handlers = Handlers()
         self._worker: Worker | None = None
+        self._processes: list[ProcessSpec] = []  # server.add_process, in order
         note_server_created(self)
 
     # ------------------------------------------------------------------ configuration
@@ -261,22 +260,47 @@ class WebSocketServer:
 
         Its ``pipe_message`` handler gets ``(server, src_worker_id, message)``; the
         current worker of that slot gets it (the new one once a reload made it serve).
+        ``worker_id`` may name an event worker, a task worker or a user process
+        (``process_id()``); an unknown one is a ValueError listing the valid ids.
         """
-        worker = self._require_worker("send_message")
-        valid = range(worker.settings.worker_num)
-        if type(worker_id) is not int or worker_id not in valid:
-            raise ValueError(
-                f"unknown worker id {worker_id!r}; valid ids are {', '.join(map(str, valid))}"
-            )
-        try:
-            payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise TypeError(f"send_message needs a picklable message: {exc}") from None
-        if len(payload) > MAX_ROUTED_PAYLOAD:
-            raise ValueError(f"message over {MAX_ROUTED_PAYLOAD} bytes once pickled")
-        if worker.channel is None:
-            return False
-        return worker.router.send(ToSlot(worker_id), Pipe(worker.worker_id, payload))
+        return self._require_worker("send_message").send_pipe(message, worker_id)
+
+    # ------------------------------------------------------------------ user processes
+
+    def add_process(self, target: Callable[..., Any], name: str | None = None) -> int:
+        """Register a long-running process of the app (Swoole's ``addProcess``); returns
+        its index (0, 1, …). Call it at module level, before the server starts.
+
+        The master starts it after the workers, restarts it with back-off when it dies,
+        replaces it on a reload (with the new code) and stops it on shutdown
+        (docs/lifecycle.md, "User processes"). ``target(process)`` gets a
+        ``UserProcess``; a plain function runs in a thread of its own, an ``async def``
+        on the process's loop. ``name`` (default: the target's name) finds the target
+        again in the app each new process imports; names are unique.
+        """
+        if not callable(target):
+            raise TypeError(f"add_process needs a callable target, got {target!r}")
+        chosen = name if name is not None else getattr(target, "__name__", "process")
+        if not isinstance(chosen, str) or not chosen:
+            raise ValueError(f"a user process needs a non-empty name, got {name!r}")
+        if any(spec.name == chosen for spec in self._processes):
+            raise ValueError(f"a user process named {chosen!r} is registered already")
+        self._processes.append(ProcessSpec(chosen, target))
+        return len(self._processes) - 1
+
+    @property
+    def processes(self) -> list[ProcessSpec]:
+        """The user processes registered with :meth:`add_process`, in order."""
+        return list(self._processes)
+
+    def process_id(self, process: int | str) -> int:
+        """The worker id of user process ``process`` (its index or name), for
+        ``send_message``: it comes after the event workers' and the task workers'."""
+        for index, spec in enumerate(self._processes):
+            if process == index or process == spec.name:
+                return self.settings.worker_num + self.settings.task_worker_num + index
+        names = ", ".join(repr(spec.name) for spec in self._processes) or "none"
+        raise ValueError(f"unknown user process {process!r}; registered: {names}")
 
     # ------------------------------------------------------------------ tasks (docs/tasks.md)
 
@@ -394,6 +418,7 @@ class WebSocketServer:
     isEstablished = is_established
     getClientInfo = get_client_info
     sendMessage = send_message
+    addProcess = add_process
     taskWait = taskwait
     taskWaitMulti = task_gather
     taskCo = task_gather

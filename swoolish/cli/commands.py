@@ -237,7 +237,8 @@ def _describe_reload_event(event: dict[str, Any]) -> str:
     if kind == "started":
         return f"reload to generation {event['generation']} started"
     if kind == "ready":
-        which = "task worker" if event.get("kind") == "task" else "worker"
+        kinds = {"task": "task worker", "process": "user process"}
+        which = kinds.get(str(event.get("kind")), "worker")
         return (
             f"  {which} {event['slot']} gen {event['generation']} (pid {event['pid']}) ready "
             f"in {event['seconds']:.3f}s"
@@ -250,6 +251,11 @@ def _describe_reload_event(event: dict[str, Any]) -> str:
             moved = (
                 f", {plural(event['moved'], 'connection')} moved to the new worker, "
                 f"{event.get('fell_back', 0)} closed with 1012 instead"
+            )
+        if event.get("kind") == "process":
+            return (
+                f"  old user process {event.get('name')!r} (pid {event['pid']}) stopped in "
+                f"{event.get('seconds', 0.0):.3f}s"
             )
         if event.get("kind") == "task":
             return (

@@ -38,6 +38,7 @@ from ..core import messages as msg
 from ..core.events import Handlers
 from ..core.frames import SERVICE_RESTART
 from ..core.messages import Message
+from ..core.processes import ProcessSpec, process_index
 from ..core.reload import (
     Action,
     Finished,
@@ -73,6 +74,7 @@ log = logging.getLogger("swoolish.master")
 
 SHUTDOWN_GRACE = 1.5  # seconds past max_wait_time before a stopping worker is killed
 BACKOFF_START, BACKOFF_MAX = 0.1, 10.0  # seconds between restarts of a crash-looping slot
+PROCESS_STABLE = 5.0  # seconds a user process runs before its death is no failed start
 PAUSE_TIMEOUT = 1.0  # seconds old workers get to confirm they stopped accepting
 STATS_TIMEOUT = 1.0  # seconds workers get to answer a status request
 PROGRESS_INTERVAL = 1.0  # seconds between two progress reports of a stopping worker
@@ -103,7 +105,7 @@ class WorkerProcess:
     region: int | None = None  # its region of the shared session table
     dropped: int = 0  # routed operations dropped because its queue was full
     congested: bool = False  # its queue is full now (logged once per episode)
-    kind: str = "event"  # "event", or "task": a task worker (master/tasks.py)
+    kind: str = "event"  # "event", "task" (master/tasks.py) or "process" (add_process)
 
 
 @dataclasses.dataclass
@@ -123,6 +125,9 @@ class MasterApp(Protocol):
 
     @property
     def handlers(self) -> Handlers: ...
+
+    @property
+    def processes(self) -> Sequence[ProcessSpec]: ...
 
 
 #: The body of a forked worker process: loads the app afresh and serves; its exit code.
@@ -192,6 +197,10 @@ class Master:
             lambda pid, message, essential: self._send(pid, message, essential=essential),
             self._retire_task_worker,
         )
+        # User processes (server.add_process) take the worker_ids after the task workers';
+        # their number and names are the master's load of the app: fixed until a restart.
+        self.process_names = [spec.name for spec in app.processes]
+        self._held: set[int] = set()  # ready user processes waiting for their Serve
         self._duties: dict[type, Callable[[WorkerProcess, Any, float], None]] = {
             msg.Ready: self._on_ready,
             msg.Paused: self._on_paused,
@@ -253,6 +262,8 @@ class Master:
             for slot in range(self.settings.worker_num):
                 self._spawn(slot, self.generation)
             for slot in self.relay.slots():
+                self._spawn(slot, self.generation)
+            for slot in self._process_slots():
                 self._spawn(slot, self.generation)
             return self._loop()
         finally:
@@ -568,6 +579,7 @@ class Master:
         old = {pid for pid in result.old_pids if pid in self.workers}
         if result.ok:
             old |= self._roll_task_workers()
+            old |= self._roll_processes()
         if result.ok and old:
             for client in self._reload_waiters:
                 client.send(finished)
@@ -778,8 +790,10 @@ class Master:
 
     def _spawn(self, slot: int, generation: int) -> WorkerProcess:
         parent, child = ipc.channel_pair(CHANNEL_BUFFER)  # routed batches can be large
-        # A task worker serves no client: no adoption inbox, no session-table region.
-        task = self.relay.owns(slot)
+        # A task worker or a user process serves no client: no adoption inbox, no
+        # session-table region.
+        index = self._process_index(slot)
+        task = self.relay.owns(slot) or index is not None
         # The adoption inbox: the old worker of this slot will get our end of it in
         # its stop message, and move its connections through it (live hand-off).
         inbox, inbox_child = (
@@ -812,7 +826,10 @@ class Master:
         proc = WorkerProcess(
             pid, slot, generation, channel, time.monotonic(), inbox=inbox, region=region
         )
-        if task:
+        if index is not None:
+            proc.kind = "process"
+            log.info("%s started", self._describe_process(proc))
+        elif task:
             proc.kind = "task"
             self.relay.spawned(slot, generation)
         channel.on_backlog = lambda waiting: self._want_write(proc, waiting)
@@ -856,7 +873,8 @@ class Master:
                 if proc.inbox is not None:
                     proc.inbox.close()
             task = self.relay.owns(slot)
-            setproctitle(f"swoolish: {'task worker' if task else 'worker'} {slot} gen {generation}")
+            index = self._process_index(slot)
+            setproctitle(f"swoolish: {self._title(slot, index)} gen {generation}")
             assert self.listen_sock is not None
             setup = WorkerSetup(
                 slot,
@@ -869,8 +887,11 @@ class Master:
                 self.table,
                 region,
                 start_timeout=self.settings.worker_start_timeout,
-                task_load=None if task else self.relay.load,
+                task_load=None if task or index is not None else self.relay.load,
                 task_worker=task,
+                process_num=len(self.process_names),
+                process_index=index,
+                process_name=self.process_names[index] if index is not None else "",
             )
             code = self.worker_main(setup)
         except BaseException:
@@ -933,6 +954,9 @@ class Master:
         proc.ready_at = now
         if proc.state == "booting":
             proc.state = "serving"
+        if proc.kind == "process":
+            self._process_ready(proc, now)
+            return
         self.failures.pop(proc.slot, None)
         if proc.kind == "task":
             self._task_worker_ready(proc, now)
@@ -1009,6 +1033,129 @@ class Master:
             if other.kind == "task" and other.slot == proc.slot and other.state == "serving":
                 self._watch_drain(other.pid, None)
 
+    # -- user processes (server.add_process; docs/lifecycle.md, "User processes")
+
+    @property
+    def _first_process(self) -> int:
+        return self.settings.worker_num + self.settings.task_worker_num
+
+    def _process_slots(self) -> range:
+        """The worker_ids of the user processes (after the task workers', as in Swoole)."""
+        return range(self._first_process, self._first_process + len(self.process_names))
+
+    def _process_index(self, slot: int) -> int | None:
+        settings = self.settings
+        return process_index(
+            slot, settings.worker_num, settings.task_worker_num, len(self.process_names)
+        )
+
+    def _process_name(self, proc: WorkerProcess) -> str | None:
+        index = self._process_index(proc.slot) if proc.kind == "process" else None
+        return self.process_names[index] if index is not None else None
+
+    def _title(self, slot: int, index: int | None) -> str:
+        if index is not None:
+            return f"process {index} {self.process_names[index]}"
+        return f"task worker {slot}" if self.relay.owns(slot) else f"worker {slot}"
+
+    def _describe_process(self, proc: WorkerProcess) -> str:
+        index = proc.slot - self._first_process
+        return (
+            f"user process {index} {self.process_names[index]!r} gen {proc.generation} "
+            f"(pid {proc.pid})"
+        )
+
+    def _slot_processes(self, slot: int, besides: WorkerProcess) -> list[WorkerProcess]:
+        return [p for p in self.workers.values() if p.slot == slot and p is not besides]
+
+    def _process_ready(self, proc: WorkerProcess, now: float) -> None:
+        """A user process found its target. It replaces the older ones of its slot (a
+        reload's), which are stopped now, and runs its target once they have exited:
+        two generations of one process never run at once. A process a newer one
+        already replaces is stopped instead."""
+        others = [
+            p for p in self._slot_processes(proc.slot, proc) if p.state in ("booting", "serving")
+        ]
+        if any(p.generation > proc.generation for p in others):
+            self._stop_worker(proc, SERVICE_RESTART, self._stop_deadline())
+            return
+        for old in others:
+            ready = {
+                "event": "ready",
+                "kind": "process",
+                "slot": proc.slot,
+                "pid": proc.pid,
+                "generation": proc.generation,
+                "seconds": round(now - proc.started, 4),
+            }
+            self._watch_drain(old.pid, ready)
+            self._stop_worker(old, SERVICE_RESTART, self._stop_deadline())
+        self._held.add(proc.pid)
+        self._serve_held(proc.slot)
+
+    def _serve_held(self, slot: int) -> None:
+        """Tell a ready user process to run its target once it is alone in its slot."""
+        for pid in list(self._held):
+            proc = self.workers.get(pid)
+            if proc is None or proc.slot != slot:
+                continue
+            if self._slot_processes(slot, proc) or self.stopping:
+                continue
+            self._held.discard(pid)
+            self._send(pid, msg.Serve())
+
+    def _roll_processes(self) -> set[int]:
+        """A reload completed: fork each user process of the new generation. The old
+        ones run until their successors are ready; returned, so the reload's ``--wait``
+        clients follow them to their exit."""
+        old = {p.pid for p in self.workers.values() if p.kind == "process" and p.state == "serving"}
+        for slot in self._process_slots():
+            self._spawn(slot, self.generation)
+        return old
+
+    def _process_exited(self, proc: WorkerProcess, status: int, now: float) -> None:
+        """A user process exited: stopped (its successor may run now), replaced before
+        it was ready (the old one keeps running), or died: restarted, with back-off
+        when it died within PROCESS_STABLE of its start."""
+        self._held.discard(proc.pid)
+        how = describe_status(status)
+        if proc.state in ("stopping", "killed") or self.stopping:
+            self._serve_held(proc.slot)
+            return
+        cause = f", failed to start: {proc.boot_error}" if proc.boot_error else ""
+        survivors = [p for p in self._slot_processes(proc.slot, proc) if p.state == "serving"]
+        if survivors and proc.ready_at is None:
+            keeps = survivors[0]
+            log.error(
+                "%s died before it was ready: %s%s; gen %d (pid %d) keeps running",
+                self._describe_process(proc),
+                how,
+                cause,
+                keeps.generation,
+                keeps.pid,
+            )
+            self._watch_drain(keeps.pid, None)
+            return
+        exit_code = os.waitstatus_to_exitcode(status)
+        quick = (
+            proc.ready_at is None
+            or exit_code == EXIT_BOOT_ERROR
+            or now - proc.started < PROCESS_STABLE
+        )
+        failures = self.failures.get(proc.slot, 0) + 1 if quick else 0
+        self.failures[proc.slot] = failures
+        delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1)) if failures else 0.0
+        log.error(
+            "%s died: %s%s; restarting %s",
+            self._describe_process(proc),
+            how,
+            cause,
+            f"in {delay:.1f}s ({plural(failures, 'quick death')} in a row)" if delay else "now",
+        )
+        self.tally.worker_restarts += 1
+        self.respawn_at[proc.slot] = now + delay
+        self._serve_held(proc.slot)
+
     def _on_paused(self, proc: WorkerProcess, message: msg.Paused, now: float) -> None:
         if proc.state == "serving":
             proc.state = "paused"
@@ -1023,6 +1170,8 @@ class Master:
         }
         if proc.kind == "task":
             figures.update(kind="task", tasks_done=proc.stats.get("tasks_done", 0))
+        elif proc.kind == "process":
+            figures.update(kind="process", name=self.process_names[proc.slot - self._first_process])
         self.tally.handed_off(message.handoff)
         proc.drained = True
         self._log_drained(proc, figures)
@@ -1139,6 +1288,9 @@ class Master:
             self.shutdown()
 
     def _log_drained(self, proc: WorkerProcess, figures: dict[str, Any]) -> None:
+        if proc.kind == "process":
+            log.info("%s stopped in %.3fs", self._describe_process(proc), figures["seconds"])
+            return
         moved = ""
         if "moved" in figures:
             moved = (
@@ -1205,6 +1357,9 @@ class Master:
                 "workers_left": self._workers_left(),
             }
         )
+        if proc.kind == "process":
+            self._process_exited(proc, status, now)
+            return
         expected = proc.state in ("stopping", "killed")
         if not expected:
             cause = f", failed to boot: {proc.boot_error}" if proc.boot_error else ""
@@ -1240,7 +1395,7 @@ class Master:
     def _spawn_missing(self, now: float) -> None:
         """Keep one live worker per slot (after crashes, and after a rollback)."""
         filled = {p.slot for p in self.workers.values() if p.state in ("booting", "serving")}
-        for slot in [*range(self.settings.worker_num), *self.relay.slots()]:
+        for slot in [*range(self.settings.worker_num), *self.relay.slots(), *self._process_slots()]:
             if slot in filled:
                 self.respawn_at.pop(slot, None)
                 continue
@@ -1432,6 +1587,16 @@ class Master:
 
     def _slot_pid(self, slot: int) -> int:
         """The worker serving ``slot`` now (the new one once a reload made it serve)."""
+        if slot >= self.settings.worker_num:
+            # A task worker or a user process: the newest one ready, else the newest one
+            # booting (its channel keeps the message until it reads it).
+            live = [
+                p
+                for p in self.workers.values()
+                if p.slot == slot and p.state in ("serving", "booting")
+            ]
+            newest = max(live, key=lambda p: (p.state == "serving", p.generation), default=None)
+            return newest.pid if newest is not None else 0
         serving = self._serving()
         best = 0
         for pid, proc_slot in serving.items():
@@ -1473,6 +1638,7 @@ class Master:
                     "pid": proc.pid,
                     "slot": proc.slot,
                     "kind": proc.kind,
+                    "name": self._process_name(proc),
                     "tasks": self.relay.book.holding(proc.pid),
                     "generation": proc.generation,
                     "state": proc.state,

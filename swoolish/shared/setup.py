@@ -30,3 +30,6 @@ class WorkerSetup:
     start_timeout: float | None = None  # worker_start_timeout, as the master enforces it
     task_load: TaskLoad | None = None  # what each task worker slot holds (docs/tasks.md)
     task_worker: bool = False  # a task worker: runs tasks, serves no client
+    process_num: int = 0  # user processes the master runs (their ids follow task workers')
+    process_index: int | None = None  # this is user process n (server.add_process)
+    process_name: str = ""  # its name, to find its target again in the fresh app

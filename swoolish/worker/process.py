@@ -19,6 +19,7 @@ import ctypes
 import inspect
 import logging
 import os
+import pickle
 import random
 import signal
 import socket
@@ -26,7 +27,7 @@ import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 import uvloop
@@ -39,6 +40,7 @@ from ..core.messages import (
     Message,
     Pause,
     Paused,
+    Pipe,
     Ready,
     RecycleRequest,
     Released,
@@ -49,8 +51,10 @@ from ..core.messages import (
     StatsPoll,
     Stop,
     TaskResult,
+    ToSlot,
     WorkerFigures,
 )
+from ..core.processes import ProcessSpec, describe_worker_ids
 from ..core.reload import recycle_point
 from ..core.settings import Settings
 from ..core.stats import COUNTERS, totals
@@ -63,7 +67,7 @@ from .boot import BootWatch, boot_failure, stall_delay
 from .connection import Connection
 from .handoff import Adopter, hand_off
 from .http import HttpConnection
-from .router import Router
+from .router import MAX_ROUTED_PAYLOAD, Router
 from .sessions import SessionMap
 from .tasks import TaskClient
 from .websocket import WsConnection
@@ -84,6 +88,9 @@ class App(Protocol):
     @property
     def handlers(self) -> Handlers: ...
 
+    @property
+    def processes(self) -> Sequence[ProcessSpec]: ...
+
     def attach_worker(self, worker: Worker) -> None: ...
 
 
@@ -96,6 +103,7 @@ class Worker:
         self.worker_id = worker_id = setup.worker_id
         self.generation = setup.generation
         self.master_pid = setup.master_pid
+        self.process_num = setup.process_num  # user processes: their ids follow task workers'
         self.listen_sock = setup.listen_sock
         # to and from the master; never blocks (swoolish.shared.ipc)
         channel = setup.channel
@@ -185,6 +193,26 @@ class Worker:
         finally:
             self._requests.pop(request_id, None)
 
+    def send_pipe(self, message: Any, worker_id: int) -> bool:
+        """``server.send_message``: ``message`` to the current process of ``worker_id``
+        (an event worker, a task worker or a user process), through the master."""
+        settings = self.settings
+        count = settings.worker_num + settings.task_worker_num + self.process_num
+        if type(worker_id) is not int or not 0 <= worker_id < count:
+            valid = describe_worker_ids(
+                settings.worker_num, settings.task_worker_num, self.process_num
+            )
+            raise ValueError(f"unknown worker id {worker_id!r}; valid ids are {valid}")
+        try:
+            payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(f"send_message needs a picklable message: {exc}") from None
+        if len(payload) > MAX_ROUTED_PAYLOAD:
+            raise ValueError(f"message over {MAX_ROUTED_PAYLOAD} bytes once pickled")
+        if self.channel is None:
+            return False
+        return self.router.send(ToSlot(worker_id), Pipe(self.worker_id, payload))
+
     def clear_bound_timers(self, sid: int) -> None:
         cleared = self.timers.clear_bound(sid)
         if cleared:
@@ -255,14 +283,11 @@ class Worker:
             )
             await self._boot_failed(exc)
             return EXIT_BOOT_ERROR
-        self._install_signal_handlers()
-        self._watch_master()
+        self._supervise()
         self._schedule_heartbeat()
         if self.inbox is not None:
             self.adopter = Adopter(self, self.inbox)
-        if self.boot_watch is not None:
-            self.boot_watch.cancel()
-        self.report(Ready(os.getpid()))
+        self._report_ready()
         if self.channel is None:
             self._serve_allowed.set_result(None)
         # Accept only once the master says this worker's whole generation is ready: a
@@ -435,6 +460,25 @@ class Worker:
             self.log.exception("worker %d: %s handler raised", self.worker_id, event)
 
     # -- signals, the master, the control channel
+
+    def _supervise(self) -> None:
+        """Signals, and the check that exits this process if the master dies."""
+        self._install_signal_handlers()
+        self._watch_master()
+
+    def _report_ready(self) -> None:
+        """Booted: the boot watch is over, and the master learns it (``Ready``)."""
+        if self.boot_watch is not None:
+            self.boot_watch.cancel()
+        self.report(Ready(os.getpid()))
+
+    def _ready_without_clients(self) -> None:
+        """Ready, for a process that never accepts a client (task workers, user
+        processes): it gives up its copy of the listening socket first."""
+        with contextlib.suppress(OSError):
+            self.listen_sock.close()
+        self._supervise()
+        self._report_ready()
 
     def _install_signal_handlers(self) -> None:
         self.loop.add_signal_handler(signal.SIGTERM, self.request_stop, GOING_AWAY)

@@ -35,7 +35,7 @@ import threading
 from typing import Any
 
 from ..core.errors import TaskError
-from ..core.messages import Exiting, Ready, Task, TaskResult, WorkerFigures
+from ..core.messages import Exiting, Task, TaskResult, WorkerFigures
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from . import timers
 from .process import App, Worker
@@ -115,13 +115,7 @@ class TaskWorker(Worker):
             )
             await self._boot_failed(exc)
             return EXIT_BOOT_ERROR
-        with contextlib.suppress(OSError):
-            self.listen_sock.close()  # this process never accepts a client
-        self._install_signal_handlers()
-        self._watch_master()
-        if self.boot_watch is not None:
-            self.boot_watch.cancel()
-        self.report(Ready(os.getpid()))
+        self._ready_without_clients()
         self.log.info(
             "task worker %d gen %d (pid %d) taking tasks",
             self.worker_id,

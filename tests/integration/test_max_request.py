@@ -8,7 +8,7 @@ import asyncio
 import json
 import re
 
-from support import run_cli, serving, timeout, write_app
+from support import run_cli, serving, timeout, wait_until, write_app
 from websockets.asyncio.client import ClientConnection, connect
 
 APP = """
@@ -27,6 +27,14 @@ APP = """
 """
 
 RECYCLED = r"worker (\d) recycled in [\d.]+s: pid (\d+) replaced by pid (\d+)"
+ASKED = r"worker \d \(pid \d+\) handled (\d+) requests: recycling"
+DRAINED = r"(\d+) connections closed, (\d+) moved to the new worker .* (\d+) fell back"
+
+
+def recycles_settled(text: str) -> str | None:
+    """The log, once each recycle asked for has finished and its old worker drained."""
+    counts = {len(re.findall(p, text)) for p in (ASKED, RECYCLED, DRAINED)}
+    return text if len(counts) == 1 else None
 
 
 def echo_app(tmp_path):
@@ -97,12 +105,17 @@ def test_workers_are_recycled_under_load_and_no_client_notices(tmp_path):
         for result in results:
             assert result["echoed"] == [f"n{i}" for i in range(100)]
             assert result["close_code"] is None
-        recycled = re.findall(RECYCLED, server.log())
+        # One reading of the log once every recycle asked for has finished and its old
+        # worker drained (the last may still be under way as the clients finish).
+        text = wait_until(
+            lambda: recycles_settled(server.log()), 15, what="every recycle finished and drained"
+        )
+        recycled = re.findall(RECYCLED, text)
         per_slot = {slot: sum(1 for s, _, _ in recycled if s == str(slot)) for slot in (0, 1)}
         assert all(n >= 2 for n in per_slot.values()), per_slot
-        asked = re.findall(r"worker \d \(pid \d+\) handled (\d+) requests: recycling", server.log())
+        asked = re.findall(ASKED, text)
         assert set(asked) == {"200"} and len(asked) >= len(recycled)
-        assert "rolled back" not in server.log()
+        assert "rolled back" not in text
         for result in results:
             first, last = result["first"], result["last"]
             assert last["slot"] == first["slot"]  # handed to the successor of its slot
@@ -111,10 +124,7 @@ def test_workers_are_recycled_under_load_and_no_client_notices(tmp_path):
         status = json.loads(run_cli("status", "--port", str(server.port), "--json").stdout)
         assert status["master"]["recycles_total"].get("ok", 0) >= len(recycled)
         assert status["master"]["generation"] == 1  # a recycle is not a reload
-        drained = re.findall(
-            r"(\d+) connections closed, (\d+) moved to the new worker .* (\d+) fell back",
-            server.log(),
-        )
+        drained = re.findall(DRAINED, text)
         assert len(drained) == len(recycled)
         assert all(closed == "0" and fell_back == "0" for closed, _, fell_back in drained)
         assert sum(int(moved) for _, moved, _ in drained) >= 20 * 2

@@ -368,8 +368,9 @@ def test_cli_reload_wait_status_and_stop_against_a_running_master(tmp_path):
         assert result.returncode == 0, result.stderr
         assert f"master pid {server.pid}" in result.stdout
         rows = [line.split() for line in result.stdout.splitlines()[3:] if line.strip()]
-        assert sorted((int(r[1]), int(r[2])) for r in rows) == sorted(
-            (w["pid"], 2) for w in report["workers"]
+        # slot, kind, pid, gen, ...
+        assert sorted((r[1], int(r[2]), int(r[3])) for r in rows) == sorted(
+            ("event", w["pid"], 2) for w in report["workers"]
         )
 
         # The master's parent reaps it when it exits, as a shell or a supervisor does.

@@ -176,3 +176,39 @@ def test_a_reload_that_changes_a_tables_columns_is_rolled_back_with_the_cause(
         assert "the master created Table(1024, {'n': int, 'who': (str, 16)})" in line
         assert "this code declares Table(1024, {'n': int, 'who': (str, 32)})" in line
         assert read(server.port) == ("v1", 1, 1, 1)
+
+
+TASK_APP = """
+    import os
+
+    from swoolish import Atomic, Table, WebSocketServer
+
+    server = WebSocketServer(task_worker_num=2)
+    seen = Table(64, {"n": int})
+    done = Atomic()
+
+    @server.on("task")
+    def on_task(server, task):
+        seen.incr(f"task-worker-{os.getpid()}", "n")
+        return done.add()
+
+    @server.on("request")
+    async def on_request(request, response):
+        if request.path == "/task":
+            response.end(str(await server.taskwait("count", timeout=5)))
+        else:
+            workers = {key: row["n"] for key, row in seen}
+            response.end(f"{done.get()} {sum(workers.values())} {len(workers)}")
+"""
+
+
+def test_task_workers_share_the_table_and_atomic_with_event_workers(tmp_path: Path) -> None:
+    """1. 2 task workers count their tasks in a module-level Table and Atomic  2. 40
+    taskwaits from the event worker  3. the event worker reads 40 in both, written by
+    both task workers: task workers attach to the master's memory as event workers do."""
+    app = write_app(tmp_path, TASK_APP)
+    with serving(f"{app}:server", tmp_path) as server:
+        wait_until(lambda: len(server.workers()) == 3, 15, what="1 event + 2 task workers")
+        answers = [get(server.port, "/task") for _ in range(40)]
+        assert sorted(int(a) for a in answers if a is not None) == list(range(1, 41)), answers
+        assert get(server.port, "/read") == "40 40 2"

@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,8 @@ __all__ = [
     "WSClient",
     "build_frame",
     "close_all",
+    "deflate_payload",
+    "echo_frame",
     "handshake_request",
     "open_connections",
     "percentile",
@@ -47,10 +50,24 @@ MASK = b"\x37\xfa\x21\x3d"
 CLOSE_FRAME = bytes([0x88, 0x82]) + MASK + bytes([0x03 ^ MASK[0], 0xE8 ^ MASK[1]])
 
 
-def build_frame(payload: bytes, opcode: int = 0x1, mask: bytes = MASK) -> bytes:
-    """One final, masked client frame carrying ``payload`` (built once, sent many times)."""
+#: What a browser offers (RFC 7692 §7.1): permessage-deflate, any client window size.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+
+
+def deflate_payload(payload: bytes) -> bytes:
+    """``payload`` as a permessage-deflate message compressed as a fresh stream (RFC 7692
+    §7.2.1): what a browser sends once the server asked for client_no_context_takeover,
+    and valid for a server that keeps the client's context too (no back-reference)."""
+    comp = zlib.compressobj(wbits=-15)
+    data = comp.compress(payload) + comp.flush(zlib.Z_SYNC_FLUSH)
+    return data[:-4]  # the empty block's 0x00 0x00 0xff 0xff goes (§7.2.1)
+
+
+def build_frame(payload: bytes, opcode: int = 0x1, mask: bytes = MASK, rsv1: bool = False) -> bytes:
+    """One final, masked client frame carrying ``payload`` (built once, sent many times);
+    ``rsv1`` marks a compressed message (RFC 7692 §6)."""
     n = len(payload)
-    head = bytearray([0x80 | opcode])
+    head = bytearray([0x80 | (0x40 if rsv1 else 0) | opcode])
     if n < 126:
         head.append(0x80 | n)
     elif n < 65536:
@@ -75,8 +92,9 @@ def server_header(n: int, opcode: int = 0x1) -> bytes:
     return bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
 
 
-def handshake_request(host: str, port: int, path: str = "/") -> bytes:
+def handshake_request(host: str, port: int, path: str = "/", deflate: bool = False) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
+    offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if deflate else ""
     return (
         f"GET {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
@@ -84,6 +102,7 @@ def handshake_request(host: str, port: int, path: str = "/") -> bytes:
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\n"
         "Sec-WebSocket-Version: 13\r\n"
+        f"{offer}"
         "\r\n"
     ).encode()
 
@@ -99,7 +118,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
 class EchoStats:
     """Counters shared by every connection of one run."""
 
-    __slots__ = ("count", "dropped", "errors", "latencies", "recording", "unanswered")
+    __slots__ = (
+        "count",
+        "deflate_accepted",
+        "dropped",
+        "errors",
+        "latencies",
+        "recording",
+        "unanswered",
+    )
 
     def __init__(self) -> None:
         self.count = 0
@@ -108,6 +135,7 @@ class EchoStats:
         self.errors = 0  # failed connects or handshakes
         self.dropped = 0  # connections lost while running
         self.unanswered = 0  # round trips in flight when a connection was lost
+        self.deflate_accepted = 0  # handshakes answered with permessage-deflate
 
 
 class WSClient(asyncio.Protocol):
@@ -217,6 +245,8 @@ class WSClient(asyncio.Protocol):
                 self.ready.set_result(False)
             return
         self.open = True
+        if b"permessage-deflate" in buf[:end].lower():
+            self._stats.deflate_accepted += 1
         if not self.ready.done():
             self.ready.set_result(True)
         rest = buf[end + 4 :]
@@ -319,15 +349,17 @@ async def open_connections(
     concurrency: int = 200,
     timeout: float = 15.0,
     on_lost: Callable[[WSClient], None] | None = None,
+    deflate: bool = False,
 ) -> list[WSClient]:
     """Open ``n`` WebSocket connections, ``concurrency`` handshakes at a time.
 
     Failures are counted in ``stats.errors``; only established clients are returned.
+    ``deflate``: offer permessage-deflate as a browser does and send compressed frames.
     """
     loop = asyncio.get_running_loop()
     if frame is None:
-        frame = build_frame(b"x" * payload_len)
-    request = handshake_request(host, port)
+        frame = echo_frame(payload_len, deflate)
+    request = handshake_request(host, port, deflate=deflate)
     clients: list[WSClient] = []
     sem = asyncio.Semaphore(concurrency)
 
@@ -351,6 +383,14 @@ async def open_connections(
     return clients
 
 
+def echo_frame(size: int, deflate: bool = False) -> bytes:
+    """The text frame of a ``size``-byte echo, compressed as a browser would if ``deflate``."""
+    payload = b"x" * size
+    if deflate:
+        return build_frame(deflate_payload(payload), rsv1=True)
+    return build_frame(payload)
+
+
 async def close_all(clients: list[WSClient], settle: float = 0.2) -> None:
     for c in clients:
         c.close()
@@ -367,6 +407,7 @@ async def run_echo(
     duration: float = 5.0,
     on_start: Callable[[], Any] | None = None,
     on_end: Callable[[], Any] | None = None,
+    deflate: bool = False,
 ) -> dict[str, Any]:
     """Echo load: ``conns`` connections doing round trips of a ``size``-byte text message.
 
@@ -374,8 +415,8 @@ async def run_echo(
     caller can sample the server's CPU time around exactly the messages counted here.
     """
     stats = EchoStats()
-    frame = build_frame(b"x" * size)
-    clients = await open_connections(host, port, conns, size, stats, frame=frame)
+    frame = echo_frame(size, deflate)
+    clients = await open_connections(host, port, conns, size, stats, frame=frame, deflate=deflate)
     try:
         for c in clients:
             c.start()
@@ -414,6 +455,7 @@ async def run_echo(
         "client_cpu_us_per_msg": cpu / count * 1e6 if count else float("nan"),
         "connect_errors": stats.errors,
         "dropped": stats.dropped,
+        "deflate_accepted": stats.deflate_accepted,
     }
 
 
@@ -425,11 +467,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--deflate", action="store_true", help="offer permessage-deflate, compress")
     a = p.parse_args(argv)
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         p.error("loopback only")
     coro = run_echo(
-        a.host, a.port, conns=a.conns, size=a.size, warmup=a.warmup, duration=a.duration
+        a.host,
+        a.port,
+        conns=a.conns,
+        size=a.size,
+        warmup=a.warmup,
+        duration=a.duration,
+        deflate=a.deflate,
     )
     result = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
     print(json.dumps(result, indent=2))

@@ -94,6 +94,8 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
 }
 
 ECHO_SERVERS = ["websockets", "aiohttp", "picows", "swoolish"]
+#: The servers that accept permessage-deflate (picows has no compression).
+DEFLATE_SERVERS = ["websockets", "aiohttp", "swoolish"]
 
 #: name -> (kind, parameters, participants)
 SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
@@ -102,6 +104,10 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "workers": ("echo", {"size": 64, "conns": 100}, ["websockets", "swoolish", "swoolish-2w"]),
     "idle1k": ("idle", {"conns": 1_000}, ECHO_SERVERS),
     "idle10k": ("idle", {"conns": 10_000}, ECHO_SERVERS),
+    # A browser-like client: offers permessage-deflate and compresses what it sends.
+    "echo64z": ("echo", {"size": 64, "conns": 100, "deflate": True}, DEFLATE_SERVERS),
+    "echo4kz": ("echo", {"size": 4096, "conns": 100, "deflate": True}, DEFLATE_SERVERS),
+    "idle2kz": ("idle", {"conns": 2_000, "deflate": True}, DEFLATE_SERVERS),
     "timers": ("timers", {}, ["swoolish"]),
     "reload": ("reload", {"workers": 4, "ws_conns": 50, "http_concurrency": 8}, ["swoolish"]),
     "broadcast": ("hook", {"sessions": 10_000, "workers": 2}, ["swoolish"]),
@@ -226,7 +232,9 @@ def stop_all() -> None:
 # -- scenarios --------------------------------------------------------------------------------
 
 
-async def measure_echo(server: Server, size: int, conns: int, cfg: dict) -> dict[str, Any]:
+async def measure_echo(
+    server: Server, size: int, conns: int, cfg: dict, deflate: bool = False
+) -> dict[str, Any]:
     marks: dict[str, Any] = {}
 
     def on_start() -> None:
@@ -245,6 +253,7 @@ async def measure_echo(server: Server, size: int, conns: int, cfg: dict) -> dict
         duration=cfg["duration"],
         on_start=on_start,
         on_end=on_end,
+        deflate=deflate,
     )
     cpu = marks["cpu1"] - marks["cpu0"]
     r["server_cpu_s"] = cpu
@@ -253,30 +262,37 @@ async def measure_echo(server: Server, size: int, conns: int, cfg: dict) -> dict
     return r
 
 
-async def measure_idle(name: str, conns: int, cfg: dict, logdir: Path) -> dict[str, Any]:
-    """RSS per idle WebSocket connection, on a fresh server process."""
+async def measure_idle(
+    name: str, conns: int, cfg: dict, logdir: Path, deflate: bool = False
+) -> dict[str, Any]:
+    """RSS per idle WebSocket connection, on a fresh server process.
+
+    With ``deflate`` the clients negotiate permessage-deflate and the RSS is taken after
+    one compressed round trip on every connection: a server may set up its compression
+    state only when the first message needs it.
+    """
     server = Server(name, SERVERS[name], logdir).start()
     try:
         await server.wait_ready()
         # touch every code path once so lazily built state is not charged to the connections
-        await run_echo(HOST, server.port, conns=5, size=64, warmup=0.1, duration=0.2)
+        await run_echo(
+            HOST, server.port, conns=5, size=64, warmup=0.1, duration=0.2, deflate=deflate
+        )
         await asyncio.sleep(0.3)
         rss0 = server.rss()
         stats = EchoStats()
         t0 = time.perf_counter()
-        clients = await open_connections(HOST, server.port, conns, 64, stats, concurrency=100)
+        clients = await open_connections(
+            HOST, server.port, conns, 64, stats, concurrency=100, deflate=deflate
+        )
         open_s = time.perf_counter() - t0
-        await asyncio.sleep(cfg["idle_settle"])
-        rss1 = server.rss()
-        # every connection still answers: one round trip each
-        stats.recording = True
-        for c in clients:
-            c.start()
-            c.stop()
-        deadline = time.monotonic() + 15
-        while stats.count < len(clients) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        answered = stats.count
+        if not deflate:
+            await asyncio.sleep(cfg["idle_settle"])
+            rss1 = server.rss()
+        answered = await _one_round_trip_each(clients, stats)
+        if deflate:
+            await asyncio.sleep(cfg["idle_settle"])
+            rss1 = server.rss()
         await close_all(clients, settle=0.5)
     finally:
         server.stop()
@@ -289,7 +305,20 @@ async def measure_idle(name: str, conns: int, cfg: dict, logdir: Path) -> dict[s
         "rss_before_mib": rss0 / 2**20,
         "rss_after_mib": rss1 / 2**20,
         "kib_per_conn": (rss1 - rss0) / conns / 1024,
+        "deflate_accepted": stats.deflate_accepted,
     }
+
+
+async def _one_round_trip_each(clients: list[WSClient], stats: EchoStats) -> int:
+    """One round trip on every connection (they all still answer); how many answered."""
+    stats.recording = True
+    for c in clients:
+        c.start()
+        c.stop()
+    deadline = time.monotonic() + 15
+    while stats.count < len(clients) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return stats.count
 
 
 async def measure_timers(cfg: dict) -> dict[str, Any]:
@@ -464,6 +493,7 @@ ECHO_METRICS = [
     ("p99_us", "p99 us", "{:,.0f}"),
     ("client_cpu_us_per_msg", "client us/msg", "{:.2f}"),
     ("server_cores_busy", "srv cores", "{:.2f}"),
+    ("deflate_accepted", "deflate", "{:,.0f}"),
 ]
 IDLE_METRICS = [
     ("kib_per_conn", "KiB/conn", "{:.2f}"),
@@ -471,6 +501,7 @@ IDLE_METRICS = [
     ("conns", "conns", "{:,.0f}"),
     ("connect_errors", "errors", "{:.0f}"),
     ("echo_answered", "answered", "{:,.0f}"),
+    ("deflate_accepted", "deflate", "{:,.0f}"),
 ]
 RATIO_KEYS = {"msgs_per_s", "server_cpu_us_per_msg", "p50_us", "p99_us", "kib_per_conn"}
 
@@ -595,13 +626,21 @@ async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, 
             kind, params, participants = SCENARIOS[name]
             if kind == "echo":
                 for sname in _rotated(participants, r):
-                    res = await measure_echo(servers[sname], params["size"], params["conns"], cfg)
+                    res = await measure_echo(
+                        servers[sname],
+                        params["size"],
+                        params["conns"],
+                        cfg,
+                        params.get("deflate", False),
+                    )
                     raw[name].setdefault(sname, []).append(res)
                     _progress(name, sname, f"{res['server_cpu_us_per_msg']:.2f} us/msg")
             elif kind == "idle":
                 participants = cfg.get("idle_servers", {}).get(name, participants)
                 for sname in _rotated(participants, r):
-                    res = await measure_idle(sname, params["conns"], cfg, logdir)
+                    res = await measure_idle(
+                        sname, params["conns"], cfg, logdir, params.get("deflate", False)
+                    )
                     raw[name].setdefault(sname, []).append(res)
                     _progress(name, sname, f"{res['kib_per_conn']:.2f} KiB/conn")
             elif kind == "timers":

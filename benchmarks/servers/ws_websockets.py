@@ -12,7 +12,7 @@ async def echo(ws):
 
 
 async def main(host: str, port: int) -> None:
-    # Keepalive pings off, as in the other servers; the client never offers compression.
+    # Keepalive pings off, as in the other servers; compression on (the default) when offered.
     async with serve(echo, host, port, ping_interval=None, max_size=None) as server:
         await server.serve_forever()
 

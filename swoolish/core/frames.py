@@ -59,7 +59,8 @@ _HEADER_64 = struct.Struct("!BBQ")
 
 
 def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """An unmasked, unfragmented server frame (RFC 6455 §5.2)."""
+    """An unmasked, unfragmented server frame (RFC 6455 §5.2); ``opcode`` may carry the
+    RSV1 bit of a compressed message (RFC 7692 §6)."""
     n = len(payload)
     if n < 126:
         return bytes((0x80 | opcode, n)) + payload

@@ -384,6 +384,24 @@ SETTINGS: tuple[Setting, ...] = (
         "Offer permessage-deflate (RFC 7692) to clients that ask for it.",
     ),
     Setting(
+        "websocket_compression_threshold",
+        512,
+        _non_negative_int,
+        "On a connection with permessage-deflate, messages shorter than this many bytes "
+        "are sent uncompressed (RSV1 clear, RFC 7692 §6): deflate saves little on them and "
+        "costs the most CPU per byte. 0 compresses every message.",
+        metavar="BYTES",
+    ),
+    Setting(
+        "websocket_compression_context_takeover",
+        False,
+        _bool,
+        "Keep the server's compression context from message to message: a zlib "
+        "compressor per connection (up to about 256 KiB each) for a better ratio on "
+        "repetitive streams. Off: answer with server_no_context_takeover and compress "
+        "each message as a stream of its own with one compressor per worker.",
+    ),
+    Setting(
         "pid_file",
         None,
         _optional_path,

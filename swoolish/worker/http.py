@@ -545,10 +545,18 @@ class HttpConnection(Connection, asyncio.Protocol):
         extensions = []
         if settings.websocket_compression:
             # With live hand-off, ask the client not to keep its compression context
-            # (RFC 7692 §7.1.1.1): then no decompression window has to move. A TLS
-            # connection never moves, so it keeps the better compression.
+            # (RFC 7692 §7.1.1.2): then no decompression window has to move. A TLS
+            # connection never moves, so it keeps the better compression. Unless told
+            # otherwise, the server keeps none either (§7.1.1.1): its messages are
+            # streams of their own and no compressor lives with a connection
+            # (docs/performance.md, "Compressed connections").
             movable = settings.reload_handoff and not self._secure
-            extensions.append(ServerPerMessageDeflateFactory(client_no_context_takeover=movable))
+            extensions.append(
+                ServerPerMessageDeflateFactory(
+                    server_no_context_takeover=not settings.websocket_compression_context_takeover,
+                    client_no_context_takeover=movable,
+                )
+            )
         return ServerProtocol(
             extensions=extensions, max_size=settings.max_message_size, logger=QUIET_LOG
         )

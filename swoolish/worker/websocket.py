@@ -4,7 +4,10 @@ websockets' sans-I/O protocol owns the framing rules of RFC 6455 and permessage-
 (RFC 7692); this module owns what a server adds on top: message reassembly and UTF-8
 validation (RFC 6455 §8.1), in-order dispatch to the app, ``push``, the closing
 handshake with the close codes of docs/quickstart.md, and a fast path for the common
-small frame that skips the protocol object.
+small frame that skips the protocol object, which also takes messages compressed as
+streams of their own (permessage-deflate without context takeover,
+:mod:`swoolish.core.deflate`); ``push`` compresses only messages of
+``websocket_compression_threshold`` bytes or more.
 
 A :class:`WsConnection` comes to life in one of two ways: an
 :class:`~swoolish.worker.http.HttpConnection` finishes a handshake and hands it the
@@ -36,6 +39,7 @@ try:  # websockets' C speedups: unmasking at C speed
 except ImportError:  # pragma: no cover - a build without its C extension
     from websockets.utils import apply_mask
 
+from ..core.deflate import RSV1, compress_message, inflate_message
 from ..core.frames import (
     BINARY,
     GOING_AWAY,
@@ -164,9 +168,11 @@ class WsConnection(Connection, asyncio.Protocol):
         "_app_state",
         "_arrival",
         "_close_when_idle",
+        "_deflate",
         "_fast",
         "_frag_opcode",
         "_fragments",
+        "_inflate_bits",
         "_moved_timers",
         "_rx",
         "_stash",
@@ -190,6 +196,8 @@ class WsConnection(Connection, asyncio.Protocol):
         self.connect_time = self.last_time = connect_time
         self.ws: ServerProtocol | None = None
         self._fast = False  # the next bytes start at a frame boundary, may go fast
+        self._deflate: PerMessageDeflate | None = None  # permessage-deflate, if negotiated
+        self._inflate_bits = 0  # the fast path inflates with this window; 0: it does not
         self._fragments: list[Any] = []
         self._frag_opcode = 0
         self._text_decoder: codecs.IncrementalDecoder | None = None
@@ -230,7 +238,8 @@ class WsConnection(Connection, asyncio.Protocol):
         self.ws = open_protocol(
             handshake.extensions, handshake.subprotocol, handshake.max_message_size
         )
-        self._fast = not self.ws.extensions
+        self._use_extensions(self.ws.extensions)
+        self._fast = True
         self.established = True
         self.path = request.path
         worker.connections.upgraded(self.sid, self)
@@ -282,7 +291,8 @@ class WsConnection(Connection, asyncio.Protocol):
             self._text_decoder = codecs.getincrementaldecoder("utf-8")()
             self._text_decoder.setstate(record.decoder)
         self.established = True
-        self._fast = not ws.extensions and not self._fragments and ws.current_size is None
+        self._use_extensions(ws.extensions)
+        self._fast = not self._fragments and ws.current_size is None
         if closing_code is None:
             worker.connections.adopted(self.sid, self)
         else:
@@ -299,6 +309,20 @@ class WsConnection(Connection, asyncio.Protocol):
             self._websocket_data(record.unparsed)
         if closing_code is not None:
             self.drain(closing_code, "server restarting")
+
+    def _use_extensions(self, extensions: list[Any]) -> None:
+        """Note how the negotiated permessage-deflate, if any, lets messages go.
+
+        A client that keeps no context between messages (client_no_context_takeover)
+        sends each compressed message as a stream of its own, which the fast path
+        inflates alone; with its context kept, compressed messages need the protocol
+        object's decompressor and go that way (uncompressed ones still go fast).
+        """
+        for ext in extensions:
+            if isinstance(ext, PerMessageDeflate):
+                self._deflate = ext
+                if ext.remote_no_context_takeover:
+                    self._inflate_bits = ext.remote_max_window_bits
 
     def _rearm_timers(self, snapshots: list[dict[str, Any]]) -> None:
         timers = self._worker.timers
@@ -408,18 +432,19 @@ class WsConnection(Connection, asyncio.Protocol):
             and ws.state is OPEN
             and ws.current_size is None
             and not self._fragments
-            and not ws.extensions
         )
 
     def _fast_frames(self, data: bytes) -> int:
         """Handle the common case without the protocol object; returns bytes consumed.
 
-        Only complete, final, masked text or binary frames without RSV bits, shorter
-        than 64 KiB and within max_message_size, and pings (final, masked, at most 125
-        bytes: RFC 6455 §5.5), taken from a frame boundary (§5.2). The first frame that
-        is anything else -- another control frame, a fragment, an extension's, too
-        large, cut by the read -- and everything after it goes to websockets' protocol,
-        which then owns every rule this path does not check.
+        Only complete, final, masked text or binary frames without RSV bits (or with
+        RSV1 alone, a message compressed as a stream of its own, when the client keeps no
+        compression context), shorter than 64 KiB and within max_message_size, and pings
+        (final, masked, at most 125 bytes: RFC 6455 §5.5), taken from a frame boundary
+        (§5.2). The first frame that is anything else -- another control frame, a
+        fragment, an extension's, too large, cut by the read, a compressed one that does
+        not inflate within max_message_size -- and everything after it goes to websockets'
+        protocol, which then owns every rule this path does not check.
 
         Each ping gets its pong, in order; the pongs of one read go out in one write,
         before the reply to any message that followed them. A client flooding pings
@@ -430,6 +455,7 @@ class WsConnection(Connection, asyncio.Protocol):
         handler = worker.handler("message")
         server = worker.server
         limit = worker.settings.max_message_size
+        inflate_bits = self._inflate_bits
         n = len(data)
         pos = 0
         pongs: list[bytes] = []
@@ -444,8 +470,14 @@ class WsConnection(Connection, asyncio.Protocol):
                 pongs.append(encode_frame(OP_PONG, payload))
                 pos = end
                 continue
-            # FIN, no RSV, text or binary; masked; a 7- or 16-bit length
-            if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80 or b1 == 0xFF:
+            # FIN, no RSV (or RSV1: compressed), text or binary; masked; a 7- or 16-bit length
+            if b0 == 0x81 or b0 == 0x82:
+                compressed = False
+            elif (b0 == 0xC1 or b0 == 0xC2) and inflate_bits:
+                compressed = True
+            else:
+                break
+            if b1 < 0x80 or b1 == 0xFF:
                 break
             extent = frame_extent(data, pos)
             if extent is None:
@@ -456,8 +488,13 @@ class WsConnection(Connection, asyncio.Protocol):
             if pongs and not self._send_pongs(pongs):
                 return n  # closed over its output budget: the rest is discarded
             payload = apply_mask(data[head:end], data[head - 4 : head])
+            if compressed:
+                inflated = inflate_message(payload, inflate_bits, limit)
+                if inflated is None:
+                    break  # corrupt or too large: the protocol fails it with its code
+                payload = inflated
             pos = end
-            if b0 == 0x81:
+            if b0 & 0x0F == TEXT:
                 try:
                     message: str | bytes = payload.decode()
                 except UnicodeDecodeError as exc:
@@ -484,6 +521,8 @@ class WsConnection(Connection, asyncio.Protocol):
     def _cut_fast_frame(self, data: bytes) -> bool:
         """``data`` starts with a frame the fast path takes, cut by the read."""
         b0 = data[0]
+        if self._inflate_bits and (b0 == 0xC1 or b0 == 0xC2):
+            b0 ^= RSV1  # a compressed message the fast path takes whole
         if len(data) < 2:
             return b0 == 0x81 or b0 == 0x82 or b0 == 0x89
         b1 = data[1]
@@ -641,20 +680,30 @@ class WsConnection(Connection, asyncio.Protocol):
         else:
             payload = bytes(data)
             opcode = opcode or BINARY
-        ws = self.ws
-        assert ws is not None
-        if ws.extensions:
-            # permessage-deflate (RFC 7692 §7.2.1) compresses the frame; serialised here
-            # rather than with ws.send_text(), which refuses once the protocol has queued
-            # a close: a message answered before that close still goes out before it.
-            frame = WsFrame(Opcode.TEXT if opcode == TEXT else Opcode.BINARY, payload)
-            wire = frame.serialize(mask=False, extensions=ws.extensions)
+        deflate = self._deflate
+        if deflate is not None and len(payload) >= worker.settings.websocket_compression_threshold:
+            wire = self._compressed(deflate, opcode, payload)
         else:
-            wire = encode_frame(opcode, payload)
+            wire = encode_frame(opcode, payload)  # RSV1 clear: sent as is (RFC 7692 §6)
         self._emit(transport, wire)  # within budget: checked above
         self.messages_out += 1
         worker.stats["messages_out"] += 1
         return True
+
+    def _compressed(self, deflate: PerMessageDeflate, opcode: int, payload: bytes) -> bytes:
+        """The frame of a message compressed with permessage-deflate (RFC 7692 §7.2.1).
+
+        Without server context takeover the message is a stream of its own from the
+        process's shared compressor; with it, the connection's own compressor (the
+        protocol's extension) keeps its window. Serialised here rather than with
+        ws.send_text(), which refuses once the protocol has queued a close: a message
+        answered before that close still goes out before it.
+        """
+        if deflate.local_no_context_takeover:
+            data = compress_message(payload, deflate.local_max_window_bits)
+            return encode_frame(RSV1 | opcode, data)
+        frame = WsFrame(Opcode.TEXT if opcode == TEXT else Opcode.BINARY, payload)
+        return frame.serialize(mask=False, extensions=[deflate])
 
     def disconnect(self, code: int = 1000, reason: str = "") -> bool:
         """Start the closing handshake with ``code``; the session is gone from now on."""

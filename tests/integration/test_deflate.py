@@ -1,0 +1,125 @@
+"""permessage-deflate (RFC 7692) on a real `swoolish serve`: per-message compression,
+compressed messages both ways, and a compressed connection moved by a reload."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import zlib
+
+from support import masked_frame, raw_connect, serving, timeout, write_app
+
+TARGET = "tests/apps/echo_app.py:server"
+OFFER = "permessage-deflate; client_max_window_bits"  # what a browser sends
+
+APP = """
+from swoolish import WebSocketServer
+
+VERSION = {version!r}
+server = WebSocketServer()
+
+@server.on("message")
+def on_message(server, frame):
+    server.push(frame.fd, VERSION + ":" + frame.data)
+"""
+
+
+def deflate_handshake(port: int) -> tuple[socket.socket, str, bytes]:
+    """A raw connection that offered permessage-deflate: socket, extension answer, rest."""
+    sock = raw_connect(port)
+    sock.sendall(
+        (
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: {OFFER}\r\n\r\n"
+        ).encode()
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed during handshake: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    extension = ""
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.lower() == "sec-websocket-extensions":
+            extension = value.strip()
+    return sock, extension, rest
+
+
+def compressed_frame(payload: bytes) -> bytes:
+    """A compressed text message, a stream of its own, as a browser sends it."""
+    comp = zlib.compressobj(wbits=-15)
+    data = comp.compress(payload) + comp.flush(zlib.Z_SYNC_FLUSH)
+    frame = bytearray(masked_frame(1, data[:-4]))
+    frame[0] |= 0x40  # RSV1: compressed (RFC 7692 §6)
+    return bytes(frame)
+
+
+def read_frames(sock: socket.socket, count: int, buffer: bytes) -> list[tuple[int, bytes]]:
+    """``count`` server frames as (first byte, payload inflated if RSV1 is set)."""
+    sock.settimeout(timeout(5))
+    frames = []
+    while len(frames) < count:
+        if len(buffer) >= 2:
+            n, start = buffer[1] & 0x7F, 2
+            if n == 126 and len(buffer) >= 4:
+                n, start = int.from_bytes(buffer[2:4], "big"), 4
+            if n != 126 and len(buffer) >= start + n:
+                b0, payload = buffer[0], buffer[start : start + n]
+                buffer = buffer[start + n :]
+                if b0 & 0x40:
+                    payload = zlib.decompressobj(wbits=-15).decompress(
+                        payload + b"\x00\x00\xff\xff"
+                    )
+                frames.append((b0, payload))
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        buffer += chunk
+    return frames
+
+
+def test_small_messages_plain_large_ones_compressed_on_the_wire(tmp_path):
+    """1. a browser-like client negotiates permessage-deflate and sends compressed
+    messages, small and large  2. echoes under the 512-byte default threshold come back
+    with RSV1 clear, larger ones with RSV1 set, each inflating to what was sent."""
+    with serving(TARGET, tmp_path) as server:
+        sock, extension, rest = deflate_handshake(server.port)
+        with sock:
+            assert "server_no_context_takeover" in extension
+            assert "client_no_context_takeover" in extension
+            small, large = b"hello", b"0123456789" * 100
+            sock.sendall(compressed_frame(small) + compressed_frame(large) + masked_frame(1, small))
+            frames = read_frames(sock, 3, rest)
+    assert frames == [(0x81, small), (0xC1, large), (0x81, small)]
+
+
+def test_websockets_client_with_compression_both_ways(tmp_path):
+    """1. websockets' client with compression="deflate" (it compresses every message)
+    2. small and large, text and binary messages come back unchanged."""
+    with serving(TARGET, tmp_path) as server, server.connect(compression="deflate") as ws:
+        for message in ("hi", "é" * 3000, b"\x00" * 10, bytes(range(256)) * 40):
+            ws.send(message)
+            assert ws.recv(timeout=timeout(5)) == message
+
+
+def test_compressed_connection_survives_a_reload(tmp_path):
+    """1. a compressed connection exchanges small and large messages  2. new code on
+    disk; SIGUSR1  3. the same connection carries on with the new code, both sizes."""
+    target = write_app(tmp_path, APP.format(version="v1"), "deflate_app.py")
+    with serving(f"{target}:server", tmp_path) as server:
+        with server.connect(compression="deflate") as ws:
+            large = "x" * 4000
+            for message in ("a", large):
+                ws.send(message)
+                assert ws.recv(timeout=timeout(5)) == "v1:" + message
+            write_app(tmp_path, APP.format(version="v2"), "deflate_app.py")
+            server.signal(signal.SIGUSR1)
+            server.wait_for_log(r"reload to generation 2 complete", 20)
+            server.wait_for_log(r"moved to the new worker", 20)
+            for message in ("b", large):
+                ws.send(message)
+                assert ws.recv(timeout=timeout(5)) == "v2:" + message

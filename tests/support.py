@@ -273,11 +273,17 @@ def raw_handshake(port: int, path: str = "/") -> tuple[socket.socket, bytes]:
 
 def upgrade(sock: socket.socket, path: str = "/") -> bytes:
     """The opening handshake on a connected socket; returns the bytes after the 101."""
+    return upgrade_with(sock, path)[1]
+
+
+def upgrade_with(sock: socket.socket, path: str = "/", headers: str = "") -> tuple[bytes, bytes]:
+    """The opening handshake with extra ``headers`` (``Name: value\\r\\n`` lines); returns
+    the 101's head and the bytes after it."""
     sock.sendall(
         (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{headers}\r\n"
         ).encode()
     )
     data = b""
@@ -287,7 +293,7 @@ def upgrade(sock: socket.socket, path: str = "/") -> bytes:
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
-    return rest
+    return head, rest
 
 
 def masked_frame(

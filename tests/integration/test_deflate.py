@@ -7,7 +7,7 @@ import signal
 import socket
 import zlib
 
-from support import masked_frame, raw_connect, serving, timeout, write_app
+from support import masked_frame, raw_connect, serving, timeout, upgrade_with, write_app
 
 TARGET = "tests/apps/echo_app.py:server"
 OFFER = "permessage-deflate; client_max_window_bits"  # what a browser sends
@@ -27,20 +27,7 @@ def on_message(server, frame):
 def deflate_handshake(port: int) -> tuple[socket.socket, str, bytes]:
     """A raw connection that offered permessage-deflate: socket, extension answer, rest."""
     sock = raw_connect(port)
-    sock.sendall(
-        (
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: {OFFER}\r\n\r\n"
-        ).encode()
-    )
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, f"connection closed during handshake: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
+    head, rest = upgrade_with(sock, headers=f"Sec-WebSocket-Extensions: {OFFER}\r\n")
     extension = ""
     for line in head.decode("latin-1").split("\r\n"):
         name, _, value = line.partition(":")

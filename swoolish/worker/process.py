@@ -19,7 +19,6 @@ import ctypes
 import inspect
 import logging
 import os
-import pickle
 import random
 import signal
 import socket
@@ -67,7 +66,7 @@ from .boot import BootWatch, boot_failure, stall_delay
 from .connection import Connection
 from .handoff import Adopter, hand_off
 from .http import HttpConnection
-from .router import MAX_ROUTED_PAYLOAD, Router
+from .router import MAX_ROUTED_PAYLOAD, Router, routable_payload
 from .sessions import SessionMap
 from .tasks import TaskClient
 from .websocket import WsConnection
@@ -203,12 +202,11 @@ class Worker:
                 settings.worker_num, settings.task_worker_num, self.process_num
             )
             raise ValueError(f"unknown worker id {worker_id!r}; valid ids are {valid}")
-        try:
-            payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise TypeError(f"send_message needs a picklable message: {exc}") from None
-        if len(payload) > MAX_ROUTED_PAYLOAD:
-            raise ValueError(f"message over {MAX_ROUTED_PAYLOAD} bytes once pickled")
+        payload = routable_payload(
+            message,
+            "send_message needs a picklable message",
+            f"message over {MAX_ROUTED_PAYLOAD} bytes once pickled",
+        )
         if self.channel is None:
             return False
         return self.router.send(ToSlot(worker_id), Pipe(self.worker_id, payload))

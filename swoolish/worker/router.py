@@ -75,12 +75,25 @@ from ..shared.table import SessionTable
 from .host import WorkerHost
 from .websocket import WsConnection
 
-__all__ = ["MAX_ROUTED_PAYLOAD", "Router"]
+__all__ = ["MAX_ROUTED_PAYLOAD", "Router", "routable_payload"]
 
 log = logging.getLogger("swoolish.routing")
 
 CHUNK_BYTES = 256 * 1024  # one routed message: a bounded unit of work for the master
 MAX_ROUTED_PAYLOAD = 1024 * 1024  # a bigger push to another worker's session is refused
+
+
+def routable_payload(value: Any, not_picklable: str, too_large: str) -> bytes:
+    """``value`` pickled for a trip through the master (send_message, a task), refused
+    at the call when it cannot be pickled (TypeError: ``not_picklable: why``) or is over
+    MAX_ROUTED_PAYLOAD once pickled (ValueError: ``too_large``)."""
+    try:
+        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(f"{not_picklable}: {exc}") from None
+    if len(payload) > MAX_ROUTED_PAYLOAD:
+        raise ValueError(too_large)
+    return payload
 
 
 def broadcast_id(worker_pid: int, counter: int) -> int:

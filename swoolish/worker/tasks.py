@@ -23,7 +23,7 @@ from ..core.errors import TaskError, TaskQueueFull
 from ..core.messages import Message, Task, TaskResult
 from ..shared.taskload import TaskLoad
 from .host import WorkerHost
-from .router import MAX_ROUTED_PAYLOAD
+from .router import MAX_ROUTED_PAYLOAD, routable_payload
 
 __all__ = ["MAX_TASK_PAYLOAD", "TaskClient"]
 
@@ -53,12 +53,11 @@ class TaskClient:
         """Send a task; its id, or None when the task worker(s) it may go to are full.
         Bad arguments raise here, at the call."""
         load = self._check(dst_worker_id, "task")
-        try:
-            payload = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise TypeError(f"a task's data must be picklable: {exc}") from None
-        if len(payload) > MAX_TASK_PAYLOAD:
-            raise ValueError(f"task data over {MAX_TASK_PAYLOAD} bytes once pickled")
+        payload = routable_payload(
+            data,
+            "a task's data must be picklable",
+            f"task data over {MAX_TASK_PAYLOAD} bytes once pickled",
+        )
         worker = self.worker
         slot = load.claim(worker.settings.task_queue_size, dst_worker_id)
         if slot is None:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .core.bus import CLOSE_CODE
 from .core.events import Handlers, canonical_event_name
 from .core.frames import BINARY, GOING_AWAY, TEXT, check_close, check_push
 from .core.loading import loading_in_worker, note_server_created
@@ -25,13 +26,21 @@ from .core.messages import (
 )
 from .core.processes import ProcessSpec
 from .core.settings import Settings
+from .shared.ids import NODE_SHIFT
 from .shared.table import ESTABLISHED, peer_from_word
 from .worker.process import Worker
-from .worker.router import MAX_ROUTED_PAYLOAD
+from .worker.router import MAX_ROUTED_PAYLOAD, routable_payload
 
 __all__ = ["BINARY", "TEXT", "WebSocketServer"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _wire(data: str | bytes, opcode: int | None) -> tuple[bytes, int]:
+    """A message as the cluster bus carries it: bytes and the opcode they go out with."""
+    if isinstance(data, str):
+        return data.encode(), opcode or TEXT
+    return bytes(data), opcode or BINARY
 
 
 class WebSocketServer:
@@ -97,6 +106,9 @@ class WebSocketServer:
             if connections.arriving and fd in connections.arriving:
                 return worker.router.hold(conn, fd, data, opcode)
             return conn.push(data, opcode)
+        cluster = worker.cluster
+        if cluster is not None and type(fd) is int and fd >> NODE_SHIFT != cluster.node:
+            return cluster.push(fd, *_wire(data, opcode))
         found = worker.router.lookup(fd)
         if found is None or found[1] < ESTABLISHED:
             worker.stats["push_to_closed"] += 1
@@ -110,9 +122,42 @@ class WebSocketServer:
         return True
 
     def exists(self, fd: int) -> bool:
-        """True from accept until a close begins (either side), then False forever."""
+        """True from accept until a close begins (either side), then False forever.
+
+        For a session of another node (cluster mode) it reads this worker's replica:
+        true from when its open reaches this node until its close does, its node is
+        down, or this worker loses Redis (docs/cluster.md, "exists"); exact, at the cost
+        of a round trip: ``await exists_remote(fd)``.
+        """
         worker = self._require_worker("exists")
-        return fd in worker.connections or worker.router.lookup(fd) is not None
+        if fd in worker.connections or worker.router.lookup(fd) is not None:
+            return True
+        cluster = worker.cluster
+        return cluster is not None and type(fd) is int and cluster.reachable(fd)
+
+    async def exists_remote(self, fd: int, timeout: float = 0.5) -> bool:
+        """Whether session ``fd`` is open, asked of the node that owns it (cluster mode);
+        waits for that one node only, up to ``timeout`` seconds (then False). For this
+        node's sessions it is :meth:`exists`."""
+        worker = self._require_worker("exists_remote")
+        cluster = worker.cluster
+        if cluster is None or type(fd) is not int or fd >> NODE_SHIFT == cluster.node:
+            return self.exists(fd)
+        return await cluster.exists_remote(fd, timeout)
+
+    def node_of(self, fd: int) -> int:
+        """The number of the node that owns session ``fd`` (0 without cluster mode)."""
+        return fd >> NODE_SHIFT
+
+    def is_local(self, fd: int) -> bool:
+        """Whether session ``fd`` belongs to this node (any of its workers)."""
+        return fd >> NODE_SHIFT == self.node
+
+    @property
+    def node(self) -> int:
+        """This node's number in its cluster (0 without cluster mode)."""
+        worker = self._worker
+        return worker.cluster.node if worker is not None and worker.cluster is not None else 0
 
     def is_established(self, fd: int) -> bool:
         """True for a session whose WebSocket handshake is done and not closing."""
@@ -121,6 +166,8 @@ class WebSocketServer:
         if conn is not None:
             return conn.established and not conn.closing
         found = worker.router.lookup(fd)
+        if found is None and worker.cluster is not None and type(fd) is int:
+            return worker.cluster.reachable(fd)  # the replica lists WebSocket sessions only
         return found is not None and found[1] >= ESTABLISHED
 
     def disconnect(self, fd: int, code: int = 1000, reason: str = "") -> bool:
@@ -132,6 +179,9 @@ class WebSocketServer:
             if connections.arriving and fd in connections.arriving:
                 return worker.router.hold_disconnect(conn, fd, code, reason)
             return conn.disconnect(code, reason)
+        cluster = worker.cluster
+        if cluster is not None and type(fd) is int and fd >> NODE_SHIFT != cluster.node:
+            return cluster.disconnect(fd, code, reason)
         found = worker.router.lookup(fd)
         if found is None or found[1] < ESTABLISHED:
             return False
@@ -142,6 +192,10 @@ class WebSocketServer:
         """Close session ``fd`` (a WebSocket gets a 1000 close frame first)."""
         worker = self._require_worker("close")
         conn = worker.connections.get(fd)
+        cluster = worker.cluster
+        if conn is None and cluster is not None and type(fd) is int:
+            if fd >> NODE_SHIFT != cluster.node:
+                return cluster.disconnect(fd, CLOSE_CODE, "")
         if conn is None:
             found = worker.router.lookup(fd)
             if found is None:
@@ -159,15 +213,20 @@ class WebSocketServer:
         it was handed to: this worker's that accepted it, plus, for each other worker,
         the sessions its table lists (all of them), or the ``fds`` found in it. The
         other workers push when the message reaches them, to the sessions they have
-        then.
+        then. In cluster mode the other nodes get one message on the bus first (one
+        per node with ``fds``), and their sessions as this worker's replica lists them
+        are counted (docs/cluster.md).
         """
         worker = self._require_worker("broadcast")
         if len(data) > MAX_ROUTED_PAYLOAD:
             raise ValueError(f"broadcast data over {MAX_ROUTED_PAYLOAD} bytes")
         router = worker.router
+        cluster = worker.cluster
         handed = 0
         if fds is None:
+            remote = cluster.broadcast(*_wire(data, None)) if cluster is not None else 0
             handed, routed = router.broadcast(data, None)
+            handed += remote
             table = router.table
             if table is not None and routed:
                 for region, _ in table.active_regions():
@@ -175,10 +234,14 @@ class WebSocketServer:
                         handed += table.established_count(region)
             return handed
         by_region: dict[int, list[int]] = {}
+        remote_fds: list[int] = []
         for fd in fds:
             conn = worker.connections.get(fd) if type(fd) is int else None
             if conn is not None:
                 handed += conn.push(data, None)
+                continue
+            if cluster is not None and type(fd) is int and fd >> NODE_SHIFT != cluster.node:
+                remote_fds.append(fd)
                 continue
             found = router.lookup(fd)
             if found is None or found[1] < ESTABLISHED:
@@ -188,6 +251,8 @@ class WebSocketServer:
         for region, sids in by_region.items():
             if router.send(ToRegion(region), PushMany(sids, data, None)):
                 handed += len(sids)
+        if remote_fds and cluster is not None:
+            handed += cluster.push_many(remote_fds, *_wire(data, None))
         return handed
 
     @property
@@ -199,10 +264,10 @@ class WebSocketServer:
         """
         worker = self._require_worker("connections")
         table = worker.router.table
-        if table is None:
-            return self.local_connections
-        ids = set(table.established())
+        ids = set(table.established()) if table is not None else set()
         ids.update(self.local_connections)
+        if worker.cluster is not None:
+            ids.update(worker.cluster.connections())  # other nodes', as the replica lists
         return sorted(ids)
 
     @property
@@ -255,15 +320,31 @@ class WebSocketServer:
 
     # ------------------------------------------------------------------ worker messages
 
-    def send_message(self, message: Any, worker_id: int) -> bool:
+    def send_message(self, message: Any, worker_id: int, node: int | None = None) -> bool:
         """Deliver ``message`` (anything picklable) to worker ``worker_id``.
 
         Its ``pipe_message`` handler gets ``(server, src_worker_id, message)``; the
         current worker of that slot gets it (the new one once a reload made it serve).
         ``worker_id`` may name an event worker, a task worker or a user process
         (``process_id()``); an unknown one is a ValueError listing the valid ids.
+        In cluster mode ``node`` (see :meth:`node_of`) sends it to event worker
+        ``worker_id`` of another node, over the bus: False when that node is not live.
         """
-        return self._require_worker("send_message").send_pipe(message, worker_id)
+        worker = self._require_worker("send_message")
+        cluster = worker.cluster
+        if node is None or cluster is None or node == cluster.node:
+            return worker.send_pipe(message, worker_id)
+        if type(worker_id) is not int or not 0 <= worker_id < self.settings.worker_num:
+            raise ValueError(
+                f"another node's worker_id is an event worker, 0 to "
+                f"{self.settings.worker_num - 1}; got {worker_id!r}"
+            )
+        payload = routable_payload(
+            message,
+            "send_message needs a picklable message",
+            f"message over {MAX_ROUTED_PAYLOAD} bytes once pickled",
+        )
+        return cluster.send_pipe(node, worker_id, payload)
 
     # ------------------------------------------------------------------ user processes
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,3 +344,102 @@ def read_close_code(sock: socket.socket, seconds: float = 5.0) -> int | None:
         if not chunk:
             return None
         buffer += chunk
+
+
+class Client:
+    """A WebSocket client whose incoming messages a thread collects."""
+
+    def __init__(self, server) -> None:
+        self.ws = server.connect()
+        hello = json.loads(self.ws.recv(timeout=timeout(5)))
+        self.fd, self.worker_id = hello["fd"], hello["worker_id"]
+        self.node = hello.get("node", 0)
+        self.received: list[str] = []
+        self.closed: ConnectionClosed | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for message in self.ws:
+                with self._lock:
+                    self.received.append(message)
+        except ConnectionClosed as exc:
+            self.closed = exc
+        else:
+            self.closed = self.ws.protocol.close_exc  # type: ignore[assignment]
+
+    def send(self, text: str) -> None:
+        self.ws.send(text)
+
+    def take(self, count: int = 1, seconds: float = 10) -> list[str]:
+        """The next ``count`` messages (waiting for them), removed from the list."""
+        wait_until(lambda: len(self.received) >= count, seconds, what=f"{count} messages")
+        with self._lock:
+            taken, self.received[:] = self.received[:count], self.received[count:]
+        return taken
+
+    def ask(self, text: str) -> object:
+        self.send(text)
+        return json.loads(self.take()[0])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.close()
+        self._thread.join(timeout(5))
+
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, with no persistence, started by a
+    test and stopped by its pid (also when the test fails)."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (again, on the same port: a restart loses every key, as a crash would)."""
+        log = open(self.directory / f"redis-{self.port}.log", "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        wait_until(self.answers, 10, what=f"redis-server on port {self.port}")
+
+    def answers(self) -> bool:
+        try:
+            return self.client().ping()
+        except Exception:
+            return False
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=timeout(2))
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        """Stop by pid (a stopped process is continued first, so it can exit)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=timeout(5))

@@ -387,6 +387,9 @@ class HandoffBatch(NamedTuple):
     sender_pid: int
     deadline: float
     sessions: list[MovingSession]
+    # cluster mode: how far the old worker had read each bus publisher when these
+    # sessions left it, ``(node, pid) -> seq`` (swoolish.worker.cluster, "Reloads")
+    bus_marks: dict[tuple[int, int], int] | None = None
 
 
 class HandoffAck(NamedTuple):

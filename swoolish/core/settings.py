@@ -138,6 +138,29 @@ def _trusted_peers(name: str, value: Any) -> tuple[str, ...]:
     return entries
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _redis_url(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith(_REDIS_SCHEMES):
+        raise SettingError(
+            f"{name} must be a Redis URL such as redis://127.0.0.1:6379/0 (also rediss:// "
+            f"and unix://), got {value!r}"
+        )
+    return value
+
+
+def _cluster_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _CLUSTER_NAME.fullmatch(value):
+        raise SettingError(
+            f"{name} must be 1 to 64 letters, digits, '_', '.' or '-', got {value!r}"
+        )
+    return value
+
+
 def _bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise SettingError(f"{name} must be true or false, got {value!r}")
@@ -535,6 +558,23 @@ SETTINGS: tuple[Setting, ...] = (
         _non_negative_int,
         "Up to this many more before the replacement, chosen at random per worker, so "
         "workers are not all replaced at once (gunicorn's max_requests_jitter).",
+    ),
+    Setting(
+        "redis_url",
+        None,
+        _redis_url,
+        "Cluster mode: the Redis (or Valkey) that several swoolish nodes share, such as "
+        "redis://127.0.0.1:6379/0 (also rediss:// and unix://); push, exists, "
+        "disconnect and broadcast then reach sessions of every node (None: one node).",
+        kind="str",
+        metavar="URL",
+    ),
+    Setting(
+        "cluster_name",
+        "swoolish",
+        _cluster_name,
+        "Cluster mode: the name of this cluster, so several can share one Redis.",
+        metavar="NAME",
     ),
     Setting(
         "reload_on_change",

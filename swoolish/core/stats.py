@@ -34,6 +34,15 @@ COUNTERS = (
     "push_too_large",
     "pipe_messages_in",
     "handoff_arrivals_overdue",
+    # cluster mode (docs/cluster.md)
+    "cluster_out",  # messages this worker published on the bus
+    "cluster_in",  # messages of other nodes read from the bus
+    "cluster_push_refused",  # pushes to other nodes refused: link down, node or session gone
+    "cluster_to_closed",  # pushes from other nodes to a session no longer here
+    "cluster_link_losses",
+    "cluster_bad_messages",
+    "cluster_handoff_gaps",  # a moved session may have missed bus messages (logged)
+    "cluster_settle_timeouts",
 )
 
 SUMMED = (*COUNTERS, "connections", "websocket_connections", "timers", "tasks")

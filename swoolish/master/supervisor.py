@@ -59,6 +59,7 @@ from ..shared import ipc, tls
 from ..shared.ids import SharedIdSource
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from ..shared.table import SessionTable
+from .cluster import claim_node
 from .control import ControlClient, ControlServer
 from .listeners import bind, bind_unix, unlink_unix
 from .metrics import MetricsServer, Snapshot, Tally, WorkerSample
@@ -169,6 +170,7 @@ class Master:
         self.listen_sock: socket.socket | None = None
         self._uds_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self.ids = SharedIdSource()
+        self.node = 0  # cluster mode: this node's number (master/cluster.py)
         # Two generations plus crash replacements: 4 regions per slot.
         self.table = SessionTable(4 * self.settings.worker_num, self.settings.max_connections)
         self.switchboard = Switchboard(self.table.region_of)
@@ -236,6 +238,8 @@ class Master:
         self._write_pid_file()
         try:
             self.listen_sock = self._bind()
+            if self.settings.redis_url:  # cluster mode: a fresh node number (docs/cluster.md)
+                self.node = claim_node(self.settings.redis_url, self.settings.cluster_name)
             self.metrics = self._start_metrics()
             self.control = ControlServer(self._on_control_request, self._drop_control)
         except BaseException:
@@ -892,6 +896,7 @@ class Master:
                 process_num=len(self.process_names),
                 process_index=index,
                 process_name=self.process_names[index] if index is not None else "",
+                node=self.node,
             )
             code = self.worker_main(setup)
         except BaseException:

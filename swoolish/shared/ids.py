@@ -4,9 +4,11 @@ Swoole reuses file descriptors as session ids, so a timer left over from a dead
 connection can push into whoever gets the same fd next. swoolish ids are never reused:
 
 * An id is ``node << NODE_SHIFT | n`` where ``n`` comes from one counter shared by every
-  worker of every generation for the master's whole life. Ids are positive, stay below
-  2**52 (exact in JavaScript clients), and keep 7 bits for a node number so a future
-  cluster mode can make them unique across machines.
+  worker of every generation for the master's whole life. Without cluster mode ``node``
+  is 0 and ids are small integers, as in Swoole. In cluster mode (docs/cluster.md)
+  ``node`` is the number the node took from Redis at its start, never given twice, so
+  ids are unique across machines and restarts; 20 bits of node and 33 of ``n`` keep
+  every id below 2**53 (exact in JavaScript clients' JSON).
 * Workers take ids from the shared counter in blocks (one locked fetch-and-add per
   ``BLOCK`` accepts), so the shared counter costs nothing on the hot path.
 """
@@ -33,8 +35,8 @@ __all__ = [
     "exclusive",
 ]
 
-NODE_SHIFT = 45  # 2**45 ids per node: 35 trillion, more than a master will ever accept
-MAX_NODE = 127  # node numbers 0..127 keep every id below 2**52
+NODE_SHIFT = 33  # 2**33 ids per node start: 8.6 billion sessions
+MAX_NODE = 2**20 - 1  # node numbers up to this keep every id below 2**53
 BLOCK = 4096  # ids a worker takes from the shared counter at once
 
 
@@ -121,6 +123,10 @@ class IdAllocator:
     def next_id(self) -> int:
         if self._next >= self._end:
             start = self._source.take_block()
+            if self._base and start + BLOCK >= 1 << NODE_SHIFT:
+                # 8.6 billion sessions since this node started: a restart takes a new
+                # node number and starts again from 1.
+                raise RuntimeError("session ids of this node start are used up; restart it")
             # +1 so that the first id ever is 1: ids are positive, 0 is never a session.
             self._next, self._end = start + 1, start + 1 + BLOCK
         sid = self._next

@@ -33,3 +33,4 @@ class WorkerSetup:
     process_num: int = 0  # user processes the master runs (their ids follow task workers')
     process_index: int | None = None  # this is user process n (server.add_process)
     process_name: str = ""  # its name, to find its target again in the fresh app
+    node: int = 0  # cluster mode: this node's number, taken from Redis by the master

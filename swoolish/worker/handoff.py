@@ -182,6 +182,9 @@ async def _send_batch(
     master: ipc.Channel | None,
 ) -> None:
     detached = [(conn, conn.begin_move()) for conn in batch]
+    # Taken in the same step as the detach: no bus message is read in between, so the
+    # new worker applies exactly those we did not (swoolish.worker.cluster, "Reloads").
+    bus_marks = worker.bus_marks()
     # uvloop delivers connection_lost (and only then knows how much was left unsent)
     # on the next loop iteration after abort().
     await asyncio.gather(*(conn.moved_out for conn, _ in detached if conn.moved_out))
@@ -205,6 +208,7 @@ async def _send_batch(
     # (swoolish.worker.router), so it must be in the kernel, not in our queue.
     worker.router.flush()
     await _master_took_all(master)
+    await worker.settle_bus()  # what these clients published is ahead of what they will
     message = HandoffBatch(
         HANDOFF_VERSION,
         number,
@@ -213,6 +217,7 @@ async def _send_batch(
         # batch after this, so it never adopts what we took back (one writer per socket).
         time.monotonic() + ACK_TIMEOUT,
         states,
+        bus_marks,
     )
     waiter = acks.expect(number)
     try:
@@ -375,7 +380,7 @@ class Adopter:
         ipc.close_fds([descriptor for descriptor in fds if descriptor not in adopting])
         if taken:
             self.worker.router.adopting(message.sender_pid)
-            self.worker.track(self._adopt(taken))
+            self.worker.track(self._adopt(taken, message.bus_marks))
 
     def _refusal(self, message: HandoffBatch, fds: list[int]) -> str | None:
         if message.version != HANDOFF_VERSION:
@@ -389,7 +394,11 @@ class Adopter:
             return "the batch came after its deadline"
         return None
 
-    async def _adopt(self, taken: list[tuple[MovingSession, int]]) -> None:
+    async def _adopt(
+        self,
+        taken: list[tuple[MovingSession, int]],
+        bus_marks: dict[tuple[int, int], int] | None,
+    ) -> None:
         worker = self.worker
         # Python's cyclic GC walking every live connection is a third of adoption time.
         gc_was_enabled = gc.isenabled()
@@ -399,6 +408,7 @@ class Adopter:
                 try:
                     sock = socket.socket(fileno=descriptor)
                     conn = WsConnection.adopting(worker, state)
+                    worker.bus_adopting(state.sid, bus_marks)
                     await worker.loop.connect_accepted_socket(_factory(conn), sock)
                     self.adopted += 1
                 except OSError:

@@ -85,3 +85,15 @@ class WorkerHost(Protocol):
         """A handshake completed after this worker stopped accepting."""
 
     def take_late_movers(self, final: bool) -> list[Any]: ...
+
+    # cluster mode (swoolish.worker.cluster); without it these do nothing
+
+    def bus_marks(self) -> dict[tuple[int, int], int] | None:
+        """How far this worker has read the cluster bus, as sessions leave it."""
+
+    async def settle_bus(self) -> None:
+        """Wait (bounded) until Redis answered what this worker published."""
+
+    def bus_adopting(self, sid: int, marks: dict[tuple[int, int], int] | None) -> None:
+        """A session is moving here: once it is ours, it catches up on the bus messages
+        its old worker had not read."""

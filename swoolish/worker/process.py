@@ -63,6 +63,7 @@ from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from ..shared.table import RegionWriter
 from . import timers
 from .boot import BootWatch, boot_failure, stall_delay
+from .cluster import Cluster
 from .connection import Connection
 from .handoff import Adopter, hand_off
 from .http import HttpConnection
@@ -110,7 +111,7 @@ class Worker:
         self.inbox = setup.inbox  # where the previous generation hands us its connections
         self.adopter: Adopter | None = None
         self.handoff_channel: socket.socket | None = None  # where we hand ours on
-        self.ids = IdAllocator(setup.id_source)
+        self.ids = IdAllocator(setup.id_source, setup.node)
         # sessions: open, not closing; mirrored into our region of the shared table
         table, region = setup.table, setup.region
         writer = RegionWriter(table, region) if table is not None and region is not None else None
@@ -144,6 +145,14 @@ class Worker:
             logger=logging.getLogger("swoolish.timer"),
         )
         self._handlers = server.handlers
+        # cluster mode (docs/cluster.md): event workers reach other nodes over Redis
+        self.cluster: Cluster | None = None
+        if self.settings.redis_url and setup.node and not setup.task_worker:
+            if setup.process_index is None:
+                self.cluster = Cluster(
+                    self, self.settings.redis_url, self.settings.cluster_name, setup.node
+                )
+                self.connections.observer = self.cluster
         self._asyncio_server: asyncio.AbstractServer | None = None
         self.tls_context: ssl.SSLContext | None = None  # built in serve(), after the fork
         self._duties: dict[type, Callable[[Any], None]] = {
@@ -211,6 +220,17 @@ class Worker:
             return False
         return self.router.send(ToSlot(worker_id), Pipe(self.worker_id, payload))
 
+    def bus_marks(self) -> dict[tuple[int, int], int] | None:
+        return self.cluster.marks_now() if self.cluster is not None else None
+
+    async def settle_bus(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.settle()
+
+    def bus_adopting(self, sid: int, marks: dict[tuple[int, int], int] | None) -> None:
+        if self.cluster is not None:
+            self.cluster.adopting(sid, marks)
+
     def clear_bound_timers(self, sid: int) -> None:
         cleared = self.timers.clear_bound(sid)
         if cleared:
@@ -238,7 +258,7 @@ class Worker:
 
     def snapshot(self) -> dict[str, Any]:
         """This worker's figures for ``server.stats()`` and ``swoolish status``."""
-        figures = dict(self.stats)
+        figures: dict[str, Any] = dict(self.stats)
         figures.update(
             worker_id=self.worker_id,
             worker_pid=os.getpid(),
@@ -249,6 +269,8 @@ class Worker:
             tasks=len(self.tasks),
             draining=self.draining,
         )
+        if self.cluster is not None:
+            figures["cluster"] = self.cluster.describe()
         return figures
 
     # -- the lifecycle
@@ -283,6 +305,8 @@ class Worker:
             return EXIT_BOOT_ERROR
         self._supervise()
         self._schedule_heartbeat()
+        if self.cluster is not None:
+            await self.cluster.start()  # before sessions can move here (worker/cluster.py)
         if self.inbox is not None:
             self.adopter = Adopter(self, self.inbox)
         self._report_ready()
@@ -384,6 +408,9 @@ class Worker:
             except TimeoutError:
                 self.router.give_up_releases()  # hand over what we kept, never drop it
         self.router.flush()
+        if self.cluster is not None:
+            # The other nodes hear at once: a stop takes the node away, a reload only us.
+            await self.cluster.leave(node_leaving=close_code != SERVICE_RESTART)
         # Our final counters: the master keeps them once we are gone, so server-wide
         # totals (its metrics) never go down when a worker exits (docs/deployment.md).
         self.report(WorkerFigures(self.snapshot()))

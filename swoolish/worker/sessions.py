@@ -20,10 +20,21 @@ class _Peer(Protocol):
     peer: tuple[str, int]
 
 
+class SessionObserver(Protocol):
+    """Hears of WebSocket sessions that begin and end here (cluster mode tells the
+    other nodes, swoolish.worker.cluster)."""
+
+    def opened(self, sid: int) -> None: ...
+
+    def closed(self, sid: int) -> None: ...
+
+    def adopted(self, sid: int) -> None: ...
+
+
 class SessionMap(dict[int, Any]):
     """sid -> connection object of the sessions this worker owns (open, not closing)."""
 
-    __slots__ = ("arriving", "moved", "on_adopt", "writer")
+    __slots__ = ("arriving", "moved", "observer", "on_adopt", "writer")
 
     def __init__(self, writer: RegionWriter | None = None) -> None:
         super().__init__()
@@ -34,6 +45,7 @@ class SessionMap(dict[int, Any]):
         # those
         self.arriving: dict[int, list[Push | Disconnect]] = {}
         self.on_adopt: Callable[[int], None] | None = None
+        self.observer: SessionObserver | None = None
 
     def accepted(self, sid: int, conn: _Peer) -> None:
         """A new client connection; a session from now on (``exists()`` is true)."""
@@ -49,11 +61,15 @@ class SessionMap(dict[int, Any]):
             dict.__setitem__(self, sid, conn)
             if self.writer is not None and sid in self.writer.slots:  # not if it overflowed
                 self.writer.insert(sid, ESTABLISHED, peer_word(conn.peer))
+            if self.observer is not None:
+                self.observer.opened(sid)
 
     def adopted(self, sid: int, conn: _Peer) -> None:
         """A session handed over by our predecessor: operations routed to it through
         the old worker come first (held in ``arriving`` until then)."""
         dict.__setitem__(self, sid, conn)
+        if self.observer is not None:
+            self.observer.adopted(sid)
         if self.writer is not None:
             self.writer.insert(sid, ESTABLISHED, peer_word(conn.peer))
             self.arriving[sid] = []
@@ -69,8 +85,13 @@ class SessionMap(dict[int, Any]):
 
     def closing(self, sid: int) -> None:
         """The session ends (either side began a close): gone for every worker."""
-        if dict.pop(self, sid, None) is not None and self.writer is not None:
+        conn = dict.pop(self, sid, None)
+        if conn is None:
+            return
+        if self.writer is not None:
             self.writer.delete(sid)
+        if self.observer is not None and conn.established:
+            self.observer.closed(sid)
 
     def moving(self, sid: int) -> None:
         """The session left for our successor: other workers' operations on it still

@@ -293,12 +293,13 @@ class WsConnection(Connection, asyncio.Protocol):
         self.established = True
         self._use_extensions(ws.extensions)
         self._fast = not self._fragments and ws.current_size is None
+        if record.unsent:
+            self._write(record.unsent)  # what the old worker owed goes first
         if closing_code is None:
+            # ours from here: in cluster mode it catches up on the bus, after the unsent
             worker.connections.adopted(self.sid, self)
         else:
             worker.connections.taken_back(self.sid, self)
-        if record.unsent:
-            self._write(record.unsent)  # what the old worker owed goes first
         if closing_code is None:
             worker.stats["adopted"] += 1
             handler = worker.handler("resume")

@@ -1,5 +1,5 @@
 """Test app: sessions of any worker addressed by id (push, exists, disconnect, broadcast),
-and worker-to-worker messages."""
+and worker-to-worker messages; with --redis-url, of any node of a cluster too."""
 
 import json
 
@@ -10,7 +10,8 @@ server = WebSocketServer()
 
 @server.on("open")
 def on_open(server, request):
-    server.push(request.fd, json.dumps({"fd": request.fd, "worker_id": server.worker_id}))
+    hello = {"fd": request.fd, "worker_id": server.worker_id, "node": server.node}
+    server.push(request.fd, json.dumps(hello))
 
 
 @server.on("pipe_message")
@@ -59,3 +60,14 @@ async def on_message(server, frame):
         server.push(fd, json.dumps(await server.server_stats()))
     elif command == "ping":
         server.push(fd, "pong")
+    elif command == "count":  # n numbered pushes to target, back to back: order checks
+        target, _, n = arg.partition(":")
+        refused = sum(1 for i in range(int(n)) if not server.push(int(target), f"n{i}"))
+        server.push(fd, json.dumps({"refused": refused}))
+    elif command == "exists_remote":
+        server.push(fd, json.dumps({"exists": await server.exists_remote(int(arg))}))
+    elif command == "pipe_node":
+        node, _, rest = arg.partition(":")
+        worker_id, _, text = rest.partition(":")
+        sent = server.send_message({"fd": fd, "text": text}, int(worker_id), node=int(node))
+        server.push(fd, json.dumps({"sent": sent}))

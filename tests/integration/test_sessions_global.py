@@ -6,60 +6,15 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import threading
 from collections import defaultdict
 
 import pytest
-from support import serving, timeout, wait_until, write_app
-from websockets.exceptions import ConnectionClosed
+from support import Client, serving, timeout, wait_until, write_app
 
 TARGET = "tests/apps/global_app.py:server"
 # The clients live across test steps (a reader thread each), not in a with block.
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
 WORKERS = 4
-
-
-class Client:
-    """A WebSocket client whose incoming messages a thread collects."""
-
-    def __init__(self, server) -> None:
-        self.ws = server.connect()
-        hello = json.loads(self.ws.recv(timeout=timeout(5)))
-        self.fd, self.worker_id = hello["fd"], hello["worker_id"]
-        self.received: list[str] = []
-        self.closed: ConnectionClosed | None = None
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for message in self.ws:
-                with self._lock:
-                    self.received.append(message)
-        except ConnectionClosed as exc:
-            self.closed = exc
-        else:
-            self.closed = self.ws.protocol.close_exc  # type: ignore[assignment]
-
-    def send(self, text: str) -> None:
-        self.ws.send(text)
-
-    def take(self, count: int = 1, seconds: float = 10) -> list[str]:
-        """The next ``count`` messages (waiting for them), removed from the list."""
-        wait_until(lambda: len(self.received) >= count, seconds, what=f"{count} messages")
-        with self._lock:
-            taken, self.received[:] = self.received[:count], self.received[count:]
-        return taken
-
-    def ask(self, text: str) -> object:
-        self.send(text)
-        return json.loads(self.take()[0])
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ws.close()
-        self._thread.join(timeout(5))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,162 @@
+"""A worker's view of the other nodes of its cluster: who is alive and their sessions.
+
+Pure: every method takes ``now`` (seconds, any monotonic clock) from its caller.
+
+``exists(fd)`` must stay synchronous in cluster mode (docs/cluster.md, "exists"), so
+each worker keeps a replica of the live WebSocket sessions of every other node, fed by
+what those nodes publish on the control channel: batched ``opened``/``closed`` events,
+a ``snapshot`` of each worker's sessions when asked, a heartbeat every second, and a
+``leaving`` word on a clean stop. The replica is kept per *publisher* (one worker of one
+node): during a reload a session is listed by the worker it left and the worker it
+moved to, and the old worker's list goes with the old worker, so no event ordering
+between the two is needed.
+
+A node is down when none of its workers was heard for ``silence`` seconds, or at once
+when it says it leaves; its sessions then read as gone. Node numbers are never reused
+(they come from a counter in Redis), so a node that left never comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+__all__ = ["NODE_SILENCE", "ClusterView", "PublisherView"]
+
+NODE_SILENCE = 3.0  # seconds without a word from any worker of a node: it is down
+
+
+@dataclass(slots=True)
+class PublisherView:
+    """One worker of another node, as heard from."""
+
+    last_heard: float
+    worker_id: int = -1
+    sessions: set[int] = field(default_factory=set)
+    complete: bool = False  # its snapshot arrived: ``sessions`` is its whole list
+
+
+class ClusterView:
+    """Every other node's workers and their sessions, as last heard."""
+
+    def __init__(self, silence: float = NODE_SILENCE) -> None:
+        self.silence = silence
+        self.nodes: dict[int, dict[int, PublisherView]] = {}
+        self.left: set[int] = set()  # nodes that said they leave, or went silent
+
+    # -- what the bus says
+
+    def heard(self, node: int, publisher: int, now: float) -> bool:
+        """Any message from ``publisher`` of ``node``: it lives. Returns True for a
+        publisher not known before (its sessions are unknown until its snapshot)."""
+        workers = self.nodes.get(node)
+        if workers is None:
+            if node in self.left:
+                return False  # a word in flight from a node that left: not back
+            workers = self.nodes[node] = {}
+        view = workers.get(publisher)
+        if view is None:
+            workers[publisher] = PublisherView(now)
+            return True
+        view.last_heard = now
+        return False
+
+    def opened(self, node: int, publisher: int, fds: Iterable[int]) -> None:
+        view = self._view(node, publisher)
+        if view is not None:
+            view.sessions.update(fds)
+
+    def closed(self, node: int, publisher: int, fds: Iterable[int]) -> None:
+        view = self._view(node, publisher)
+        if view is not None:
+            view.sessions.difference_update(fds)
+
+    def snapshot(self, node: int, publisher: int, worker_id: int, fds: Iterable[int]) -> None:
+        """The publisher's whole list now; its later events apply on top (one ordered
+        connection carries both)."""
+        view = self._view(node, publisher)
+        if view is not None:
+            view.worker_id = worker_id
+            view.sessions = set(fds)
+            view.complete = True
+
+    def heartbeat(self, node: int, publisher: int, worker_id: int) -> None:
+        view = self._view(node, publisher)
+        if view is not None:
+            view.worker_id = worker_id
+
+    def leaving(self, node: int, publisher: int, node_leaving: bool) -> None:
+        """A worker stops (a reload replaces it) or the whole node stops."""
+        workers = self.nodes.get(node)
+        if workers is None:
+            return
+        workers.pop(publisher, None)
+        if node_leaving or not workers:
+            self._down(node)
+
+    def expire(self, now: float) -> list[int]:
+        """Drop workers silent for ``silence`` seconds; returns the nodes now down."""
+        down = []
+        for node, workers in list(self.nodes.items()):
+            for publisher, view in list(workers.items()):
+                if now - view.last_heard > self.silence:
+                    del workers[publisher]
+            if not workers:
+                self._down(node)
+                down.append(node)
+        return down
+
+    def forget(self, fd: int, node: int) -> None:
+        """A session this worker disconnected: gone here at once (its owner's
+        ``closed`` event confirms it later)."""
+        for view in self.nodes.get(node, {}).values():
+            view.sessions.discard(fd)
+
+    def clear(self) -> None:
+        """The link to the bus is lost: nothing of the other nodes is known any more."""
+        self.nodes.clear()
+
+    def _down(self, node: int) -> None:
+        self.nodes.pop(node, None)
+        self.left.add(node)
+
+    def _view(self, node: int, publisher: int) -> PublisherView | None:
+        workers = self.nodes.get(node)
+        return None if workers is None else workers.get(publisher)
+
+    # -- what the app asks
+
+    def is_up(self, node: int) -> bool:
+        return node in self.nodes
+
+    def exists(self, fd: int, node: int) -> bool:
+        workers = self.nodes.get(node)
+        if workers is None:
+            return False
+        for view in workers.values():
+            if fd in view.sessions:
+                return True
+        return False
+
+    def sessions(self) -> Iterator[int]:
+        """Every session of every other node, each once."""
+        for workers in self.nodes.values():
+            seen: set[int] = set()
+            for view in workers.values():
+                seen.update(view.sessions)
+            yield from seen
+
+    def describe(self, now: float) -> dict[int, dict[str, object]]:
+        """Per node: its workers heard, sessions, and how long ago it was last heard."""
+        out: dict[int, dict[str, object]] = {}
+        for node, workers in sorted(self.nodes.items()):
+            sessions: set[int] = set()
+            for view in workers.values():
+                sessions.update(view.sessions)
+            last = max(view.last_heard for view in workers.values())
+            out[node] = {
+                "workers": len(workers),
+                "sessions": len(sessions),
+                "heard_ago": round(max(0.0, now - last), 3),
+            }
+        return out

@@ -1,0 +1,345 @@
+"""A worker's link to the cluster bus: one publisher and one subscriber Redis connection.
+
+Built on redis-py's asyncio ``Connection`` used directly, never its pool: the pool
+opens a connection per concurrent command and gives up at 100, which loses
+fire-and-forget publishes and their order (docs/cluster.md, "Why two connections").
+
+* **Publishing never awaits.** ``publish`` packs the command into a buffer that goes
+  out once per loop iteration (write-combining); ``publish(..., now=True)`` writes at
+  once (a broadcast reaches the other nodes before its local fan-out starts). Replies
+  are read by a task and only counted: call order is wire order, and Redis keeps it.
+* **Bounded.** What is buffered, written and not yet answered is capped at
+  ``max_pending`` bytes; past it a publish is refused (``False``), so a stalled Redis
+  cannot grow a worker's memory.
+* **Health.** A ``PING`` goes out every second; a command unanswered for ``timeout``
+  seconds (a hung Redis: TCP alone would not tell) or any error on either connection
+  drops both, and the link reconnects every ``retry`` seconds (with jitter, growing to
+  ``retry_cap``). ``on_state`` hears each change once: one log line per change, never
+  one per publish.
+* **The subscriber** reads messages inline and hands each to ``on_message`` in order,
+  with no task per message. If Redis drops it (``CLIENT KILL TYPE pubsub``, its output
+  buffer limit), the whole link is rebuilt and the restart is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["BusLink", "LinkDown", "retry_delay"]
+
+log = logging.getLogger("swoolish.cluster")
+
+HEALTH_INTERVAL = 1.0  # seconds between PINGs on the publisher connection
+LINK_TIMEOUT = 2.0  # a command unanswered this long: the link is down
+RETRY = 0.5  # seconds between reconnection attempts at first
+RETRY_CAP = 5.0  # ... growing to this after RETRY_STEADY seconds of failures
+RETRY_STEADY = 10
+MAX_PENDING = 16 * 1024 * 1024  # bytes buffered, written and unanswered
+
+
+class LinkDown(ConnectionError):
+    """Why the link went down (its message is the one log line)."""
+
+
+def retry_delay(attempt: int, draw: Callable[[float, float], float] = random.uniform) -> float:
+    """The wait before reconnection attempt ``attempt`` (1, 2, …): ``RETRY`` with
+    jitter for the first ``RETRY_STEADY`` attempts (a Redis back after a short outage is
+    used again within about a second), then growing to ``RETRY_CAP``."""
+    base = RETRY if attempt <= RETRY_STEADY else min(RETRY_CAP, RETRY * 1.5 ** (attempt - 10))
+    return draw(0.8 * base, 1.2 * base)
+
+
+def _connection(url: str) -> Any:
+    """A redis-py asyncio connection for ``url`` (``redis://``, ``rediss://``,
+    ``unix://``), without redis-py's retries or socket timeout: this link has its own
+    (a retried command on a hung Redis waited a minute in the measurements behind
+    docs/cluster.md)."""
+    from redis.asyncio.connection import Connection, parse_url
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    kwargs = parse_url(url)
+    connection_class = kwargs.pop("connection_class", Connection)
+    return connection_class(  # type: ignore[misc]
+        **kwargs,
+        socket_timeout=None,
+        socket_connect_timeout=LINK_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+        client_name="swoolish",
+        protocol=2,  # RESP2: messages are plain replies, one parser path
+    )
+
+
+class BusLink:
+    """Publishes in call order without awaiting; subscribes; reconnects by itself."""
+
+    def __init__(
+        self,
+        url: str,
+        channels: list[bytes],
+        on_message: Callable[[bytes], None],
+        on_state: Callable[[bool, str], None],
+        loop: asyncio.AbstractEventLoop,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.url = url
+        self.channels = channels
+        self.on_message = on_message
+        self.on_state = on_state
+        self.loop = loop
+        self.max_pending = max_pending
+        self.up = False
+        self.changed_at = loop.time()  # when ``up`` last changed
+        self.reason = "connecting"  # why it is down (for status)
+        self.subscriber_restarts = 0
+        self.reconnects = 0
+        self._pub: Any = None
+        self._sub: Any = None
+        self._buffer: list[bytes] = []  # packed commands not written yet
+        self._buffered = 0  # bytes in _buffer
+        self._commands = 0  # commands in _buffer (each gets one reply)
+        self._unanswered: deque[tuple[int, int, float]] = deque()  # (commands, bytes, when)
+        self._unanswered_bytes = 0
+        self._flush_scheduled = False
+        self._settled: list[asyncio.Future[None]] = []
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+        self._lost: asyncio.Future[str] | None = None
+
+    # -- publishing (synchronous for the caller)
+
+    def publish(self, channel: bytes, payload: bytes, now: bool = False) -> bool:
+        """Hand one message to the bus: False, with nothing sent, when the link is down
+        or ``max_pending`` bytes wait already."""
+        size = len(payload) + len(channel) + 32
+        if not self.up or self._buffered + self._unanswered_bytes + size > self.max_pending:
+            return False
+        # RESP2 (https://redis.io/docs/latest/develop/reference/protocol-spec/)
+        head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n"
+        self._buffer.append(head % (len(channel), channel, len(payload)))
+        self._buffer.append(payload)
+        self._buffer.append(b"\r\n")
+        self._buffered += size
+        self._commands += 1
+        if now:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+        return True
+
+    def command(self, *args: str | bytes | int) -> bool:
+        """Any other command, fire-and-forget, in order with the publishes (its reply
+        is read and dropped; an error reply is logged)."""
+        if not self.up:
+            return False
+        packed = self._pub.pack_command(*args)
+        self._buffer.extend(packed)
+        self._buffered += sum(len(part) for part in packed)
+        self._commands += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+        return True
+
+    def flush(self) -> None:
+        """Write what is buffered, as one write (write-combining)."""
+        self._flush_scheduled = False
+        if not self._buffer:
+            return
+        buffer, self._buffer = self._buffer, []
+        size, self._buffered = self._buffered, 0
+        commands, self._commands = self._commands, 0
+        if not self.up or self._pub is None:
+            return  # lost with the link: at most once (docs/cluster.md)
+        self._unanswered.append((commands, size, self.loop.time()))
+        self._unanswered_bytes += size
+        # redis-py's writer is a plain asyncio StreamWriter: write() is synchronous and
+        # never blocks; what the kernel does not take waits in the transport, counted
+        # above in _unanswered_bytes, so max_pending bounds it.
+        self._pub._writer.writelines(buffer)
+
+    @property
+    def pending(self) -> int:
+        """Bytes handed to the link and not yet answered by Redis."""
+        return self._buffered + self._unanswered_bytes
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until Redis answered everything published
+        so far: from then on another connection's publishes come after ours (a session
+        that moves to another worker keeps its order, docs/cluster.md "Reloads")."""
+        self.flush()
+        if not self.up or not self._unanswered:
+            return True
+        future = self.loop.create_future()
+        self._settled.append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    # -- running
+
+    def start(self) -> None:
+        self._runner = self.loop.create_task(self._run())
+
+    async def wait_up(self, timeout: float) -> bool:
+        deadline = self.loop.time() + timeout
+        while not self.up and self.loop.time() < deadline and not self._closing:
+            await asyncio.sleep(0.01)
+        return self.up
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        await self._drop()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._connect(), LINK_TIMEOUT)
+            except (OSError, TimeoutError, Exception) as exc:
+                await self._drop()
+                self._went_down(_describe(exc))
+                attempt += 1
+                await asyncio.sleep(retry_delay(attempt))
+                continue
+            attempt = 0
+            self._lost = self.loop.create_future()
+            tasks = [
+                self.loop.create_task(self._read_replies()),
+                self.loop.create_task(self._read_messages()),
+                self.loop.create_task(self._check_health()),
+            ]
+            self._went_up()
+            try:
+                reason = await self._lost
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._drop()
+            self._went_down(reason)
+            if not self._closing:
+                await asyncio.sleep(retry_delay(1))
+
+    async def _connect(self) -> None:
+        self._pub = _connection(self.url)
+        self._sub = _connection(self.url)
+        await self._pub.connect()
+        await self._sub.connect()
+        await self._sub.send_command("SUBSCRIBE", *self.channels)
+        for _ in self.channels:
+            reply = await self._sub.read_response()
+            if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
+                raise LinkDown(f"unexpected reply to SUBSCRIBE: {reply!r}")
+
+    async def _drop(self) -> None:
+        for conn in (self._pub, self._sub):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+        self._pub = self._sub = None
+
+    def _lose(self, reason: str) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(reason)
+
+    def _went_up(self) -> None:
+        if self.reason != "connecting":
+            self.reconnects += 1
+        self.up = True
+        self.changed_at = self.loop.time()
+        self.reason = ""
+        self.on_state(True, "")
+
+    def _went_down(self, reason: str) -> None:
+        self._buffer.clear()
+        self._buffered = self._commands = 0
+        self._unanswered.clear()
+        self._unanswered_bytes = 0
+        self._wake_settled()
+        was_up, self.up = self.up, False
+        first = self.reason == "connecting"
+        self.reason = reason
+        if was_up:
+            self.changed_at = self.loop.time()
+        if (was_up or first) and not self._closing:
+            self.on_state(False, reason)  # once per change, never once per attempt
+
+    async def _read_replies(self) -> None:
+        pub = self._pub
+        try:
+            while True:
+                reply = await pub.read_response(disconnect_on_error=False)
+                if isinstance(reply, Exception):
+                    log.warning("Redis refused a command of the cluster bus: %s", reply)
+                self._answered()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._lose(f"publisher connection: {_describe(exc)}")
+
+    def _answered(self) -> None:
+        unanswered = self._unanswered
+        if not unanswered:
+            return
+        commands, size, when = unanswered[0]
+        if commands > 1:
+            unanswered[0] = (commands - 1, size, when)
+            return
+        unanswered.popleft()
+        self._unanswered_bytes -= size
+        if not unanswered:
+            self._wake_settled()
+
+    def _wake_settled(self) -> None:
+        waiters, self._settled = self._settled, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    async def _read_messages(self) -> None:
+        sub = self._sub
+        on_message = self.on_message
+        try:
+            while True:
+                reply = await sub.read_response(disconnect_on_error=False)
+                if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+                    try:
+                        on_message(reply[2])
+                    except Exception:
+                        log.exception("cluster bus message failed")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.subscriber_restarts += 1
+            self._lose(f"subscriber connection: {_describe(exc)}")
+
+    async def _check_health(self) -> None:
+        """PING every HEALTH_INTERVAL; the oldest unanswered command past LINK_TIMEOUT
+        means a Redis that is hung or unreachable."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL / 2)
+            unanswered = self._unanswered
+            if unanswered and self.loop.time() - unanswered[0][2] > LINK_TIMEOUT:
+                self._lose(f"no answer from Redis within {LINK_TIMEOUT:g}s")
+                return
+            if not unanswered or self.loop.time() - unanswered[-1][2] >= HEALTH_INTERVAL:
+                self.command("PING")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

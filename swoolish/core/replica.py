@@ -11,6 +11,13 @@ node): during a reload a session is listed by the worker it left and the worker 
 moved to, and the old worker's list goes with the old worker, so no event ordering
 between the two is needed.
 
+A session moving between two workers of its node (a reload's live hand-off) drops out
+of the old worker's list (its snapshot no longer has it, or it leaves) before or after
+it enters the new one's: the two lists come over two connections, in no set order.
+So a session that leaves a list without a ``closed`` event stays *in transit* for
+``transit`` seconds, and counts as live meanwhile, until a list has it again or it
+closes; pushes sent to it then reach the node, whose owner applies them.
+
 A node is down when none of its workers was heard for ``silence`` seconds, or at once
 when it says it leaves; its sessions then read as gone. Node numbers are never reused
 (they come from a counter in Redis), so a node that left never comes back.
@@ -21,9 +28,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["NODE_SILENCE", "ClusterView", "PublisherView"]
+__all__ = ["NODE_SILENCE", "TRANSIT", "ClusterView", "PublisherView"]
 
 NODE_SILENCE = 3.0  # seconds without a word from any worker of a node: it is down
+TRANSIT = 3.0  # seconds a session that left a worker's list without closing counts as live
 
 
 @dataclass(slots=True)
@@ -39,10 +47,12 @@ class PublisherView:
 class ClusterView:
     """Every other node's workers and their sessions, as last heard."""
 
-    def __init__(self, silence: float = NODE_SILENCE) -> None:
+    def __init__(self, silence: float = NODE_SILENCE, transit: float = TRANSIT) -> None:
         self.silence = silence
+        self.transit = transit
         self.nodes: dict[int, dict[int, PublisherView]] = {}
-        self.left: set[int] = set()  # nodes that said they leave, or went silent
+        self.moving: dict[int, dict[int, float]] = {}  # node -> {fd: until} (see above)
+        self.left: set[int] = set()  # nodes that said they leave: never back
 
     # -- what the bus says
 
@@ -65,44 +75,72 @@ class ClusterView:
         view = self._view(node, publisher)
         if view is not None:
             view.sessions.update(fds)
+            moving = self.moving.get(node)
+            if moving:
+                for fd in view.sessions.intersection(moving):
+                    del moving[fd]
 
     def closed(self, node: int, publisher: int, fds: Iterable[int]) -> None:
         view = self._view(node, publisher)
         if view is not None:
+            fds = list(fds)
             view.sessions.difference_update(fds)
+            moving = self.moving.get(node)
+            if moving:
+                for fd in fds:
+                    moving.pop(fd, None)
 
-    def snapshot(self, node: int, publisher: int, worker_id: int, fds: Iterable[int]) -> None:
+    def snapshot(
+        self, node: int, publisher: int, worker_id: int, fds: Iterable[int], now: float
+    ) -> None:
         """The publisher's whole list now; its later events apply on top (one ordered
-        connection carries both)."""
+        connection carries both). Sessions it no longer lists may be moving."""
         view = self._view(node, publisher)
         if view is not None:
+            listed = set(fds)
+            self._in_transit(node, view.sessions - listed, now)
             view.worker_id = worker_id
-            view.sessions = set(fds)
+            view.sessions = listed
             view.complete = True
+            self.opened(node, publisher, ())
+
+    def _in_transit(self, node: int, fds: set[int], now: float) -> None:
+        if fds:
+            until = now + self.transit
+            moving = self.moving.setdefault(node, {})
+            for fd in fds:
+                moving[fd] = until
 
     def heartbeat(self, node: int, publisher: int, worker_id: int) -> None:
         view = self._view(node, publisher)
         if view is not None:
             view.worker_id = worker_id
 
-    def leaving(self, node: int, publisher: int, node_leaving: bool) -> None:
-        """A worker stops (a reload replaces it) or the whole node stops."""
+    def leaving(self, node: int, publisher: int, node_leaving: bool, now: float) -> None:
+        """A worker stops (a reload replaces it: its sessions may be moving to its
+        successor) or the whole node stops."""
         workers = self.nodes.get(node)
         if workers is None:
             return
-        workers.pop(publisher, None)
+        view = workers.pop(publisher, None)
         if node_leaving or not workers:
-            self._down(node)
+            self._down(node, clean=True)
+        elif view is not None:
+            self._in_transit(node, view.sessions, now)
 
     def expire(self, now: float) -> list[int]:
         """Drop workers silent for ``silence`` seconds; returns the nodes now down."""
         down = []
+        for moving in self.moving.values():
+            for fd, until in list(moving.items()):
+                if until <= now:
+                    del moving[fd]
         for node, workers in list(self.nodes.items()):
             for publisher, view in list(workers.items()):
                 if now - view.last_heard > self.silence:
                     del workers[publisher]
             if not workers:
-                self._down(node)
+                self._down(node, clean=False)  # heard again: it is back
                 down.append(node)
         return down
 
@@ -111,14 +149,18 @@ class ClusterView:
         ``closed`` event confirms it later)."""
         for view in self.nodes.get(node, {}).values():
             view.sessions.discard(fd)
+        self.moving.get(node, {}).pop(fd, None)
 
     def clear(self) -> None:
         """The link to the bus is lost: nothing of the other nodes is known any more."""
         self.nodes.clear()
+        self.moving.clear()
 
-    def _down(self, node: int) -> None:
+    def _down(self, node: int, clean: bool) -> None:
         self.nodes.pop(node, None)
-        self.left.add(node)
+        self.moving.pop(node, None)
+        if clean:
+            self.left.add(node)
 
     def _view(self, node: int, publisher: int) -> PublisherView | None:
         workers = self.nodes.get(node)
@@ -136,12 +178,13 @@ class ClusterView:
         for view in workers.values():
             if fd in view.sessions:
                 return True
-        return False
+        moving = self.moving.get(node)
+        return moving is not None and fd in moving
 
     def sessions(self) -> Iterator[int]:
         """Every session of every other node, each once."""
-        for workers in self.nodes.values():
-            seen: set[int] = set()
+        for node, workers in self.nodes.items():
+            seen: set[int] = set(self.moving.get(node, ()))
             for view in workers.values():
                 seen.update(view.sessions)
             yield from seen
@@ -150,7 +193,7 @@ class ClusterView:
         """Per node: its workers heard, sessions, and how long ago it was last heard."""
         out: dict[int, dict[str, object]] = {}
         for node, workers in sorted(self.nodes.items()):
-            sessions: set[int] = set()
+            sessions: set[int] = set(self.moving.get(node, ()))
             for view in workers.values():
                 sessions.update(view.sessions)
             last = max(view.last_heard for view in workers.values())

@@ -423,7 +423,7 @@ class Cluster:
     def _on_leaving(self, header: Header, data: bytes) -> None:
         node_leaving = bus.read_leaving(data)
         was_up = self.view.is_up(header.node)
-        self.view.leaving(header.node, header.publisher, node_leaving)
+        self.view.leaving(header.node, header.publisher, node_leaving, self.loop.time())
         if was_up and not self.view.is_up(header.node):
             log.info("cluster: node %d left", header.node)
             self._fail_questions(header.node)
@@ -433,7 +433,7 @@ class Cluster:
 
     def _on_snapshot(self, header: Header, data: bytes) -> None:
         worker_id, sids = bus.read_snapshot(data)
-        self.view.snapshot(header.node, header.publisher, worker_id, sids)
+        self.view.snapshot(header.node, header.publisher, worker_id, sids, self.loop.time())
 
     def _on_question(self, header: Header, data: bytes) -> None:
         """One worker per node answers (slot 0): from the shared session table it sees

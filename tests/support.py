@@ -390,6 +390,67 @@ class Client:
         self._thread.join(timeout(5))
 
 
+# -- cluster mode: several nodes sharing one Redis (docs/cluster.md) ------------------
+
+CLUSTER_APP = "tests/apps/global_app.py:server"
+
+
+def start_node(tmp_path: Path, redis_url: str, workers: int = 2, *extra: str) -> ServerProcess:
+    """One node of a cluster serving ``CLUSTER_APP`` (not waited for)."""
+    port = free_port()
+    args = ["serve", CLUSTER_APP, "--port", str(port), "--workers", str(workers),
+            "--redis-url", redis_url, *extra]
+    return ServerProcess(args, port, ROOT, tmp_path / f"node-{port}.log")
+
+
+def wait_linked(node: ServerProcess, workers: int) -> None:
+    """Until ``node`` serves and each of its ``workers`` is linked to the bus."""
+    node.wait_ready(workers)
+    node.wait_for_log(r"cluster bus connected", 10, count=workers)
+
+
+@contextlib.contextmanager
+def nodes(
+    tmp_path: Path, redis_url: str, count: int = 2, workers: int = 2
+) -> Iterator[list[ServerProcess]]:
+    """``count`` nodes of one cluster, each serving and linked to Redis."""
+    started: list[ServerProcess] = []
+    try:
+        for _ in range(count):
+            started.append(start_node(tmp_path, redis_url, workers))
+        for node in started:
+            wait_linked(node, workers)
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+def client_on(node: ServerProcess, worker_id: int | None = None) -> Client:
+    """A client of ``node`` (of its worker ``worker_id``, if given)."""
+    spare = []
+    try:
+        for _ in range(200):
+            client = Client(node)
+            if worker_id is None or client.worker_id == worker_id:
+                return client
+            spare.append(client)
+        raise AssertionError(f"no client landed on worker {worker_id}")
+    finally:
+        for client in spare:
+            client.close()
+
+
+def wait_visible(asker: Client, fds: list[int], seconds: float = 10.0) -> None:
+    """Until ``asker``'s worker sees every one of ``fds`` as existing."""
+    ids = ",".join(str(fd) for fd in fds)
+    wait_until(
+        lambda: all(v[0] for v in asker.ask(f"exists:{ids}").values()),
+        seconds,
+        what=f"{fds} visible from worker {asker.worker_id} of node {asker.node}",
+    )
+
+
 REDIS_SERVER = "/usr/bin/redis-server"
 
 

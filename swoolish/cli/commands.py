@@ -450,7 +450,36 @@ def render_status(report: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)))
+    cluster = report.get("cluster")
+    if cluster:
+        lines += ["", *render_cluster(cluster)]
     return "\n".join(lines)
+
+
+def render_cluster(cluster: dict[str, Any]) -> list[str]:
+    """The cluster part of ``swoolish status`` (docs/cluster.md, "Watching it")."""
+    if cluster["link"] == "up":
+        link = f"link up ({plural(cluster['workers_linked'], 'worker')})"
+    else:
+        link = (
+            f"link DOWN for {cluster['down_for_seconds']}s ({cluster['down_reason']}); "
+            f"{cluster['workers_linked']} workers linked"
+        )
+    lines = [
+        f"cluster {cluster['name']!r}, this is node {cluster['node']}: {link}",
+        f"  bus messages out {cluster['messages_out']}, in {cluster['messages_in']}, "
+        f"dropped {cluster['dropped']}; link losses {cluster['link_losses']}, "
+        f"subscriber restarts {cluster['subscriber_restarts']}, "
+        f"unanswered {cluster['pending_bytes']} bytes",
+    ]
+    if not cluster["nodes"]:
+        lines.append("  no other node heard")
+    for node, seen in cluster["nodes"].items():
+        lines.append(
+            f"  node {node}: {plural(seen['workers'], 'worker')}, "
+            f"{plural(seen['sessions'], 'session')}, heard {seen['heard_ago']}s ago"
+        )
+    return lines
 
 
 def _duration(seconds: float | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-__all__ = ["COUNTERS", "SUMMED", "totals"]
+__all__ = ["COUNTERS", "SUMMED", "cluster_summary", "totals"]
 
 # Every counter a worker keeps; stats() reports each one, zero included.
 COUNTERS = (
@@ -55,3 +55,38 @@ def totals(workers: list[dict[str, Any]]) -> dict[str, Any]:
             if isinstance(value, int) and not isinstance(value, bool) and name in SUMMED:
                 totals[name] += value
     return dict(totals)
+
+
+def cluster_summary(figures: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The cluster as ``swoolish status`` shows it, from the serving event workers'
+    figures (each has its own view, under ``cluster``); None without cluster mode.
+
+    The link is up when every worker's is; the other nodes are the ones the workers
+    know of, each with the most sessions any worker's replica lists for it."""
+    views = [f["cluster"] for f in figures if isinstance(f.get("cluster"), dict)]
+    if not views:
+        return None
+    nodes: dict[str, dict[str, Any]] = {}
+    for view in views:
+        for node, seen in view.get("nodes", {}).items():
+            known = nodes.get(node)
+            if known is None or seen["sessions"] > known["sessions"]:
+                nodes[node] = dict(seen)
+    down = [v for v in views if v.get("link") != "up"]
+    return {
+        "name": name,
+        "node": views[0].get("node"),
+        "link": "up" if not down else "down",
+        "workers_linked": len(views) - len(down),
+        "down_reason": down[0].get("reason", "") if down else "",
+        "down_for_seconds": max((v.get("since_seconds", 0) for v in down), default=0),
+        "nodes": dict(sorted(nodes.items(), key=lambda item: int(item[0]))),
+        "messages_out": sum(f.get("cluster_out", 0) for f in figures),
+        "messages_in": sum(f.get("cluster_in", 0) for f in figures),
+        "dropped": sum(
+            f.get("cluster_push_refused", 0) + f.get("cluster_to_closed", 0) for f in figures
+        ),
+        "link_losses": sum(f.get("cluster_link_losses", 0) for f in figures),
+        "subscriber_restarts": sum(v.get("subscriber_restarts", 0) for v in views),
+        "pending_bytes": sum(v.get("pending_bytes", 0) for v in views),
+    }

@@ -22,7 +22,7 @@ __all__ = ["claim_node"]
 
 log = logging.getLogger("swoolish.cluster")
 
-CLAIM_TIMEOUT = 10.0  # seconds the master tries to reach Redis at start
+CLAIM_TIMEOUT = 5.0  # seconds the master tries to reach Redis at start
 CLAIM_ATTEMPTS = 16  # numbers tried before giving up (each taken by a live node)
 
 

@@ -52,7 +52,7 @@ from ..core.reload import (
     Stop,
 )
 from ..core.settings import Settings
-from ..core.stats import totals
+from ..core.stats import cluster_summary, totals
 from ..core.switchboard import PARK_TIMEOUT, Switchboard
 from ..core.words import plural
 from ..shared import ipc, tls
@@ -1638,6 +1638,10 @@ class Master:
                 "recycles_waiting": self.plan.recycles_waiting,
                 "reloads_total": dict(self.tally.reloads),
             },
+            "cluster": cluster_summary(
+                [p.stats for p in self.workers.values() if p.state == "serving"],
+                self.settings.cluster_name,
+            ),
             "workers": [
                 {
                     "pid": proc.pid,
@@ -1653,6 +1657,7 @@ class Master:
                     "requests": proc.stats.get("requests", 0),
                     "channel_queued": proc.channel.queued,
                     "routed_dropped": proc.dropped,
+                    "cluster": proc.stats.get("cluster"),
                 }
                 for proc in sorted(self.workers.values(), key=lambda p: (p.slot, p.generation))
             ],

@@ -36,7 +36,7 @@ from typing import Any
 
 from ..core import bus
 from ..core.bus import Channels, Header, Marks
-from ..core.frames import NORMAL_CLOSURE, check_close
+from ..core.frames import NORMAL_CLOSURE, check_close, encode_frame
 from ..core.replica import ClusterView
 from ..shared.ids import NODE_SHIFT
 from ..shared.table import ESTABLISHED
@@ -390,12 +390,13 @@ class Cluster:
 
     def _on_broadcast(self, header: Header, data: bytes) -> None:
         opcode, payload = bus.read_broadcast(data)
+        frame = encode_frame(opcode, payload)  # once, for every session that takes it as is
         filters = self.filters
         for sid, conn in list(self.worker.connections.items()):
             if conn.established and not conn.closing:
                 if filters and self._skips(sid, header):
                     continue
-                conn.push(payload, opcode)
+                conn.push_frame(frame, payload, opcode)
 
     def _on_disconnect(self, header: Header, data: bytes) -> None:
         fd, code, reason = bus.read_disconnect(data)

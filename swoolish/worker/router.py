@@ -51,7 +51,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
-from ..core.frames import NORMAL_CLOSURE, check_close
+from ..core.frames import BINARY, NORMAL_CLOSURE, TEXT, check_close, encode_frame
 from ..core.messages import (
     Adopted,
     Adopting,
@@ -279,6 +279,11 @@ class Router:
         connections = self.worker.connections
         arriving = connections.arriving
         handed = 0
+        if isinstance(data, str):
+            payload, kind = data.encode(), opcode or TEXT
+        else:
+            payload, kind = bytes(data), opcode or BINARY
+        frame = encode_frame(kind, payload)  # once, for every session that takes it as is
         for sid, conn in list(connections.items()):
             if not conn.established or conn.closing:
                 continue
@@ -287,7 +292,7 @@ class Router:
                     arriving[sid].append(Push(sid, data, opcode, bid))
                     self._first_time(sid, bid)  # noted: a second copy is dropped
                     handed += 1
-            elif conn.push(data, opcode):
+            elif conn.push_frame(frame, payload, kind):
                 handed += 1
         for sid in connections.moved:
             self._keep(Push(sid, data, opcode, bid))

@@ -691,6 +691,25 @@ class WsConnection(Connection, asyncio.Protocol):
         worker.stats["messages_out"] += 1
         return True
 
+    def push_frame(self, frame: bytes, payload: bytes, opcode: int) -> bool:
+        """A broadcast's message: ``frame`` is ``payload`` encoded once for every
+        session that takes it as is (no compression, or under the threshold); a
+        session that compresses it encodes its own (``push``)."""
+        if self._deflate is not None:
+            return self.push(payload, opcode)
+        transport = self.transport
+        worker = self._worker
+        if self.closing or not self.established or transport is None:
+            worker.stats["push_to_closed"] += 1
+            return False
+        if transport.get_write_buffer_size() > worker.settings.buffer_output_size:
+            worker.stats["push_over_buffer"] += 1
+            return False
+        self._emit(transport, frame)
+        self.messages_out += 1
+        worker.stats["messages_out"] += 1
+        return True
+
     def _compressed(self, deflate: PerMessageDeflate, opcode: int, payload: bytes) -> bytes:
         """The frame of a message compressed with permessage-deflate (RFC 7692 §7.2.1).
 

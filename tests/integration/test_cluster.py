@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import signal
 import threading
 import time
 
 import pytest
-from support import Client, nodes, timeout, wait_until, wait_visible
+from support import (
+    ROOT,
+    Client,
+    ServerProcess,
+    free_port,
+    nodes,
+    run_cli,
+    timeout,
+    wait_until,
+    wait_visible,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
 
@@ -110,3 +121,77 @@ def test_order_across_a_reload_of_either_node(tmp_path, redis_server, reloaded):
             target.close()
         for node in (a, b):
             assert "Traceback" not in node.log()
+
+
+def test_status_shows_the_cluster(tmp_path, redis_server):
+    """1. two nodes, clients on both  2. ``swoolish status`` of A names its node, the
+    link, and node B with its sessions; ``--json`` has the same figures  3. a broadcast
+    from A reaches B's clients and is counted as bus traffic."""
+    with nodes(tmp_path, redis_server.url) as (a, b):
+        alice, bob, carol = Client(a), Client(b), Client(b)
+        try:
+            wait_visible(alice, [bob.fd, carol.fd])
+            alice.send("broadcast:hello all")
+            assert bob.take() == ["hello all"] and carol.take() == ["hello all"]
+
+            def shown() -> dict | None:
+                report = json.loads(run_cli("status", "--port", str(a.port), "--json").stdout)
+                cluster = report["cluster"]
+                seen = cluster["nodes"].get(str(bob.node))
+                return report if seen and seen["sessions"] == 2 else None
+
+            report = wait_until(shown, 10, what="node B with 2 sessions in A's status")
+            cluster = report["cluster"]
+            assert cluster["node"] == alice.node and cluster["link"] == "up"
+            assert cluster["workers_linked"] == 2 and cluster["messages_out"] > 0
+            assert all(w["cluster"]["link"] == "up" for w in report["workers"])
+            text = run_cli("status", "--port", str(a.port)).stdout
+            assert f"this is node {alice.node}: link up (2 workers)" in text
+            assert f"node {bob.node}: 2 workers, 2 sessions" in text
+        finally:
+            for client in (alice, bob, carol):
+                client.close()
+
+
+def test_the_chat_example_runs_on_two_nodes_unchanged(tmp_path, redis_server):
+    """1. examples/chat.py served by two nodes (only --redis-url added)  2. a client on
+    each  3. what one says reaches the other, with its node-carrying session id."""
+    started = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            args = ["serve", "examples/chat.py:server", "--port", str(port), "--workers", "2",
+                    "--redis-url", redis_server.url]
+            started.append(ServerProcess(args, port, ROOT, tmp_path / f"chat-{port}.log"))
+        for node in started:
+            node.wait_ready(2)
+            node.wait_for_log(r"cluster bus connected", 10, count=2)
+        a, b = started
+        with a.connect("/chat") as alice, b.connect("/chat") as bob:
+
+            def says(text: str) -> dict | None:
+                alice.send(json.dumps({"text": text}))
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        message = json.loads(bob.recv(timeout=timeout(1)))
+                        if message.get("text") == text:
+                            return message
+                return None
+
+            # Bob's node may hear of Alice's node a moment after both serve.
+            heard = wait_until(lambda: says("hello from A"), 10, what="A's text on B")
+            assert heard["from"] >> 33 != 0 and heard["from"] < 2**53
+    finally:
+        for node in started:
+            node.stop()
+
+
+def test_no_redis_at_start_is_one_line_and_exit_2(tmp_path):
+    """A node whose Redis does not answer cannot take a node number: it retries for a
+    few seconds, then says so in one line and exits 2 (nothing bound is left behind)."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_cli("serve", "tests/apps/global_app.py:server", "--port", str(free_port()),
+                     "--redis-url", dead, seconds=30)
+    assert result.returncode == 2
+    assert f"swoolish: cannot reach Redis at {dead}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -128,6 +128,8 @@ def test_serve_overrides_hold_the_options_given_and_nothing_else():
 
 #: Items a list setting accepts where an origin is no valid item.
 LIST_SAMPLES = {"forwarded_allow_ips": ("10.0.0.0/8", "unix")}
+#: Values for settings whose default is None and that take neither a number nor a path.
+TEXT_SAMPLES = {"redis_url": "redis://127.0.0.1:6379/0"}
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
@@ -142,7 +144,8 @@ def test_each_serve_flag_overrides_its_setting_alone(setting):
         return
     value = setting.default
     if value is None:
-        value = 9100 if setting.kind == "int" else "/tmp/swoolish.pid"
+        text = TEXT_SAMPLES.get(setting.name, "/tmp/swoolish.pid")
+        value = 9100 if setting.kind == "int" else text
     assert overrides(setting.cli, str(value)) == {setting.name: value}
 
 
@@ -153,6 +156,16 @@ def test_each_serve_flag_overrides_its_setting_alone(setting):
         (("--port", "70000"), "swoolish: port must be an integer between 0 and 65535, got 70000"),
         (("--max-wait-time", "-1"), "swoolish: max_wait_time must be > 0 seconds, got -1.0"),
         (("--pid-file", ""), "swoolish: pid_file must be a file path, got ''"),
+        (
+            ("--redis-url", "localhost:6379"),
+            "swoolish: redis_url must be a Redis URL such as redis://127.0.0.1:6379/0 "
+            "(also rediss:// and unix://), got 'localhost:6379'",
+        ),
+        (
+            ("--cluster-name", "a b"),
+            "swoolish: cluster_name must be 1 to 64 letters, digits, '_', '.' or '-', "
+            "got 'a b'",
+        ),
     ],
 )
 def test_bad_setting_value_is_one_line_and_exit_2(options, line):

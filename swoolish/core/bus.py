@@ -81,6 +81,14 @@ class BusError(ValueError):
     """A payload on the bus that is not a message of this version (counted, dropped)."""
 
 
+def _unpack(layout: struct.Struct, data: bytes, offset: int = HEADER_SIZE) -> tuple[int, ...]:
+    """``layout`` read at ``offset``; a body cut short is a :class:`BusError`."""
+    try:
+        return layout.unpack_from(data, offset)
+    except struct.error:
+        raise BusError(f"a bus message body shorter than its {layout.format!r} part") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     kind: int
@@ -137,7 +145,7 @@ def push_body(fd: int, opcode: int, payload: bytes) -> bytes:
 
 
 def read_push(data: bytes) -> tuple[int, int, bytes]:
-    fd, opcode = _FD.unpack_from(data, HEADER_SIZE)
+    fd, opcode = _unpack(_FD, data)
     return fd, opcode, data[HEADER_SIZE + _FD.size :]
 
 
@@ -156,12 +164,12 @@ def multi_push_body(fds: list[int], opcode: int, payload: bytes) -> bytes:
 
 
 def read_multi_push(data: bytes) -> tuple[list[int], int, bytes]:
-    (count,) = _COUNT.unpack_from(data, HEADER_SIZE)
+    (count,) = _unpack(_COUNT, data)
     start = HEADER_SIZE + _COUNT.size
     end = start + 8 * count
     if len(data) <= end:
         raise BusError("a multi-push shorter than its session list")
-    return list(struct.unpack_from(f"!{count}Q", data, start)), data[end], data[end + 1 :]
+    return list(_unpack(struct.Struct(f"!{count}Q"), data, start)), data[end], data[end + 1 :]
 
 
 def disconnect_body(fd: int, code: int, reason: str) -> bytes:
@@ -169,7 +177,7 @@ def disconnect_body(fd: int, code: int, reason: str) -> bytes:
 
 
 def read_disconnect(data: bytes) -> tuple[int, int, str]:
-    fd, code = _DISCONNECT.unpack_from(data, HEADER_SIZE)
+    fd, code = _unpack(_DISCONNECT, data)
     return fd, code, data[HEADER_SIZE + _DISCONNECT.size :].decode(errors="replace")
 
 
@@ -190,7 +198,7 @@ def heartbeat_body(worker_id: int, sessions: int) -> bytes:
 
 
 def read_heartbeat(data: bytes) -> tuple[int, int]:
-    worker_id, sessions = _HEARTBEAT.unpack_from(data, HEADER_SIZE)
+    worker_id, sessions = _unpack(_HEARTBEAT, data)
     return worker_id, sessions
 
 
@@ -199,7 +207,7 @@ def snapshot_body(worker_id: int, fds: list[int]) -> bytes:
 
 
 def read_snapshot(data: bytes) -> tuple[int, list[int]]:
-    (worker_id,) = _WORKER.unpack_from(data, HEADER_SIZE)
+    (worker_id,) = _unpack(_WORKER, data)
     return worker_id, read_ids(data, _WORKER.size)
 
 
@@ -208,7 +216,7 @@ def question_body(fd: int, request: int) -> bytes:
 
 
 def read_question(data: bytes) -> tuple[int, int]:
-    fd, request = _QUESTION.unpack_from(data, HEADER_SIZE)
+    fd, request = _unpack(_QUESTION, data)
     return fd, request
 
 
@@ -217,7 +225,7 @@ def answer_body(asker: int, request: int, alive: bool) -> bytes:
 
 
 def read_answer(data: bytes) -> tuple[int, int, bool]:
-    asker, request, alive = _ANSWER.unpack_from(data, HEADER_SIZE)
+    asker, request, alive = _unpack(_ANSWER, data)
     return asker, request, bool(alive)
 
 
@@ -226,7 +234,7 @@ def pipe_body(target: int, source: int, payload: bytes) -> bytes:
 
 
 def read_pipe(data: bytes) -> tuple[int, int, bytes]:
-    target, source = _PIPE.unpack_from(data, HEADER_SIZE)
+    target, source = _unpack(_PIPE, data)
     return target, source, data[HEADER_SIZE + _PIPE.size :]
 
 

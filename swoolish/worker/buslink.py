@@ -51,7 +51,8 @@ def retry_delay(attempt: int, draw: Callable[[float, float], float] = random.uni
     """The wait before reconnection attempt ``attempt`` (1, 2, …): ``RETRY`` with
     jitter for the first ``RETRY_STEADY`` attempts (a Redis back after a short outage is
     used again within about a second), then growing to ``RETRY_CAP``."""
-    base = RETRY if attempt <= RETRY_STEADY else min(RETRY_CAP, RETRY * 1.5 ** (attempt - 10))
+    growth = min(attempt - RETRY_STEADY, 16)  # 1.5**16 > RETRY_CAP / RETRY: no overflow
+    base = RETRY if growth <= 0 else min(RETRY_CAP, RETRY * 1.5**growth)
     return draw(0.8 * base, 1.2 * base)
 
 

@@ -353,7 +353,7 @@ class Cluster:
             self._remember(header, data)
         try:
             applier(header, data)
-        except (ValueError, IndexError, UnicodeDecodeError) as exc:  # struct.error: ValueError
+        except (ValueError, IndexError) as exc:  # a body cut short: bus.BusError, a ValueError
             self.stats["cluster_bad_messages"] += 1
             log.debug("bad cluster message from node %d: %s", header.node, exc)
 

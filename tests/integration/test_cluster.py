@@ -195,3 +195,21 @@ def test_no_redis_at_start_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert f"swoolish: cannot reach Redis at {dead}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_send_message_to_a_worker_of_another_node(tmp_path, redis_server):
+    """1. a client on A asks its worker to send_message to worker 1 of node B  2. B's
+    worker 1 gets it in pipe_message (and pushes to the asker across the nodes)
+    3. a node that is not live: False at once."""
+    with nodes(tmp_path, redis_server.url) as (a, b):
+        alice, bob = Client(a), Client(b)
+        try:
+            wait_visible(alice, [bob.fd])
+            assert alice.ask(f"pipe_node:{bob.node}:1:hi there") == {"sent": True}
+            wait_until(lambda: any("pipe" in m for m in alice.received), 10, what="the answer")
+            answer = json.loads(next(m for m in alice.take(len(alice.received)) if "pipe" in m))
+            assert answer == {"pipe": "hi there", "src": alice.worker_id, "at": 1}
+            assert alice.ask(f"pipe_node:{bob.node + 1000}:1:nobody") == {"sent": False}
+        finally:
+            alice.close()
+            bob.close()

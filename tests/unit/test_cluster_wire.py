@@ -1,0 +1,531 @@
+"""Cluster mode's pure parts: the bus wire format (swoolish.core.bus), a worker's replica
+of the other nodes (swoolish.core.replica.ClusterView) and the link's reconnection
+delays (swoolish.worker.buslink.retry_delay)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swoolish.core import bus
+from swoolish.core.replica import NODE_SILENCE, ClusterView
+from swoolish.worker.buslink import RETRY, RETRY_CAP, RETRY_STEADY, retry_delay
+
+U64 = st.integers(0, 2**64 - 1)
+U32 = st.integers(0, 2**32 - 1)
+U16 = st.integers(0, 2**16 - 1)
+U8 = st.integers(0, 255)
+
+
+def msg(kind: int, body: bytes = b"", node: int = 7, publisher: int = 4242, seq: int = 1) -> bytes:
+    return bus.encode(kind, node, publisher, seq, body)
+
+
+# -- the header -----------------------------------------------------------------------
+
+
+@given(kind=U8, node=U32, publisher=U32, seq=U64, body=st.binary(max_size=64))
+def test_header_round_trips(kind, node, publisher, seq, body):
+    data = bus.encode(kind, node, publisher, seq, body)
+    assert len(data) == bus.HEADER_SIZE + len(body)
+    assert bus.decode_header(data) == bus.Header(kind, node, publisher, seq)
+    assert data[bus.HEADER_SIZE :] == body
+
+
+@pytest.mark.parametrize("version", [0, bus.VERSION + 1, 255])
+def test_another_version_is_a_bus_error(version):
+    data = bytearray(msg(bus.PUSH, bus.push_body(1, 1, b"x")))
+    data[1] = version
+    with pytest.raises(bus.BusError, match="version"):
+        bus.decode_header(bytes(data))
+
+
+@pytest.mark.parametrize("size", [0, 1, bus.HEADER_SIZE - 1])
+def test_a_payload_shorter_than_the_header_is_a_bus_error(size):
+    with pytest.raises(bus.BusError, match="shorter than its header"):
+        bus.decode_header(msg(bus.PUSH)[:size])
+
+
+def test_bus_error_is_a_value_error():
+    """What Cluster.on_message catches, counts and drops."""
+    assert issubclass(bus.BusError, ValueError)
+
+
+def test_kinds_are_distinct_ascii_letters():
+    kinds = [getattr(bus, name) for name in bus.__all__ if name.isupper() and name not in
+             ("VERSION", "CLOSE_CODE")]
+    assert len(kinds) == len(set(kinds)) == 13
+    assert all(chr(k).isalpha() and chr(k).isupper() for k in kinds)
+
+
+# -- every body: encoded, then read back -------------------------------------------------
+
+
+def test_push_round_trips():
+    assert bus.read_push(msg(bus.PUSH, bus.push_body(2**40 + 5, 2, b"\x00\xff"))) == (
+        2**40 + 5,
+        2,
+        b"\x00\xff",
+    )
+    assert bus.read_push(msg(bus.PUSH, bus.push_body(1, 1, b""))) == (1, 1, b"")
+
+
+def test_broadcast_round_trips():
+    assert bus.read_broadcast(msg(bus.BROADCAST, bus.broadcast_body(1, b"hi"))) == (1, b"hi")
+    assert bus.read_broadcast(msg(bus.BROADCAST, bus.broadcast_body(2, b""))) == (2, b"")
+
+
+def test_multi_push_round_trips():
+    body = bus.multi_push_body([3, 2**52, 9], 1, b"all of you")
+    assert bus.read_multi_push(msg(bus.MULTI_PUSH, body)) == ([3, 2**52, 9], 1, b"all of you")
+    assert bus.read_multi_push(msg(bus.MULTI_PUSH, bus.multi_push_body([], 2, b""))) == ([], 2, b"")
+
+
+def test_disconnect_round_trips():
+    body = bus.disconnect_body(77, 4000, "bye ünïcode")
+    assert bus.read_disconnect(msg(bus.DISCONNECT, body)) == (77, 4000, "bye ünïcode")
+    body = bus.disconnect_body(78, bus.CLOSE_CODE, "")
+    assert bus.read_disconnect(msg(bus.DISCONNECT, body)) == (78, bus.CLOSE_CODE, "")
+
+
+def test_a_disconnect_reason_that_is_not_utf8_still_reads():
+    data = msg(bus.DISCONNECT, struct.pack("!QH", 5, 4001) + b"\xff\xfe")
+    fd, code, reason = bus.read_disconnect(data)
+    assert (fd, code) == (5, 4001) and reason == "\ufffd\ufffd"
+
+
+def test_session_lists_round_trip():
+    for fds in ([], [1], [2**53 - 1, 0, 12345]):
+        assert bus.read_ids(msg(bus.OPENED, bus.ids_body(fds))) == fds
+        assert bus.read_ids(msg(bus.CLOSED, bus.ids_body(fds))) == fds
+
+
+def test_heartbeat_round_trips_and_clamps_the_session_count():
+    assert bus.read_heartbeat(msg(bus.HEARTBEAT, bus.heartbeat_body(3, 1500))) == (3, 1500)
+    assert bus.read_heartbeat(msg(bus.HEARTBEAT, bus.heartbeat_body(0, 2**40))) == (
+        0,
+        0xFFFFFFFF,
+    )
+
+
+def test_snapshot_round_trips():
+    assert bus.read_snapshot(msg(bus.SNAPSHOT, bus.snapshot_body(2, [10, 11]))) == (2, [10, 11])
+    assert bus.read_snapshot(msg(bus.SNAPSHOT, bus.snapshot_body(0, []))) == (0, [])
+
+
+def test_exists_question_and_answer_round_trip():
+    assert bus.read_question(msg(bus.EXISTS_QUESTION, bus.question_body(2**50, 7))) == (2**50, 7)
+    for alive in (True, False):
+        data = msg(bus.EXISTS_ANSWER, bus.answer_body(4242, 2**32 - 1, alive))
+        assert bus.read_answer(data) == (4242, 2**32 - 1, alive)
+
+
+def test_pipe_round_trips():
+    assert bus.read_pipe(msg(bus.PIPE, bus.pipe_body(1, 0, b"\x80pickled"))) == (
+        1,
+        0,
+        b"\x80pickled",
+    )
+
+
+def test_leaving_round_trips():
+    assert bus.read_leaving(msg(bus.LEAVING, bus.leaving_body(True))) is True
+    assert bus.read_leaving(msg(bus.LEAVING, bus.leaving_body(False))) is False
+    assert bus.read_leaving(msg(bus.LEAVING)) is False  # no body: only this worker
+
+
+# -- what is not a message of this version ------------------------------------------------
+
+
+def test_a_broadcast_without_its_opcode_is_a_bus_error():
+    with pytest.raises(bus.BusError):
+        bus.read_broadcast(msg(bus.BROADCAST))
+
+
+def test_a_multi_push_shorter_than_its_list_is_a_bus_error():
+    body = bus.multi_push_body([1, 2, 3], 1, b"x")
+    count_and_two_ids = bus.HEADER_SIZE + 4 + 16
+    with pytest.raises(bus.BusError):
+        bus.read_multi_push(msg(bus.MULTI_PUSH, body)[:count_and_two_ids])
+    with pytest.raises(bus.BusError):  # the list, but no opcode after it
+        bus.read_multi_push(msg(bus.MULTI_PUSH, body)[: count_and_two_ids + 8])
+
+
+def test_a_session_list_of_a_ragged_length_is_a_bus_error():
+    with pytest.raises(bus.BusError):
+        bus.read_ids(msg(bus.OPENED, bus.ids_body([1, 2]) + b"\x00"))
+    with pytest.raises(bus.BusError):
+        bus.read_snapshot(msg(bus.SNAPSHOT, bus.snapshot_body(1, [1]) + b"\x00\x00"))
+
+
+READERS = {
+    "push": (bus.read_push, bus.PUSH, bus.push_body(1, 1, b"")),
+    "multi_push": (bus.read_multi_push, bus.MULTI_PUSH, bus.multi_push_body([1], 1, b"")),
+    "disconnect": (bus.read_disconnect, bus.DISCONNECT, bus.disconnect_body(1, 4000, "")),
+    "heartbeat": (bus.read_heartbeat, bus.HEARTBEAT, bus.heartbeat_body(1, 1)),
+    "snapshot": (bus.read_snapshot, bus.SNAPSHOT, bus.snapshot_body(1, [])),
+    "question": (bus.read_question, bus.EXISTS_QUESTION, bus.question_body(1, 1)),
+    "answer": (bus.read_answer, bus.EXISTS_ANSWER, bus.answer_body(1, 1, True)),
+    "pipe": (bus.read_pipe, bus.PIPE, bus.pipe_body(1, 1, b"")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(READERS))
+def test_a_truncated_body_raises_what_the_cluster_counts_and_drops(name):
+    """Cluster.on_message counts and drops a message whose reader raises ValueError
+    (BusError is one), IndexError or UnicodeDecodeError; any other exception escapes it
+    (the bus link then logs a traceback per message). Every fixed-size body cut short
+    by one byte must raise one of those."""
+    reader, kind, body = READERS[name]
+    data = msg(kind, body)[:-1]
+    with pytest.raises((ValueError, IndexError, UnicodeDecodeError)):
+        reader(data)
+
+
+# -- properties: arbitrary bytes in, the same bytes out -------------------------------
+
+
+@given(fd=U64, opcode=U8, payload=st.binary(max_size=2048), seq=U64)
+def test_any_push_round_trips(fd, opcode, payload, seq):
+    data = msg(bus.PUSH, bus.push_body(fd, opcode, payload), seq=seq)
+    assert bus.decode_header(data).seq == seq
+    assert bus.read_push(data) == (fd, opcode, payload)
+
+
+@given(fds=st.lists(U64, max_size=200), opcode=U8, payload=st.binary(max_size=2048))
+def test_any_multi_push_round_trips(fds, opcode, payload):
+    data = msg(bus.MULTI_PUSH, bus.multi_push_body(fds, opcode, payload))
+    assert bus.read_multi_push(data) == (fds, opcode, payload)
+
+
+@given(fd=U64, code=U16, reason=st.text(st.characters(codec="utf-8"), max_size=123))
+def test_any_disconnect_round_trips(fd, code, reason):
+    data = msg(bus.DISCONNECT, bus.disconnect_body(fd, code, reason))
+    assert bus.read_disconnect(data) == (fd, code, reason)
+
+
+@given(fd=U64, code=U16, raw=st.binary(max_size=123))
+def test_any_disconnect_reason_bytes_read_without_raising(fd, code, raw):
+    data = msg(bus.DISCONNECT, struct.pack("!QH", fd, code) + raw)
+    assert bus.read_disconnect(data) == (fd, code, raw.decode(errors="replace"))
+
+
+@given(opcode=U8, payload=st.binary(max_size=2048))
+def test_any_broadcast_round_trips(opcode, payload):
+    assert bus.read_broadcast(msg(bus.BROADCAST, bus.broadcast_body(opcode, payload))) == (
+        opcode,
+        payload,
+    )
+
+
+@given(worker_id=U16, fds=st.lists(U64, max_size=200))
+def test_any_snapshot_round_trips(worker_id, fds):
+    data = msg(bus.SNAPSHOT, bus.snapshot_body(worker_id, fds))
+    assert bus.read_snapshot(data) == (worker_id, fds)
+
+
+# -- Marks ------------------------------------------------------------------------------
+
+
+def test_marks_cover_what_was_read_per_publisher():
+    marks = bus.Marks()
+    marks.seen(bus.Header(bus.PUSH, 1, 100, 5))
+    assert marks.covers(bus.Header(bus.PUSH, 1, 100, 5))
+    assert marks.covers(bus.Header(bus.BROADCAST, 1, 100, 4))
+    assert not marks.covers(bus.Header(bus.PUSH, 1, 100, 6))
+    assert not marks.covers(bus.Header(bus.PUSH, 1, 101, 1))  # another publisher
+    assert not marks.covers(bus.Header(bus.PUSH, 2, 100, 1))  # another node
+
+
+def test_channels_of_a_cluster():
+    names = bus.Channels("prod")
+    assert names.all == b"sw:prod:all"
+    assert names.ctl == b"sw:prod:ctl"
+    assert names.node(12) == b"sw:prod:node:12"
+    assert names.node_key(12) == "sw:prod:node:12"
+    assert names.epoch_key == "sw:prod:epoch"
+
+
+# -- ClusterView: the replica of the other nodes ---------------------------------------
+
+
+def view_of(**kwargs: float) -> ClusterView:
+    """A view with a long silence unless told: tests of transit are not about silence."""
+    kwargs.setdefault("silence", 100.0)
+    return ClusterView(**kwargs)
+
+
+def test_a_new_publisher_is_reported_once_and_its_sessions_are_unknown_until_told():
+    view = view_of()
+    assert view.heard(2, 100, now=0.0) is True
+    assert view.heard(2, 100, now=0.5) is False
+    assert view.is_up(2) and not view.exists(5, 2)
+    view.opened(2, 100, [5, 6])
+    assert view.exists(5, 2) and view.exists(6, 2)
+    assert not view.exists(5, 3)  # the same number on another node is another session
+    view.closed(2, 100, [5])
+    assert not view.exists(5, 2) and view.exists(6, 2)
+
+
+def test_events_of_a_publisher_never_heard_are_ignored():
+    view = view_of()
+    view.opened(2, 100, [5])
+    view.snapshot(2, 100, 0, [6], 0.0)
+    view.heartbeat(2, 100, 1)
+    assert not view.is_up(2) and not view.exists(5, 2) and not view.exists(6, 2)
+    view.heard(2, 101, 0.0)
+    view.opened(2, 100, [5])  # the node is known, this publisher still is not
+    assert not view.exists(5, 2)
+
+
+def test_a_snapshot_replaces_the_list_and_later_events_apply_on_top():
+    view = view_of()
+    view.heard(2, 100, 0.0)
+    view.opened(2, 100, [1, 2])
+    view.snapshot(2, 100, 3, [2, 3], 0.0)
+    publisher = view.nodes[2][100]
+    assert publisher.complete and publisher.worker_id == 3 and publisher.sessions == {2, 3}
+    view.opened(2, 100, [4])
+    view.closed(2, 100, [2])
+    view.closed(2, 100, [1])  # 1 was left out of the snapshot: closed after all
+    assert sorted(view.sessions()) == [3, 4]
+
+
+def test_a_session_a_snapshot_leaves_out_is_in_transit_for_a_while():
+    """Left out without a ``closed`` event: it may be moving to another worker of its
+    node, so it counts as live for ``transit`` seconds, then is gone."""
+    view = view_of(transit=3.0)
+    view.heard(2, 100, 0.0)
+    view.opened(2, 100, [1, 2])
+    view.snapshot(2, 100, 0, [2], 10.0)
+    assert view.exists(1, 2) and sorted(view.sessions()) == [1, 2]
+    view.expire(12.9)
+    assert view.exists(1, 2)
+    view.expire(13.0)
+    assert not view.exists(1, 2) and sorted(view.sessions()) == [2]
+
+
+def test_a_heartbeat_names_the_worker():
+    view = view_of()
+    view.heard(2, 100, 0.0)
+    view.heartbeat(2, 100, 5)
+    assert view.nodes[2][100].worker_id == 5
+
+
+def test_sessions_lists_each_session_once():
+    view = view_of()
+    for publisher in (100, 101):
+        view.heard(2, publisher, 0.0)
+        view.opened(2, publisher, [1, 2])  # mid-reload: listed by both workers
+    view.heard(3, 200, 0.0)
+    view.opened(3, 200, [1])  # node 3's session 1: same number, another node
+    assert sorted(view.sessions()) == [1, 1, 2]
+
+
+def test_a_session_listed_by_two_publishers_survives_one_of_them_leaving():
+    """A reload: the old worker (100) and its successor (101) both list session 7; the
+    old one leaves (only itself): 7 stays for good, the node stays up; 8, listed by the
+    old worker only, is in transit, then gone."""
+    view = view_of(transit=3.0)
+    view.heard(2, 100, 0.0)
+    view.heard(2, 101, 0.0)
+    view.opened(2, 100, [7, 8])
+    view.opened(2, 101, [7])
+    view.leaving(2, 100, node_leaving=False, now=1.0)
+    assert view.is_up(2) and view.exists(7, 2) and view.exists(8, 2)
+    view.expire(4.0)
+    assert view.is_up(2) and view.exists(7, 2)
+    assert not view.exists(8, 2)
+    view.closed(2, 101, [7])
+    assert not view.exists(7, 2)
+
+
+def test_a_session_in_transit_stays_once_its_new_worker_lists_it():
+    view = view_of(transit=3.0)
+    view.heard(2, 100, 0.0)
+    view.heard(2, 101, 0.0)
+    view.opened(2, 100, [7, 8, 9])
+    view.leaving(2, 100, node_leaving=False, now=1.0)  # before its successor's "opened"
+    view.opened(2, 101, [7])
+    view.snapshot(2, 101, 0, [7, 8], 1.5)
+    view.closed(2, 101, [])  # (an empty batch changes nothing)
+    view.expire(10.0)
+    assert view.exists(7, 2) and view.exists(8, 2)
+    assert not view.exists(9, 2)  # never listed again: closed meanwhile, or lost
+
+
+def test_a_session_in_transit_that_closes_or_is_forgotten_is_gone_at_once():
+    view = view_of(transit=3.0)
+    view.heard(2, 100, 0.0)
+    view.heard(2, 101, 0.0)
+    view.opened(2, 100, [7, 8])
+    view.leaving(2, 100, node_leaving=False, now=1.0)
+    view.closed(2, 101, [7])
+    view.forget(8, 2)
+    assert not view.exists(7, 2) and not view.exists(8, 2)
+    assert list(view.sessions()) == []
+
+
+def test_the_last_worker_leaving_takes_its_node_down():
+    view = view_of()
+    view.heard(2, 100, 0.0)
+    view.opened(2, 100, [7])
+    view.leaving(2, 100, node_leaving=False, now=0.5)
+    assert not view.is_up(2) and not view.exists(7, 2)
+
+
+def test_a_node_that_left_cleanly_is_not_resurrected_by_a_late_message():
+    """1. node 2 (two workers) says it leaves  2. a message it published before that is
+    read after: the node stays down, its sessions gone  3. so do its later events."""
+    view = view_of()
+    view.heard(2, 100, 0.0)
+    view.heard(2, 101, 0.0)
+    view.opened(2, 100, [7])
+    view.leaving(2, 100, node_leaving=True, now=0.0)
+    assert not view.is_up(2) and not view.exists(7, 2)
+    assert view.heard(2, 101, 0.1) is False  # a heartbeat in flight
+    view.opened(2, 101, [9])
+    view.snapshot(2, 101, 1, [7, 9], 0.1)
+    assert not view.is_up(2) and not view.exists(7, 2) and not view.exists(9, 2)
+    assert list(view.sessions()) == []
+    assert view.describe(0.2) == {}
+    view.clear()  # a lost link forgets what it heard, not who left
+    assert view.heard(2, 101, 0.3) is False and not view.is_up(2)
+
+
+def test_leaving_of_a_node_never_heard_changes_nothing():
+    view = view_of()
+    view.leaving(5, 100, node_leaving=True, now=0.0)
+    assert view.nodes == {}
+    assert view.heard(5, 100, 0.0) is True  # it was never up here: nothing to bury
+
+
+def test_expire_takes_down_a_node_silent_too_long():
+    view = ClusterView(silence=3.0)
+    view.heard(2, 100, 0.0)
+    view.opened(2, 100, [7])
+    view.heard(3, 300, 0.0)
+    view.heard(3, 300, 2.5)
+    assert view.expire(3.0) == []  # exactly the silence: not yet
+    assert view.expire(3.01) == [2]
+    assert not view.is_up(2) and not view.exists(7, 2)
+    assert view.is_up(3)
+    assert view.expire(10.0) == [3]
+    assert view.expire(20.0) == []  # each node reported once
+
+
+def test_expire_drops_a_silent_worker_of_a_node_that_lives():
+    view = ClusterView(silence=3.0)
+    view.heard(2, 100, 0.0)
+    view.heard(2, 101, 0.0)
+    view.opened(2, 100, [7])
+    view.opened(2, 101, [8])
+    view.heard(2, 101, 2.0)
+    assert view.expire(3.5) == []
+    assert view.is_up(2) and not view.exists(7, 2) and view.exists(8, 2)
+
+
+def test_a_node_expired_by_silence_comes_back_when_heard_again():
+    """Silence is not leaving: a node whose words were late (a Redis stalled for a few
+    seconds, a worker blocked) is a live node again as soon as it is heard, and its
+    sessions come back with its snapshot."""
+    view = ClusterView(silence=3.0)
+    view.heard(2, 100, 0.0)
+    view.opened(2, 100, [7])
+    assert view.expire(NODE_SILENCE + 1) == [2]
+    assert not view.exists(7, 2)
+    assert view.heard(2, 100, 5.0) is True  # unknown again: a snapshot is wanted
+    assert view.is_up(2)
+    view.snapshot(2, 100, 0, [7], 5.0)
+    assert view.exists(7, 2)
+
+
+def test_forget_drops_a_session_from_every_publisher_of_its_node():
+    view = view_of()
+    view.heard(2, 100, 0.0)
+    view.heard(2, 101, 0.0)
+    view.opened(2, 100, [7])
+    view.opened(2, 101, [7, 8])
+    view.heard(3, 300, 0.0)
+    view.opened(3, 300, [7])
+    view.forget(7, 2)
+    assert not view.exists(7, 2) and view.exists(8, 2)
+    assert view.exists(7, 3)  # node 3's 7 is another session
+    view.forget(7, 9)  # a node not known: nothing happens
+
+
+def test_clear_forgets_every_node_and_lets_them_be_heard_again():
+    view = view_of()
+    view.heard(2, 100, 0.0)
+    view.heard(2, 101, 0.0)
+    view.opened(2, 100, [7])
+    view.leaving(2, 100, node_leaving=False, now=0.0)  # 7 in transit
+    view.clear()
+    assert view.nodes == {} and not view.exists(7, 2) and not view.is_up(2)
+    assert view.heard(2, 100, 1.0) is True
+    assert not view.exists(7, 2)  # not in transit any more either
+
+
+def test_describe_counts_workers_sessions_and_silence_per_node():
+    view = view_of()
+    view.heard(2, 100, 10.0)
+    view.heard(2, 101, 11.0)
+    view.heard(2, 102, 11.0)
+    view.opened(2, 100, [1, 2])
+    view.opened(2, 101, [2, 3])
+    view.opened(2, 102, [4])
+    view.leaving(2, 102, node_leaving=False, now=11.0)  # 4 in transit: still counted
+    view.heard(5, 500, 9.0)
+    assert view.describe(11.5) == {
+        2: {"workers": 2, "sessions": 4, "heard_ago": 0.5},
+        5: {"workers": 1, "sessions": 0, "heard_ago": 2.5},
+    }
+    assert list(view.describe(11.5)) == [2, 5]  # in node order
+    assert view.describe(0.0)[2]["heard_ago"] == 0.0  # never negative
+
+
+# -- retry_delay --------------------------------------------------------------------------
+
+
+def bounds(attempt: int) -> tuple[float, float]:
+    """The range retry_delay draws from (the draw returns both ends)."""
+    return retry_delay(attempt, draw=lambda low, high: (low, high))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("attempt", range(1, RETRY_STEADY + 1))
+def test_the_first_attempts_wait_half_a_second_with_jitter(attempt):
+    assert RETRY == 0.5 and RETRY_STEADY == 10
+    low, high = bounds(attempt)
+    assert low == pytest.approx(0.4) and high == pytest.approx(0.6)
+
+
+def test_later_attempts_grow_to_five_seconds_with_jitter_and_stay_there():
+    assert RETRY_CAP == 5.0
+    lows = [bounds(attempt)[0] for attempt in range(RETRY_STEADY, 60)]
+    assert lows == sorted(lows)  # never shorter than the one before
+    assert bounds(RETRY_STEADY + 1)[0] > bounds(RETRY_STEADY)[0]  # growing from then on
+    for attempt in (20, 50, 1000):
+        low, high = bounds(attempt)
+        assert low == pytest.approx(4.0) and high == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("attempt", [1800, 5000, 100_000])
+def test_a_long_outage_still_has_a_delay(attempt):
+    """Attempt 1800 comes after about 2.5 hours of a Redis that refuses connections
+    (5 s apart): the link must keep trying at 5 s, whatever the count."""
+    low, high = bounds(attempt)
+    assert low == pytest.approx(4.0) and high == pytest.approx(6.0)
+
+
+@given(attempt=st.integers(1, 1000))
+def test_a_drawn_delay_is_within_twenty_percent_of_its_base(attempt):
+    delay = retry_delay(attempt)
+    if attempt <= RETRY_STEADY:
+        assert 0.4 <= delay <= 0.6
+    else:
+        assert 0.4 <= delay <= 6.0
+    if attempt >= 16:  # 0.5 * 1.5**6 > 5: capped
+        assert 4.0 <= delay <= 6.0

@@ -181,6 +181,14 @@ class ClusterView:
         moving = self.moving.get(node)
         return moving is not None and fd in moving
 
+    def count(self) -> int:
+        """About how many sessions the other nodes have (cheap: a session listed by two
+        workers of its node during a move counts twice)."""
+        return sum(
+            len(self.moving.get(node, ())) + sum(len(v.sessions) for v in workers.values())
+            for node, workers in self.nodes.items()
+        )
+
     def sessions(self) -> Iterator[int]:
         """Every session of every other node, each once."""
         for node, workers in self.nodes.items():

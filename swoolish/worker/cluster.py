@@ -42,6 +42,7 @@ from ..shared.ids import NODE_SHIFT
 from ..shared.table import ESTABLISHED
 from .buslink import BusLink
 from .host import WorkerHost
+from .websocket import fan_out
 
 __all__ = ["Cluster", "node_of"]
 
@@ -255,7 +256,7 @@ class Cluster:
         if not self._send(self.names.all, bus.BROADCAST, bus.broadcast_body(opcode, payload), True):
             self.stats["cluster_push_refused"] += 1
             return 0
-        return sum(1 for _ in self.view.sessions())
+        return self.view.count()
 
     def disconnect(self, fd: int, code: int, reason: str) -> bool:
         """``code`` bus.CLOSE_CODE: ``close()``. False if the session is not live."""
@@ -390,13 +391,16 @@ class Cluster:
 
     def _on_broadcast(self, header: Header, data: bytes) -> None:
         opcode, payload = bus.read_broadcast(data)
-        frame = encode_frame(opcode, payload)  # once, for every session that takes it as is
         filters = self.filters
-        for sid, conn in list(self.worker.connections.items()):
-            if conn.established and not conn.closing:
-                if filters and self._skips(sid, header):
-                    continue
-                conn.push_frame(frame, payload, opcode)
+        conns = [
+            conn
+            for sid, conn in self.worker.connections.items()
+            if conn.established
+            and not conn.closing
+            and not (filters and self._skips(sid, header))
+        ]
+        # the frame encoded once, for every session that takes it as is
+        fan_out(conns, encode_frame(opcode, payload), payload, opcode, self.worker)
 
     def _on_disconnect(self, header: Header, data: bytes) -> None:
         fd, code, reason = bus.read_disconnect(data)

@@ -73,7 +73,7 @@ from ..core.switchboard import PARK_TIMEOUT
 from ..shared.ipc import Channel
 from ..shared.table import SessionTable
 from .host import WorkerHost
-from .websocket import WsConnection
+from .websocket import WsConnection, fan_out
 
 __all__ = ["MAX_ROUTED_PAYLOAD", "Router", "routable_payload"]
 
@@ -283,7 +283,7 @@ class Router:
             payload, kind = data.encode(), opcode or TEXT
         else:
             payload, kind = bytes(data), opcode or BINARY
-        frame = encode_frame(kind, payload)  # once, for every session that takes it as is
+        direct = []
         for sid, conn in list(connections.items()):
             if not conn.established or conn.closing:
                 continue
@@ -292,8 +292,10 @@ class Router:
                     arriving[sid].append(Push(sid, data, opcode, bid))
                     self._first_time(sid, bid)  # noted: a second copy is dropped
                     handed += 1
-            elif conn.push_frame(frame, payload, kind):
-                handed += 1
+            else:
+                direct.append(conn)
+        # the frame encoded once, for every session that takes it as is
+        handed += fan_out(direct, encode_frame(kind, payload), payload, kind, self.worker)
         for sid in connections.moved:
             self._keep(Push(sid, data, opcode, bid))
         return handed

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, cast
 
 from websockets.extensions.permessage_deflate import PerMessageDeflate
@@ -693,22 +694,9 @@ class WsConnection(Connection, asyncio.Protocol):
 
     def push_frame(self, frame: bytes, payload: bytes, opcode: int) -> bool:
         """A broadcast's message: ``frame`` is ``payload`` encoded once for every
-        session that takes it as is (no compression, or under the threshold); a
-        session that compresses it encodes its own (``push``)."""
-        if self._deflate is not None:
-            return self.push(payload, opcode)
-        transport = self.transport
-        worker = self._worker
-        if self.closing or not self.established or transport is None:
-            worker.stats["push_to_closed"] += 1
-            return False
-        if transport.get_write_buffer_size() > worker.settings.buffer_output_size:
-            worker.stats["push_over_buffer"] += 1
-            return False
-        self._emit(transport, frame)
-        self.messages_out += 1
-        worker.stats["messages_out"] += 1
-        return True
+        session that takes it as is (no compression); a session that compresses it
+        encodes its own (``push``)."""
+        return fan_out((self,), frame, payload, opcode, self._worker) == 1
 
     def _compressed(self, deflate: PerMessageDeflate, opcode: int, payload: bytes) -> bytes:
         """The frame of a message compressed with permessage-deflate (RFC 7692 §7.2.1).
@@ -874,3 +862,41 @@ class WsConnection(Connection, asyncio.Protocol):
             timers=self._moved_timers or [],
             path=self.path,
         )
+
+
+def fan_out(
+    conns: Iterable[WsConnection], frame: bytes, payload: bytes, opcode: int, worker: WorkerHost
+) -> int:
+    """Write one broadcast to ``conns``: the same ``frame`` bytes, encoded once, to
+    every session that takes it as is, with the rules of ``push`` (closing: dropped;
+    over buffer_output_size: dropped; compressed sessions encode their own). One loop
+    with the limits read once: a broadcast to thousands of sessions is this loop and
+    one write per session. Returns how many sessions took it."""
+    limit = worker.settings.buffer_output_size
+    sent = closed = over = 0
+    for conn in conns:
+        if type(conn) is not WsConnection:
+            sent += conn.push_frame(frame, payload, opcode)  # another kind of session
+            continue
+        if conn._deflate is not None:
+            sent += conn.push(payload, opcode)
+            continue
+        transport = conn.transport
+        if conn.closing or not conn.established or transport is None:
+            closed += 1
+            continue
+        if transport.get_write_buffer_size() > limit:
+            over += 1
+            continue
+        transport.write(frame)
+        if conn._track:
+            conn._note_written(transport, frame)
+        conn.messages_out += 1
+        sent += 1
+    stats = worker.stats
+    stats["messages_out"] += sent
+    if closed:
+        stats["push_to_closed"] += closed
+    if over:
+        stats["push_over_buffer"] += over
+    return sent

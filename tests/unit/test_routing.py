@@ -24,6 +24,8 @@ from swoolish.core.switchboard import PARK_TIMEOUT, Switchboard
 from swoolish.worker.router import Router
 from swoolish.worker.sessions import SessionMap
 
+SETTINGS = SimpleNamespace(buffer_output_size=1 << 20)  # what a broadcast's fan-out reads
+
 
 class FakeConnection:
     def __init__(self):
@@ -34,6 +36,10 @@ class FakeConnection:
     def push(self, data, opcode):
         self.calls.append(("push", data))
         return not self.closing
+
+    def push_frame(self, frame, payload, opcode):
+        """A broadcast's frame, encoded once: recorded as the message it carries."""
+        return self.push(payload.decode() if opcode == 1 else payload, opcode)
 
     def disconnect(self, code, reason):
         self.calls.append(("disconnect", code, reason))
@@ -47,7 +53,7 @@ def router_and_conn():
     conn = FakeConnection()
     dict.__setitem__(connections, 7, conn)
     connections.arriving[7] = []
-    worker = SimpleNamespace(connections=connections, stats=Counter())
+    worker = SimpleNamespace(connections=connections, stats=Counter(), settings=SETTINGS)
     return Router(worker, None, None), conn
 
 
@@ -198,7 +204,11 @@ def test_the_old_worker_releases_each_batch_with_what_it_kept_for_it():
         connections = SessionMap()
         connections.moved.update({7, 8, 9})
         worker = SimpleNamespace(
-            connections=connections, stats=Counter(), loop=loop, report=reports.append
+            connections=connections,
+            stats=Counter(),
+            loop=loop,
+            report=reports.append,
+            settings=SETTINGS,
         )
         router = Router(worker, None, None)
         router.apply([push(7, "a"), push(8, "b"), push(7, "c"), push(9, "d")])
@@ -241,7 +251,7 @@ def new_owner_with_an_arriving_session():
     dict.__setitem__(connections, 7, conn)  # adopted, waiting for "arrived"
     dict.__setitem__(connections, 8, settled)
     connections.arriving[7] = []
-    worker = SimpleNamespace(connections=connections, stats=Counter())
+    worker = SimpleNamespace(connections=connections, stats=Counter(), settings=SETTINGS)
     return Router(worker, None, None), conn, settled
 
 
@@ -270,7 +280,7 @@ def test_a_new_owners_own_broadcast_waits_in_order_and_is_not_doubled():
 def test_an_old_worker_keeps_broadcasts_for_sessions_it_handed_off():
     connections = SessionMap()
     connections.moved.add(7)
-    worker = SimpleNamespace(connections=connections, stats=Counter())
+    worker = SimpleNamespace(connections=connections, stats=Counter(), settings=SETTINGS)
     router = Router(worker, None, None)
     router.apply([Broadcast("b", None, 42)])
     assert router.kept == {7: [Push(7, "b", None, 42)]}
@@ -285,7 +295,11 @@ def test_an_old_worker_that_gives_up_waiting_hands_over_what_it_kept():
         connections = SessionMap()
         connections.moved.update({7})
         worker = SimpleNamespace(
-            connections=connections, stats=Counter(), loop=loop, report=reports.append
+            connections=connections,
+            stats=Counter(),
+            loop=loop,
+            report=reports.append,
+            settings=SETTINGS,
         )
         router = Router(worker, None, None)
         router.release(1, [7])

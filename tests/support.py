@@ -468,13 +468,19 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def unix_url(self) -> str:
+        """The same server over its Unix socket (mode 0700: this user only)."""
+        return f"unix://{self.directory / 'redis.sock'}?db=0"
+
     def start(self) -> None:
         """Start (again, on the same port: a restart loses every key, as a crash would)."""
         log = open(self.directory / f"redis-{self.port}.log", "ab")
         try:
             self.proc = subprocess.Popen(
                 [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+                 "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                 "--unixsocket", str(self.directory / "redis.sock"), "--unixsocketperm", "700"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         finally:

@@ -81,12 +81,16 @@ COUNTER_FAMILIES = (
     ("swoolish_messages_out", "messages_out", "WebSocket messages sent."),
     ("swoolish_handler_errors", "handler_errors", "Handler calls that raised."),
     ("swoolish_handoff_adopted", "adopted", "WebSockets a new worker adopted in a reload."),
+    ("swoolish_cluster_messages_out", "cluster_out", "Messages published on the cluster bus."),
+    ("swoolish_cluster_messages_in", "cluster_in", "Messages of other nodes read from the bus."),
+    ("swoolish_cluster_link_losses", "cluster_link_losses", "Cluster bus links lost (Redis)."),
 )
 # reason label -> worker counter, for swoolish_push_failures_total.
 PUSH_FAILURES = (
     ("closed", "push_to_closed"),
     ("over_buffer", "push_over_buffer"),
     ("too_large", "push_too_large"),
+    ("cluster_refused", "cluster_push_refused"),  # another node's session: see docs/cluster.md
 )
 # (family name, worker figure, help): what is open now, summed over live workers.
 GAUGE_FAMILIES = (

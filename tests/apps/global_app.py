@@ -39,6 +39,8 @@ async def on_message(server, frame):
         server.push(
             fd, json.dumps({"disconnected": server.disconnect(int(target), int(code), "bye")})
         )
+    elif command == "close":
+        server.push(fd, json.dumps({"closed": server.close(int(arg))}))
     elif command == "broadcast":
         server.broadcast(arg)
     elif command == "broadcast_to":

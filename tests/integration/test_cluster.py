@@ -213,3 +213,40 @@ def test_send_message_to_a_worker_of_another_node(tmp_path, redis_server):
         finally:
             alice.close()
             bob.close()
+
+
+def test_a_cluster_over_redis_unix_socket(tmp_path, redis_server):
+    """``unix://`` URLs work as ``redis://`` ones: a push crosses two nodes."""
+    with nodes(tmp_path, redis_server.unix_url, workers=1) as (a, b):
+        alice, bob = Client(a), Client(b)
+        try:
+            wait_visible(alice, [bob.fd])
+            assert alice.ask(f"push:{bob.fd}:over a unix socket") == {"pushed": True}
+            assert bob.take() == ["over a unix socket"]
+        finally:
+            alice.close()
+            bob.close()
+
+
+def test_close_and_broadcast_to_chosen_sessions_across_nodes(tmp_path, redis_server):
+    """1. broadcast(data, fds) with sessions of both nodes and a gone one: each listed
+    live session gets it once, the count says so  2. close(fd) of another node's session
+    closes it with 1000."""
+    with nodes(tmp_path, redis_server.url, workers=1) as (a, b):
+        alice, dave, bob, carol = Client(a), Client(a), Client(b), Client(b)
+        try:
+            wait_visible(alice, [bob.fd, carol.fd])
+            gone = (bob.node << 33) | 999_999
+            ids = f"{dave.fd},{bob.fd},{carol.fd},{gone}"
+            assert alice.ask(f"broadcast_to:{ids}:chosen") == {"handed": 3}
+            for client in (dave, bob, carol):
+                assert client.take() == ["chosen"]
+            assert alice.ask(f"close:{carol.fd}") == {"closed": True}
+            wait_until(lambda: carol.closed is not None, 10, what="carol closed")
+            assert carol.closed.rcvd is not None and carol.closed.rcvd.code == 1000
+            wait_until(lambda: not alice.ask(f"exists:{carol.fd}")[str(carol.fd)][0], 10,
+                       what="carol's close seen on node A")
+            assert bob.closed is None
+        finally:
+            for client in (alice, dave, bob, carol):
+                client.close()

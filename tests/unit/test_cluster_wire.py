@@ -4,6 +4,7 @@ delays (swoolish.worker.buslink.retry_delay)."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from swoolish.core import bus
 from swoolish.core.replica import NODE_SILENCE, ClusterView
-from swoolish.worker.buslink import RETRY, RETRY_CAP, RETRY_STEADY, retry_delay
+from swoolish.worker.buslink import RETRY, RETRY_CAP, RETRY_STEADY, BusLink, retry_delay
 
 U64 = st.integers(0, 2**64 - 1)
 U32 = st.integers(0, 2**32 - 1)
@@ -529,3 +530,43 @@ def test_a_drawn_delay_is_within_twenty_percent_of_its_base(attempt):
         assert 0.4 <= delay <= 6.0
     if attempt >= 16:  # 0.5 * 1.5**6 > 5: capped
         assert 4.0 <= delay <= 6.0
+
+
+# -- the publisher's bound (a stalled Redis must not grow a worker's memory) -------------
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.written.extend(parts)
+
+
+def test_publishes_past_the_bound_are_refused_until_redis_answers():
+    """1. a link whose Redis answers nothing: publishes are written until what waits
+    unanswered reaches max_pending, then refused (False), nothing more written  2. Redis
+    answers them: room again  3. a link that is down refuses at once."""
+    loop = asyncio.new_event_loop()
+    try:
+        link = BusLink("redis://127.0.0.1:1/0", [b"c"], lambda data: None,
+                       lambda up, why: None, loop, max_pending=10_000)
+        writer = _Writer()
+        link._pub = type("Pub", (), {"_writer": writer})()
+        link.up = True
+        accepted = 0
+        while link.publish(b"sw:t:node:2", b"x" * 1000, now=True):
+            accepted += 1
+            assert accepted < 100, "never refused"
+        written = len(writer.written)
+        assert 5 <= accepted <= 10 and link.pending <= 10_000
+        assert not link.publish(b"sw:t:node:2", b"x" * 1000, now=True)
+        assert len(writer.written) == written  # nothing more went out
+        for _ in range(accepted):
+            link._answered()  # Redis answers each PUBLISH
+        assert link.pending == 0
+        assert link.publish(b"sw:t:node:2", b"x" * 1000, now=True)
+        link.up = False
+        assert not link.publish(b"sw:t:node:2", b"y", now=True)
+    finally:
+        loop.close()

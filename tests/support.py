@@ -458,15 +458,32 @@ class RedisServer:
     """A real ``redis-server`` on a free loopback port, with no persistence, started by a
     test and stopped by its pid (also when the test fails)."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, tls: bool = False) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls_args: list[str] = self._make_certificates() if tls else []
         self.start()
 
     @property
     def url(self) -> str:
+        if self.tls_args:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.directory / 'ca.pem'}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _make_certificates(self) -> list[str]:
+        """A test CA and a certificate for 127.0.0.1 (trustme); Redis then speaks TLS only."""
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        ca.cert_pem.write_to_path(str(self.directory / "ca.pem"))
+        cert.private_key_pem.write_to_path(str(self.directory / "redis-key.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(self.directory / "redis-cert.pem"))
+        return ["--tls-cert-file", str(self.directory / "redis-cert.pem"),
+                "--tls-key-file", str(self.directory / "redis-key.pem"),
+                "--tls-ca-cert-file", str(self.directory / "ca.pem"),
+                "--tls-auth-clients", "no"]
 
     @property
     def unix_url(self) -> str:
@@ -478,14 +495,20 @@ class RedisServer:
         log = open(self.directory / f"redis-{self.port}.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                [REDIS_SERVER, *self._ports(), "--bind", "127.0.0.1",
                  "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-                 "--unixsocket", str(self.directory / "redis.sock"), "--unixsocketperm", "700"],
+                 "--unixsocket", str(self.directory / "redis.sock"), "--unixsocketperm", "700",
+                 *self.tls_args],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         finally:
             log.close()
         wait_until(self.answers, 10, what=f"redis-server on port {self.port}")
+
+    def _ports(self) -> list[str]:
+        if self.tls_args:
+            return ["--port", "0", "--tls-port", str(self.port)]
+        return ["--port", str(self.port)]
 
     def answers(self) -> bool:
         try:
@@ -496,7 +519,7 @@ class RedisServer:
     def client(self) -> Any:
         import redis
 
-        return redis.Redis(port=self.port, socket_timeout=timeout(2))
+        return redis.Redis.from_url(self.url, socket_timeout=timeout(2))
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

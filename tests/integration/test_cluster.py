@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import signal
 import threading
 import time
 
 import pytest
 from support import (
+    REDIS_SERVER,
     ROOT,
     Client,
+    RedisServer,
     ServerProcess,
     free_port,
     nodes,
@@ -250,3 +253,23 @@ def test_close_and_broadcast_to_chosen_sessions_across_nodes(tmp_path, redis_ser
         finally:
             for client in (alice, dave, bob, carol):
                 client.close()
+
+
+def test_a_cluster_over_tls_to_redis(tmp_path):
+    """``rediss://`` (Redis over TLS, its CA given in the URL): a push crosses two nodes."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        pytest.skip(f"{REDIS_SERVER} not installed (apt-get install redis-server)")
+    redis_tls = RedisServer(tmp_path, tls=True)
+    try:
+        assert redis_tls.url.startswith("rediss://")
+        with nodes(tmp_path, redis_tls.url, workers=1) as (a, b):
+            alice, bob = Client(a), Client(b)
+            try:
+                wait_visible(alice, [bob.fd])
+                assert alice.ask(f"push:{bob.fd}:over TLS") == {"pushed": True}
+                assert bob.take() == ["over TLS"]
+            finally:
+                alice.close()
+                bob.close()
+    finally:
+        redis_tls.stop()

@@ -212,7 +212,7 @@ class BusLink:
                 await asyncio.wait_for(self._connect(), LINK_TIMEOUT)
             except (OSError, TimeoutError, Exception) as exc:
                 await self._drop()
-                self._went_down(_describe(exc))
+                self._went_down(_describe(exc), was_up=False)
                 attempt += 1
                 await asyncio.sleep(retry_delay(attempt))
                 continue
@@ -231,7 +231,7 @@ class BusLink:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await self._drop()
-            self._went_down(reason)
+            self._went_down(reason, was_up=True)
             if not self._closing:
                 await asyncio.sleep(retry_delay(1))
 
@@ -254,6 +254,9 @@ class BusLink:
         self._pub = self._sub = None
 
     def _lose(self, reason: str) -> None:
+        """The link broke: nothing more is published from now on (the connections
+        close on the next iterations)."""
+        self.up = False
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(reason)
 
@@ -265,13 +268,13 @@ class BusLink:
         self.reason = ""
         self.on_state(True, "")
 
-    def _went_down(self, reason: str) -> None:
+    def _went_down(self, reason: str, was_up: bool) -> None:
         self._buffer.clear()
         self._buffered = self._commands = 0
         self._unanswered.clear()
         self._unanswered_bytes = 0
         self._wake_settled()
-        was_up, self.up = self.up, False
+        self.up = False
         first = self.reason == "connecting"
         self.reason = reason
         if was_up:

@@ -160,7 +160,8 @@ class Cluster:
     def _on_link_state(self, up: bool, reason: str) -> None:
         if up:
             log.info("worker %d: cluster bus connected (node %d)", self.worker.worker_id, self.node)
-            self.marks.clear()
+            # ``marks`` stay: how far we read each publisher is still true (a session
+            # moving from here must not be sent what we applied before the outage).
             self.view.clear()
             # Our own claim and the node counter first, then our sessions for every
             # node, and theirs for us (a snapshot request answered by every worker).
@@ -345,7 +346,8 @@ class Cluster:
         self.stats["cluster_in"] += 1
         self.marks.seen(header)
         if self.view.heard(header.node, header.publisher, self.loop.time()):
-            self._snapshot_wanted = header.kind != bus.SNAPSHOT  # a worker we do not know
+            if header.kind != bus.SNAPSHOT:  # a worker we do not know: ask for its list
+                self._snapshot_wanted = True
         applier = self._appliers.get(header.kind)
         if applier is None:
             self.stats["cluster_bad_messages"] += 1

@@ -469,8 +469,8 @@ class Cluster:
     def _on_pipe(self, header: Header, data: bytes) -> None:
         target, source, payload = bus.read_pipe(data)
         worker = self.worker
-        if target != worker.worker_id or worker.draining:
-            return
+        if target != worker.worker_id or not worker.serves_slot():
+            return  # around a reload: the old worker until paused, then the new one
         handler = worker.handler("pipe_message")
         if handler is None:
             return

@@ -86,6 +86,11 @@ class WorkerHost(Protocol):
 
     def take_late_movers(self, final: bool) -> list[Any]: ...
 
+    def serves_slot(self) -> bool:
+        """Whether this worker is the one serving its slot now (not before its Serve,
+        not once a reload paused it)."""
+        ...
+
     # cluster mode (swoolish.worker.cluster); without it these do nothing
 
     def bus_marks(self) -> dict[tuple[int, int], int] | None:

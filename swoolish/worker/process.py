@@ -126,6 +126,7 @@ class Worker:
         self.stats: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
+        self.paused = False  # a reload's new worker serves this slot now (Pause)
         self.stop_code = GOING_AWAY  # the close code of the drain, once stopping
         self.late_movers: list[WsConnection] | None = None  # see established_while_draining
         # max_request: requests and messages left before this worker asks to be recycled
@@ -219,6 +220,12 @@ class Worker:
         if self.channel is None:
             return False
         return self.router.send(ToSlot(worker_id), Pipe(self.worker_id, payload))
+
+    def serves_slot(self) -> bool:
+        """Whether this is the worker of its slot that serves now: told to serve, and
+        neither paused by a reload nor stopping (messages for the slot from other
+        nodes are this worker's)."""
+        return self._serve_allowed.done() and not self.paused and not self.draining
 
     def bus_marks(self) -> dict[tuple[int, int], int] | None:
         return self.cluster.marks_now() if self.cluster is not None else None
@@ -566,6 +573,7 @@ class Worker:
             self._serve_allowed.set_result(None)
 
     def _on_pause(self, message: Pause) -> None:
+        self.paused = True
         self.stop_accepting()
         self.report(Paused())
 

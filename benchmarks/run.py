@@ -1,13 +1,30 @@
-"""Side-by-side benchmark: swoolish against the websockets, aiohttp and picows echo servers.
+"""Side-by-side benchmark: swoolish against the websockets, aiohttp and picows echo servers,
+and against uvicorn and aiohttp as plain-HTTP servers.
 
 Every server runs as a subprocess on loopback, on a free port. Scenarios are interleaved
 (A B C D, A B C D, ...) so that slow drifts of a shared, noisy machine hit every server alike,
-and every figure is also given as a ratio to the ``websockets`` server of the same round.
+and every figure is also given as a ratio to the baseline server of the same round:
+``websockets`` for the WebSocket scenarios, ``uvicorn`` for the HTTP ones.
 
-The stable figure is the server's CPU time per message: user+sys of the server process and all
-its children (psutil), sampled right at the edges of the measured window, divided by the
-messages echoed in it. Throughput and latency are reported too, but they depend on how much
-CPU the load client and everything else on the machine leave to the server.
+The stable figure is the server's CPU time per message (or per HTTP request): user+sys of the
+server process and all its children (psutil), sampled right at the edges of the measured
+window, divided by the messages echoed (requests answered) in it. Throughput and latency are
+reported too, but they depend on how much CPU the load client and everything else on the
+machine leave to the server.
+
+HTTP scenarios (``benchmarks/httpload.py`` is the client; every server answers ``GET /`` with
+the 5-byte text/plain body ``hello``, one process or one worker each):
+
+* ``http_keepalive``: 50 persistent HTTP/1.1 connections, each sending its next request as soon
+  as the previous response is complete (no pipelining);
+* ``http_new_connection``: 50 concurrent loops of connect, one request with
+  ``Connection: close``, response, close: the cost of accepting and tearing down a
+  connection per request.
+
+The servers: ``swoolish serve benchmarks/servers/http_swoolish_app.py:server --workers 1``;
+``uvicorn`` with ``--loop uvloop --http httptools``, one worker, no access log, serving a raw
+ASGI app (``servers/http_uvicorn.py``); aiohttp's ``web`` server on uvloop
+(``servers/http_aiohttp.py``).
 
 Usage::
 
@@ -45,6 +62,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from httpload import run_http  # noqa: E402
 from loadclient import (  # noqa: E402
     EchoStats,
     WSClient,
@@ -56,7 +74,15 @@ from loadclient import (  # noqa: E402
 
 HOST = "127.0.0.1"
 PY = sys.executable
+#: The server every ratio of a WebSocket scenario refers to.
 BASELINE = "websockets"
+#: The server every ratio of an HTTP scenario refers to: uvicorn (httptools on uvloop) is the
+#: usual Python HTTP server to beat, and the target is stated against it.
+HTTP_BASELINE = "uvicorn"
+#: Baseline by scenario kind; kinds not listed use BASELINE.
+BASELINES: dict[str, str] = {"http": HTTP_BASELINE}
+#: The heading of a ratio column, by baseline.
+RATIO_LABELS: dict[str, str] = {BASELINE: "x ws", HTTP_BASELINE: "x uv"}
 
 
 def _swoolish_cmd(target: str, workers: int, log_level: str = "warning") -> Callable[[int], list]:
@@ -93,6 +119,14 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
     "swoolish-2w": _swoolish_cmd("examples/echo.py:server", 2),
 }
 
+#: Plain-HTTP servers, a separate set: the WebSocket echo servers above have no HTTP handler,
+#: and "aiohttp" / "swoolish" here are other apps under the same names.
+HTTP_SERVERS: dict[str, Callable[[int], list[str]]] = {
+    "uvicorn": _script_cmd("http_uvicorn.py"),
+    "aiohttp": _script_cmd("http_aiohttp.py"),
+    "swoolish": _swoolish_cmd("benchmarks/servers/http_swoolish_app.py:server", 1),
+}
+
 ECHO_SERVERS = ["websockets", "aiohttp", "picows", "swoolish"]
 #: The servers that accept permessage-deflate (picows has no compression).
 DEFLATE_SERVERS = ["websockets", "aiohttp", "swoolish"]
@@ -111,6 +145,10 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "timers": ("timers", {}, ["swoolish"]),
     "reload": ("reload", {"workers": 4, "ws_conns": 50, "http_concurrency": 8}, ["swoolish"]),
     "broadcast": ("hook", {"sessions": 10_000, "workers": 2}, ["swoolish"]),
+    # Plain HTTP against uvicorn and aiohttp: 50 keep-alive connections doing closed-loop
+    # GET / round trips; 50 concurrent loops of one request per new connection.
+    "http_keepalive": ("http", {"conns": 50, "new_connection": False}, list(HTTP_SERVERS)),
+    "http_new_connection": ("http", {"conns": 50, "new_connection": True}, list(HTTP_SERVERS)),
 }
 
 
@@ -258,6 +296,36 @@ async def measure_echo(
     cpu = marks["cpu1"] - marks["cpu0"]
     r["server_cpu_s"] = cpu
     r["server_cpu_us_per_msg"] = cpu / r["msgs"] * 1e6 if r["msgs"] else float("nan")
+    r["server_cores_busy"] = cpu / r["seconds"]
+    return r
+
+
+async def measure_http(
+    server: Server, conns: int, new_connection: bool, cfg: dict
+) -> dict[str, Any]:
+    """Server CPU per HTTP request, sampled around exactly the requests counted, as for echo."""
+    marks: dict[str, Any] = {}
+
+    def on_start() -> None:
+        marks["procs"] = server.processes()
+        marks["cpu0"] = Server.cpu_seconds(marks["procs"])
+
+    def on_end() -> None:
+        marks["cpu1"] = Server.cpu_seconds(marks["procs"])
+
+    r = await run_http(
+        HOST,
+        server.port,
+        conns=conns,
+        new_connection=new_connection,
+        warmup=cfg["warmup"],
+        duration=cfg["duration"],
+        on_start=on_start,
+        on_end=on_end,
+    )
+    cpu = marks["cpu1"] - marks["cpu0"]
+    r["server_cpu_s"] = cpu
+    r["server_cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r["requests"] else float("nan")
     r["server_cores_busy"] = cpu / r["seconds"]
     return r
 
@@ -503,7 +571,31 @@ IDLE_METRICS = [
     ("echo_answered", "answered", "{:,.0f}"),
     ("deflate_accepted", "deflate", "{:,.0f}"),
 ]
-RATIO_KEYS = {"msgs_per_s", "server_cpu_us_per_msg", "p50_us", "p99_us", "kib_per_conn"}
+HTTP_METRICS = [
+    ("reqs_per_s", "req/s", "{:,.0f}"),
+    ("server_cpu_us_per_req", "srv CPU us/req", "{:.2f}"),
+    ("p50_us", "p50 us", "{:,.0f}"),
+    ("p99_us", "p99 us", "{:,.0f}"),
+    ("client_cpu_us_per_req", "client us/req", "{:.2f}"),
+    ("server_cores_busy", "srv cores", "{:.2f}"),
+    ("connect_errors", "conn err", "{:.0f}"),
+    ("bad_responses", "bad", "{:.0f}"),
+    ("dropped", "dropped", "{:.0f}"),
+]
+TABLE_METRICS = {"echo": ECHO_METRICS, "idle": IDLE_METRICS, "http": HTTP_METRICS}
+RATIO_KEYS = {
+    "msgs_per_s",
+    "server_cpu_us_per_msg",
+    "reqs_per_s",
+    "server_cpu_us_per_req",
+    "p50_us",
+    "p99_us",
+    "kib_per_conn",
+}
+
+
+def baseline_of(kind: str) -> str:
+    return BASELINES.get(kind, BASELINE)
 
 
 def _median(values: list[float]) -> float:
@@ -513,13 +605,15 @@ def _median(values: list[float]) -> float:
 
 def summarise(name: str, kind: str, rounds: dict[str, list[dict]]) -> dict[str, Any]:
     """Median over rounds of every numeric figure, plus the median per-round ratio to the
-    baseline server (``websockets``) where it took part."""
+    baseline server of the scenario's kind (``websockets``; ``uvicorn`` for HTTP) where it
+    took part."""
     summary: dict[str, Any] = {}
-    base = rounds.get(BASELINE)
+    baseline = baseline_of(kind)
+    base = rounds.get(baseline)
     for server, runs in rounds.items():
         keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
         s: dict[str, Any] = {k: _median([r[k] for r in runs]) for k in keys}
-        if base is not None and kind in ("echo", "idle"):
+        if base is not None and kind in TABLE_METRICS:
             for k in keys:
                 if k not in RATIO_KEYS:
                     continue
@@ -528,26 +622,27 @@ def summarise(name: str, kind: str, rounds: dict[str, list[dict]]) -> dict[str, 
                     for r, b in zip(runs, base, strict=False)
                     if b.get(k) and r[k] == r[k]
                 ]
-                s[f"{k}_vs_{BASELINE}"] = _median(ratios)
+                s[f"{k}_vs_{baseline}"] = _median(ratios)
         summary[server] = s
     return summary
 
 
 def print_table(name: str, kind: str, summary: dict[str, Any]) -> None:
-    if kind in ("echo", "idle"):
-        metrics = ECHO_METRICS if kind == "echo" else IDLE_METRICS
+    if kind in TABLE_METRICS:
+        metrics = TABLE_METRICS[kind]
+        baseline = baseline_of(kind)
         headers = ["server"]
         for key, label, _ in metrics:
             headers.append(label)
             if key in RATIO_KEYS:
-                headers.append("x ws")
+                headers.append(RATIO_LABELS.get(baseline, f"x {baseline}"))
         rows = []
         for server, s in summary.items():
             row = [server]
             for key, _, fmt in metrics:
                 row.append(fmt.format(s.get(key, float("nan"))))
                 if key in RATIO_KEYS:
-                    ratio = s.get(f"{key}_vs_{BASELINE}")
+                    ratio = s.get(f"{key}_vs_{baseline}")
                     row.append("-" if ratio is None else f"{ratio:.2f}")
             rows.append(row)
         widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
@@ -571,7 +666,16 @@ def machine_info() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for pkg in ("swoolish", "uvloop", "websockets", "aiohttp", "picows", "psutil"):
+    for pkg in (
+        "swoolish",
+        "uvloop",
+        "websockets",
+        "aiohttp",
+        "picows",
+        "uvicorn",
+        "httptools",
+        "psutil",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -620,6 +724,28 @@ async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, 
     for s in servers.values():  # warm-up: imports, first connections, JIT-free but cache-warm
         await run_echo(HOST, s.port, conns=20, size=64, warmup=0.2, duration=cfg["warmup"])
 
+    # Long-lived plain-HTTP servers, likewise shared by the HTTP scenarios.
+    http_names: list[str] = []
+    for name in selected:
+        kind, _p, participants = SCENARIOS[name]
+        if kind == "http":
+            http_names += [s for s in participants if s not in http_names]
+    http_servers = {
+        name: Server(f"http-{name}", HTTP_SERVERS[name], logdir).start() for name in http_names
+    }
+    for s in http_servers.values():
+        await s.wait_ready()
+    for s in http_servers.values():
+        for new_connection in (False, True):
+            await run_http(
+                HOST,
+                s.port,
+                conns=20,
+                new_connection=new_connection,
+                warmup=0.2,
+                duration=cfg["warmup"] / 2,
+            )
+
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
         for name in selected:
@@ -635,6 +761,13 @@ async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, 
                     )
                     raw[name].setdefault(sname, []).append(res)
                     _progress(name, sname, f"{res['server_cpu_us_per_msg']:.2f} us/msg")
+            elif kind == "http":
+                for sname in _rotated(participants, r):
+                    res = await measure_http(
+                        http_servers[sname], params["conns"], params["new_connection"], cfg
+                    )
+                    raw[name].setdefault(sname, []).append(res)
+                    _progress(name, sname, f"{res['server_cpu_us_per_req']:.2f} us/req")
             elif kind == "idle":
                 participants = cfg.get("idle_servers", {}).get(name, participants)
                 for sname in _rotated(participants, r):
@@ -652,7 +785,7 @@ async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, 
                 raw[name].setdefault("swoolish", []).append(res)
                 _progress(name, "swoolish", f"reload {res['reload_s']:.3f}s")
 
-    for s in servers.values():
+    for s in [*servers.values(), *http_servers.values()]:
         s.stop()
 
     results: dict[str, Any] = {}
@@ -666,7 +799,13 @@ async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, 
             )
             continue
         summary = summarise(name, kind, raw[name])
-        results[name] = {"kind": kind, "params": params, "summary": summary, "rounds": raw[name]}
+        results[name] = {
+            "kind": kind,
+            "params": params,
+            "baseline": baseline_of(kind),
+            "summary": summary,
+            "rounds": raw[name],
+        }
     return results
 
 
@@ -730,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg,
         "rlimit_nofile": nofile,
         "machine": machine_info(),
-        "baseline": BASELINE,
+        "baseline": BASELINE,  # of the WebSocket scenarios; each scenario names its own
         "scenarios": results,
         "server_logs": str(logdir),
     }

@@ -69,6 +69,12 @@ def started_pid(server, index: int, name: str, gen: int, count: int = 1) -> int:
     return int(server.wait_for_log(pattern, 15, count=count)[count - 1])
 
 
+def wait_running(server) -> None:
+    """Both gen 1 processes imported the app (not only forked): a file written next is
+    read by the reload's new processes only."""
+    server.wait_for_log(r"user process \d '(sync|async)' gen 1 \(pid \d+\) running", count=2)
+
+
 def ping(ws, kind: str) -> tuple[str, int, int]:
     """(version, the answering process's pid, src_worker_id its reply came with)."""
     ws.send(kind)
@@ -177,6 +183,8 @@ def test_a_new_process_that_cannot_start_leaves_the_old_one_running(tmp_path):
     app = write_app(tmp_path, PINGER.format(version="pong"))
     with serving(f"{app}:server", tmp_path, workers=2) as server:
         sync_pid = started_pid(server, 0, "sync", 1)
+        async_pid = started_pid(server, 1, "async", 1)
+        wait_running(server)
         # The new code no longer registers "sync": its new process fails to start.
         renamed = (
             PINGER.format(version="pong v2")
@@ -192,6 +200,8 @@ def test_a_new_process_that_cannot_start_leaves_the_old_one_running(tmp_path):
             15,
         )
         new_async = started_pid(server, 1, "async", 2)
+        # The old async process stops once the new one serves its id (not at its fork).
+        server.wait_for_log(rf"user process 1 'async' gen 1 \(pid {async_pid}\) stopped", 15)
         with server.connect() as ws:
             assert ping(ws, "sync") == ("pong", sync_pid, 2)  # the old code, still running
             assert ping(ws, "async") == ("pong v2", new_async, 3)
@@ -201,6 +211,7 @@ def test_a_rolled_back_reload_leaves_the_processes_alone(tmp_path):
     app = write_app(tmp_path, PINGER.format(version="pong"))
     with serving(f"{app}:server", tmp_path, workers=2) as server:
         sync_pid = started_pid(server, 0, "sync", 1)
+        wait_running(server)
         write_app(tmp_path, PINGER.format(version="pong v2") + "\n1 / 0\n")
         server.signal(signal.SIGUSR1)
         server.wait_for_log(r"reload to generation 2 rolled back", 15)

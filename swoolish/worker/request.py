@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http
 import re
+import time
 from collections.abc import Callable
 from email.utils import formatdate
 from urllib.parse import parse_qsl
@@ -56,7 +57,9 @@ class Request:
         self.method = method
         self.path = path
         self.query_string = query_string
-        self.query: dict[str, str] = dict(parse_qsl(query_string, keep_blank_values=True))
+        self.query: dict[str, str] = (
+            dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}
+        )
         self.headers = headers
         self.body = body
         self.version = version
@@ -157,11 +160,31 @@ class Response:
         return True
 
 
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
 def _reason(code: int) -> str:
-    try:
-        return http.HTTPStatus(code).phrase
-    except ValueError:
-        return "Unknown"
+    return _REASONS.get(code, "Unknown")
+
+
+class _HttpDate:
+    """The ``Date`` header's value (RFC 9110 §6.6.1), formatted once per second, not once
+    per response."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self.second:
+            self.second, self.text = second, formatdate(second, usegmt=True)
+        return self.text
+
+
+_http_date = _HttpDate()
 
 
 def render_response(
@@ -181,7 +204,7 @@ def render_response(
     if "content-type" not in names and body:
         lines.append("Content-Type: text/plain; charset=utf-8")
     if "date" not in names:
-        lines.append(f"Date: {formatdate(usegmt=True)}")
+        lines.append(f"Date: {_http_date.now()}")
     if "server" not in names:
         lines.append("Server: swoolish")
     lines.append("Connection: keep-alive" if keep_alive else "Connection: close")

@@ -44,6 +44,9 @@ class Connection:
     __slots__ = (
         "_handler_queue",
         "_timer",
+        "_timer_at",
+        "_timer_callback",
+        "_timer_deadline",
         "_worker",
         "closing",
         "connect_time",
@@ -68,7 +71,11 @@ class Connection:
         self.connect_time = self.last_time = 0.0
         self.messages_in = self.messages_out = 0
         self._handler_queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+        # The connection's one timer (a request, idle or closing deadline); see _arm_timer
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the loop's handle fires
+        self._timer_deadline = 0.0  # when the callback is due (never before _timer_at)
+        self._timer_callback: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -218,10 +225,45 @@ class Connection:
         raise NotImplementedError
 
     def _arm_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self._worker.loop.call_later(delay, callback)
+        """Call ``callback`` in ``delay`` seconds, replacing what was armed before.
+
+        A keep-alive connection re-arms its deadline twice per request; a loop handle
+        already due no later than the new deadline is kept, and when it fires early it
+        waits on for the rest (``_timer_fired``), so steady traffic costs no new handle.
+        """
+        loop = self._worker.loop
+        deadline = loop.time() + delay
+        self._timer_deadline = deadline
+        self._timer_callback = callback
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        callback = self._timer_callback
+        if callback is None:
+            return  # disarmed meanwhile (_disarm_timer)
+        deadline = self._timer_deadline
+        if deadline > self._timer_at:  # re-armed for later meanwhile: wait for the rest
+            self._timer_at = deadline
+            self._timer = self._worker.loop.call_at(deadline, self._timer_fired)
+            return
+        self._timer_callback = None
+        callback()
+
+    def _disarm_timer(self) -> None:
+        """Nothing is due until the next _arm_timer; the loop's handle, if any, is kept
+        for it (a request being answered, between two deadlines)."""
+        self._timer_callback = None
 
     def _cancel_timer(self) -> None:
+        """Nothing is due any more, and the loop lets go of this connection."""
+        self._timer_callback = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

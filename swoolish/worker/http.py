@@ -346,7 +346,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         """Answer the oldest request (called by _pump only, one at a time, in order)."""
         if not self._requests or self.transport is None:
             return
-        self._cancel_timer()
+        self._disarm_timer()  # re-armed (idle) once answered: keep the loop's handle
         request = self._requests.pop(0)
         self._serve_client_of(request)
         worker = self._worker

@@ -62,8 +62,8 @@ _QUIET.propagate = False  # handler tracebacks are expected here
 
 
 class FakeHandle:
-    def __init__(self, delay: float, callback: Any, args: tuple[Any, ...]) -> None:
-        self.delay, self.callback, self.args = delay, callback, args
+    def __init__(self, when: float, callback: Any, args: tuple[Any, ...]) -> None:
+        self.when, self.callback, self.args = when, callback, args
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -71,15 +71,23 @@ class FakeHandle:
 
 
 class FakeLoop:
-    """``call_later`` only; the test fires the timers itself (no waiting)."""
+    """Timers on a clock of its own; the test fires them itself (no waiting): firing one
+    moves the clock to its time."""
 
     def __init__(self) -> None:
         self.handles: list[FakeHandle] = []
+        self.now = 0.0
 
-    def call_later(self, delay: float, callback: Any, *args: Any) -> FakeHandle:
-        handle = FakeHandle(delay, callback, args)
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any, *args: Any) -> FakeHandle:
+        handle = FakeHandle(when, callback, args)
         self.handles.append(handle)
         return handle
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> FakeHandle:
+        return self.call_at(self.now + delay, callback, *args)
 
     def pending(self) -> list[FakeHandle]:
         return [h for h in self.handles if not h.cancelled]
@@ -91,6 +99,7 @@ class FakeLoop:
                 return
             for handle in due:
                 handle.cancelled = True
+                self.now = max(self.now, handle.when)
                 handle.callback(*handle.args)
 
 
@@ -472,7 +481,9 @@ def run(deflate: bool, actions: list[tuple[str, Any]], send_eof: bool = True) ->
         # nothing may wait forever: an open close handshake has its timer
         conn = transport.protocol
         if conn.closing and not transport.closing:
-            assert any(h.callback == conn.abort for h in worker.loop.pending()), (
+            armed = conn._timer_callback == conn.abort  # the connection's one timer
+            handle = conn._timer
+            assert armed and handle is not None and not handle.cancelled, (
                 "a close began with no timer to end it"
             )
     conn = transport.protocol

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -31,8 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import uvloop
+from procs import stop_tree, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = """
@@ -154,34 +152,8 @@ def wait_accepting(port: int, seconds: float = 20.0) -> None:
     raise RuntimeError(f"the server did not listen on {port}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    pids = {proc.pid}
-    with contextlib.suppress(psutil.NoSuchProcess):
-        pids.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
 
 
-def cpu_seconds(pid: int) -> float:
-    """user+sys of process ``pid`` and every child it has now."""
-    total = 0.0
-    with contextlib.suppress(psutil.NoSuchProcess):
-        proc = psutil.Process(pid)
-        for each in [proc, *proc.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = each.cpu_times()
-                total += times.user + times.system
-    return total
 
 
 def measure(sessions: int = 10_000, workers: int = 2, broadcasts: int = 5) -> dict[str, object]:
@@ -201,10 +173,10 @@ def measure(sessions: int = 10_000, workers: int = 2, broadcasts: int = 5) -> di
             wait_accepting(port)
             time.sleep(0.5)  # every worker booted (they report "serving" at info level)
             result = uvloop.run(
-                run_client(port, sessions, broadcasts, lambda: cpu_seconds(proc.pid))
+                run_client(port, sessions, broadcasts, lambda: tree_cpu_seconds([proc.pid]))
             )
         finally:
-            stop(proc)
+            stop_tree(proc)
     return {"workers": workers, **result}
 
 

@@ -36,7 +36,6 @@ import platform
 import re
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from loadclient import build_frame, handshake_request, percentile  # noqa: E402
+from procs import stop_tree, tree_cpu_seconds  # noqa: E402
 
 HOST = "127.0.0.1"
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -257,34 +257,13 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL by pid for the process and every child it had left."""
-    pids = {proc.pid}
-    with contextlib.suppress(psutil.NoSuchProcess):
-        pids.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+
+
 
 
 def cpu_seconds(procs: list[Any]) -> float:
     """user+sys of the processes and their live children (swoolish forks its workers)."""
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root = psutil.Process(proc.pid)
-            for p in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    t = p.cpu_times()
-                    total += t.user + t.system
-    return total
+    return tree_cpu_seconds([proc.pid for proc in procs])
 
 
 def uvicorn_ws() -> str:
@@ -508,7 +487,7 @@ async def measure(
             c.abort()
         await asyncio.sleep(0.1)
         for proc in procs:
-            stop(proc)
+            stop_tree(proc)
 
 
 def redis_argv(port: int) -> list[str]:
@@ -526,7 +505,7 @@ def start_redis() -> tuple[subprocess.Popen[bytes], redis.Redis]:
             if proc.poll() is None and client.ping():
                 return proc, client
         time.sleep(0.05)
-    stop(proc)
+    stop_tree(proc)
     raise RuntimeError(f"redis-server did not answer on port {port}")
 
 
@@ -616,7 +595,7 @@ async def run(args: argparse.Namespace, systems: list[str]) -> dict[str, Any]:
                 await asyncio.sleep(1.0)
     finally:
         rc.close()
-        stop(redis_proc)
+        stop_tree(redis_proc)
         shutil.rmtree(tmp, ignore_errors=True)
     return {"rounds": rounds, "summary": summarize(rounds, systems)}
 

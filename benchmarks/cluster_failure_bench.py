@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import cluster_bench as cb  # noqa: E402
+from procs import stop_tree  # noqa: E402
 
 PER_NODE = 10
 TICK_S, WINDOW_NS = 0.2, 1_000_000_000
@@ -261,7 +262,7 @@ async def measure(system: str, rs: RedisBox, tmp: Path) -> dict[str, Any]:
             c.abort()
         await asyncio.sleep(0.1)
         for proc in procs:
-            cb.stop(proc)
+            stop_tree(proc)
         if rs.proc.poll() is not None:  # a round that failed while Redis was down
             await rs.restart()
 
@@ -323,7 +324,7 @@ async def run(args: argparse.Namespace, systems: list[str]) -> list[dict[str, An
                     print(f"  failed: {entry['error']}", *tails, sep="\n", file=sys.stderr)
                 rounds.append(entry)
     finally:
-        cb.stop(rs.proc)
+        stop_tree(rs.proc)
         shutil.rmtree(tmp, ignore_errors=True)
     return rounds
 

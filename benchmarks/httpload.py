@@ -34,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a swoolish dependency
     uvloop = None
 
-from loadclient import percentile
+from loadclient import measured_window, percentile
 
 __all__ = ["HttpStats", "KeepAliveClient", "OneShotClient", "build_request", "run_http"]
 
@@ -63,6 +63,11 @@ class HttpStats:
         self.bad = 0  # responses that were not 200, or could not be delimited
         self.connect_errors = 0  # connects that failed or timed out
         self.dropped = 0  # connections lost with a request outstanding
+
+    def reset(self) -> None:
+        """Forget the warm-up: only the measured window counts."""
+        self.latencies.clear()
+        self.count = self.bad = self.dropped = 0
 
 
 class _ResponseReader(asyncio.Protocol):
@@ -308,20 +313,7 @@ async def run_http(
             clients = await _open_keepalive(host, port, conns, request, stats, timeout)
             for c in clients:
                 c.start()
-        await asyncio.sleep(warmup)
-        stats.latencies.clear()
-        stats.count = stats.bad = stats.dropped = 0
-        if on_start is not None:
-            on_start()
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        stats.recording = True
-        await asyncio.sleep(duration)
-        stats.recording = False
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        if on_end is not None:
-            on_end()
+        elapsed, cpu = await measured_window(stats, warmup, duration, on_start, on_end)
         running = False
         for c in clients:
             c.stop()

@@ -137,6 +137,11 @@ class EchoStats:
         self.unanswered = 0  # round trips in flight when a connection was lost
         self.deflate_accepted = 0  # handshakes answered with permessage-deflate
 
+    def reset(self) -> None:
+        """Forget the warm-up: only the measured window counts."""
+        self.latencies.clear()
+        self.count = 0
+
 
 class WSClient(asyncio.Protocol):
     """One client connection: handshake, then closed-loop echo round trips."""
@@ -397,6 +402,33 @@ async def close_all(clients: list[WSClient], settle: float = 0.2) -> None:
     await asyncio.sleep(settle)
 
 
+async def measured_window(
+    stats: Any,
+    warmup: float,
+    duration: float,
+    on_start: Callable[[], Any] | None,
+    on_end: Callable[[], Any] | None,
+) -> tuple[float, float]:
+    """Warm up, then record exactly ``duration`` seconds: ``stats`` (with ``reset()`` and
+    ``recording``) counts only inside the window, whose edges ``on_start``/``on_end`` see
+    (a caller samples the server's CPU there). Returns the window's wall seconds and this
+    client's CPU seconds in it."""
+    await asyncio.sleep(warmup)
+    stats.reset()
+    if on_start is not None:
+        on_start()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    stats.recording = True
+    await asyncio.sleep(duration)
+    stats.recording = False
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    if on_end is not None:
+        on_end()
+    return elapsed, cpu
+
+
 async def run_echo(
     host: str,
     port: int,
@@ -420,20 +452,7 @@ async def run_echo(
     try:
         for c in clients:
             c.start()
-        await asyncio.sleep(warmup)
-        stats.latencies.clear()
-        stats.count = 0
-        if on_start is not None:
-            on_start()
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        stats.recording = True
-        await asyncio.sleep(duration)
-        stats.recording = False
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        if on_end is not None:
-            on_end()
+        elapsed, cpu = await measured_window(stats, warmup, duration, on_start, on_end)
         for c in clients:
             c.stop()
         # let in-flight round trips land before closing

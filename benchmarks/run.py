@@ -270,18 +270,35 @@ def stop_all() -> None:
 # -- scenarios --------------------------------------------------------------------------------
 
 
+class WindowCpu:
+    """The server's CPU time over exactly the measured window: the load client calls
+    ``start`` and ``end`` at its edges, after the warm-up."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.procs: list[psutil.Process] = []
+        self.cpu0 = self.cpu1 = 0.0
+
+    def start(self) -> None:
+        self.procs = self.server.processes()
+        self.cpu0 = Server.cpu_seconds(self.procs)
+
+    def end(self) -> None:
+        self.cpu1 = Server.cpu_seconds(self.procs)
+
+    def add_to(self, r: dict[str, Any], count: int, per: str) -> dict[str, Any]:
+        """``r`` with the server's CPU seconds, per unit (``per``: µs) and cores busy."""
+        cpu = self.cpu1 - self.cpu0
+        r["server_cpu_s"] = cpu
+        r[per] = cpu / count * 1e6 if count else float("nan")
+        r["server_cores_busy"] = cpu / r["seconds"]
+        return r
+
+
 async def measure_echo(
     server: Server, size: int, conns: int, cfg: dict, deflate: bool = False
 ) -> dict[str, Any]:
-    marks: dict[str, Any] = {}
-
-    def on_start() -> None:
-        marks["procs"] = server.processes()
-        marks["cpu0"] = Server.cpu_seconds(marks["procs"])
-
-    def on_end() -> None:
-        marks["cpu1"] = Server.cpu_seconds(marks["procs"])
-
+    window = WindowCpu(server)
     r = await run_echo(
         HOST,
         server.port,
@@ -289,30 +306,18 @@ async def measure_echo(
         size=size,
         warmup=cfg["warmup"],
         duration=cfg["duration"],
-        on_start=on_start,
-        on_end=on_end,
+        on_start=window.start,
+        on_end=window.end,
         deflate=deflate,
     )
-    cpu = marks["cpu1"] - marks["cpu0"]
-    r["server_cpu_s"] = cpu
-    r["server_cpu_us_per_msg"] = cpu / r["msgs"] * 1e6 if r["msgs"] else float("nan")
-    r["server_cores_busy"] = cpu / r["seconds"]
-    return r
+    return window.add_to(r, r["msgs"], "server_cpu_us_per_msg")
 
 
 async def measure_http(
     server: Server, conns: int, new_connection: bool, cfg: dict
 ) -> dict[str, Any]:
     """Server CPU per HTTP request, sampled around exactly the requests counted, as for echo."""
-    marks: dict[str, Any] = {}
-
-    def on_start() -> None:
-        marks["procs"] = server.processes()
-        marks["cpu0"] = Server.cpu_seconds(marks["procs"])
-
-    def on_end() -> None:
-        marks["cpu1"] = Server.cpu_seconds(marks["procs"])
-
+    window = WindowCpu(server)
     r = await run_http(
         HOST,
         server.port,
@@ -320,14 +325,10 @@ async def measure_http(
         new_connection=new_connection,
         warmup=cfg["warmup"],
         duration=cfg["duration"],
-        on_start=on_start,
-        on_end=on_end,
+        on_start=window.start,
+        on_end=window.end,
     )
-    cpu = marks["cpu1"] - marks["cpu0"]
-    r["server_cpu_s"] = cpu
-    r["server_cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r["requests"] else float("nan")
-    r["server_cores_busy"] = cpu / r["seconds"]
-    return r
+    return window.add_to(r, r["requests"], "server_cpu_us_per_req")
 
 
 async def measure_idle(

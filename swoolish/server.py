@@ -28,12 +28,22 @@ from .core.processes import ProcessSpec
 from .core.settings import Settings
 from .shared.ids import NODE_SHIFT
 from .shared.table import ESTABLISHED, peer_from_word
+from .worker.cluster import Cluster
 from .worker.process import Worker
 from .worker.router import MAX_ROUTED_PAYLOAD, routable_payload
 
 __all__ = ["BINARY", "TEXT", "WebSocketServer"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _elsewhere(worker: Worker, fd: object) -> Cluster | None:
+    """The worker's cluster when ``fd`` is a session of another node (cluster mode):
+    operations on it go over the bus, never to this node's session table."""
+    cluster = worker.cluster
+    if cluster is not None and type(fd) is int and fd >> NODE_SHIFT != cluster.node:
+        return cluster
+    return None
 
 
 def _wire(data: str | bytes, opcode: int | None) -> tuple[bytes, int]:
@@ -106,8 +116,8 @@ class WebSocketServer:
             if connections.arriving and fd in connections.arriving:
                 return worker.router.hold(conn, fd, data, opcode)
             return conn.push(data, opcode)
-        cluster = worker.cluster
-        if cluster is not None and type(fd) is int and fd >> NODE_SHIFT != cluster.node:
+        cluster = _elsewhere(worker, fd)
+        if cluster is not None:
             return cluster.push(fd, *_wire(data, opcode))
         found = worker.router.lookup(fd)
         if found is None or found[1] < ESTABLISHED:
@@ -130,18 +140,17 @@ class WebSocketServer:
         of a round trip: ``await exists_remote(fd)``.
         """
         worker = self._require_worker("exists")
-        if fd in worker.connections or worker.router.lookup(fd) is not None:
-            return True
-        cluster = worker.cluster
-        return cluster is not None and type(fd) is int and cluster.reachable(fd)
+        cluster = _elsewhere(worker, fd)
+        if cluster is not None:
+            return cluster.reachable(fd)
+        return fd in worker.connections or worker.router.lookup(fd) is not None
 
     async def exists_remote(self, fd: int, timeout: float = 0.5) -> bool:
         """Whether session ``fd`` is open, asked of the node that owns it (cluster mode);
         waits for that one node only, up to ``timeout`` seconds (then False). For this
         node's sessions it is :meth:`exists`."""
-        worker = self._require_worker("exists_remote")
-        cluster = worker.cluster
-        if cluster is None or type(fd) is not int or fd >> NODE_SHIFT == cluster.node:
+        cluster = _elsewhere(self._require_worker("exists_remote"), fd)
+        if cluster is None:
             return self.exists(fd)
         return await cluster.exists_remote(fd, timeout)
 
@@ -165,9 +174,10 @@ class WebSocketServer:
         conn = worker.connections.get(fd)
         if conn is not None:
             return conn.established and not conn.closing
+        cluster = _elsewhere(worker, fd)
+        if cluster is not None:
+            return cluster.reachable(fd)  # the replica lists WebSocket sessions only
         found = worker.router.lookup(fd)
-        if found is None and worker.cluster is not None and type(fd) is int:
-            return worker.cluster.reachable(fd)  # the replica lists WebSocket sessions only
         return found is not None and found[1] >= ESTABLISHED
 
     def disconnect(self, fd: int, code: int = 1000, reason: str = "") -> bool:
@@ -179,8 +189,8 @@ class WebSocketServer:
             if connections.arriving and fd in connections.arriving:
                 return worker.router.hold_disconnect(conn, fd, code, reason)
             return conn.disconnect(code, reason)
-        cluster = worker.cluster
-        if cluster is not None and type(fd) is int and fd >> NODE_SHIFT != cluster.node:
+        cluster = _elsewhere(worker, fd)
+        if cluster is not None:
             return cluster.disconnect(fd, code, reason)
         found = worker.router.lookup(fd)
         if found is None or found[1] < ESTABLISHED:
@@ -192,11 +202,10 @@ class WebSocketServer:
         """Close session ``fd`` (a WebSocket gets a 1000 close frame first)."""
         worker = self._require_worker("close")
         conn = worker.connections.get(fd)
-        cluster = worker.cluster
-        if conn is None and cluster is not None and type(fd) is int:
-            if fd >> NODE_SHIFT != cluster.node:
-                return cluster.disconnect(fd, CLOSE_CODE, "")
         if conn is None:
+            cluster = _elsewhere(worker, fd)
+            if cluster is not None:
+                return cluster.disconnect(fd, CLOSE_CODE, "")
             found = worker.router.lookup(fd)
             if found is None:
                 return False
@@ -240,7 +249,7 @@ class WebSocketServer:
             if conn is not None:
                 handed += conn.push(data, None)
                 continue
-            if cluster is not None and type(fd) is int and fd >> NODE_SHIFT != cluster.node:
+            if _elsewhere(worker, fd) is not None:
                 remote_fds.append(fd)
                 continue
             found = router.lookup(fd)

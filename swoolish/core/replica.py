@@ -189,25 +189,26 @@ class ClusterView:
             for node, workers in self.nodes.items()
         )
 
+    def _node_sessions(self, node: int, workers: dict[int, PublisherView]) -> set[int]:
+        """Node ``node``'s sessions, each once: every worker's list and those in transit."""
+        sessions: set[int] = set(self.moving.get(node, ()))
+        for view in workers.values():
+            sessions.update(view.sessions)
+        return sessions
+
     def sessions(self) -> Iterator[int]:
         """Every session of every other node, each once."""
         for node, workers in self.nodes.items():
-            seen: set[int] = set(self.moving.get(node, ()))
-            for view in workers.values():
-                seen.update(view.sessions)
-            yield from seen
+            yield from self._node_sessions(node, workers)
 
     def describe(self, now: float) -> dict[int, dict[str, object]]:
         """Per node: its workers heard, sessions, and how long ago it was last heard."""
         out: dict[int, dict[str, object]] = {}
         for node, workers in sorted(self.nodes.items()):
-            sessions: set[int] = set(self.moving.get(node, ()))
-            for view in workers.values():
-                sessions.update(view.sessions)
             last = max(view.last_heard for view in workers.values())
             out[node] = {
                 "workers": len(workers),
-                "sessions": len(sessions),
+                "sessions": len(self._node_sessions(node, workers)),
                 "heard_ago": round(max(0.0, now - last), 3),
             }
         return out

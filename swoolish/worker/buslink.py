@@ -98,8 +98,9 @@ class BusLink:
         self.up = False
         self.changed_at = loop.time()  # when ``up`` last changed
         self.reason = "connecting"  # why it is down (for status)
+        self.ups = 0  # times the link came up
+        self._down_told = False  # on_state heard of this episode of being down
         self.subscriber_restarts = 0
-        self.reconnects = 0
         self._pub: Any = None
         self._sub: Any = None
         self._buffer: list[bytes] = []  # packed commands not written yet
@@ -260,9 +261,14 @@ class BusLink:
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(reason)
 
+    @property
+    def reconnects(self) -> int:
+        """Times the link came back after being up."""
+        return max(0, self.ups - 1)
+
     def _went_up(self) -> None:
-        if self.reason != "connecting":
-            self.reconnects += 1
+        self.ups += 1
+        self._down_told = False
         self.up = True
         self.changed_at = self.loop.time()
         self.reason = ""
@@ -275,11 +281,11 @@ class BusLink:
         self._unanswered_bytes = 0
         self._wake_settled()
         self.up = False
-        first = self.reason == "connecting"
         self.reason = reason
         if was_up:
             self.changed_at = self.loop.time()
-        if (was_up or first) and not self._closing:
+        if not self._down_told and not self._closing:
+            self._down_told = True
             self.on_state(False, reason)  # once per change, never once per attempt
 
     async def _read_replies(self) -> None:

@@ -147,9 +147,7 @@ class Cluster:
             self.link.command("DEL", self.names.node_key(self.node))
         await self.link.settled(SETTLE_TIMEOUT)
         await self.link.close()
-        for _, future in self.questions.values():
-            if not future.done():
-                future.set_result(False)
+        self._fail_questions(None)
 
     async def settle(self) -> None:
         """Before sessions move: Redis answered what we published (see module doc)."""

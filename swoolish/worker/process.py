@@ -148,12 +148,12 @@ class Worker:
         self._handlers = server.handlers
         # cluster mode (docs/cluster.md): event workers reach other nodes over Redis
         self.cluster: Cluster | None = None
-        if self.settings.redis_url and setup.node and not setup.task_worker:
-            if setup.process_index is None:
-                self.cluster = Cluster(
-                    self, self.settings.redis_url, self.settings.cluster_name, setup.node
-                )
-                self.connections.observer = self.cluster
+        event_worker = not setup.task_worker and setup.process_index is None
+        if self.settings.redis_url and setup.node and event_worker:
+            self.cluster = Cluster(
+                self, self.settings.redis_url, self.settings.cluster_name, setup.node
+            )
+            self.connections.observer = self.cluster
         self._asyncio_server: asyncio.AbstractServer | None = None
         self.tls_context: ssl.SSLContext | None = None  # built in serve(), after the fork
         self._duties: dict[type, Callable[[Any], None]] = {

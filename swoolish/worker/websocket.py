@@ -692,12 +692,6 @@ class WsConnection(Connection, asyncio.Protocol):
         worker.stats["messages_out"] += 1
         return True
 
-    def push_frame(self, frame: bytes, payload: bytes, opcode: int) -> bool:
-        """A broadcast's message: ``frame`` is ``payload`` encoded once for every
-        session that takes it as is (no compression); a session that compresses it
-        encodes its own (``push``)."""
-        return fan_out((self,), frame, payload, opcode, self._worker) == 1
-
     def _compressed(self, deflate: PerMessageDeflate, opcode: int, payload: bytes) -> bytes:
         """The frame of a message compressed with permessage-deflate (RFC 7692 §7.2.1).
 
@@ -875,11 +869,8 @@ def fan_out(
     limit = worker.settings.buffer_output_size
     sent = closed = over = 0
     for conn in conns:
-        if type(conn) is not WsConnection:
-            sent += conn.push_frame(frame, payload, opcode)  # another kind of session
-            continue
-        if conn._deflate is not None:
-            sent += conn.push(payload, opcode)
+        if type(conn) is not WsConnection or conn._deflate is not None:
+            sent += conn.push(payload, opcode)  # compressed: it encodes its own
             continue
         transport = conn.transport
         if conn.closing or not conn.established or transport is None:

@@ -34,12 +34,11 @@ class FakeConnection:
         self.established = True
 
     def push(self, data, opcode):
+        """Recorded as the message it carries (a broadcast hands over UTF-8 text)."""
+        if isinstance(data, bytes) and opcode == 1:
+            data = data.decode()
         self.calls.append(("push", data))
         return not self.closing
-
-    def push_frame(self, frame, payload, opcode):
-        """A broadcast's frame, encoded once: recorded as the message it carries."""
-        return self.push(payload.decode() if opcode == 1 else payload, opcode)
 
     def disconnect(self, code, reason):
         self.calls.append(("disconnect", code, reason))

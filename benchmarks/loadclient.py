@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import time
@@ -42,6 +43,7 @@ __all__ = [
     "open_connections",
     "percentile",
     "run_echo",
+    "run_storm",
 ]
 
 #: Fixed mask key: masking is required by RFC 6455, unpredictability does not matter here.
@@ -475,6 +477,218 @@ async def run_echo(
         "connect_errors": stats.errors,
         "dropped": stats.dropped,
         "deflate_accepted": stats.deflate_accepted,
+    }
+
+
+# -- reconnect storm ----------------------------------------------------------------------------
+
+
+class StormStats:
+    """What happened to the connections of one reconnect storm, and when the last one ended."""
+
+    __slots__ = ("bad", "connect_errors", "done", "ended", "last_at", "lost", "times", "wanted")
+
+    def __init__(self, wanted: int, done: asyncio.Future[None]) -> None:
+        self.wanted = wanted
+        self.done = done
+        self.times: list[float] = []  # per served connection: connect started -> echo received
+        self.connect_errors = 0  # the connect itself failed (refused, reset, EMFILE...)
+        self.bad = 0  # an answer other than 101, or an echo that did not match
+        self.lost = 0  # connected, then closed before its echo arrived
+        self.ended = 0  # served + failed; reaching ``wanted`` sets ``done``
+        self.last_at = 0.0
+
+    def end_one(self) -> None:
+        """One more connection served or failed; the last one sets ``done``."""
+        self.ended += 1
+        self.last_at = time.perf_counter()
+        if self.ended >= self.wanted and not self.done.done():
+            self.done.set_result(None)
+
+
+class StormClient(asyncio.Protocol):
+    """One reconnecting client of a storm: handshake, one echo round trip, then it stays open.
+
+    As cheap as WSClient: the 101 answer is checked by its status line only, and the echo is
+    compared byte for byte with the unmasked frame expected (no frame parser)."""
+
+    __slots__ = (
+        "_buf",
+        "_frame",
+        "_reply",
+        "_request",
+        "_stats",
+        "ended",
+        "open",
+        "t0",
+        "transport",
+    )
+
+    def __init__(self, request: bytes, frame: bytes, reply: bytes, stats: StormStats) -> None:
+        self._request = request
+        self._frame = frame
+        self._reply = reply
+        self._stats = stats
+        self._buf = b""  # the handshake answer, then the echo, as far as they arrived
+        self.transport: asyncio.Transport | None = None
+        self.open = False
+        self.ended = False
+        self.t0 = 0.0  # set by the caller right before it connects
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self._request)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.ended:
+            self._stats.lost += 1
+            self._end()
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended:
+            return
+        buf = self._buf + data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self._buf = buf
+                if len(buf) > 16384:
+                    self._fail()
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self._fail()
+                return
+            self.open = True
+            self.transport.write(self._frame)  # type: ignore[union-attr]
+            buf = buf[end + 4 :]
+        if len(buf) < len(self._reply):
+            self._buf = buf
+            return
+        self._buf = b""
+        if buf.startswith(self._reply):
+            self._stats.times.append(time.perf_counter() - self.t0)
+            self._end()
+        else:
+            self._fail()
+
+    def _fail(self) -> None:
+        self._stats.bad += 1
+        self._end()
+        self.abort()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._stats.end_one()
+
+    def abort(self) -> None:
+        """Drop the connection without a close frame (RST), as a network blip would."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def _storm_connect(
+    loop: asyncio.AbstractEventLoop, proto: StormClient, host: str, port: int
+) -> None:
+    """One connect of the storm; its clock starts right before the connect is issued."""
+    proto.t0 = time.perf_counter()
+    try:
+        await loop.create_connection(lambda: proto, host, port)
+    except OSError:
+        proto._stats.connect_errors += 1
+        proto._end()
+
+
+async def wait_closed(clients: list[Any], timeout: float = 10.0) -> int:
+    """Wait until this side closed every client's transport (not until the server noticed);
+    how many are still open at the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = sum(c.transport is not None for c in clients)
+        if not left:
+            return 0
+        await asyncio.sleep(0.01)
+    return sum(c.transport is not None for c in clients)
+
+
+async def run_storm(
+    host: str,
+    port: int,
+    n: int,
+    *,
+    size: int = 64,
+    timeout: float = 30.0,
+    settle: float = 0.5,
+    on_start: Callable[[], Any] | None = None,
+    on_end: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """A reconnect storm: ``n`` connections open, all dropped at once, all back at once.
+
+    First ``n`` WebSocket connections are opened (200 handshakes at a time, not measured) and
+    left alone for ``settle`` seconds. The blip: every one is aborted by this side (RST, no
+    close frame) and, as soon as this side closed them all, ``n`` new connections are started
+    together, each doing its handshake and one round trip of a ``size``-byte text message.
+    Measured from the start of the reconnect to the moment the last one was served (or
+    failed, or ``timeout`` passed): ``on_start``/``on_end`` run at those edges.
+    """
+    loop = asyncio.get_running_loop()
+    old_stats = EchoStats()
+    old = await open_connections(host, port, n, size, old_stats, concurrency=200)
+    await asyncio.sleep(settle)
+    for c in old:
+        if c.transport is not None:
+            c.transport.abort()
+    old_left = await wait_closed(old)
+    request = handshake_request(host, port)
+    frame = echo_frame(size)
+    reply = server_header(size) + b"x" * size
+    stats = StormStats(n, loop.create_future())
+    protos = [StormClient(request, frame, reply, stats) for _ in range(n)]
+    # -- the measured window --
+    if on_start is not None:
+        on_start()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    tasks = [loop.create_task(_storm_connect(loop, p, host, port)) for p in protos]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(stats.done), timeout)
+    end = stats.last_at if stats.done.done() else time.perf_counter()
+    cpu = time.process_time() - cpu0
+    if on_end is not None:
+        on_end()
+    # -- teardown: whatever is still pending counts as a timeout --
+    timed_out = n - stats.ended
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for p in protos:
+        p.abort()
+    await wait_closed(protos)
+    elapsed = end - t0
+    served = len(stats.times)
+    times = sorted(stats.times)
+    return {
+        "conns": n,
+        "old_opened": len(old),
+        "old_connect_errors": old_stats.errors,
+        "old_left_open": old_left,
+        "served": served,
+        "all_served": int(served == n),
+        "connect_errors": stats.connect_errors,
+        "bad_answers": stats.bad,
+        "lost": stats.lost,
+        "timeouts": timed_out,
+        "seconds": elapsed,
+        "all_served_s": elapsed if served == n else float("nan"),
+        "handshakes_per_s": served / elapsed if elapsed > 0 else float("nan"),
+        "p50_ms": percentile(times, 50) * 1e3,
+        "p99_ms": percentile(times, 99) * 1e3,
+        "max_ms": times[-1] * 1e3 if times else float("nan"),
+        # served after more than 1 s: a SYN retransmit (1 s, 3 s...) or just a long queue;
+        # the kernel's counters (run.py's StormWindow) tell which
+        "slow_1s": sum(t > 1.0 for t in times),
+        "client_cpu_s": cpu,
+        "client_cpu_us_per_handshake": cpu / served * 1e6 if served else float("nan"),
     }
 
 

@@ -26,6 +26,19 @@ The servers: ``swoolish serve benchmarks/servers/http_swoolish_app.py:server --w
 ASGI app (``servers/http_uvicorn.py``); aiohttp's ``web`` server on uvloop
 (``servers/http_aiohttp.py``).
 
+Reconnect storms (``storm5k``, ``storm10k``; ``loadclient.run_storm``): N WebSocket clients on
+a fresh server, all dropped at once by the client (RST, no close frame), then all N connecting
+again at once, each doing its handshake and one 64 B echo. Timed from the start of the
+reconnect until the last one was served; the server's CPU is sampled at those two edges. Every
+server listens with a backlog of 2048 (swoolish's; the reference scripts take ``--backlog``,
+whose defaults would otherwise be 100 or 128): an overflowing accept queue makes clients wait
+for SYN retransmits (1 s, then 3 s), which would decide "time until all served" alone. Ratios
+are given to ``websockets`` and to ``picows`` (the target is stated against picows).
+
+``large32m``: one 32 MiB binary message per fresh connection, answered with its length
+(``large_message_bench.py``'s client and swoolish app; the reference servers with
+``--reply-length``). ``handoff1k``: ``handoff_bench.py`` with 1,000 idle connections.
+
 Usage::
 
     python benchmarks/run.py [--quick] [--rounds N] [--only SCENARIO[,SCENARIO...]]
@@ -63,6 +76,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from httpload import run_http  # noqa: E402
+from large_message_bench import APP as LARGE_APP  # noqa: E402
+from large_message_bench import binary_frame, one_run  # noqa: E402
 from loadclient import (  # noqa: E402
     EchoStats,
     WSClient,
@@ -70,6 +85,7 @@ from loadclient import (  # noqa: E402
     open_connections,
     percentile,
     run_echo,
+    run_storm,
 )
 
 HOST = "127.0.0.1"
@@ -81,8 +97,11 @@ BASELINE = "websockets"
 HTTP_BASELINE = "uvicorn"
 #: Baseline by scenario kind; kinds not listed use BASELINE.
 BASELINES: dict[str, str] = {"http": HTTP_BASELINE}
+#: Further servers a kind's figures are also divided by, round by round: the storm target is
+#: stated against picows ("handshakes/s >= 1.5x picows").
+EXTRA_BASELINES: dict[str, list[str]] = {"storm": ["picows"]}
 #: The heading of a ratio column, by baseline.
-RATIO_LABELS: dict[str, str] = {BASELINE: "x ws", HTTP_BASELINE: "x uv"}
+RATIO_LABELS: dict[str, str] = {BASELINE: "x ws", HTTP_BASELINE: "x uv", "picows": "x picows"}
 
 
 def _swoolish_cmd(target: str, workers: int, log_level: str = "warning") -> Callable[[int], list]:
@@ -109,6 +128,15 @@ def _script_cmd(script: str) -> Callable[[int], list]:
         return [PY, str(HERE / "servers" / script), "--port", str(port)]
 
     return cmd
+
+
+def _plus(cmd: Callable[[int], list[str]], *extra: str) -> Callable[[int], list[str]]:
+    """``cmd`` with more command-line arguments: one scenario's settings for a server."""
+
+    def with_extra(port: int) -> list[str]:
+        return [*cmd(port), *extra]
+
+    return with_extra
 
 
 SERVERS: dict[str, Callable[[int], list[str]]] = {
@@ -145,6 +173,14 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "timers": ("timers", {}, ["swoolish"]),
     "reload": ("reload", {"workers": 4, "ws_conns": 50, "http_concurrency": 8}, ["swoolish"]),
     "broadcast": ("hook", {"sessions": 10_000, "workers": 2}, ["swoolish"]),
+    # N clients dropped at once (RST) and reconnecting at once, one 64 B echo each; fresh
+    # server per measurement, every server with a listen backlog of 2048.
+    "storm5k": ("storm", {"conns": 5_000, "size": 64}, ECHO_SERVERS),
+    "storm10k": ("storm", {"conns": 10_000, "size": 64}, ECHO_SERVERS),
+    # One 32 MiB binary message per fresh connection, answered with its length.
+    "large32m": ("large", {"mib": 32, "runs": 5}, ECHO_SERVERS),
+    # Live hand-off of 1,000 idle connections: the longest pause of a busy client.
+    "handoff1k": ("hook", {"conns": 1_000, "runs": 3}, ["swoolish"]),
     # Plain HTTP against uvicorn and aiohttp: 50 keep-alive connections doing closed-loop
     # GET / round trips; 50 concurrent loops of one request per new connection.
     "http_keepalive": ("http", {"conns": 50, "new_connection": False}, list(HTTP_SERVERS)),
@@ -553,6 +589,177 @@ def hook_broadcast_10k_sessions_2_workers(params: dict) -> dict[str, Any]:
     return measure(params.get("sessions", 10_000), params.get("workers", 2))
 
 
+def hook_handoff_1k_connections(params: dict) -> dict[str, Any]:
+    """Live hand-off of 1,000 idle connections (benchmarks/handoff_bench.py), ``runs`` times:
+    the longest gap between two echoes of a busy client across the reload, and the time the
+    old worker took to move the connections. A failed run is counted, not fatal."""
+    from handoff_bench import run_one
+
+    runs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for _ in range(params.get("runs", 3)):
+        try:
+            runs.append(run_one(params.get("conns", 1_000), params.get("busy_first", False)))
+        except Exception as exc:  # one bad run: report it, keep the others
+            errors.append(repr(exc))
+    gaps = [r["busy_longest_gap_ms"] for r in runs]
+    moves = [r["handoff_seconds"] for r in runs]
+    return {
+        "conns": params.get("conns", 1_000),
+        "runs": len(runs),
+        "failed_runs": len(errors),
+        "busy_longest_gap_ms_median": _median(gaps),
+        "busy_longest_gap_ms_max": max(gaps, default=float("nan")),
+        "busy_longest_gap_ms": gaps,
+        "busy_gap_before_max_ms": max(
+            (r["busy_gap_before_p100_ms"] for r in runs), default=float("nan")
+        ),
+        "move_s_median": _median(moves),
+        "move_s_max": max(moves, default=float("nan")),
+        "reload_s_median": _median([r["reload_seconds"] for r in runs]),
+        # the old worker's count includes the busy client
+        "moved": [r["moved"] for r in runs],
+        "all_moved": all(r["moved"] == r["connections"] + 1 for r in runs) and bool(runs),
+        "all_answer_from_gen2": all(r["all_answer_from_gen2"] for r in runs) and bool(runs),
+        "errors": errors,
+    }
+
+
+#: Scenarios that run once, in-process and on their own loop, after the interleaved rounds.
+HOOKS: dict[str, Callable[[dict], dict[str, Any]]] = {
+    "broadcast": hook_broadcast_10k_sessions_2_workers,
+    "handoff1k": hook_handoff_1k_connections,
+}
+
+
+# -- reconnect storm --------------------------------------------------------------------------
+
+#: TcpExt counters (/proc/net/netstat, this network namespace) that tell why a connect was
+#: slow: accept-queue overflows and drops, SYN cookies sent, SYN (and SYN-ACK) retransmits.
+KERNEL_COUNTERS = {
+    "ListenOverflows": "listen_overflows",
+    "ListenDrops": "listen_drops",
+    "SyncookiesSent": "syncookies_sent",
+    "TCPSynRetrans": "syn_retrans",
+}
+
+
+def tcp_ext_counters() -> dict[str, int]:
+    """The KERNEL_COUNTERS now (empty when /proc/net/netstat cannot be read)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return {k: int(table[k]) for k in KERNEL_COUNTERS if k in table}
+    return {}
+
+
+class StormWindow(WindowCpu):
+    """The server's CPU and the kernel's TCP counters over the reconnect: from the start of
+    the storm's connects to the moment its last connection was served."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self.net0: dict[str, int] = {}
+        self.net1: dict[str, int] = {}
+
+    def start(self) -> None:
+        super().start()
+        self.net0 = tcp_ext_counters()
+
+    def end(self) -> None:
+        super().end()
+        self.net1 = tcp_ext_counters()
+
+    def add_to(self, r: dict[str, Any], count: int, per: str) -> dict[str, Any]:
+        r = super().add_to(r, count, per)
+        for key, name in KERNEL_COUNTERS.items():
+            if key in self.net0 and key in self.net1:
+                r[name] = self.net1[key] - self.net0[key]
+        return r
+
+
+def storm_cmd(name: str, conns: int) -> Callable[[int], list[str]]:
+    """The server ``name`` for a storm of ``conns``: swoolish's per-worker cap (10,000 by
+    default, answered 503 past it) raised to hold the old connections it has not yet seen
+    closed as well as the new ones: the reference servers have no cap. Their listen backlog
+    is the scripts' default, 2048, as swoolish's."""
+    if name.startswith("swoolish"):
+        return _plus(SERVERS[name], "--max-connections", str(2 * conns + 1024))
+    return SERVERS[name]
+
+
+async def measure_storm(name: str, params: dict, cfg: dict, logdir: Path) -> dict[str, Any]:
+    """One reconnect storm on a fresh server (``loadclient.run_storm``): server CPU per
+    handshake over exactly the reconnect, and whether the server was still up after it."""
+    conns = params["conns"]
+    server = Server(name, storm_cmd(name, conns), logdir).start()
+    window = StormWindow(server)
+    try:
+        await server.wait_ready()
+        # touch every code path once so the first handshakes do not pay for lazy imports
+        await run_echo(HOST, server.port, conns=5, size=64, warmup=0.1, duration=0.2)
+        r = await run_storm(
+            HOST,
+            server.port,
+            conns,
+            size=params.get("size", 64),
+            timeout=cfg["storm_timeout"],
+            settle=cfg["storm_settle"],
+            on_start=window.start,
+            on_end=window.end,
+        )
+        r["server_alive"] = int(server.proc is not None and server.proc.poll() is None)
+    finally:
+        server.stop()
+    return window.add_to(r, r["served"], "server_cpu_us_per_handshake")
+
+
+# -- one large message ------------------------------------------------------------------------
+
+
+def large_cmd(name: str, size: int, logdir: Path) -> Callable[[int], list[str]]:
+    """The server ``name`` answering every message with its length, its message size limit
+    raised above ``size``: swoolish serves large_message_bench.py's app (max_message_size
+    2 x size, hand-off on: the defaults otherwise); websockets (max_size=None) and aiohttp
+    (max_msg_size=0) already take any size; picows's 10 MiB frame limit is raised."""
+    if name == "swoolish":
+        app = logdir / "large_message_app.py"
+        app.write_text(LARGE_APP.format(max_size=2 * size, handoff=True))
+        return _swoolish_cmd(f"{app}:server", 1)
+    cmd = _plus(SERVERS[name], "--reply-length")
+    if name == "picows":
+        cmd = _plus(cmd, "--max-frame-size", str(2 * size))
+    return cmd
+
+
+def large_runs(server: Server, wire: bytes, size: int, runs: int) -> dict[str, Any]:
+    """``runs`` fresh connections one after another, each sending ``wire`` (one message of
+    ``size`` bytes): seconds from its first byte sent to the reply (large_message_bench's
+    one_run), and the server's CPU per message over all of them (psutil counts in 10 ms
+    ticks: one message alone would be measured to +-30 %). Blocking: run it in a thread."""
+    seconds: list[float] = []
+    window = WindowCpu(server)
+    window.start()
+    for _ in range(runs):
+        elapsed, reply = one_run(server.port, wire)
+        if reply != str(size).encode():
+            raise RuntimeError(f"{server.name}: unexpected reply {reply[:80]!r}")
+        seconds.append(elapsed)
+    window.end()
+    return {
+        "mib": size / 2**20,
+        "runs": runs,
+        "recv_s": statistics.median(seconds),
+        "recv_s_min": min(seconds),
+        "recv_s_max": max(seconds),
+        "server_cpu_ms_per_msg": (window.cpu1 - window.cpu0) / runs * 1e3,
+    }
+
+
 # -- summary ----------------------------------------------------------------------------------
 
 ECHO_METRICS = [
@@ -583,7 +790,36 @@ HTTP_METRICS = [
     ("bad_responses", "bad", "{:.0f}"),
     ("dropped", "dropped", "{:.0f}"),
 ]
-TABLE_METRICS = {"echo": ECHO_METRICS, "idle": IDLE_METRICS, "http": HTTP_METRICS}
+STORM_METRICS = [
+    ("handshakes_per_s", "hs/s", "{:,.0f}"),
+    ("server_cpu_us_per_handshake", "srv CPU us/hs", "{:.1f}"),
+    ("all_served_s", "all served s", "{:.2f}"),
+    ("p50_ms", "p50 ms", "{:,.0f}"),
+    ("p99_ms", "p99 ms", "{:,.0f}"),
+    ("max_ms", "max ms", "{:,.0f}"),
+    ("served", "served", "{:,.0f}"),
+    ("connect_errors", "conn err", "{:.0f}"),
+    ("timeouts", "timeouts", "{:.0f}"),
+    ("lost", "lost", "{:.0f}"),
+    ("slow_1s", ">1s", "{:.0f}"),
+    ("listen_overflows", "overflows", "{:.0f}"),
+    ("syn_retrans", "SYN rtx", "{:.0f}"),
+    ("client_cpu_us_per_handshake", "client us/hs", "{:.1f}"),
+    ("server_cores_busy", "srv cores", "{:.2f}"),
+]
+LARGE_METRICS = [
+    ("recv_s", "seconds", "{:.3f}"),
+    ("server_cpu_ms_per_msg", "srv CPU ms/msg", "{:.1f}"),
+    ("recv_s_min", "min s", "{:.3f}"),
+    ("recv_s_max", "max s", "{:.3f}"),
+]
+TABLE_METRICS = {
+    "echo": ECHO_METRICS,
+    "idle": IDLE_METRICS,
+    "http": HTTP_METRICS,
+    "storm": STORM_METRICS,
+    "large": LARGE_METRICS,
+}
 RATIO_KEYS = {
     "msgs_per_s",
     "server_cpu_us_per_msg",
@@ -592,11 +828,20 @@ RATIO_KEYS = {
     "p50_us",
     "p99_us",
     "kib_per_conn",
+    "handshakes_per_s",
+    "server_cpu_us_per_handshake",
+    "recv_s",
+    "server_cpu_ms_per_msg",
 }
 
 
 def baseline_of(kind: str) -> str:
     return BASELINES.get(kind, BASELINE)
+
+
+def ratio_baselines(kind: str) -> list[str]:
+    """Every server a kind's figures are divided by, the main baseline first."""
+    return [baseline_of(kind), *EXTRA_BASELINES.get(kind, [])]
 
 
 def _median(values: list[float]) -> float:
@@ -606,15 +851,16 @@ def _median(values: list[float]) -> float:
 
 def summarise(name: str, kind: str, rounds: dict[str, list[dict]]) -> dict[str, Any]:
     """Median over rounds of every numeric figure, plus the median per-round ratio to the
-    baseline server of the scenario's kind (``websockets``; ``uvicorn`` for HTTP) where it
-    took part."""
+    baseline server of the scenario's kind (``websockets``; ``uvicorn`` for HTTP) and to any
+    EXTRA_BASELINES of the kind (``picows`` for storms), where they took part."""
     summary: dict[str, Any] = {}
-    baseline = baseline_of(kind)
-    base = rounds.get(baseline)
     for server, runs in rounds.items():
         keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
         s: dict[str, Any] = {k: _median([r[k] for r in runs]) for k in keys}
-        if base is not None and kind in TABLE_METRICS:
+        for baseline in ratio_baselines(kind):
+            base = rounds.get(baseline)
+            if base is None or kind not in TABLE_METRICS:
+                continue
             for k in keys:
                 if k not in RATIO_KEYS:
                     continue
@@ -631,20 +877,21 @@ def summarise(name: str, kind: str, rounds: dict[str, list[dict]]) -> dict[str, 
 def print_table(name: str, kind: str, summary: dict[str, Any]) -> None:
     if kind in TABLE_METRICS:
         metrics = TABLE_METRICS[kind]
-        baseline = baseline_of(kind)
+        baselines = ratio_baselines(kind)
         headers = ["server"]
         for key, label, _ in metrics:
             headers.append(label)
             if key in RATIO_KEYS:
-                headers.append(RATIO_LABELS.get(baseline, f"x {baseline}"))
+                headers += [RATIO_LABELS.get(b, f"x {b}") for b in baselines]
         rows = []
         for server, s in summary.items():
             row = [server]
             for key, _, fmt in metrics:
                 row.append(fmt.format(s.get(key, float("nan"))))
                 if key in RATIO_KEYS:
-                    ratio = s.get(f"{key}_vs_{baseline}")
-                    row.append("-" if ratio is None else f"{ratio:.2f}")
+                    for b in baselines:
+                        ratio = s.get(f"{key}_vs_{b}")
+                        row.append("-" if ratio is None else f"{ratio:.2f}")
             rows.append(row)
         widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
         print(f"\n## {name}")
@@ -690,9 +937,12 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def raise_nofile(needed: int) -> dict[str, int]:
+def raise_nofile(needed: int, wanted: int = 0) -> dict[str, int]:
+    """Raise the soft RLIMIT_NOFILE (inherited by the servers) to ``wanted``, or as far as the
+    hard limit allows; warn when that is below ``needed``."""
+    wanted = max(needed, wanted)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -747,6 +997,10 @@ async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, 
                 duration=cfg["warmup"] / 2,
             )
 
+    # Servers answering one large message with its length, likewise started once.
+    large_servers = await start_large_servers(selected, logdir)
+    wires: dict[int, bytes] = {}
+
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
         for name in selected:
@@ -785,8 +1039,28 @@ async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, 
                 res = await measure_reload(params, cfg, logdir)
                 raw[name].setdefault("swoolish", []).append(res)
                 _progress(name, "swoolish", f"reload {res['reload_s']:.3f}s")
+            elif kind == "storm":
+                for sname in _rotated(participants, r):
+                    res = await measure_storm(sname, params, cfg, logdir)
+                    raw[name].setdefault(sname, []).append(res)
+                    _progress(
+                        name,
+                        sname,
+                        f"{res['served']}/{res['conns']} served in {res['seconds']:.2f}s, "
+                        f"{res['server_cpu_us_per_handshake']:.1f} us/hs",
+                    )
+            elif kind == "large":
+                size = params["mib"] * 2**20
+                if size not in wires:
+                    wires[size] = binary_frame(os.urandom(size))
+                for sname in _rotated(participants, r):
+                    res = await asyncio.get_running_loop().run_in_executor(
+                        None, large_runs, large_servers[sname], wires[size], size, params["runs"]
+                    )
+                    raw[name].setdefault(sname, []).append(res)
+                    _progress(name, sname, f"{res['recv_s']:.3f}s")
 
-    for s in [*servers.values(), *http_servers.values()]:
+    for s in [*servers.values(), *http_servers.values(), *large_servers.values()]:
         s.stop()
 
     results: dict[str, Any] = {}
@@ -794,9 +1068,9 @@ async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, 
         kind, params, participants = SCENARIOS[name]
         if kind == "hook":
             results[name] = {"kind": kind, "params": params}
-            # The broadcast benchmark runs its own event loop: give it a thread.
+            # A hook runs its own event loop: give it a thread.
             results[name]["hook"] = await asyncio.get_running_loop().run_in_executor(
-                None, hook_broadcast_10k_sessions_2_workers, params
+                None, HOOKS[name], params
             )
             continue
         summary = summarise(name, kind, raw[name])
@@ -808,6 +1082,27 @@ async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, 
             "rounds": raw[name],
         }
     return results
+
+
+async def start_large_servers(selected: list[str], logdir: Path) -> dict[str, Server]:
+    """The servers of the selected ``large`` scenarios (one size per run: the first one's),
+    started, and warmed up with one message each so that no measured run pays for growing
+    the process's heap the first time."""
+    names: list[str] = []
+    size = 0
+    for name in selected:
+        kind, params, participants = SCENARIOS[name]
+        if kind == "large":
+            size = size or params["mib"] * 2**20
+            names += [s for s in participants if s not in names]
+    servers = {n: Server(f"large-{n}", large_cmd(n, size, logdir), logdir).start() for n in names}
+    if servers:
+        wire = binary_frame(os.urandom(size))
+        loop = asyncio.get_running_loop()
+        for s in servers.values():
+            await s.wait_ready()
+            await loop.run_in_executor(None, large_runs, s, wire, size, 1)
+    return servers
 
 
 def _progress(scenario: str, server: str, text: str) -> None:
@@ -841,12 +1136,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = {"warmup": 1.0, "duration": 5.0, "idle_settle": 1.0, "tick_seconds": 2.0}
         cfg |= {"reload_before": 2.0, "reload_after": 4.0, "reload_timeout": 30.0}
+    # a storm's connections each get up to storm_timeout s (they all start together)
+    cfg |= {"storm_timeout": 30.0, "storm_settle": 0.5}
 
-    max_idle = max(
-        (SCENARIOS[s][1]["conns"] for s in (args.only or SCENARIOS) if SCENARIOS[s][0] == "idle"),
-        default=0,
-    )
-    nofile = raise_nofile(max_idle + 1024)
+    def most_conns(kind: str) -> int:
+        chosen = args.only or list(SCENARIOS)
+        return max((SCENARIOS[s][1]["conns"] for s in chosen if SCENARIOS[s][0] == kind), default=0)
+
+    # A storm's server may still hold the old connections when the new ones arrive: 2 x N is
+    # wanted; the client closes its old ones first, so N is needed.
+    max_idle, max_storm = most_conns("idle"), most_conns("storm")
+    nofile = raise_nofile(max(max_idle, max_storm) + 1024, 2 * max_storm + 1024)
 
     def on_sigterm(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt

@@ -2,35 +2,31 @@
 
 Every accepted connection starts here. Plain requests go to the app's ``request``
 handler, pipelined ones answered in order; a request without a handler gets ``426
-Upgrade Required``. A WebSocket handshake (RFC 6455 §4.2) is accepted through
-websockets' sans-I/O ``ServerProtocol`` (after the app's ``handshake`` handler, if any),
-and then the transport is handed to a :class:`~swoolish.worker.websocket.WsConnection`
+Upgrade Required``. A WebSocket handshake (RFC 6455 §4.2) is answered by
+:mod:`swoolish.worker.handshake` (after the app's ``handshake`` handler, if any), and
+then the transport is handed to a :class:`~swoolish.worker.websocket.WsConnection`
 (``transport.set_protocol``), which serves the same session from the next byte on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
-import socket
 import time
 from typing import Any, cast
 
 import httptools
 from websockets.datastructures import Headers
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.http11 import Request as WsRequest
-from websockets.server import ServerProtocol
 
 from ..core.proxy import Client, TrustedPeers, forwarded_client
 from ..core.settings import normalize_origin
 from .access import log_request, request_client
 from .connection import Connection, high_water
 from .flow import FlowControl, Reason
+from .handshake import HandshakeConfig, Opening, open_handshake
 from .host import WorkerHost
-from .request import Request, Response, render_response, simple_response
+from .request import Request, Response, parsed_headers, render_response, simple_response
 from .websocket import QUIET_LOG, WsConnection
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_PIPELINED", "HttpConnection"]
@@ -38,11 +34,6 @@ __all__ = ["MAX_HEADER_BYTES", "MAX_PIPELINED", "HttpConnection"]
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers; more gets 431
 MAX_PIPELINED = 16  # parsed-but-unanswered requests before we stop parsing and reading
 FEED_SIZE = 2048  # bytes handed to the parser at a time, so it stops near MAX_PIPELINED
-
-# TCP keepalive on every accepted socket (RFC 1122 §4.2.3.6): a peer that vanished
-# without a FIN or RST (power loss, a dropped NAT entry) is noticed after 30 s of
-# silence and 3 unanswered probes 10 s apart, about a minute.
-KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
 
 #: The resting value of the parser's header and body lists between requests (never mutated:
 #: on_message_begin replaces it with a fresh list before anything is appended).
@@ -129,8 +120,9 @@ class HttpConnection(Connection, asyncio.Protocol):
             transport.write(simple_response(503, "Server is at max_connections, retry later.\n"))
             transport.close()
             return
+        # TCP keepalive comes with the socket: it is set on the listening socket
+        # (swoolish.master.listeners), and Linux copies it to every accepted one.
         transport.set_write_buffer_limits(high=high_water(worker.settings.buffer_output_size))
-        _enable_keepalive(transport)
         self.flow = FlowControl(transport)
         self.sid = worker.ids.next_id()
         worker.connections.accepted(self.sid, self)
@@ -306,7 +298,7 @@ class HttpConnection(Connection, asyncio.Protocol):
     def on_message_complete(self) -> None:
         parser = self._parser
         assert parser is not None
-        headers = Headers(self._headers)
+        headers = parsed_headers(self._headers)
         client = self._client(headers)
         request = Request(
             parser.get_method().decode("ascii", "replace"),
@@ -522,46 +514,40 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._begin_close()
             transport.close()
             return
-        protocol = self._handshake_protocol()
-        handshake = protocol.accept(WsRequest(request.target, request.headers, request.method))
-        if custom is not None:
-            for name, value in custom.headers:
-                handshake.headers[name] = value
-        protocol.send_response(handshake)
+        opening = open_handshake(
+            request,
+            self._handshake_config(),
+            self._worker.settings.max_message_size,
+            custom.headers if custom is not None else [],
+            QUIET_LOG,
+        )
         access, self._access = self._access, None  # an accepted one: WsConnection logs it
-        if handshake.status_code != 101:
-            for data in protocol.data_to_send():
-                transport.write(data)
+        if opening.status != 101:
+            transport.write(opening.wire)
             if access is not None:
-                self._log_access(access, handshake.status_code, len(handshake.body or b""))
+                self._log_access(access, opening.status, opening.body_size)
             self._begin_close()
             transport.close()
             return
         self._cancel_timer()
-        self._upgrade(protocol, request)
+        self._upgrade(opening, request)
 
-    def _handshake_protocol(self) -> ServerProtocol:
+    def _handshake_config(self) -> HandshakeConfig:
         settings = self._worker.settings
-        extensions = []
-        if settings.websocket_compression:
-            # With live hand-off, ask the client not to keep its compression context
-            # (RFC 7692 §7.1.1.2): then no decompression window has to move. A TLS
-            # connection never moves, so it keeps the better compression. Unless told
-            # otherwise, the server keeps none either (§7.1.1.1): its messages are
-            # streams of their own and no compressor lives with a connection
-            # (docs/performance.md, "Compressed connections").
-            movable = settings.reload_handoff and not self._secure
-            extensions.append(
-                ServerPerMessageDeflateFactory(
-                    server_no_context_takeover=not settings.websocket_compression_context_takeover,
-                    client_no_context_takeover=movable,
-                )
-            )
-        return ServerProtocol(
-            extensions=extensions, max_size=settings.max_message_size, logger=QUIET_LOG
+        # With live hand-off, ask the client not to keep its compression context (RFC 7692
+        # §7.1.1.2): then no decompression window has to move. A TLS connection never
+        # moves, so it keeps the better compression. Unless told otherwise, the server
+        # keeps none either (§7.1.1.1): its messages are streams of their own and no
+        # compressor lives with a connection (docs/performance.md, "Compressed
+        # connections").
+        movable = settings.reload_handoff and not self._secure
+        return HandshakeConfig(
+            settings.websocket_compression,
+            settings.websocket_compression_context_takeover,
+            not movable,
         )
 
-    def _upgrade(self, handshake: ServerProtocol, request: Request) -> None:
+    def _upgrade(self, opening: Opening, request: Request) -> None:
         """Hand the transport and the session to a WebSocket connection."""
         transport = self.transport
         assert transport is not None and self.flow is not None
@@ -578,20 +564,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         rest = bytes(self._pending_upgrade_bytes or b"")
         self._pending_upgrade_bytes = None
         flow.resume(Reason.PIPELINE)  # held while the handshake handler decided
-        ws.upgraded(transport, flow, handshake, request, rest)
-
-
-def _enable_keepalive(transport: asyncio.Transport) -> None:
-    """TCP keepalive with the timings above, so dead peers free their slots (TCP only:
-    a Unix socket peer is local, and its close is always seen)."""
-    sock = transport.get_extra_info("socket")  # under TLS too: the TCP socket beneath
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    with contextlib.suppress(OSError, AttributeError):  # a transport without TCP options
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+        ws.upgraded(transport, flow, opening, request, rest)
 
 
 @functools.lru_cache(maxsize=4)

@@ -59,6 +59,7 @@ from ..core.timerwheel import is_plain_data, resolve_callback
 from .access import client_address, log_close, log_open, request_client
 from .connection import Connection, high_water
 from .flow import FlowControl, Reason
+from .handshake import Opening
 from .host import WorkerHost
 
 __all__ = ["QUIET_LOG", "Frame", "WsConnection", "open_protocol"]
@@ -226,18 +227,18 @@ class WsConnection(Connection, asyncio.Protocol):
         self,
         transport: asyncio.Transport,
         flow: FlowControl,
-        handshake: ServerProtocol,
+        opening: Opening,
         request: Any,
         rest: bytes,
     ) -> None:
-        """Serve the session whose handshake ``handshake`` accepted: send the 101
-        response, run ``open``, then parse what the client sent after the request."""
+        """Serve the session ``opening`` accepted: send the 101 response, run ``open``,
+        then parse what the client sent after the request."""
         worker = self._worker
         self.transport = transport
         self.flow = flow
         worker.live.add(self)
         self.ws = open_protocol(
-            handshake.extensions, handshake.subprotocol, handshake.max_message_size
+            opening.extensions, opening.subprotocol, worker.settings.max_message_size
         )
         self._use_extensions(self.ws.extensions)
         self._fast = True
@@ -245,7 +246,7 @@ class WsConnection(Connection, asyncio.Protocol):
         self.path = request.path
         worker.connections.upgraded(self.sid, self)
         worker.stats["websocket_opened"] += 1
-        self._write_all(handshake.data_to_send())
+        self._write_all([opening.wire])
         if worker.settings.access_log:
             log_open(request_client(self.peer, request), self.path)
         self._dispatch(worker.handler("open"), (worker.server, request))

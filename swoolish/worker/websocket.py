@@ -171,6 +171,7 @@ class WsConnection(Connection, asyncio.Protocol):
         "_arrival",
         "_close_when_idle",
         "_deflate",
+        "_extensions",
         "_fast",
         "_frag_opcode",
         "_fragments",
@@ -178,6 +179,7 @@ class WsConnection(Connection, asyncio.Protocol):
         "_moved_timers",
         "_rx",
         "_stash",
+        "_subprotocol",
         "_text_decoder",
         "_track",
         "_tx_bytes",
@@ -196,7 +198,11 @@ class WsConnection(Connection, asyncio.Protocol):
         self.sid = sid
         self.peer = peer
         self.connect_time = self.last_time = connect_time
+        # websockets' protocol object, made when a frame or a close first needs it
+        # (_protocol); until then the session is OPEN and its frames go the fast path
         self.ws: ServerProtocol | None = None
+        self._extensions: list[Any] = []  # negotiated in the handshake
+        self._subprotocol: str | None = None
         self._fast = False  # the next bytes start at a frame boundary, may go fast
         self._deflate: PerMessageDeflate | None = None  # permessage-deflate, if negotiated
         self._inflate_bits = 0  # the fast path inflates with this window; 0: it does not
@@ -237,10 +243,7 @@ class WsConnection(Connection, asyncio.Protocol):
         self.transport = transport
         self.flow = flow
         worker.live.add(self)
-        self.ws = open_protocol(
-            opening.extensions, opening.subprotocol, worker.settings.max_message_size
-        )
-        self._use_extensions(self.ws.extensions)
+        self._use_extensions(opening.extensions, opening.subprotocol)
         self._fast = True
         self.established = True
         self.path = request.path
@@ -280,21 +283,16 @@ class WsConnection(Connection, asyncio.Protocol):
         self.last_time = time.time()
         self.messages_in = record.messages_in
         self.messages_out = record.messages_out
-        ws = open_protocol(
-            import_extensions(record.extensions),
-            record.subprotocol,
-            worker.settings.max_message_size,
-        )
-        ws.current_size = record.current_size
-        self.ws = ws
+        self._use_extensions(import_extensions(record.extensions), record.subprotocol)
+        if record.current_size is not None:
+            self._protocol().current_size = record.current_size  # inside a message
         self._fragments = list(record.fragments)
         self._frag_opcode = record.frag_opcode
         if record.decoder is not None:
             self._text_decoder = codecs.getincrementaldecoder("utf-8")()
             self._text_decoder.setstate(record.decoder)
         self.established = True
-        self._use_extensions(ws.extensions)
-        self._fast = not self._fragments and ws.current_size is None
+        self._fast = not self._fragments and record.current_size is None
         if record.unsent:
             self._write(record.unsent)  # what the old worker owed goes first
         if closing_code is None:
@@ -313,7 +311,7 @@ class WsConnection(Connection, asyncio.Protocol):
         if closing_code is not None:
             self.drain(closing_code, "server restarting")
 
-    def _use_extensions(self, extensions: list[Any]) -> None:
+    def _use_extensions(self, extensions: list[Any], subprotocol: str | None) -> None:
         """Note how the negotiated permessage-deflate, if any, lets messages go.
 
         A client that keeps no context between messages (client_no_context_takeover)
@@ -321,11 +319,25 @@ class WsConnection(Connection, asyncio.Protocol):
         inflates alone; with its context kept, compressed messages need the protocol
         object's decompressor and go that way (uncompressed ones still go fast).
         """
+        self._extensions = extensions
+        self._subprotocol = subprotocol
         for ext in extensions:
             if isinstance(ext, PerMessageDeflate):
                 self._deflate = ext
                 if ext.remote_no_context_takeover:
                     self._inflate_bits = ext.remote_max_window_bits
+
+    def _protocol(self) -> ServerProtocol:
+        """websockets' protocol object for this session, made the first time a frame
+        leaves the fast path or the server closes: most sessions never need one, and a
+        handshake, an idle session and a reconnect storm are cheaper without it (about
+        6 µs and 1 KiB each: docs/performance.md, "Reconnect storm")."""
+        ws = self.ws
+        if ws is None:
+            ws = self.ws = open_protocol(
+                self._extensions, self._subprotocol, self._worker.settings.max_message_size
+            )
+        return ws
 
     def _rearm_timers(self, snapshots: list[dict[str, Any]]) -> None:
         timers = self._worker.timers
@@ -349,9 +361,12 @@ class WsConnection(Connection, asyncio.Protocol):
         self._websocket_data(data)
 
     def eof_received(self) -> bool | None:
+        # Without a protocol object the session was OPEN between frames, where EOF
+        # leaves nothing to send: the transport closes (RFC 6455 §7.1.5: 1006).
         if self.ws is not None and self.ws.state is not CLOSED:
             self.ws.receive_eof()
             self._flush_protocol()
+        self._cancel_timer()
         self._begin_close()
         return None  # let the transport close itself
 
@@ -386,11 +401,10 @@ class WsConnection(Connection, asyncio.Protocol):
     # ------------------------------------------------------------------ frames in
 
     def _websocket_data(self, data: bytes) -> None:
-        ws = self.ws
-        assert ws is not None
         if self._stash:
             data, self._stash = self._stash + data, b""
-        if self._fast and not self.closing and ws.state is OPEN:
+        ws = self.ws
+        if self._fast and not self.closing and (ws is None or ws.state is OPEN):
             consumed = self._fast_frames(data)
             if consumed == len(data):
                 return
@@ -403,6 +417,7 @@ class WsConnection(Connection, asyncio.Protocol):
                 return
         # Every byte the protocol gets passes the cursor too, which knows whether a frame is
         # in progress (then the next read must not go fast) without rescanning it.
+        ws = self._protocol()
         self._rx.feed(data)
         ws.receive_data(data)
         events = cast(list[WsFrame], ws.events_received())  # frames only, once OPEN
@@ -512,7 +527,8 @@ class WsConnection(Connection, asyncio.Protocol):
             if not worker.handled_left:
                 worker.handled_enough()  # max_request: asks once to be recycled
             self._dispatch(handler, (server, Frame(self.sid, message, opcode)))
-            if self.closing or self.ws is None or self.ws.state is not OPEN:
+            ws = self.ws
+            if self.closing or (ws is not None and ws.state is not OPEN):
                 # A handler closed the session: the client's reply to that close, and
                 # whatever else follows, belongs to the protocol.
                 self._fast = False
@@ -583,7 +599,7 @@ class WsConnection(Connection, asyncio.Protocol):
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the WebSocket connection (RFC 6455 §7.1.7) with ``code``, from an event."""
-        ws = self.ws
+        ws = self.ws if self.closing else self._protocol()
         if ws is not None and ws.state is OPEN:
             ws.fail(code, reason)
         elif ws is not None and not self.closing and self.transport is not None:
@@ -710,8 +726,10 @@ class WsConnection(Connection, asyncio.Protocol):
 
     def disconnect(self, code: int = 1000, reason: str = "") -> bool:
         """Start the closing handshake with ``code``; the session is gone from now on."""
-        ws = self.ws
-        if self.closing or ws is None or ws.state is not OPEN or self.transport is None:
+        if self.closing or self.transport is None:
+            return False
+        ws = self._protocol()
+        if ws.state is not OPEN:
             return False
         check_close(code, reason)  # RFC 6455 §5.5, §7.4: a bad code raises here, at the call
         ws.send_close(code, reason)
@@ -728,7 +746,9 @@ class WsConnection(Connection, asyncio.Protocol):
         §5.5.2). Not while this worker is the one not reading (handlers behind, moving).
         """
         transport, ws, flow = self.transport, self.ws, self.flow
-        if self.closing or self.moving or transport is None or ws is None or ws.state is not OPEN:
+        if self.closing or self.moving or transport is None:
+            return
+        if ws is not None and ws.state is not OPEN:
             return
         if flow is not None and (flow.holds(Reason.HANDLERS) or flow.holds(Reason.MOVING)):
             return
@@ -787,7 +807,7 @@ class WsConnection(Connection, asyncio.Protocol):
     def unmovable_reason(self) -> str | None:
         """Why this connection must stay and close with 1012; None if it can move."""
         ws = self.ws
-        if self.closing or ws is None or ws.state is not OPEN or self.transport is None:
+        if self.closing or (ws is not None and ws.state is not OPEN) or self.transport is None:
             return "closing"
         if self.transport.get_extra_info("sslcontext") is not None:
             return "TLS"  # its keys and sequence numbers cannot leave this process
@@ -795,9 +815,9 @@ class WsConnection(Connection, asyncio.Protocol):
             return "reading a large frame"
         if not self.quiescent():
             return "busy past the bound"
-        if ws.expect_continuation_frame:
+        if ws is not None and ws.expect_continuation_frame:
             return "sending a fragmented message"
-        if export_extensions(ws.extensions) is None:
+        if export_extensions(self._extensions) is None:
             return "compression context"
         worker = self._worker
         handler = worker.handler("handoff")
@@ -836,7 +856,6 @@ class WsConnection(Connection, asyncio.Protocol):
     def export_state(self) -> MovingSession:
         """The record of this detached session, for its new worker."""
         ws = self.ws
-        assert ws is not None
         self.prepare_move()  # timers bound since the last export
         decoder = self._text_decoder
         return MovingSession(
@@ -845,9 +864,9 @@ class WsConnection(Connection, asyncio.Protocol):
             connect_time=self.connect_time,
             messages_in=self.messages_in,
             messages_out=self.messages_out,
-            extensions=export_extensions(ws.extensions) or [],
-            subprotocol=ws.subprotocol,
-            current_size=ws.current_size,
+            extensions=export_extensions(self._extensions) or [],
+            subprotocol=self._subprotocol,
+            current_size=ws.current_size if ws is not None else None,
             fragments=list(self._fragments),
             frag_opcode=self._frag_opcode,
             decoder=decoder.getstate() if decoder is not None else None,

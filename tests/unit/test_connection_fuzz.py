@@ -42,6 +42,7 @@ from swoolish.core.timerwheel import TimerWheel
 from swoolish.worker.host import WorkerHost
 from swoolish.worker.http import HttpConnection
 from swoolish.worker.sessions import SessionMap
+from swoolish.worker.websocket import WsConnection
 
 MAX_MESSAGE = 512  # small, so that 1009 is easy to reach
 SERVER_CODES = {1000, 1002, 1007, 1009, 1011}  # the codes the server sends on its own
@@ -497,7 +498,7 @@ def run(deflate: bool, actions: list[tuple[str, Any]], send_eof: bool = True) ->
     assert not worker.connections, "a lost connection stayed in the session table"
     assert not worker.live, "a lost connection stayed among the live ones"
     assert worker.stats["closed"] == 1
-    upgraded = getattr(conn, "ws", None) is not None
+    upgraded = isinstance(conn, WsConnection)  # its protocol object may never be made
     assert worker.closed_events == (1 if upgraded else 0)
     return worker, conn, parse_output(bytes(transport.out))
 

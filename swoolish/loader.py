@@ -15,6 +15,7 @@ import os
 import site
 import sys
 import sysconfig
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .core.errors import SettingError, TargetError
@@ -163,6 +164,28 @@ def _library_dirs(app: str) -> tuple[str, ...]:
     return tuple(d for d in resolved if not app.startswith(d))
 
 
+def _module_paths() -> Callable[[str], str]:
+    """``os.path.realpath`` for the files of many modules, each directory resolved once.
+
+    A booting worker resolves every module's file; ``realpath`` checks each component of
+    each path (a few thousand ``lstat`` calls for a few hundred modules, most of a small
+    app's boot), while those files share a few dozen directories. A file that is itself
+    a symbolic link, or a path ending in ``.`` or ``..``, is resolved in full.
+    """
+    directories: dict[str, str] = {}
+
+    def resolve(path: str) -> str:
+        head, tail = os.path.split(path)
+        if tail in ("", os.curdir, os.pardir) or os.path.islink(path):
+            return os.path.realpath(path)
+        real_head = directories.get(head)
+        if real_head is None:
+            real_head = directories[head] = os.path.realpath(head)
+        return os.path.join(real_head, tail)
+
+    return resolve
+
+
 def purge_user_modules(app_dir: str) -> int:
     """Forget the app's own modules: those loaded from the app's directory ``app_dir``
     (:func:`app_directory` of its TARGET).
@@ -174,12 +197,13 @@ def purge_user_modules(app_dir: str) -> int:
     """
     app = _directory(app_dir)
     library = _library_dirs(app)
+    real_path = _module_paths()
     purged = 0
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if name == "__main__" or not path:
             continue
-        real = os.path.realpath(path)
+        real = real_path(path)
         if real.startswith(app) and not real.startswith(library):
             del sys.modules[name]
             purged += 1

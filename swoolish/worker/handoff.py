@@ -59,6 +59,7 @@ SETTLE_TIMEOUT = 1.0  # seconds a connection accepted just before the stop gets 
 LATE_ROUNDS = 3  # hand-off rounds for sessions whose handshake completed meanwhile
 MAX_MOVED_BYTES = 256 * 1024  # unsent + unparsed bytes one connection may carry
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # one message (ipc cuts it into packets that fit)
+FIRST_SLICE = 16  # connections in the first batch: the most recently active ones
 
 
 class HandoffReport:
@@ -133,9 +134,9 @@ async def _move(
         for conn in conns:
             conn.freeze()
         await _quiesce(worker, conns)
-        for start in range(0, len(conns), ipc.MAX_FDS):
+        for start, end in _slices(len(conns)):
             batch: list[WsConnection] = []
-            for conn in conns[start : start + ipc.MAX_FDS]:
+            for conn in conns[start:end]:
                 reason = conn.unmovable_reason()
                 if reason is None:
                     batch.append(conn)
@@ -146,6 +147,22 @@ async def _move(
                 await _send_batch(worker, channel, acks, report.batches, batch, report, master)
     finally:
         acks.close()
+
+
+def _slices(count: int) -> list[tuple[int, int]]:
+    """The batches of ``count`` connections sorted busiest first: a small first one,
+    then as many descriptors as one packet carries.
+
+    A client's pause is its batch's move plus that batch's adoption and release
+    (docs/performance.md, "Live hand-off"); the new worker adopts a batch as a whole
+    before it announces it, so the busiest clients get a batch small enough to be
+    adopted at once, and the rest move in full packets (fewer round trips)."""
+    slices: list[tuple[int, int]] = []
+    start, size = 0, FIRST_SLICE
+    while start < count:
+        slices.append((start, min(count, start + size)))
+        start, size = start + size, ipc.MAX_FDS
+    return slices
 
 
 async def _settle_handshakes(worker: WorkerHost) -> None:
@@ -332,6 +349,7 @@ class Adopter:
         self.inbox = ipc.Channel(inbox, name="the adoption inbox")
         self.inbox.use_loop(worker.loop)
         self.adopted = 0
+        self._adopting: asyncio.Task[None] | None = None  # the batch adopted last
         worker.loop.add_reader(inbox.fileno(), self._readable)
 
     def close(self) -> None:
@@ -380,7 +398,9 @@ class Adopter:
         ipc.close_fds([descriptor for descriptor in fds if descriptor not in adopting])
         if taken:
             self.worker.router.adopting(message.sender_pid)
-            self.worker.track(self._adopt(taken, message.bus_marks))
+            self._adopting = self.worker.track(
+                self._adopt(taken, message.bus_marks, self._adopting)
+            )
 
     def _refusal(self, message: HandoffBatch, fds: list[int]) -> str | None:
         if message.version != HANDOFF_VERSION:
@@ -398,7 +418,13 @@ class Adopter:
         self,
         taken: list[tuple[MovingSession, int]],
         bus_marks: dict[tuple[int, int], int] | None,
+        previous: asyncio.Task[None] | None,
     ) -> None:
+        """Adopt one batch, after the batch before it: batches adopted side by side
+        would each be announced (and their clients released) only when the last is done,
+        so the first batch, the busiest clients, would wait for all of them."""
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
         worker = self.worker
         # Python's cyclic GC walking every live connection is a third of adoption time.
         gc_was_enabled = gc.isenabled()

@@ -55,7 +55,7 @@ from ..core.settings import Settings
 from ..core.stats import cluster_summary, totals
 from ..core.switchboard import PARK_TIMEOUT, Switchboard
 from ..core.words import plural
-from ..shared import ipc, tls
+from ..shared import ipc, priority, tls
 from ..shared.ids import SharedIdSource
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from ..shared.table import SessionTable
@@ -814,8 +814,13 @@ class Master:
                 slot,
                 generation,
             )
+        others_serving = self._healthy()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
+            if others_serving:
+                # Beside serving workers (a reload, a replacement), boot with what they
+                # leave of the CPU (shared/priority.py); Ready takes the priority back.
+                priority.lower_while_booting()
             parent.close()
             if inbox is not None:
                 inbox.close()

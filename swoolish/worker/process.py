@@ -57,7 +57,7 @@ from ..core.processes import ProcessSpec, describe_worker_ids
 from ..core.reload import recycle_point
 from ..core.settings import Settings
 from ..core.stats import COUNTERS, totals
-from ..shared import ipc, tls
+from ..shared import ipc, priority, tls
 from ..shared.ids import IdAllocator
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from ..shared.table import RegionWriter
@@ -502,6 +502,7 @@ class Worker:
         """Booted: the boot watch is over, and the master learns it (``Ready``)."""
         if self.boot_watch is not None:
             self.boot_watch.cancel()
+        priority.restore_after_boot()  # lowered after the fork, beside serving workers
         self.report(Ready(os.getpid()))
 
     def _ready_without_clients(self) -> None:

@@ -26,7 +26,15 @@ from .connection import Connection, high_water
 from .flow import FlowControl, Reason
 from .handshake import HandshakeConfig, Opening, open_handshake
 from .host import WorkerHost
-from .request import Request, Response, parsed_headers, render_response, simple_response
+from .request import (
+    Request,
+    Response,
+    field,
+    offers_websocket,
+    parsed_headers,
+    render_response,
+    simple_response,
+)
 from .websocket import QUIET_LOG, WsConnection
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_PIPELINED", "HttpConnection"]
@@ -247,8 +255,10 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._fed = end = min(start + FEED_SIZE, len(unfed))
         if end == len(unfed):
             self._unfed, self._fed = b"", 0  # all given: let the read buffer go
+        # all of a read at once (one request, as a rule) goes as is; otherwise a view
+        chunk = unfed if not start and end == len(unfed) else memoryview(unfed)[start:end]
         try:
-            parser.feed_data(memoryview(unfed)[start:end])
+            parser.feed_data(chunk)
         except httptools.HttpParserUpgrade as upgrade:
             self._unfed, self._fed = b"", 0
             self._on_upgrade(unfed[start + upgrade.args[0] :])
@@ -277,7 +287,9 @@ class HttpConnection(Connection, asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        self._count_header_bytes(len(name) + len(value))
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._count_header_bytes(0)  # refused there
 
     def _count_header_bytes(self, n: int) -> None:
         self._header_bytes += n
@@ -445,8 +457,8 @@ class HttpConnection(Connection, asyncio.Protocol):
         if (
             last is not None
             and last.method != "CONNECT"
-            and last.headers.get("Upgrade", "").lower() != "websocket"
-            and last.headers.get("Content-Length", "0") == "0"
+            and not offers_websocket(last.headers)
+            and field(last.headers, "Content-Length") in ("", "0")
             and "Transfer-Encoding" not in last.headers
         ):
             # RFC 9110 §7.8: a server may ignore an Upgrade it does not support, and
@@ -464,7 +476,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         if request is None or self._requests or self._in_flight:
             self._reject(400, "Bad Request: an upgrade must not follow pipelined requests.\n")
             return
-        if request.headers.get("Upgrade", "").lower() != "websocket":
+        if not offers_websocket(request.headers):
             self._reject(400, "Bad Request: only WebSocket upgrades are supported.\n")
             return
         allowed = self._worker.settings.websocket_origins

@@ -18,7 +18,15 @@ from urllib.parse import parse_qsl
 
 from websockets.datastructures import Headers
 
-__all__ = ["Headers", "Request", "Response", "parsed_headers", "render_response"]
+__all__ = [
+    "Headers",
+    "Request",
+    "Response",
+    "field",
+    "offers_websocket",
+    "parsed_headers",
+    "render_response",
+]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a field name (RFC 9110 §5.1, §5.6.2)
 # What a field value or reason phrase may not hold: CR, LF, NUL (RFC 9110 §5.5), nor a
@@ -51,6 +59,23 @@ def parsed_headers(fields: list[tuple[str, str]]) -> Headers:
     headers._dict = by_name
     headers._list = fields
     return headers
+
+
+def field(headers: Headers, name: str) -> str:
+    """The value of the field ``name``, its lines joined with ", " if a client sent it
+    more than once (RFC 9110 §5.3), "" if absent. ``headers.get`` raises for a repeated
+    field (websockets' ``MultipleValuesError``): a client repeating ``Connection`` must
+    get an answer, not an error out of the parser's callback."""
+    values = headers.get_all(name)
+    if not values:
+        return ""
+    return values[0] if len(values) == 1 else ", ".join(values)
+
+
+def offers_websocket(headers: Headers) -> bool:
+    """Whether ``Upgrade`` names websocket among the protocols offered (RFC 9110 §7.8),
+    however many times and in whatever case: a WebSocket handshake, valid or not."""
+    return any(p.strip(" \t").lower() == "websocket" for p in field(headers, "Upgrade").split(","))
 
 
 class Request:
@@ -108,14 +133,14 @@ class Request:
     def scheme(self) -> str:
         """How the client reached us: "http" or "https" for a request, "ws" or "wss" for
         a WebSocket handshake; TLS here, or a trusted proxy's X-Forwarded-Proto."""
-        websocket = self.headers.get("Upgrade", "").lower() == "websocket"
+        websocket = offers_websocket(self.headers)
         if websocket:
             return "wss" if self._secure else "ws"
         return "https" if self._secure else "http"
 
     def keep_alive(self) -> bool:
         """HTTP/1.1 keeps the connection unless told not to; HTTP/1.0 only when asked."""
-        connection = self.headers.get("Connection", "").lower()
+        connection = field(self.headers, "Connection").lower()
         if self.version == "1.0":
             return "keep-alive" in connection
         return "close" not in connection
@@ -166,7 +191,7 @@ class Response:
         that is not a token or a value that HTTP/1.1 cannot carry (a CR or LF would split
         the response; a character outside latin-1 cannot be sent)."""
         name, value = str(name), str(value)
-        if not _TOKEN.fullmatch(name) or _BAD_TEXT.search(value):
+        if (name not in _TOKENS_SEEN and not _token_seen(name)) or _BAD_TEXT.search(value):
             raise ValueError(
                 f"invalid HTTP header {name!r}: {value!r} (the name is a token, the value "
                 "latin-1 text without CR, LF or NUL)"
@@ -188,10 +213,18 @@ class Response:
 
 
 _REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+#: Field names already found to be tokens: an app sets the same few on every response.
+_TOKENS_SEEN: set[str] = set()
+MAX_TOKENS_SEEN = 256
 
 
-def _reason(code: int) -> str:
-    return _REASONS.get(code, "Unknown")
+def _token_seen(name: str) -> bool:
+    """Whether ``name`` is a token, remembered (up to MAX_TOKENS_SEEN names) if it is."""
+    if not _TOKEN.fullmatch(name):
+        return False
+    if len(_TOKENS_SEEN) < MAX_TOKENS_SEEN:
+        _TOKENS_SEEN.add(name)
+    return True
 
 
 class _HttpDate:
@@ -225,20 +258,29 @@ def render_response(
     head: bool = False,
 ) -> bytes:
     """Serialize a response, adding Content-Length, Connection, Date and Server."""
-    lines = [f"HTTP/1.1 {status} {reason or _reason(status)}"]
-    names = {name.lower() for name, _ in headers}
-    lines.extend(f"{name}: {value}" for name, value in headers)
-    if "content-length" not in names:
-        lines.append(f"Content-Length: {len(body)}")
-    if "content-type" not in names and body:
-        lines.append("Content-Type: text/plain; charset=utf-8")
-    if "date" not in names:
-        lines.append(f"Date: {_http_date.now()}")
-    if "server" not in names:
-        lines.append("Server: swoolish")
-    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-    head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if reason is None:
+        reason = _REASONS.get(status, "Unknown")
+    parts = [f"HTTP/1.1 {status} {reason}\r\n"]
+    given = 0  # which of the added fields the handler set itself (_ADDED)
+    for name, value in headers:
+        parts.append(f"{name}: {value}\r\n")
+        given |= _ADDED.get(name.lower(), 0)
+    if not given & _LENGTH:
+        parts.append(f"Content-Length: {len(body)}\r\n")
+    if not given & _TYPE and body:
+        parts.append("Content-Type: text/plain; charset=utf-8\r\n")
+    if not given & _DATE:
+        parts.append(f"Date: {_http_date.now()}\r\n")
+    if not given & _SERVER:
+        parts.append("Server: swoolish\r\n")
+    parts.append("Connection: keep-alive\r\n\r\n" if keep_alive else "Connection: close\r\n\r\n")
+    head_bytes = "".join(parts).encode("latin-1")
     return head_bytes if head else head_bytes + body
+
+
+_LENGTH, _TYPE, _DATE, _SERVER = 1, 2, 4, 8
+#: The fields render_response adds unless the handler set them, by lower-case name.
+_ADDED = {"content-length": _LENGTH, "content-type": _TYPE, "date": _DATE, "server": _SERVER}
 
 
 def simple_response(status: int, text: str, extra: list[tuple[str, str]] | None = None) -> bytes:

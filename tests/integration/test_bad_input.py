@@ -560,3 +560,25 @@ def test_request_offering_an_unsupported_upgrade_is_answered_as_plain_http(http_
 
     connect = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
     assert status_of(http_exchange(server.port, connect)) == 400
+
+
+def test_repeated_connection_and_upgrade_fields_get_answers_not_errors(http_server):
+    """1. a keep-alive request repeating ``Connection`` (keep-alive, then close)  2. it
+    is answered, and the connection closes, as the lines joined say (RFC 9110 §5.3)
+    3. a handshake repeating ``Upgrade: websocket`` gets websockets' refusal of an
+    Upgrade that is not exactly "websocket" (426, naming it), not a dropped socket
+    4. no traceback in the log; the worker still serves."""
+    server, conn = http_server
+    answer = http_exchange(
+        server.port,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+    )
+    assert status_of(answer) == 200
+    assert headers_of(answer)["connection"] == "close"
+    repeated = HANDSHAKE.replace(b"Upgrade: websocket\r\n", b"Upgrade: websocket\r\n" * 2)
+    refusal = http_exchange(server.port, repeated)
+    assert status_of(refusal) == 426 and b"websocket, websocket" in refusal
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 200
+    log = server.log()
+    assert "Traceback" not in log and "MultipleValuesError" not in log

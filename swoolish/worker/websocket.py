@@ -451,6 +451,10 @@ class WsConnection(Connection, asyncio.Protocol):
             and ws.current_size is None
             and not self._fragments
         )
+        if self._fast and (self._deflate is None or self._inflate_bits):
+            # Nothing in the protocol object is needed any more (no message in progress,
+            # no compression window of the client's): let it go, as if never made.
+            self.ws = None
 
     def _fast_frames(self, data: bytes) -> int:
         """Handle the common case without the protocol object; returns bytes consumed.
@@ -458,8 +462,9 @@ class WsConnection(Connection, asyncio.Protocol):
         Only complete, final, masked text or binary frames without RSV bits (or with
         RSV1 alone, a message compressed as a stream of its own, when the client keeps no
         compression context), shorter than 64 KiB and within max_message_size, and pings
-        (final, masked, at most 125 bytes: RFC 6455 §5.5), taken from a frame boundary
-        (§5.2). The first frame that is anything else -- another control frame, a
+        and pongs (final, masked, at most 125 bytes: RFC 6455 §5.5; a pong needs nothing,
+        and an idle client answers the heartbeat's pings with them), taken from a frame
+        boundary (§5.2). The first frame that is anything else -- another control frame, a
         fragment, an extension's, too large, cut by the read, a compressed one that does
         not inflate within max_message_size -- and everything after it goes to websockets'
         protocol, which then owns every rule this path does not check.
@@ -486,6 +491,12 @@ class WsConnection(Connection, asyncio.Protocol):
                     break
                 payload = apply_mask(data[pos + 6 : end], data[pos + 2 : pos + 6])
                 pongs.append(encode_frame(OP_PONG, payload))
+                pos = end
+                continue
+            if b0 == 0x8A and 0x80 <= b1 <= 0xFD:  # a pong (RFC 6455 §5.5.3): nothing to do
+                end = pos + 6 + (b1 & 0x7F)
+                if end > n:
+                    break
                 pos = end
                 continue
             # FIN, no RSV (or RSV1: compressed), text or binary; masked; a 7- or 16-bit length
@@ -543,9 +554,9 @@ class WsConnection(Connection, asyncio.Protocol):
         if self._inflate_bits and (b0 == 0xC1 or b0 == 0xC2):
             b0 ^= RSV1  # a compressed message the fast path takes whole
         if len(data) < 2:
-            return b0 == 0x81 or b0 == 0x82 or b0 == 0x89
+            return b0 == 0x81 or b0 == 0x82 or b0 == 0x89 or b0 == 0x8A
         b1 = data[1]
-        if b0 == 0x89:
+        if b0 == 0x89 or b0 == 0x8A:
             return 0x80 <= b1 <= 0xFD
         if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80 or b1 == 0xFF:
             return False

@@ -287,9 +287,7 @@ class HttpConnection(Connection, asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._count_header_bytes(0)  # refused there
+        self._count_header_bytes(len(name) + len(value))
 
     def _count_header_bytes(self, n: int) -> None:
         self._header_bytes += n

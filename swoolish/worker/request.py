@@ -9,6 +9,7 @@ the new session id.
 
 from __future__ import annotations
 
+import functools
 import http
 import re
 import time
@@ -32,8 +33,13 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a field name (RFC 9110 �
 # What a field value or reason phrase may not hold: CR, LF, NUL (RFC 9110 §5.5), nor a
 # character outside latin-1, the octets HTTP/1.1 carries (RFC 9112 §5).
 _BAD_TEXT = re.compile(r"[\r\n\x00]|[^\x00-\xff]")
-#: Whether a whole string is a token (a field name, a Connection option).
-is_token = _TOKEN.fullmatch
+
+
+@functools.lru_cache(maxsize=256)
+def is_token(text: str) -> bool:
+    """Whether ``text`` is a token (a field name, a Connection option); remembered, as an
+    app sets the same few field names on every response."""
+    return _TOKEN.fullmatch(text) is not None
 
 
 def parsed_headers(fields: list[tuple[str, str]]) -> Headers:
@@ -191,7 +197,7 @@ class Response:
         that is not a token or a value that HTTP/1.1 cannot carry (a CR or LF would split
         the response; a character outside latin-1 cannot be sent)."""
         name, value = str(name), str(value)
-        if (name not in _TOKENS_SEEN and not _token_seen(name)) or _BAD_TEXT.search(value):
+        if not is_token(name) or _BAD_TEXT.search(value):
             raise ValueError(
                 f"invalid HTTP header {name!r}: {value!r} (the name is a token, the value "
                 "latin-1 text without CR, LF or NUL)"
@@ -213,18 +219,6 @@ class Response:
 
 
 _REASONS = {status.value: status.phrase for status in http.HTTPStatus}
-#: Field names already found to be tokens: an app sets the same few on every response.
-_TOKENS_SEEN: set[str] = set()
-MAX_TOKENS_SEEN = 256
-
-
-def _token_seen(name: str) -> bool:
-    """Whether ``name`` is a token, remembered (up to MAX_TOKENS_SEEN names) if it is."""
-    if not _TOKEN.fullmatch(name):
-        return False
-    if len(_TOKENS_SEEN) < MAX_TOKENS_SEEN:
-        _TOKENS_SEEN.add(name)
-    return True
 
 
 class _HttpDate:
@@ -258,29 +252,22 @@ def render_response(
     head: bool = False,
 ) -> bytes:
     """Serialize a response, adding Content-Length, Connection, Date and Server."""
-    if reason is None:
-        reason = _REASONS.get(status, "Unknown")
-    parts = [f"HTTP/1.1 {status} {reason}\r\n"]
-    given = 0  # which of the added fields the handler set itself (_ADDED)
+    parts = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Unknown')}\r\n"]
+    names = set()  # what the handler set itself, lower-case
     for name, value in headers:
         parts.append(f"{name}: {value}\r\n")
-        given |= _ADDED.get(name.lower(), 0)
-    if not given & _LENGTH:
+        names.add(name.lower())
+    if "content-length" not in names:
         parts.append(f"Content-Length: {len(body)}\r\n")
-    if not given & _TYPE and body:
+    if "content-type" not in names and body:
         parts.append("Content-Type: text/plain; charset=utf-8\r\n")
-    if not given & _DATE:
+    if "date" not in names:
         parts.append(f"Date: {_http_date.now()}\r\n")
-    if not given & _SERVER:
+    if "server" not in names:
         parts.append("Server: swoolish\r\n")
     parts.append("Connection: keep-alive\r\n\r\n" if keep_alive else "Connection: close\r\n\r\n")
     head_bytes = "".join(parts).encode("latin-1")
     return head_bytes if head else head_bytes + body
-
-
-_LENGTH, _TYPE, _DATE, _SERVER = 1, 2, 4, 8
-#: The fields render_response adds unless the handler set them, by lower-case name.
-_ADDED = {"content-length": _LENGTH, "content-type": _TYPE, "date": _DATE, "server": _SERVER}
 
 
 def simple_response(status: int, text: str, extra: list[tuple[str, str]] | None = None) -> bytes:

@@ -249,7 +249,7 @@ class WsConnection(Connection, asyncio.Protocol):
         self.path = request.path
         worker.connections.upgraded(self.sid, self)
         worker.stats["websocket_opened"] += 1
-        self._write_all([opening.wire])
+        self._write(opening.wire)
         if worker.settings.access_log:
             log_open(request_client(self.peer, request), self.path)
         self._dispatch(worker.handler("open"), (worker.server, request))
@@ -485,18 +485,13 @@ class WsConnection(Connection, asyncio.Protocol):
         while n - pos >= 6:
             b0 = data[pos]
             b1 = data[pos + 1]
-            if b0 == 0x89 and 0x80 <= b1 <= 0xFD:  # a ping: FIN, masked, 0-125 bytes
+            if (b0 == 0x89 or b0 == 0x8A) and 0x80 <= b1 <= 0xFD:  # FIN, masked, 0-125 B
                 end = pos + 6 + (b1 & 0x7F)
                 if end > n:
                     break
-                payload = apply_mask(data[pos + 6 : end], data[pos + 2 : pos + 6])
-                pongs.append(encode_frame(OP_PONG, payload))
-                pos = end
-                continue
-            if b0 == 0x8A and 0x80 <= b1 <= 0xFD:  # a pong (RFC 6455 §5.5.3): nothing to do
-                end = pos + 6 + (b1 & 0x7F)
-                if end > n:
-                    break
+                if b0 == 0x89:  # a ping gets its pong; a pong needs nothing (§5.5.3)
+                    payload = apply_mask(data[pos + 6 : end], data[pos + 2 : pos + 6])
+                    pongs.append(encode_frame(OP_PONG, payload))
                 pos = end
                 continue
             # FIN, no RSV (or RSV1: compressed), text or binary; masked; a 7- or 16-bit length

@@ -10,6 +10,7 @@ __all__ = ["COUNTERS", "SUMMED", "cluster_summary", "totals"]
 # Every counter a worker keeps; stats() reports each one, zero included.
 COUNTERS = (
     "accepted",
+    "accept_pauses",  # the accept balance stopped this worker accepting (worker/listener.py)
     "closed",
     "refused",
     "requests",

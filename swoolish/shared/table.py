@@ -8,9 +8,11 @@ Any process reads every active region without a lock.
 
 Layout (8-byte words)::
 
-    header   regions x 8 words: [active, pid, half, live, established, overflow, 0, 0]
+    header   regions x 8 words: [active, pid, half, live, established, overflow, serving, 0]
              active = slot + 1 while the region belongs to a worker (written by the
-             master), 0 when free; half = which of the two tables below is current
+             master), 0 when free; half = which of the two tables below is current;
+             serving = 1 while the worker takes new clients (until it drains), which
+             the accept balance reads (worker/listener.py)
     tables   regions x 2 halves x capacity entries of 2 words:
              key  = sid | state << 56   (0 empty, all ones = tombstone)
              peer = IPv4 address << 16 | port (0 for IPv6 / unknown)
@@ -52,7 +54,7 @@ STATE_SHIFT = 56
 SID_MASK = (1 << STATE_SHIFT) - 1
 TOMBSTONE = (1 << 64) - 1
 HEADER_WORDS = 8
-H_ACTIVE, H_PID, H_HALF, H_LIVE, H_ESTABLISHED, H_OVERFLOW = range(6)
+H_ACTIVE, H_PID, H_HALF, H_LIVE, H_ESTABLISHED, H_OVERFLOW, H_SERVING = range(7)
 _GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
 REBUILD_LOAD = 0.75
@@ -187,6 +189,17 @@ class SessionTable:
     def region_slot(self, region: int) -> int:
         return self.words[self.header(region) + H_ACTIVE] - 1
 
+    def serving_load(self) -> tuple[int, int]:
+        """``(workers, connections)``: how many workers take new clients now, and how
+        many connections they hold together."""
+        words = self.words
+        workers = connections = 0
+        for header in range(0, self.regions * HEADER_WORDS, HEADER_WORDS):
+            if words[header + H_ACTIVE] and words[header + H_SERVING]:
+                workers += 1
+                connections += words[header + H_LIVE]
+        return workers, connections
+
     def established_count(self, region: int) -> int:
         return self.words[self.header(region) + H_ESTABLISHED]
 
@@ -225,6 +238,15 @@ class RegionWriter:
     @property
     def half(self) -> int:
         return self.words[self._header + H_HALF]
+
+    @property
+    def live(self) -> int:
+        """Connections this worker holds (its region's ``live`` word)."""
+        return len(self.slots)
+
+    def set_serving(self, serving: bool) -> None:
+        """Say whether this worker takes new clients (it stops for good when it drains)."""
+        self.words[self._header + H_SERVING] = int(serving)
 
     def insert(self, sid: int, state: int, peer: int = 0) -> bool:
         """Add (or update) a session; False when the table is full (counted)."""

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from ..core.messages import Message, Operation, Target
 from ..core.settings import Settings
 from ..core.timerwheel import TimerWheel
+from .listener import Listener
 from .sessions import SessionMap
 
 __all__ = ["HandoffRouting", "SessionIds", "WorkerHost"]
@@ -54,6 +55,7 @@ class WorkerHost(Protocol):
     server: Any  # the app's server object, the first argument of every handler
     stats: Counter[str]
     connections: SessionMap  # this worker's sessions (open, not closing)
+    listener: Listener  # takes new connections, balanced against the other workers
     live: set[Any]  # every connection with a transport, closing ones included
     timers: TimerWheel
     draining: bool

@@ -135,6 +135,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         self.sid = worker.ids.next_id()
         worker.connections.accepted(self.sid, self)
         worker.stats["accepted"] += 1
+        worker.listener.accepted()  # the accept balance looks at the counts soon
         self._parser = httptools.HttpRequestParser(self)
         self._arm_timer(worker.settings.handshake_timeout, self._on_request_timeout)
 

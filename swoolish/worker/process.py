@@ -26,7 +26,7 @@ import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 import uvloop
@@ -67,6 +67,7 @@ from .cluster import Cluster
 from .connection import Connection
 from .handoff import Adopter, hand_off
 from .http import HttpConnection
+from .listener import Listener
 from .router import MAX_ROUTED_PAYLOAD, Router, routable_payload
 from .sessions import SessionMap
 from .tasks import TaskClient
@@ -104,7 +105,6 @@ class Worker:
         self.generation = setup.generation
         self.master_pid = setup.master_pid
         self.process_num = setup.process_num  # user processes: their ids follow task workers'
-        self.listen_sock = setup.listen_sock
         # to and from the master; never blocks (swoolish.shared.ipc)
         channel = setup.channel
         self.channel = ipc.Channel(channel, name="the master's channel") if channel else None
@@ -154,7 +154,10 @@ class Worker:
                 self, self.settings.redis_url, self.settings.cluster_name, setup.node
             )
             self.connections.observer = self.cluster
-        self._asyncio_server: asyncio.AbstractServer | None = None
+        # this worker's copy of the listening socket, and the accept balance
+        self.listener = Listener(
+            self.loop, setup.listen_sock, self._serve_on, table, writer, self.stats
+        )
         self.tls_context: ssl.SSLContext | None = None  # built in serve(), after the fork
         self._duties: dict[type, Callable[[Any], None]] = {
             Serve: self._on_serve,
@@ -325,21 +328,25 @@ class Worker:
             (self._serve_allowed, self._stop_requested), return_when=asyncio.FIRST_COMPLETED
         )
         if not self._stop_requested.done():
-            self._asyncio_server = await self.loop.create_server(
-                lambda: HttpConnection(self),
-                sock=self.listen_sock,  # TCP or a Unix socket alike
-                backlog=2048,
-                ssl=self.tls_context,
-                ssl_handshake_timeout=(
-                    self.settings.handshake_timeout if self.tls_context is not None else None
-                ),
-            )
+            await self.listener.open()
             self.log.info(
                 "worker %d gen %d (pid %d) serving", self.worker_id, self.generation, os.getpid()
             )
         close_code = await self._stop_requested
         await self.shutdown(close_code)
         return 0
+
+    def _serve_on(self, sock: socket.socket) -> Awaitable[asyncio.AbstractServer]:
+        """An asyncio server accepting on ``sock`` (the listener's, swoolish.worker.listener)."""
+        return self.loop.create_server(
+            lambda: HttpConnection(self),
+            sock=sock,  # TCP or a Unix socket alike
+            backlog=2048,
+            ssl=self.tls_context,
+            ssl_handshake_timeout=(
+                self.settings.handshake_timeout if self.tls_context is not None else None
+            ),
+        )
 
     async def _boot_failed(self, exc: BaseException) -> None:
         """Tell the master why this worker will not serve, before it exits: a reload
@@ -356,8 +363,7 @@ class Worker:
         The socket itself stays open in the master and in the other workers, so
         connections the kernel queues from now on go to them, never to this worker.
         """
-        if self._asyncio_server is not None:
-            self._asyncio_server.close()
+        self.listener.close()
 
     async def shutdown(self, close_code: int) -> None:
         """Stop accepting, run worker_stop then worker_exit, clear timers, then drain."""
@@ -508,8 +514,7 @@ class Worker:
     def _ready_without_clients(self) -> None:
         """Ready, for a process that never accepts a client (task workers, user
         processes): it gives up its copy of the listening socket first."""
-        with contextlib.suppress(OSError):
-            self.listen_sock.close()
+        self.listener.close()
         self._supervise()
         self._report_ready()
 

@@ -177,6 +177,13 @@ class StubServer:
         return True
 
 
+class StubListener:
+    """No listening socket here: connections are made by hand."""
+
+    def accepted(self) -> None:
+        pass
+
+
 class StubWorker(WorkerHost):
     """A ``WorkerHost`` (the written worker interface) for connections alone."""
 
@@ -186,6 +193,7 @@ class StubWorker(WorkerHost):
         )
         self.stats: Counter[str] = Counter()
         self.connections = SessionMap()
+        self.listener = StubListener()  # type: ignore[assignment]
         self.live: set[Any] = set()  # open transports, sessions or not
         self._ids = StubIds()
         self.loop = FakeLoop()  # type: ignore[assignment]

@@ -1660,6 +1660,7 @@ class Master:
                     "timers": proc.stats.get("timers", 0),
                     "messages": proc.stats.get("messages_in", 0),
                     "requests": proc.stats.get("requests", 0),
+                    "accept_pauses": proc.stats.get("accept_pauses", 0),
                     "channel_queued": proc.channel.queued,
                     "routed_dropped": proc.dropped,
                     "cluster": proc.stats.get("cluster"),

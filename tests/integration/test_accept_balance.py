@@ -5,11 +5,12 @@ stopped worker never leaves a client waiting on a paused one."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import Counter
 
 import psutil
 import pytest
-from support import Client, serving
+from support import Client, run_cli, serving
 
 TARGET = "tests/apps/global_app.py:server"
 # The clients live across test steps (a reader thread each), not in a with block.
@@ -36,6 +37,9 @@ def test_clients_connecting_one_by_one_spread_over_every_worker(tmp_path):
         assert min(per_worker.values()) >= 10, per_worker
         stats = made[0].ask("server_stats")
         assert stats["totals"]["accept_pauses"] > 0
+        report = json.loads(run_cli("status", "--port", str(server.port), "--json").stdout)
+        shown = {w["slot"]: w["accept_pauses"] for w in report["workers"]}
+        assert shown == {w["worker_id"]: w["accept_pauses"] for w in stats["workers"]}
 
 
 def test_a_stopped_worker_never_leaves_clients_waiting(tmp_path):

@@ -97,6 +97,7 @@ class Listener:
         self._check: asyncio.TimerHandle | None = None
         self._opening = False
         self._reopening: asyncio.Task[None] | None = None
+        self._failing = False  # starting to accept again failed (and was logged)
         # No balance without a region of the table, or with a queue nobody can see.
         self.balanced = (
             table is not None and writer is not None and queued_connections(sock) is not None
@@ -166,9 +167,15 @@ class Listener:
         try:
             await self.open()
         except OSError as exc:  # out of file descriptors, say: try again shortly
-            log.warning("could not start accepting again (%s); retrying", exc)
+            if not self._failing:  # one line per outage, not one per retry
+                log.warning("could not start accepting again (%s); retrying", exc)
+            self._failing = True
             if not self.closed:
                 self._check = self.loop.call_later(RECHECK_INTERVAL, self._rebalance)
+        else:
+            if self._failing:
+                log.warning("accepting again")
+            self._failing = False
         finally:
             self._reopening = None
 
@@ -176,4 +183,3 @@ class Listener:
         if self.server is not None:
             self.server.close()
             self.server = None
-

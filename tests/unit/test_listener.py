@@ -191,3 +191,30 @@ def test_closed_for_good_never_accepts_again(balanced) -> None:
         pass
     loop.run_until_complete(asyncio.sleep(2 * listener_module.RECHECK_INTERVAL))
     assert balanced.accepted == 0
+
+
+def test_a_failed_resume_is_logged_once_and_retried(balanced, caplog) -> None:
+    """Out of descriptors, say: the paused worker retries, with one line per outage."""
+    loop, listener = balanced.loop, balanced.listener
+    loop.run_until_complete(listener.open())
+    serve, failures = listener._serve, []
+
+    def failing(sock: socket.socket) -> asyncio.Future[asyncio.AbstractServer]:
+        sock.close()
+        failures.append(1)
+        raise OSError(24, "Too many open files")
+
+    balanced.hold(balanced.mine, 10)
+    listener.accepted()
+    run_until(loop, lambda: not listener.accepting, "paused")
+    listener._serve = failing
+    balanced.hold(balanced.neighbour, 10)  # caught up: it wants to accept again
+    with caplog.at_level("WARNING", logger="swoolish.worker"):
+        run_until(loop, lambda: len(failures) >= 3, "three attempts")
+        listener._serve = serve
+        run_until(loop, lambda: listener.accepting, "accepting once descriptors are back")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "could not start accepting again ([Errno 24] Too many open files); retrying",
+        "accepting again",
+    ]

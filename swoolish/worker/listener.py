@@ -11,12 +11,13 @@ and the broadcasts.
 So, like nginx's ``accept_disabled``, a worker holding more than ``slack`` connections
 above the average of the workers serving beside it closes its copy of the listening
 handle; the kernel queues new connections for the others meanwhile. It opens it again
-once they have caught up, and at once whenever a connection waits in the listen queue
-(Linux reports a listener's queue length in ``TCP_INFO``): a busy or stuck neighbour
-never leaves a client waiting, and in a reconnect storm, with the queue full, nobody
-pauses. The counts come from the shared session table (swoolish.shared.table): each
-region says how many connections its worker holds and whether it takes new ones. On a
-Unix socket the queue cannot be seen, so there every worker simply accepts.
+once they have caught up, and whenever a connection waits in the listen queue (Linux
+reports a listener's queue length in ``TCP_INFO``; a paused worker looks every
+``RECHECK_INTERVAL``): a busy or stuck neighbour delays a client by that much at most,
+and in a reconnect storm, with the queue full, nobody pauses. The counts come from the
+shared session table (swoolish.shared.table): each region says how many connections its
+worker holds and whether it takes new ones. On a Unix socket the queue cannot be seen,
+so there every worker simply accepts.
 """
 
 from __future__ import annotations

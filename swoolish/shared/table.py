@@ -194,8 +194,9 @@ class SessionTable:
         many connections they hold together."""
         words = self.words
         workers = connections = 0
-        for header in range(0, self.regions * HEADER_WORDS, HEADER_WORDS):
-            if words[header + H_ACTIVE] and words[header + H_SERVING]:
+        for region, _ in self.active_regions():
+            header = self.header(region)
+            if words[header + H_SERVING]:
                 workers += 1
                 connections += words[header + H_LIVE]
         return workers, connections

@@ -96,7 +96,6 @@ class Listener:
         self.closed = False
         self._stats = stats  # the worker's counters: accept_pauses
         self._check: asyncio.TimerHandle | None = None
-        self._opening = False
         self._reopening: asyncio.Task[None] | None = None
         self._failing = False  # starting to accept again failed (and was logged)
         # No balance without a region of the table, or with a queue nobody can see.
@@ -110,13 +109,9 @@ class Listener:
 
     async def open(self) -> None:
         """Start accepting (unless closed for good meanwhile)."""
-        if self.closed or self.server is not None or self._opening:
+        if self.closed or self.server is not None:
             return
-        self._opening = True
-        try:
-            server = await self._serve(self.sock.dup())
-        finally:
-            self._opening = False
+        server = await self._serve(self.sock.dup())
         if self.closed:
             server.close()
             return
@@ -148,14 +143,16 @@ class Listener:
             return
         assert self._table is not None and self._writer is not None
         workers, connections = self._table.serving_load()
-        mine = self._writer.live
-        waiting = queued_connections(self.sock)
-        if self.server is not None:
-            if waiting == 0 and over_share(mine, workers, connections, paused=False):
+        paused = self.server is None
+        # the counts first: the queue (a system call) matters only to a worker over them
+        over = over_share(self._writer.live, workers, connections, paused=paused)
+        waiting = over and queued_connections(self.sock) != 0
+        if not paused:
+            if over and not waiting:
                 self._stats["accept_pauses"] += 1
                 self._stop_server()
                 self._check = self.loop.call_later(RECHECK_INTERVAL, self._rebalance)
-        elif waiting != 0 or not over_share(mine, workers, connections, paused=True):
+        elif not over or waiting:
             self._resume()
         else:
             self._check = self.loop.call_later(RECHECK_INTERVAL, self._rebalance)

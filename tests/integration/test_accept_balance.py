@@ -39,7 +39,12 @@ def test_clients_connecting_one_by_one_spread_over_every_worker(tmp_path):
         assert stats["totals"]["accept_pauses"] > 0
         report = json.loads(run_cli("status", "--port", str(server.port), "--json").stdout)
         shown = {w["slot"]: w["accept_pauses"] for w in report["workers"]}
-        assert shown == {w["worker_id"]: w["accept_pauses"] for w in stats["workers"]}
+        # A worker may still pause after the first look (its check runs 5 ms after its
+        # last accept): the counter status shows lies between two server_stats() looks.
+        after = made[0].ask("server_stats")
+        for before_w, after_w in zip(stats["workers"], after["workers"], strict=True):
+            slot = before_w["worker_id"]
+            assert before_w["accept_pauses"] <= shown[slot] <= after_w["accept_pauses"]
 
 
 def test_a_stopped_worker_never_leaves_clients_waiting(tmp_path):

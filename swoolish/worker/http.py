@@ -46,6 +46,11 @@ FEED_SIZE = 2048  # bytes handed to the parser at a time, so it stops near MAX_P
 #: The resting value of the parser's header and body lists between requests (never mutated:
 #: on_message_begin replaces it with a fresh list before anything is appended).
 _NO_ITEMS: Any = ()
+# looked up once: the pump checks them for every request
+_BACKPRESSURE = Reason.BACKPRESSURE
+_PIPELINE = Reason.PIPELINE
+#: The methods as text, decoded once (httptools gives bytes).
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
 class HttpConnection(Connection, asyncio.Protocol):
@@ -54,14 +59,18 @@ class HttpConnection(Connection, asyncio.Protocol):
     __slots__ = (
         "_access",
         "_answered",
+        "_began",
         "_body",
         "_body_size",
         "_close_after_response",
         "_direct",
+        "_direct_client",
         "_fed",
+        "_head",
         "_header_bytes",
         "_headers",
         "_in_flight",
+        "_keep_alive",
         "_parser",
         "_pending_upgrade_bytes",
         "_pumping",
@@ -86,15 +95,20 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._header_bytes = 0
         self._body: list[bytes] = _NO_ITEMS
         self._body_size = 0
+        self._began = False  # a request began in the feed being parsed, not complete yet
         self._requests: list[Request] = []  # at most MAX_PIPELINED: a list beats a deque here
         self._in_flight = False  # a request is being answered
+        self._keep_alive = True  # ... and whether its client keeps the connection
+        self._head = False  # ... and whether it asked for the head only (HEAD)
         self._close_after_response = False
         self._answered = 0  # responses sent on this connection
         self._pending_upgrade_bytes: bytearray | None = None
         # set by a parser callback that refuses the request for a reason with its own
         # status (413, 431); the parser itself only reports a generic error
         self._rejection: tuple[int, str] | None = None
-        self._unfed = b""  # bytes read and not yet given to the parser, from _fed on
+        # Bytes read and not yet given to the parser, from _fed on; b"" once all are
+        # given, so "are bytes waiting?" is the truth of _unfed.
+        self._unfed = b""
         self._fed = 0
         self._pumping = False  # _pump is running (it is never re-entered)
         self._stall_since = 0.0  # since when the unsent bytes have not gone down
@@ -102,6 +116,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         # with access_log on: the request being answered, and since when (perf_counter)
         self._access: tuple[Request, float] | None = None
         self._direct: tuple[str, int] = ("", 0)  # the peer itself (a proxy, perhaps)
+        self._direct_client = Client("", False)  # ... as every request's client, unproxied
         self._unix = False  # the peer is on a Unix socket: it has no address
         self._secure = False  # TLS on this connection
 
@@ -121,6 +136,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._unix = True  # a Unix socket peer's name is "" (or a path): no address
         self._direct = self.peer
         self._secure = worker.settings.ssl_cert_file is not None  # the server's TLS
+        self._direct_client = Client(self.peer[0], self._secure)
         if len(worker.connections) >= worker.settings.max_connections:
             # More clients than max_connections are refused cleanly (docs/quickstart.md).
             worker.stats["refused"] += 1
@@ -144,7 +160,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         if self._pending_upgrade_bytes is not None:
             self._pending_upgrade_bytes += data  # the handshake handler is still deciding
             return
-        if self._fed < len(self._unfed):
+        if self._unfed:
             self._unfed = self._unfed[self._fed :] + data
         else:
             self._unfed = data
@@ -176,7 +192,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         if (
             self._in_flight
             or self._requests
-            or self._fed < len(self._unfed)
+            or self._unfed
             or (self._parser is not None and not self._answered)
         ):
             # Busy, or accepted just before this worker stopped accepting and its first
@@ -223,11 +239,11 @@ class HttpConnection(Connection, asyncio.Protocol):
         try:
             while self.transport is not None and not self.closing:
                 if self._requests and not self._in_flight:
-                    if self.flow is not None and self.flow.holds(Reason.BACKPRESSURE):
+                    if self.flow is not None and self.flow.holds(_BACKPRESSURE):
                         break
                     self._answer_next_request()
                 elif (
-                    self._fed < len(self._unfed)
+                    self._unfed
                     and len(self._requests) < MAX_PIPELINED
                     and self._parser is not None
                     and self._pending_upgrade_bytes is None
@@ -240,26 +256,30 @@ class HttpConnection(Connection, asyncio.Protocol):
         flow = self.flow
         if flow is not None and not self.closing:
             if (
-                self._fed < len(self._unfed)
+                self._unfed
                 or len(self._requests) >= MAX_PIPELINED
                 or self._pending_upgrade_bytes is not None
             ):
-                flow.pause(Reason.PIPELINE)
+                flow.pause(_PIPELINE)
             else:
-                flow.resume(Reason.PIPELINE)
+                flow.resume(_PIPELINE)
 
     def _feed_parser(self) -> None:
         """Give the parser the next FEED_SIZE bytes (a view: nothing is copied)."""
         parser = self._parser
         assert parser is not None
         unfed, start = self._unfed, self._fed
-        self._fed = end = min(start + FEED_SIZE, len(unfed))
-        if end == len(unfed):
+        end = start + FEED_SIZE
+        if end < len(unfed):
+            self._fed = end
+            chunk: bytes | memoryview = memoryview(unfed)[start:end]
+        else:
             self._unfed, self._fed = b"", 0  # all given: let the read buffer go
-        # all of a read at once (one request, as a rule) goes as is; otherwise a view
-        chunk = unfed if not start and end == len(unfed) else memoryview(unfed)[start:end]
+            # all of a read at once (one request, as a rule) goes as is; otherwise a view
+            chunk = memoryview(unfed)[start:] if start else unfed
         try:
             parser.feed_data(chunk)
+            self._time_partial_request()
         except httptools.HttpParserUpgrade as upgrade:
             self._unfed, self._fed = b"", 0
             self._on_upgrade(unfed[start + upgrade.args[0] :])
@@ -279,23 +299,33 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
-        if not self._in_flight and not self._requests:
-            self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
+        self._began = True
+
+    def _time_partial_request(self) -> None:
+        """After a feed: a request that began in it and is not complete yet gets
+        handshake_timeout to finish, counted from now, if nothing is answered before it.
+        A request complete within one feed (the rule) needs no deadline of its own."""
+        if self._began:
+            self._began = False
+            if not self._in_flight and not self._requests:
+                self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_header_bytes(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._too_large_head()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        self._count_header_bytes(len(name) + len(value))
-
-    def _count_header_bytes(self, n: int) -> None:
-        self._header_bytes += n
+        self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
-            # RFC 6585 §5: 431, not a generic 400, so the client knows what to fix
-            self._rejection = (431, "Request Header Fields Too Large: 64 KiB at most.\n")
-            raise httptools.HttpParserError("header fields too large")
+            self._too_large_head()
+
+    def _too_large_head(self) -> None:
+        # RFC 6585 §5: 431, not a generic 400, so the client knows what to fix
+        self._rejection = (431, "Request Header Fields Too Large: 64 KiB at most.\n")
+        raise httptools.HttpParserError("header fields too large")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -311,18 +341,22 @@ class HttpConnection(Connection, asyncio.Protocol):
         assert parser is not None
         headers = parsed_headers(self._headers)
         client = self._client(headers)
+        method = parser.get_method()
+        body = self._body
         request = Request(
-            parser.get_method().decode("ascii", "replace"),
+            _METHODS.get(method) or method.decode("ascii", "replace"),
             self._url.decode("latin-1"),
             headers,
-            b"".join(self._body),
+            b"".join(body) if body else b"",
             parser.get_http_version(),
             self.sid,
             client.addr,
             client.secure,
+            parser.should_keep_alive(),
         )
         self._url = b""
         self._headers = self._body = _NO_ITEMS  # now owned by the request
+        self._began = False
         self._requests.append(request)
 
     def _client(self, headers: Headers) -> Client:
@@ -330,7 +364,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         trusted proxy names (swoolish.core.proxy)."""
         settings = self._worker.settings
         if not settings.proxy_headers:
-            return Client(self._direct[0], self._secure)
+            return self._direct_client
         peer = None if self._unix else self._direct[0]
         trusted = _trusted_peers(settings.forwarded_allow_ips)
         return forwarded_client(peer, self._secure, trusted, headers.get_all)
@@ -351,8 +385,9 @@ class HttpConnection(Connection, asyncio.Protocol):
             return
         self._disarm_timer()  # re-armed (idle) once answered: keep the loop's handle
         request = self._requests.pop(0)
-        self._serve_client_of(request)
         worker = self._worker
+        if worker.settings.proxy_headers:
+            self._serve_client_of(request)
         if worker.settings.access_log:
             self._access = (request, time.perf_counter())
         handler = worker.handler("request")
@@ -369,24 +404,23 @@ class HttpConnection(Connection, asyncio.Protocol):
             )
             return
         self._in_flight = True
-        keep_alive = request.keep_alive()
-        response = Response(
-            lambda resp, body: self._send_response(resp, body, keep_alive, request.method)
-        )
-        self._dispatch(handler, (request, response), after=lambda: _end_if_open(response))
+        # One request is answered at a time: what its response needs waits here.
+        self._keep_alive = request.keep_alive()
+        self._head = request.method == "HEAD"
+        response = Response(self._send_response)
+        self._dispatch(handler, (request, response), after=response.end_if_open)
 
-    def _send_response(self, resp: Response, body: bytes, keep_alive: bool, method: str) -> None:
+    def _send_response(self, resp: Response, body: bytes) -> None:
         transport = self.transport
         self._in_flight = False
         access, self._access = self._access, None
         if transport is None or transport.is_closing():
             return
         worker = self._worker
-        keep_alive = keep_alive and not self._close_after_response and not worker.draining
+        keep_alive = self._keep_alive and not self._close_after_response and not worker.draining
+        head = self._head
         try:
-            wire = render_response(
-                resp.status_code, resp.headers, body, keep_alive, resp.reason, method == "HEAD"
-            )
+            wire = resp.wire(body, keep_alive, head)
         except Exception as exc:  # Response checks values at the call; this is the last guard
             worker.stats["handler_errors"] += 1
             worker.log.error(
@@ -409,14 +443,15 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._answered += 1
         transport.write(wire)
         if access is not None:
-            self._log_access(access, resp.status_code, 0 if method == "HEAD" else len(body))
+            self._log_access(access, resp.status_code, 0 if head else len(body))
         if not keep_alive:
             self._begin_close()
             transport.close()
             return
         if not self._requests:
             self._arm_timer(worker.settings.keepalive_timeout, self._on_idle_timeout)
-        self._pump()  # the next request, unless this runs inside _pump already
+        if not self._pumping:
+            self._pump()  # the next request (a handler that answered late)
 
     def _reject(self, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> None:
         access, self._access = self._access, None
@@ -588,12 +623,6 @@ def _origin_allowed(request: Request, allowed: tuple[str, ...]) -> bool:
     """Exactly one Origin header (RFC 6454 §7), and one of ``websocket_origins``."""
     origins = request.headers.get_all("Origin")
     return len(origins) == 1 and normalize_origin(origins[0]) in allowed
-
-
-def _end_if_open(response: Response) -> None:
-    """Runs after the request handler returned: end a response it left open."""
-    if not response.ended:
-        response.end()
 
 
 async def _store_result(awaitable: Any, box: list[Any]) -> None:

@@ -42,6 +42,14 @@ def is_token(text: str) -> bool:
     return _TOKEN.fullmatch(text) is not None
 
 
+@functools.lru_cache(maxsize=1024)
+def is_valid_field(name: str, value: str) -> bool:
+    """Whether a response may carry the field ``name: value`` (a token, and latin-1 text
+    without CR, LF or NUL); remembered, as an app sends the same few fields again and
+    again (a field that changes per response costs one check and one entry)."""
+    return is_token(name) and _BAD_TEXT.search(value) is None
+
+
 def parsed_headers(fields: list[tuple[str, str]]) -> Headers:
     """The ``Headers`` of a request's fields as httptools parsed them, in order.
 
@@ -88,6 +96,7 @@ class Request:
     """One parsed HTTP request (or WebSocket handshake request)."""
 
     __slots__ = (
+        "_keep_alive",
         "_remote_addr",
         "_secure",
         "body",
@@ -110,6 +119,7 @@ class Request:
         fd: int = 0,
         remote_addr: str = "",
         secure: bool = False,
+        keep_alive: bool | None = None,
     ) -> None:
         path, _, query_string = target.partition("?")
         self.method = method
@@ -124,6 +134,7 @@ class Request:
         self.fd = fd
         self._remote_addr = remote_addr
         self._secure = secure
+        self._keep_alive = keep_alive  # the parser's verdict, when it gave one
 
     @property
     def target(self) -> str:
@@ -145,14 +156,21 @@ class Request:
         return "https" if self._secure else "http"
 
     def keep_alive(self) -> bool:
-        """HTTP/1.1 keeps the connection unless told not to; HTTP/1.0 only when asked."""
-        connection = field(self.headers, "Connection").lower()
+        """HTTP/1.1 keeps the connection unless told not to; HTTP/1.0 only when asked
+        (RFC 9112 §9.3). A request parsed here carries llhttp's answer to the same
+        question, read from the Connection header's tokens."""
+        if self._keep_alive is not None:
+            return self._keep_alive
+        options = {o.strip(" \t").lower() for o in field(self.headers, "Connection").split(",")}
         if self.version == "1.0":
-            return "keep-alive" in connection
-        return "close" not in connection
+            return "keep-alive" in options
+        return "close" not in options
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} fd={self.fd}>"
+
+
+_BODY_TYPES = (bytes, bytearray, memoryview)
 
 
 class Response:
@@ -197,7 +215,7 @@ class Response:
         that is not a token or a value that HTTP/1.1 cannot carry (a CR or LF would split
         the response; a character outside latin-1 cannot be sent)."""
         name, value = str(name), str(value)
-        if not is_token(name) or _BAD_TEXT.search(value):
+        if not is_valid_field(name, value):
             raise ValueError(
                 f"invalid HTTP header {name!r}: {value!r} (the name is a token, the value "
                 "latin-1 text without CR, LF or NUL)"
@@ -211,14 +229,26 @@ class Response:
             return False
         if isinstance(body, str):
             body = body.encode()
-        elif not isinstance(body, bytes | bytearray | memoryview):
+        elif not isinstance(body, _BODY_TYPES):
             raise TypeError(f"response body must be str or bytes, got {type(body).__name__}")
         self.ended = True
         self._send(self, bytes(body))
         return True
 
+    def end_if_open(self) -> None:
+        """End the response a handler returned without ending (status as set, no body)."""
+        if not self.ended:
+            self.end()
 
-_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+    def wire(self, body: bytes, keep_alive: bool, head: bool = False) -> bytes:
+        """The response as sent (:func:`render_response`), body included unless ``head``."""
+        return render_response(self._status, self._headers, body, keep_alive, self.reason, head)
+
+
+#: The status line of each registered code with its reason phrase (RFC 9110 §15).
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in http.HTTPStatus}
+#: The fields render_response adds unless the handler set them, lower-case.
+_ADDED_FIELDS = frozenset(("content-length", "content-type", "date", "server"))
 
 
 class _HttpDate:
@@ -251,23 +281,33 @@ def render_response(
     reason: str | None = None,
     head: bool = False,
 ) -> bytes:
-    """Serialize a response, adding Content-Length, Connection, Date and Server."""
-    parts = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Unknown')}\r\n"]
-    names = set()  # what the handler set itself, lower-case
+    """Serialize a response, adding Content-Length, Connection, Date and Server.
+
+    Built by appending to one string (CPython extends it in place): on the keep-alive
+    path this runs once per request, and a list of parts and a set of names cost a
+    third more (docs/performance.md, "HTTP").
+    """
+    if reason:
+        text = f"HTTP/1.1 {status} {reason}\r\n"
+    else:
+        text = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"
+    names: tuple[str, ...] = ()  # which of the fields added here the handler set itself
     for name, value in headers:
-        parts.append(f"{name}: {value}\r\n")
-        names.add(name.lower())
+        text += f"{name}: {value}\r\n"
+        low = name.lower()
+        if low in _ADDED_FIELDS:
+            names += (low,)
     if "content-length" not in names:
-        parts.append(f"Content-Length: {len(body)}\r\n")
-    if "content-type" not in names and body:
-        parts.append("Content-Type: text/plain; charset=utf-8\r\n")
+        text += f"Content-Length: {len(body)}\r\n"
+    if body and "content-type" not in names:
+        text += "Content-Type: text/plain; charset=utf-8\r\n"
     if "date" not in names:
-        parts.append(f"Date: {_http_date.now()}\r\n")
+        text += f"Date: {_http_date.now()}\r\n"
     if "server" not in names:
-        parts.append("Server: swoolish\r\n")
-    parts.append("Connection: keep-alive\r\n\r\n" if keep_alive else "Connection: close\r\n\r\n")
-    head_bytes = "".join(parts).encode("latin-1")
-    return head_bytes if head else head_bytes + body
+        text += "Server: swoolish\r\n"
+    text += "Connection: keep-alive\r\n\r\n" if keep_alive else "Connection: close\r\n\r\n"
+    wire = text.encode("latin-1")
+    return wire if head else wire + body
 
 
 def simple_response(status: int, text: str, extra: list[tuple[str, str]] | None = None) -> bytes:

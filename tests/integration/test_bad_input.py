@@ -582,3 +582,37 @@ def test_repeated_connection_and_upgrade_fields_get_answers_not_errors(http_serv
     assert conn.getresponse().status == 200
     log = server.log()
     assert "Traceback" not in log and "MultipleValuesError" not in log
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length body, read from a connection kept open."""
+    sock.settimeout(timeout(5))
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a whole response head: {data!r}"
+        data += chunk
+    length = int(headers_of(data)["content-length"])
+    while len(data.partition(b"\r\n\r\n")[2]) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a whole response body: {data!r}"
+        data += chunk
+    return data
+
+
+def test_connection_options_decide_keep_alive_as_tokens(http_server):
+    """1. one socket: HTTP/1.0 asking keep-alive, then HTTP/1.1 with an option that only
+    contains "close" (``x-close-later``), then ``te, close``  2. the first two answers keep
+    the connection, the third says close and the server closes (RFC 9112 §9.3, §9.6)
+    3. HTTP/1.0 without the option is answered and closed."""
+    server, _ = http_server
+    with raw_connect(server.port) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n")
+        assert headers_of(read_response(sock))["connection"] == "keep-alive"
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: x-close-later\r\n\r\n")
+        assert headers_of(read_response(sock))["connection"] == "keep-alive"
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: te, close\r\n\r\n")
+        last = read_to_eof(sock)
+        assert status_of(last) == 200 and headers_of(last)["connection"] == "close"
+    answer = http_exchange(server.port, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert status_of(answer) == 200 and headers_of(answer)["connection"] == "close"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import httptools
 import pytest
 
 from swoolish.worker.request import Headers, Request, Response, render_response
@@ -21,6 +22,48 @@ def test_keep_alive_follows_http_version_rules(version, connection, keep):
     assert Request("GET", "/", headers, version=version).keep_alive() is keep
 
 
+CONNECTION_CASES = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection:  CLOSE \r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: te, close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: x-close-later\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive-ish\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", CONNECTION_CASES)
+def test_keep_alive_of_a_built_request_agrees_with_the_parser(raw):
+    """A request the connection parses carries llhttp's keep-alive verdict; one an app
+    or a test builds computes it from the Connection header's options. Both read the
+    options as tokens (RFC 9112 §9.6: "closed" is not "close") and agree on every case."""
+
+    class Fields:
+        def __init__(self) -> None:
+            self.fields: list[tuple[str, str]] = []
+            self.verdict: bool | None = None
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.fields.append((name.decode(), value.decode()))
+
+        def on_message_complete(self) -> None:
+            self.verdict = parser.should_keep_alive()
+
+    seen = Fields()
+    parser = httptools.HttpRequestParser(seen)
+    parser.feed_data(raw)
+    built = Request("GET", "/", Headers(seen.fields), version=parser.get_http_version())
+    assert built.keep_alive() is seen.verdict
+    parsed = Request("GET", "/", Headers(seen.fields), keep_alive=seen.verdict)
+    assert parsed.keep_alive() is seen.verdict
+
+
 def test_response_end_sends_once_and_rejects_header_injection():
     sent = []
     response = Response(lambda resp, body: sent.append((resp.status_code, body)))
@@ -38,3 +81,22 @@ def test_render_response_adds_length_and_connection():
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"Content-Length: 5" in head and b"Connection: close" in head
     assert body == b"hello"
+
+
+def test_header_checks_are_remembered_but_bad_fields_always_raise():
+    """The field check is cached per (name, value): a bad field raises on every call, a
+    good one is accepted on every call, and the cache stays bounded however many
+    distinct values an app sends."""
+    from swoolish.worker.request import is_valid_field
+
+    response = Response(lambda resp, body: None)
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            response.header("X-B", "evil\r\nSet-Cookie: a=b")
+        with pytest.raises(ValueError):
+            response.header("Bad Name", "x")
+        response.header("X-A", "1")
+    for n in range(5000):
+        response.header("X-Request-Id", str(n))
+    assert is_valid_field.cache_info().currsize <= is_valid_field.cache_info().maxsize
+    assert response.headers[:3] == [("X-A", "1")] * 3

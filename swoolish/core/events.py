@@ -85,5 +85,10 @@ class Handlers:
     def get(self, event: str) -> Callable[..., Any] | None:
         return self._handlers.get(event)
 
+    def lookup(self) -> Callable[[str], Callable[..., Any] | None]:
+        """``get`` as one C call: the registry's own ``dict.get``, which sees handlers
+        set later too. Connections look a handler up per message and per request."""
+        return self._handlers.get
+
     def __contains__(self, event: str) -> bool:
         return event in self._handlers

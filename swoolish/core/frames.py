@@ -89,6 +89,9 @@ def check_close(code: int, reason: str) -> None:
         )
 
 
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
 def check_push(data: object, opcode: object) -> None:
     """What ``push`` may send: raise ``ValueError`` (or ``TypeError``) at the call.
 
@@ -97,6 +100,8 @@ def check_push(data: object, opcode: object) -> None:
     (``disconnect``); the other opcodes are reserved (§5.2). A text message is UTF-8
     (§5.6), so bytes sent as TEXT must be, and a ``str`` must encode (no lone surrogate).
     """
+    if opcode is None and (type(data) is bytes or (type(data) is str and data.isascii())):
+        return  # the common cases, nothing to check
     if opcode is not None and (type(opcode) is not int or opcode not in (TEXT, BINARY)):
         raise ValueError(
             f"push() sends opcode TEXT (1) or BINARY (2), or None (text for str, binary "
@@ -105,7 +110,7 @@ def check_push(data: object, opcode: object) -> None:
     if isinstance(data, str):
         if not data.isascii() and not _encodes(data, len(data) * 4):
             raise ValueError("push() got a str that is not valid Unicode (a lone surrogate)")
-    elif isinstance(data, bytes | bytearray | memoryview):
+    elif isinstance(data, _BYTES_LIKE):
         if opcode == TEXT:
             try:
                 bytes(data).decode()

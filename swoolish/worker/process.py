@@ -145,7 +145,8 @@ class Worker:
             session_alive=self.connections.__contains__,
             logger=logging.getLogger("swoolish.timer"),
         )
-        self._handlers = server.handlers
+        #: The handler of an event, or None (``Handlers.lookup``: no Python frame).
+        self.handler: Callable[[str], Callable[..., Any] | None] = server.handlers.lookup()
         # cluster mode (docs/cluster.md): event workers reach other nodes over Redis
         self.cluster: Cluster | None = None
         event_worker = not setup.task_worker and setup.process_index is None
@@ -174,9 +175,6 @@ class Worker:
         self.boot_watch: BootWatch | None = None  # reports where a slow boot is stuck
 
     # -- used by connections and the server facade
-
-    def handler(self, event: str) -> Callable[..., Any] | None:
-        return self._handlers.get(event)
 
     def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the drain waits for (up to max_wait_time)."""

@@ -254,7 +254,7 @@ class WsConnection(Connection, asyncio.Protocol):
             log_open(request_client(self.peer, request), self.path)
         self._dispatch(worker.handler("open"), (worker.server, request))
         if rest:
-            self._websocket_data(rest)
+            self.data_received(rest)
         if worker.draining:
             worker.established_while_draining(self)
 
@@ -307,7 +307,7 @@ class WsConnection(Connection, asyncio.Protocol):
                 self._dispatch(handler, (worker.server, self.sid, record.app))
             self._rearm_timers(record.timers)
         if record.unparsed:
-            self._websocket_data(record.unparsed)
+            self.data_received(record.unparsed)
         if closing_code is not None:
             self.drain(closing_code, "server restarting")
 
@@ -356,10 +356,6 @@ class WsConnection(Connection, asyncio.Protocol):
 
     # ------------------------------------------------------------------ transport events
 
-    def data_received(self, data: bytes) -> None:
-        self.last_time = time.time()
-        self._websocket_data(data)
-
     def eof_received(self) -> bool | None:
         # Without a protocol object the session was OPEN between frames, where EOF
         # leaves nothing to send: the transport closes (RFC 6455 §7.1.5: 1006).
@@ -400,7 +396,10 @@ class WsConnection(Connection, asyncio.Protocol):
 
     # ------------------------------------------------------------------ frames in
 
-    def _websocket_data(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the client (or, on arrival, bytes it sent before the upgrade or the
+        move): the fast path takes whole frames, websockets' protocol the rest."""
+        self.last_time = time.time()
         if self._stash:
             data, self._stash = self._stash + data, b""
         ws = self.ws
@@ -503,10 +502,14 @@ class WsConnection(Connection, asyncio.Protocol):
                 break
             if b1 < 0x80 or b1 == 0xFF:
                 break
-            extent = frame_extent(data, pos)
-            if extent is None:
-                break
-            head, end = extent
+            if b1 < 0xFE:  # masked, a 7-bit length: the 6-byte header of a short frame
+                head = pos + 6
+                end = head + (b1 & 0x7F)
+            else:
+                extent = frame_extent(data, pos)
+                if extent is None:
+                    break
+                head, end = extent
             if end > n or end - head > limit:
                 break
             if pongs and not self._send_pongs(pongs):
@@ -659,9 +662,10 @@ class WsConnection(Connection, asyncio.Protocol):
         self._emit(transport, data)
 
     def _emit(self, transport: asyncio.Transport, data: bytes) -> None:
-        """Write ``data`` whose budget was checked, keeping the hand-off's record."""
+        """Write ``data`` whose budget was checked, keeping the hand-off's record (only
+        while something is owed: a client that keeps up costs one size check)."""
         transport.write(data)
-        if self._track:
+        if self._track and (self._tx_log is not None or transport.get_write_buffer_size()):
             self._note_written(transport, data)
 
     def _close_over_budget(self, unsent: int) -> None:

@@ -145,8 +145,7 @@ class Worker:
             session_alive=self.connections.__contains__,
             logger=logging.getLogger("swoolish.timer"),
         )
-        #: The handler of an event, or None (``Handlers.lookup``: no Python frame).
-        self.handler: Callable[[str], Callable[..., Any] | None] = server.handlers.lookup()
+        self._handler_of = server.handlers.lookup()  # dict.get: one C call per lookup
         # cluster mode (docs/cluster.md): event workers reach other nodes over Redis
         self.cluster: Cluster | None = None
         event_worker = not setup.task_worker and setup.process_index is None
@@ -175,6 +174,10 @@ class Worker:
         self.boot_watch: BootWatch | None = None  # reports where a slow boot is stuck
 
     # -- used by connections and the server facade
+
+    def handler(self, event: str) -> Callable[..., Any] | None:
+        """The app's handler of ``event``, or None (a user process overrides this)."""
+        return self._handler_of(event)
 
     def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the drain waits for (up to max_wait_time)."""

@@ -488,10 +488,11 @@ class HttpConnection(Connection, asyncio.Protocol):
 
     def _on_upgrade(self, rest: bytes) -> None:
         last = self._requests[-1] if self._requests else None
+        websocket = last is not None and offers_websocket(last.headers)
         if (
             last is not None
             and last.method != "CONNECT"
-            and not offers_websocket(last.headers)
+            and not websocket
             and field(last.headers, "Content-Length") in ("", "0")
             and "Transfer-Encoding" not in last.headers
         ):
@@ -510,7 +511,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         if request is None or self._requests or self._in_flight:
             self._reject(400, "Bad Request: an upgrade must not follow pipelined requests.\n")
             return
-        if not offers_websocket(request.headers):
+        if not websocket:  # request is last
             self._reject(400, "Bad Request: only WebSocket upgrades are supported.\n")
             return
         allowed = self._worker.settings.websocket_origins

@@ -89,7 +89,10 @@ def field(headers: Headers, name: str) -> str:
 def offers_websocket(headers: Headers) -> bool:
     """Whether ``Upgrade`` names websocket among the protocols offered (RFC 9110 §7.8),
     however many times and in whatever case: a WebSocket handshake, valid or not."""
-    return any(p.strip(" \t").lower() == "websocket" for p in field(headers, "Upgrade").split(","))
+    offered = field(headers, "Upgrade")
+    if offered.lower() == "websocket":
+        return True  # what every WebSocket client sends
+    return any(p.strip(" \t").lower() == "websocket" for p in offered.split(","))
 
 
 class Request:

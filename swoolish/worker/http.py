@@ -385,9 +385,8 @@ class HttpConnection(Connection, asyncio.Protocol):
             return
         self._disarm_timer()  # re-armed (idle) once answered: keep the loop's handle
         request = self._requests.pop(0)
+        self._serve_client_of(request)
         worker = self._worker
-        if worker.settings.proxy_headers:
-            self._serve_client_of(request)
         if worker.settings.access_log:
             self._access = (request, time.perf_counter())
         handler = worker.handler("request")

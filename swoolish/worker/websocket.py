@@ -665,8 +665,10 @@ class WsConnection(Connection, asyncio.Protocol):
         """Write ``data`` whose budget was checked, keeping the hand-off's record (only
         while something is owed: a client that keeps up costs one size check)."""
         transport.write(data)
-        if self._track and (self._tx_log is not None or transport.get_write_buffer_size()):
-            self._note_written(transport, data)
+        if self._track:
+            unsent = transport.get_write_buffer_size()
+            if unsent or self._tx_log is not None:
+                self._note_written(data, unsent)
 
     def _close_over_budget(self, unsent: int) -> None:
         """The client lets more than buffer_output_size pile up: close it with 1008, and
@@ -676,11 +678,11 @@ class WsConnection(Connection, asyncio.Protocol):
         if self.transport is not None:
             self._arm_timer(CLOSE_TIMEOUT, self.abort)
 
-    def _note_written(self, transport: asyncio.Transport, data: bytes) -> None:
-        if not transport.get_write_buffer_size():
-            if self._tx_log is not None:
-                self._tx_log = None  # the client caught up: nothing is owed, free the log
-                self._tx_bytes = 0
+    def _note_written(self, data: bytes, unsent: int) -> None:
+        """Record ``data`` among what may still be owed, ``unsent`` bytes being queued."""
+        if not unsent:
+            self._tx_log = None  # the client caught up: nothing is owed, free the log
+            self._tx_bytes = 0
             return
         tx_log = self._tx_log
         if tx_log is None:
@@ -909,9 +911,7 @@ def fan_out(
         if transport.get_write_buffer_size() > limit:
             over += 1
             continue
-        transport.write(frame)
-        if conn._track:
-            conn._note_written(transport, frame)
+        conn._emit(transport, frame)
         conn.messages_out += 1
         sent += 1
     stats = worker.stats

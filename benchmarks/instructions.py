@@ -79,14 +79,12 @@ def echo_unit() -> Callable[[], None]:
     worker_type, transport_type = _doubles()
     from loadclient import build_frame
 
-    from swoolish.core.frames import check_push
-
     worker = worker_type(False)
     connections = worker.connections
 
     def on_message(server: Any, frame: Any) -> None:
-        # server.push's path for a session of this worker (swoolish/server.py)
-        check_push(frame.data, None)
+        # server.push's path for a session of this worker (swoolish/server.py): the
+        # session's push checks what it is given while it builds the frame
         connections.get(frame.fd).push(frame.data, None)
 
     worker._handlers["message"] = on_message
@@ -155,13 +153,19 @@ def main() -> None:
     if args.run:
         run_units(args.run[0], int(args.run[1]))
         return
+    report_per_unit(args.path, count_instructions, args.small, args.large, "unit")
+
+
+def report_per_unit(
+    names: list[str], count: Callable[[str, int], int], small: int, large: int, unit: str
+) -> None:
+    """Print, for each name, ``count``'s instructions for ``large`` units less those for
+    ``small``, per unit: the cost of one without the start-up."""
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
-    for path in args.path:
-        small = count_instructions(path, args.small)
-        large = count_instructions(path, args.large)
-        per_unit = (large - small) / (args.large - args.small)
-        print(f"{path:<10} {per_unit:>10,.0f} instructions per unit", flush=True)
+    for name in names:
+        per_unit = (count(name, large) - count(name, small)) / (large - small)
+        print(f"{name:<10} {per_unit:>10,.0f} instructions per {unit}", flush=True)
 
 
 if __name__ == "__main__":

@@ -97,9 +97,9 @@ BASELINE = "websockets"
 HTTP_BASELINE = "uvicorn"
 #: Baseline by scenario kind; kinds not listed use BASELINE.
 BASELINES: dict[str, str] = {"http": HTTP_BASELINE}
-#: Further servers a kind's figures are also divided by, round by round: the storm target is
-#: stated against picows ("handshakes/s >= 1.5x picows").
-EXTRA_BASELINES: dict[str, list[str]] = {"storm": ["picows"]}
+#: Further servers a kind's figures are also divided by, round by round: the storm and echo
+#: targets are stated against picows ("handshakes/s >= 1.5x picows", "echo <= 1.1x picows").
+EXTRA_BASELINES: dict[str, list[str]] = {"storm": ["picows"], "echo": ["picows"]}
 #: The heading of a ratio column, by baseline.
 RATIO_LABELS: dict[str, str] = {BASELINE: "x ws", HTTP_BASELINE: "x uv", "picows": "x picows"}
 
@@ -139,12 +139,22 @@ def _plus(cmd: Callable[[int], list[str]], *extra: str) -> Callable[[int], list[
     return with_extra
 
 
+def _pure_python(cmd: Callable[[int], list[str]]) -> Callable[[int], list[str]]:
+    """``cmd`` with swoolish's fast path in Python, not its compiled accelerator."""
+
+    def pure(port: int) -> list[str]:
+        return ["env", "SWOOLISH_NO_SPEEDUPS=1", *cmd(port)]
+
+    return pure
+
+
 SERVERS: dict[str, Callable[[int], list[str]]] = {
     "websockets": _script_cmd("ws_websockets.py"),
     "aiohttp": _script_cmd("ws_aiohttp.py"),
     "picows": _script_cmd("ws_picows.py"),
     "swoolish": _swoolish_cmd("examples/echo.py:server", 1),
     "swoolish-2w": _swoolish_cmd("examples/echo.py:server", 2),
+    "swoolish-py": _pure_python(_swoolish_cmd("examples/echo.py:server", 1)),
 }
 
 #: Plain-HTTP servers, a separate set: the WebSocket echo servers above have no HTTP handler,
@@ -164,6 +174,8 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "echo64": ("echo", {"size": 64, "conns": 100}, ECHO_SERVERS),
     "echo4k": ("echo", {"size": 4096, "conns": 100}, ECHO_SERVERS),
     "workers": ("echo", {"size": 64, "conns": 100}, ["websockets", "swoolish", "swoolish-2w"]),
+    # The fast path compiled (swoolish/core/_speedups.c, when built) and in Python.
+    "fastpath": ("echo", {"size": 64, "conns": 100}, ["picows", "swoolish", "swoolish-py"]),
     "idle1k": ("idle", {"conns": 1_000}, ECHO_SERVERS),
     "idle10k": ("idle", {"conns": 10_000}, ECHO_SERVERS),
     # A browser-like client: offers permessage-deflate and compresses what it sends.

@@ -108,12 +108,16 @@ class WebSocketServer:
         ``opcode`` (only TEXT and BINARY) or ``data`` raises ``ValueError`` here, at the
         call, for any session.
         """
-        worker = self._require_worker("push")
-        check_push(data, opcode)
+        worker = self._worker
+        if worker is None:
+            worker = self._require_worker("push")  # raises
         connections = worker.connections
         conn = connections.get(fd) if type(fd) is int else None
+        if conn is not None and not connections.arriving:
+            return conn.push(data, opcode)  # checks data and opcode as check_push does
+        check_push(data, opcode)
         if conn is not None:
-            if connections.arriving and fd in connections.arriving:
+            if fd in connections.arriving:
                 return worker.router.hold(conn, fd, data, opcode)
             return conn.push(data, opcode)
         cluster = _elsewhere(worker, fd)

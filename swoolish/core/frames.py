@@ -10,14 +10,24 @@ and by the live hand-off, which must know where the frame in progress starts).
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Final
 
+try:  # websockets' C speedups: unmasking at C speed
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a build without its C extension
+    from websockets.utils import apply_mask
+
 __all__ = [
     "BINARY",
+    "COMPRESSED",
+    "FOUND_PING",
+    "FOUND_PONG",
     "GOING_AWAY",
     "INTERNAL_ERROR",
     "INVALID_DATA",
+    "INVALID_TEXT",
     "MESSAGE_TOO_BIG",
     "NORMAL_CLOSURE",
     "OP_CLOSE",
@@ -29,7 +39,9 @@ __all__ = [
     "check_close",
     "check_push",
     "encode_frame",
+    "encode_message",
     "frame_extent",
+    "next_frame",
     "unparsed_tail",
 ]
 
@@ -67,6 +79,21 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     if n < 65536:
         return _HEADER_16.pack(0x80 | opcode, 126, n) + payload
     return _HEADER_64.pack(0x80 | opcode, 127, n) + payload
+
+
+def encode_message(data: str | bytes, opcode: int | None) -> bytes:
+    """The frame of one message as ``push`` sends it uncompressed, once
+    :func:`check_push` has passed it (its errors raise here): a ``str`` as UTF-8, TEXT
+    unless ``opcode`` says otherwise; bytes-like data BINARY unless it says."""
+    check_push(data, opcode)
+    if isinstance(data, str):
+        payload, kind = data.encode(), opcode or TEXT
+    else:
+        payload, kind = bytes(data), opcode or BINARY
+    n = len(payload)
+    if n < 126:  # the common case without a second call
+        return bytes((0x80 | kind, n)) + payload
+    return encode_frame(kind, payload)
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
@@ -244,3 +271,86 @@ def unparsed_tail(buffer: bytes) -> bytes:
             break
         pos = extent[1]
     return buffer[pos:] if pos else buffer
+
+
+# -- the fast path's reader ------------------------------------------------------------------
+
+#: What :func:`next_frame` found (besides TEXT and BINARY, with their RFC 6455 opcodes).
+FOUND_PING: Final = 9
+FOUND_PONG: Final = 10
+COMPRESSED: Final = 0x40  # RSV1 on TEXT or BINARY: a permessage-deflate message (RFC 7692)
+INVALID_TEXT: Final = -1  # a text frame that is not UTF-8 (RFC 6455 §8.1)
+
+
+def next_frame(
+    data: bytes, pos: int, limit: int, compressed_ok: int
+) -> tuple[int, int, str | bytes | int] | None:
+    """The frame at ``pos`` if it is one the fast path takes: ``(end, kind, value)``.
+
+    It takes final, masked text or binary frames without RSV bits (with RSV1 alone when
+    ``compressed_ok`` is not 0: RFC 7692 §6), with a 7- or 16-bit length and at most ``limit``
+    payload bytes, and final, masked pings and pongs of at most 125 bytes (RFC 6455 §5.5).
+    Anything else, or a frame that ``data`` cuts, is None: the caller hands it to
+    websockets' protocol, which owns every rule this does not check.
+
+    ``kind`` is TEXT (``value`` the decoded ``str``), BINARY (the bytes), TEXT or BINARY
+    with :data:`COMPRESSED` (the still-deflated bytes), :data:`FOUND_PING` (its
+    payload), :data:`FOUND_PONG` (``b""``), or :data:`INVALID_TEXT` (``value`` the
+    offset of the first byte that is not UTF-8). The compiled accelerator
+    (``swoolish/core/_speedups.c``) does the same; this is the pure-Python one.
+    """
+    n = len(data)
+    if n - pos < 6 or pos < 0:
+        return None
+    b0 = data[pos]
+    b1 = data[pos + 1]
+    # FIN, no RSV (or RSV1: compressed), text or binary; masked; a 7- or 16-bit length
+    if b0 == 0x81 or b0 == 0x82:
+        compressed = False
+    elif (b0 == 0xC1 or b0 == 0xC2) and compressed_ok:
+        compressed = True
+    elif (b0 == 0x89 or b0 == 0x8A) and 0x80 <= b1 <= 0xFD:  # FIN, masked, 0-125 B
+        end = pos + 6 + (b1 & 0x7F)
+        if end > n:
+            return None
+        if b0 == 0x8A:
+            return end, FOUND_PONG, b""
+        return end, FOUND_PING, apply_mask(data[pos + 6 : end], data[pos + 2 : pos + 6])
+    else:
+        return None
+    if b1 < 0x80 or b1 == 0xFF:
+        return None
+    if b1 < 0xFE:  # a 7-bit length: the 6-byte header of a short frame
+        head = pos + 6
+        end = head + (b1 & 0x7F)
+    else:
+        if n - pos < 8:
+            return None
+        head = pos + 8
+        end = head + ((data[pos + 2] << 8) | data[pos + 3])
+    if end > n or end - head > limit:
+        return None
+    payload = apply_mask(data[head:end], data[head - 4 : head])
+    if compressed:
+        return end, (b0 & 0x0F) | COMPRESSED, payload
+    if b0 == 0x82:
+        return end, BINARY, payload
+    try:
+        return end, TEXT, payload.decode()
+    except UnicodeDecodeError as exc:
+        return end, INVALID_TEXT, exc.start
+
+
+#: The pure-Python pair, kept for the tests (and for SWOOLISH_NO_SPEEDUPS=1).
+py_next_frame = next_frame
+py_encode_message = encode_message
+
+#: Whether the compiled pair is in use (``swoolish status --json`` and the tests read it).
+SPEEDUPS = False
+if not os.environ.get("SWOOLISH_NO_SPEEDUPS"):
+    try:
+        from ._speedups import encode_message, next_frame  # type: ignore[no-redef,unused-ignore]
+
+        SPEEDUPS = True
+    except ImportError:  # not built: no compiler or headers at install time
+        pass

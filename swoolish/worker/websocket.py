@@ -35,24 +35,25 @@ from websockets.frames import Opcode
 from websockets.protocol import CLOSED, OPEN, Protocol
 from websockets.server import ServerProtocol
 
-try:  # websockets' C speedups: unmasking at C speed
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - a build without its C extension
-    from websockets.utils import apply_mask
-
 from ..core.deflate import RSV1, compress_message, inflate_message
 from ..core.frames import (
     BINARY,
+    FOUND_PING,
+    FOUND_PONG,
     GOING_AWAY,
     INTERNAL_ERROR,
     INVALID_DATA,
+    INVALID_TEXT,
     POLICY_VIOLATION,
     TEXT,
     FrameCursor,
     check_close,
+    check_push,
     encode_close,
     encode_frame,
+    encode_message,
     frame_extent,
+    next_frame,
 )
 from ..core.messages import MovingSession
 from ..core.timerwheel import is_plain_data, resolve_callback
@@ -481,55 +482,42 @@ class WsConnection(Connection, asyncio.Protocol):
         n = len(data)
         pos = 0
         pongs: list[bytes] = []
-        while n - pos >= 6:
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            if (b0 == 0x89 or b0 == 0x8A) and 0x80 <= b1 <= 0xFD:  # FIN, masked, 0-125 B
-                end = pos + 6 + (b1 & 0x7F)
-                if end > n:
-                    break
-                if b0 == 0x89:  # a ping gets its pong; a pong needs nothing (§5.5.3)
-                    payload = apply_mask(data[pos + 6 : end], data[pos + 2 : pos + 6])
-                    pongs.append(encode_frame(OP_PONG, payload))
+        message: Any  # str (text), bytes (binary, compressed, a ping's) or int (bad UTF-8)
+        while n - pos >= 6:  # the shortest frame the fast path takes: 6 header bytes
+            found = next_frame(data, pos, limit, inflate_bits)
+            if found is None:
+                break
+            end, kind, message = found
+            if kind == TEXT or kind == BINARY:
+                opcode = kind
+            elif kind == FOUND_PING or kind == FOUND_PONG:
+                if kind == FOUND_PING:  # a ping gets its pong; a pong needs nothing (§5.5.3)
+                    pongs.append(encode_frame(OP_PONG, message))
                 pos = end
                 continue
-            # FIN, no RSV (or RSV1: compressed), text or binary; masked; a 7- or 16-bit length
-            if b0 == 0x81 or b0 == 0x82:
-                compressed = False
-            elif (b0 == 0xC1 or b0 == 0xC2) and inflate_bits:
-                compressed = True
-            else:
-                break
-            if b1 < 0x80 or b1 == 0xFF:
-                break
-            if b1 < 0xFE:  # masked, a 7-bit length: the 6-byte header of a short frame
-                head = pos + 6
-                end = head + (b1 & 0x7F)
-            else:
-                extent = frame_extent(data, pos)
-                if extent is None:
-                    break
-                head, end = extent
-            if end > n or end - head > limit:
-                break
-            if pongs and not self._send_pongs(pongs):
-                return n  # closed over its output budget: the rest is discarded
-            payload = apply_mask(data[head:end], data[head - 4 : head])
-            if compressed:
-                inflated = inflate_message(payload, inflate_bits, limit)
+            elif kind == INVALID_TEXT:
+                if pongs and not self._send_pongs(pongs):
+                    return n
+                self._fail(INVALID_DATA, f"invalid UTF-8 at position {message}")
+                return n  # failing: the rest is discarded (RFC 6455 §7.1.7)
+            else:  # compressed, as a stream of its own (inflate_bits says the client may)
+                inflated = inflate_message(message, inflate_bits, limit)
                 if inflated is None:
                     break  # corrupt or too large: the protocol fails it with its code
-                payload = inflated
+                opcode = kind & 0x0F
+                if opcode == TEXT:
+                    try:
+                        message = inflated.decode()
+                    except UnicodeDecodeError as exc:
+                        if pongs and not self._send_pongs(pongs):
+                            return n
+                        self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+                        return n
+                else:
+                    message = inflated
+            if pongs and not self._send_pongs(pongs):
+                return n  # closed over its output budget: the rest is discarded
             pos = end
-            if b0 & 0x0F == TEXT:
-                try:
-                    message: str | bytes = payload.decode()
-                except UnicodeDecodeError as exc:
-                    self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
-                    return n  # failing: the rest is discarded (RFC 6455 §7.1.7)
-                opcode = TEXT
-            else:
-                message, opcode = payload, BINARY
             self.messages_in += 1
             worker.stats["messages_in"] += 1
             worker.handled_left -= 1
@@ -696,30 +684,46 @@ class WsConnection(Connection, asyncio.Protocol):
     # ------------------------------------------------------------------ server-side API
 
     def push(self, data: str | bytes, opcode: int | None) -> bool:
-        """Send one message; ``False`` (never an exception) when it cannot be sent."""
+        """Send one message; ``False`` when it cannot be sent.
+
+        What ``push`` may not send raises (``check_push``'s errors, checked while the
+        frame is built), even for a session that is gone; nothing else does.
+        """
         transport = self.transport
         worker = self._worker
         if self.closing or not self.established or transport is None:
+            check_push(data, opcode)
             worker.stats["push_to_closed"] += 1
             return False
+        deflate = self._deflate
+        if deflate is None:
+            wire = encode_message(data, opcode)
+        else:
+            wire = self._maybe_compressed(deflate, data, opcode)
         if transport.get_write_buffer_size() > worker.settings.buffer_output_size:
             worker.stats["push_over_buffer"] += 1
             return False
+        self._emit(transport, wire)  # within budget: checked above
+        self.messages_out += 1
+        worker.stats["messages_out"] += 1
+        return True
+
+    def _maybe_compressed(
+        self, deflate: PerMessageDeflate, data: str | bytes, opcode: int | None
+    ) -> bytes:
+        """The frame of a message on a connection with permessage-deflate: compressed from
+        websocket_compression_threshold bytes on, plain below it (RSV1 clear: sent as is,
+        RFC 7692 §6)."""
+        check_push(data, opcode)
         if isinstance(data, str):
             payload = data.encode()
             opcode = opcode or TEXT
         else:
             payload = bytes(data)
             opcode = opcode or BINARY
-        deflate = self._deflate
-        if deflate is not None and len(payload) >= worker.settings.websocket_compression_threshold:
-            wire = self._compressed(deflate, opcode, payload)
-        else:
-            wire = encode_frame(opcode, payload)  # RSV1 clear: sent as is (RFC 7692 §6)
-        self._emit(transport, wire)  # within budget: checked above
-        self.messages_out += 1
-        worker.stats["messages_out"] += 1
-        return True
+        if len(payload) >= self._worker.settings.websocket_compression_threshold:
+            return self._compressed(deflate, opcode, payload)
+        return encode_frame(opcode, payload)
 
     def _compressed(self, deflate: PerMessageDeflate, opcode: int, payload: bytes) -> bytes:
         """The frame of a message compressed with permessage-deflate (RFC 7692 §7.2.1).

@@ -13,13 +13,20 @@ from websockets.exceptions import ConnectionClosed
 TARGET = "tests/apps/echo_app.py:server"
 
 
-def test_echo_text_and_binary_round_trip(tmp_path):
+# The compiled fast path (swoolish/core/_speedups.c, when built) and the pure-Python one.
+FAST_PATHS = {"default": None, "python": {"SWOOLISH_NO_SPEEDUPS": "1"}}
+
+
+@pytest.mark.parametrize("fast_path", sorted(FAST_PATHS))
+def test_echo_text_and_binary_round_trip(tmp_path, fast_path):
     """1. serve the echo app  2. send text and binary  3. each comes back unchanged."""
-    with serving(TARGET, tmp_path) as server, server.connect() as ws:
+    with serving(TARGET, tmp_path, env=FAST_PATHS[fast_path]) as server, server.connect() as ws:
         ws.send("hello")
         assert ws.recv() == "hello"
         ws.send(b"\x00\xffbinary")
         assert ws.recv() == b"\x00\xffbinary"
+        ws.send("ü" * 100)  # a 16-bit length, UTF-8 beyond ASCII
+        assert ws.recv() == "ü" * 100
         ws.send("é" * 50_000)
         assert ws.recv() == "é" * 50_000
 

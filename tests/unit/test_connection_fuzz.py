@@ -28,6 +28,7 @@ import zlib
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.client import ClientProtocol
@@ -37,8 +38,10 @@ from websockets.headers import parse_extension
 from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
+from swoolish.core import frames
 from swoolish.core.settings import Settings
 from swoolish.core.timerwheel import TimerWheel
+from swoolish.worker import websocket
 from swoolish.worker.host import WorkerHost
 from swoolish.worker.http import HttpConnection
 from swoolish.worker.sessions import SessionMap
@@ -51,7 +54,11 @@ BOOM = "boom!"  # a message the test app's handler raises on (a handler error: 1
 FUZZ = settings(
     max_examples=200,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,  # fast_path: the same for every example
+    ],
 )
 
 _QUIET = logging.getLogger("swoolish.tests.fuzz")
@@ -554,6 +561,18 @@ def check_output(worker: StubWorker, outcome: Outcome) -> None:
 
 
 # ---------------------------------------------------------------------- properties
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every property holds on both fast paths: the compiled reader and encoder of
+    ``swoolish/core/_speedups.c`` (when built) and their pure-Python versions."""
+    if request.param == "python":
+        monkeypatch.setattr(websocket, "next_frame", frames.py_next_frame)
+        monkeypatch.setattr(websocket, "encode_message", frames.py_encode_message)
+    elif not frames.SPEEDUPS:
+        pytest.skip("the C accelerator was not built (or SWOOLISH_NO_SPEEDUPS is set)")
+    return str(request.param)
 
 
 @FUZZ

@@ -1,0 +1,327 @@
+/*
+ * swoolish.core._speedups: the two per-message steps of the WebSocket fast path in C.
+ *
+ * Optional. swoolish.core.frames holds the same two functions in Python and uses these
+ * only when this module was built (a C compiler and Python's headers at install time)
+ * and SWOOLISH_NO_SPEEDUPS is unset; both are tested against each other on the same
+ * inputs (tests/unit/test_frames.py). docs/performance.md says what each path costs.
+ *
+ * next_frame(data, pos, limit, compressed_ok) reads one client frame of the kinds the
+ * fast path takes (RFC 6455 §5.2): final, masked, text or binary without RSV bits (or
+ * with RSV1 alone when compressed_ok: RFC 7692 §6), a 7- or 16-bit length, at most
+ * `limit` payload bytes; or a final masked ping or pong of at most 125 bytes (§5.5).
+ * It returns (end, kind, value) or None for anything else, including a frame the
+ * buffer cuts:
+ *   kind 1: text, value the decoded str        kind 2: binary, value the bytes
+ *   kind 0x41 / 0x42: compressed text / binary, value the (unmasked) deflated bytes
+ *   kind 9: ping, value its payload            kind 10: pong, value b""
+ *   kind -1: text that is not UTF-8 (§8.1), value the offset of the first bad byte
+ *
+ * encode_message(data, opcode) is one unmasked, final server frame (§5.2) carrying an
+ * ASCII str (TEXT unless opcode says BINARY) or bytes (BINARY), header and payload built
+ * in one allocation; every other case, and every check of what push() may send, is the
+ * Python version's (swoolish.core.frames.py_encode_message).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define KIND_INVALID_TEXT (-1)
+#define KIND_TEXT 1
+#define KIND_BINARY 2
+#define KIND_PING 9
+#define KIND_PONG 10
+#define RSV1 0x40
+
+static PyObject *empty_bytes;
+
+/* XOR `n` bytes of `src` with the 4-byte `mask` (RFC 6455 §5.3) into `dst`. */
+static void
+unmask_into(unsigned char *dst, const unsigned char *src, Py_ssize_t n,
+            const unsigned char *mask)
+{
+    Py_ssize_t i = 0;
+    uint32_t m32;
+    uint64_t m64;
+    memcpy(&m32, mask, 4);
+    m64 = ((uint64_t)m32 << 32) | m32;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t chunk;
+        memcpy(&chunk, src + i, 8);
+        chunk ^= m64;
+        memcpy(dst + i, &chunk, 8);
+    }
+    for (; i < n; i++) {
+        dst[i] = src[i] ^ mask[i & 3];
+    }
+}
+
+static PyObject *
+unmasked_bytes(const unsigned char *src, Py_ssize_t n, const unsigned char *mask)
+{
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (out != NULL) {
+        unmask_into((unsigned char *)PyBytes_AS_STRING(out), src, n, mask);
+    }
+    return out;
+}
+
+/* (end, kind, value), stealing the reference to `value`. */
+static PyObject *
+result(Py_ssize_t end, int kind, PyObject *value)
+{
+    PyObject *tuple, *end_obj, *kind_obj;
+    if (value == NULL) {
+        return NULL;
+    }
+    end_obj = PyLong_FromSsize_t(end);
+    kind_obj = PyLong_FromLong(kind);
+    tuple = PyTuple_New(3);
+    if (end_obj == NULL || kind_obj == NULL || tuple == NULL) {
+        Py_XDECREF(end_obj);
+        Py_XDECREF(kind_obj);
+        Py_XDECREF(tuple);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(tuple, 0, end_obj);
+    PyTuple_SET_ITEM(tuple, 1, kind_obj);
+    PyTuple_SET_ITEM(tuple, 2, value);
+    return tuple;
+}
+
+/* A text payload decoded, or (kind -1) the offset where its UTF-8 goes wrong. */
+static PyObject *
+text_result(Py_ssize_t end, const unsigned char *src, Py_ssize_t n, const unsigned char *mask)
+{
+    unsigned char small[256];
+    unsigned char *plain = small;
+    PyObject *text;
+    if (n > (Py_ssize_t)sizeof(small)) {
+        plain = PyMem_Malloc(n);
+        if (plain == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    unmask_into(plain, src, n, mask);
+    text = PyUnicode_DecodeUTF8((const char *)plain, n, "strict");
+    if (plain != small) {
+        PyMem_Free(plain);
+    }
+    if (text != NULL) {
+        return result(end, KIND_TEXT, text);
+    }
+    if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyObject *type, *exc, *tb;
+        Py_ssize_t start = 0;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        if (exc == NULL || PyUnicodeDecodeError_GetStart(exc, &start) < 0) {
+            PyErr_Clear();
+            start = 0;
+        }
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        return result(end, KIND_INVALID_TEXT, PyLong_FromSsize_t(start));
+    }
+    return NULL;
+}
+
+static PyObject *
+next_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    const unsigned char *buf;
+    Py_ssize_t n, pos, limit, head, end;
+    unsigned char b0, b1;
+    int compressed_ok, compressed;
+
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "next_frame(data, pos, limit, compressed_ok)");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "next_frame() reads bytes");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    limit = PyLong_AsSsize_t(args[2]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    compressed_ok = PyObject_IsTrue(args[3]);
+    if (compressed_ok < 0) {
+        return NULL;
+    }
+    buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    n = PyBytes_GET_SIZE(args[0]);
+    if (pos < 0 || n - pos < 6) {
+        Py_RETURN_NONE;
+    }
+    b0 = buf[pos];
+    b1 = buf[pos + 1];
+    if ((b0 == 0x89 || b0 == 0x8A) && b1 >= 0x80 && b1 <= 0xFD) {
+        /* a final, masked ping or pong of at most 125 bytes */
+        end = pos + 6 + (b1 & 0x7F);
+        if (end > n) {
+            Py_RETURN_NONE;
+        }
+        if (b0 == 0x8A) {
+            Py_INCREF(empty_bytes);
+            return result(end, KIND_PONG, empty_bytes);
+        }
+        return result(end, KIND_PING, unmasked_bytes(buf + pos + 6, end - pos - 6, buf + pos + 2));
+    }
+    if (b0 == 0x81 || b0 == 0x82) {
+        compressed = 0;
+    }
+    else if ((b0 == 0xC1 || b0 == 0xC2) && compressed_ok) {
+        compressed = 1;
+    }
+    else {
+        Py_RETURN_NONE;
+    }
+    if (b1 < 0x80 || b1 == 0xFF) {
+        Py_RETURN_NONE; /* unmasked, or a 64-bit length */
+    }
+    if (b1 < 0xFE) {
+        head = pos + 6;
+        end = head + (b1 & 0x7F);
+    }
+    else {
+        if (n - pos < 8) {
+            Py_RETURN_NONE;
+        }
+        head = pos + 8;
+        end = head + (((Py_ssize_t)buf[pos + 2] << 8) | buf[pos + 3]);
+    }
+    if (end > n || end - head > limit) {
+        Py_RETURN_NONE;
+    }
+    if (compressed) {
+        return result(end, (b0 & 0x0F) | RSV1, unmasked_bytes(buf + head, end - head, buf + head - 4));
+    }
+    if (b0 == 0x82) {
+        return result(end, KIND_BINARY, unmasked_bytes(buf + head, end - head, buf + head - 4));
+    }
+    return text_result(end, buf + head, end - head, buf + head - 4);
+}
+
+/* The frame header of an `n`-byte payload into `head`; its length. */
+static Py_ssize_t
+server_header(unsigned char *head, int opcode, Py_ssize_t n)
+{
+    head[0] = (unsigned char)(0x80 | opcode);
+    if (n < 126) {
+        head[1] = (unsigned char)n;
+        return 2;
+    }
+    if (n < 65536) {
+        head[1] = 126;
+        head[2] = (unsigned char)(n >> 8);
+        head[3] = (unsigned char)n;
+        return 4;
+    }
+    head[1] = 127;
+    for (int i = 0; i < 8; i++) {
+        head[2 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+    }
+    return 10;
+}
+
+static PyObject *
+framed(int opcode, const char *payload, Py_ssize_t n)
+{
+    unsigned char head[10];
+    Py_ssize_t h = server_header(head, opcode, n);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, h + n);
+    if (out != NULL) {
+        memcpy(PyBytes_AS_STRING(out), head, h);
+        memcpy(PyBytes_AS_STRING(out) + h, payload, n);
+    }
+    return out;
+}
+
+/* The Python version (swoolish.core.frames.py_encode_message), for every other case. */
+static PyObject *
+python_encode_message(PyObject *data, PyObject *opcode)
+{
+    PyObject *frames, *fallback, *out;
+    frames = PyImport_ImportModule("swoolish.core.frames");
+    if (frames == NULL) {
+        return NULL;
+    }
+    fallback = PyObject_GetAttrString(frames, "py_encode_message");
+    Py_DECREF(frames);
+    if (fallback == NULL) {
+        return NULL;
+    }
+    out = PyObject_CallFunctionObjArgs(fallback, data, opcode, NULL);
+    Py_DECREF(fallback);
+    return out;
+}
+
+static PyObject *
+encode_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *data, *opcode_obj;
+    long opcode = 0;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "encode_message(data, opcode)");
+        return NULL;
+    }
+    data = args[0];
+    opcode_obj = args[1];
+    if (opcode_obj != Py_None) {
+        if (!PyLong_CheckExact(opcode_obj)) {
+            return python_encode_message(data, opcode_obj);
+        }
+        opcode = PyLong_AsLong(opcode_obj);
+        if (opcode != KIND_TEXT && opcode != KIND_BINARY) {
+            PyErr_Clear();
+            return python_encode_message(data, opcode_obj);
+        }
+    }
+    if (PyUnicode_CheckExact(data) && PyUnicode_IS_ASCII(data)) {
+        return framed(opcode ? (int)opcode : KIND_TEXT, (const char *)PyUnicode_DATA(data),
+                      PyUnicode_GET_LENGTH(data));
+    }
+    if (PyBytes_CheckExact(data) && opcode != KIND_TEXT) {
+        /* binary: any bytes will do (text must be UTF-8: the Python version checks) */
+        return framed(KIND_BINARY, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    }
+    /* non-ASCII text (may hold a lone surrogate), bytes sent as text, bytearray, ... */
+    return python_encode_message(data, opcode_obj);
+}
+
+static PyMethodDef methods[] = {
+    {"next_frame", (PyCFunction)(void (*)(void))next_frame, METH_FASTCALL,
+     "next_frame(data, pos, limit, compressed_ok) -> (end, kind, value) | None"},
+    {"encode_message", (PyCFunction)(void (*)(void))encode_message, METH_FASTCALL,
+     "encode_message(data, opcode) -> bytes: one unmasked, final server frame"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    "swoolish.core._speedups",
+    "The WebSocket fast path's per-message steps in C (optional; see swoolish.core.frames).",
+    -1,
+    methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
+    if (empty_bytes == NULL) {
+        return NULL;
+    }
+    return PyModule_Create(&speedups_module);
+}

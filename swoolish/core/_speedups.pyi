@@ -1,0 +1,6 @@
+# The compiled fast path's pair (swoolish/core/_speedups.c); the pure-Python versions and
+# their documentation are in swoolish/core/frames.py.
+def next_frame(
+    data: bytes, pos: int, limit: int, compressed_ok: int
+) -> tuple[int, int, str | bytes | int] | None: ...
+def encode_message(data: str | bytes, opcode: int | None) -> bytes: ...

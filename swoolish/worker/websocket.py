@@ -496,9 +496,7 @@ class WsConnection(Connection, asyncio.Protocol):
                 pos = end
                 continue
             elif kind == INVALID_TEXT:
-                if pongs and not self._send_pongs(pongs):
-                    return n
-                self._fail(INVALID_DATA, f"invalid UTF-8 at position {message}")
+                self._fail_invalid_text(pongs, message)
                 return n  # failing: the rest is discarded (RFC 6455 §7.1.7)
             else:  # compressed, as a stream of its own (inflate_bits says the client may)
                 inflated = inflate_message(message, inflate_bits, limit)
@@ -509,9 +507,7 @@ class WsConnection(Connection, asyncio.Protocol):
                     try:
                         message = inflated.decode()
                     except UnicodeDecodeError as exc:
-                        if pongs and not self._send_pongs(pongs):
-                            return n
-                        self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+                        self._fail_invalid_text(pongs, exc.start)
                         return n
                 else:
                     message = inflated
@@ -551,6 +547,13 @@ class WsConnection(Connection, asyncio.Protocol):
             return True
         head, end = extent
         return end > len(data) and end - head <= self._worker.settings.max_message_size
+
+    def _fail_invalid_text(self, pongs: list[bytes], offset: int) -> None:
+        """Close with 1007 for a text message that is not UTF-8 (RFC 6455 §8.1), after
+        the pongs owed to pings before it (unless they closed the session already)."""
+        if pongs and not self._send_pongs(pongs):
+            return
+        self._fail(INVALID_DATA, f"invalid UTF-8 at position {offset}")
 
     def _send_pongs(self, pongs: list[bytes]) -> bool:
         """Write the pongs gathered so far in one write; False if the session closed."""
@@ -695,14 +698,15 @@ class WsConnection(Connection, asyncio.Protocol):
             check_push(data, opcode)
             worker.stats["push_to_closed"] += 1
             return False
+        if transport.get_write_buffer_size() > worker.settings.buffer_output_size:
+            check_push(data, opcode)  # refused unencoded: no frame built, none compressed
+            worker.stats["push_over_buffer"] += 1
+            return False
         deflate = self._deflate
         if deflate is None:
             wire = encode_message(data, opcode)
         else:
             wire = self._maybe_compressed(deflate, data, opcode)
-        if transport.get_write_buffer_size() > worker.settings.buffer_output_size:
-            worker.stats["push_over_buffer"] += 1
-            return False
         self._emit(transport, wire)  # within budget: checked above
         self.messages_out += 1
         worker.stats["messages_out"] += 1

@@ -1,4 +1,4 @@
-"""User-space instructions per 64 B echo of a whole server process, swoolish against picows.
+"""User-space instructions per echo or per handshake of a whole server, swoolish against picows.
 
 ``instructions.py`` counts swoolish's Python alone. This counts everything a server
 process runs in user space for one echo -- the event loop, the library, the app's
@@ -14,9 +14,16 @@ and per poll, as in ``run.py``'s echo64 (about 1.1 messages per poll there).
 Kernel time (the read, the write, the poll) is not counted: ``run.py`` measures it, and
 both servers make the same three system calls per echo.
 
+``--path handshake`` counts instead one whole short session, as a reconnect storm
+(``run.py``'s ``storm5k``) has each client do: connect, the opening handshake, one 64 B
+echo, then the client's close (FIN). Every process of the server is counted (for
+swoolish, the master too), since a session's start and end might involve more than the
+worker holding it.
+
 Use::
 
-    python benchmarks/process_instructions.py [--server swoolish picows] [--small 1000 --large 5000]
+    python benchmarks/process_instructions.py [--server swoolish picows] [--path echo handshake]
+        [--small 1000 --large 5000]
 
 ``SWOOLISH_NO_SPEEDUPS=1`` in the environment measures swoolish's pure-Python fast path.
 """
@@ -93,6 +100,18 @@ def connect(port: int, deadline: float) -> socket.socket:
     return sock
 
 
+def sessions(port: int, frame: bytes, count: int) -> None:
+    """``count`` short sessions one after another: handshake, one echo, the client's FIN;
+    each waits for the server's end of the previous one (its EOF) before the next."""
+    for _ in range(count):
+        sock = connect(port, time.monotonic() + 10)
+        echo(sock, frame, 1)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+        sock.close()
+
+
 def echo(sock: socket.socket, frame: bytes, count: int) -> None:
     expected = 2 + SIZE
     for _ in range(count):
@@ -114,9 +133,11 @@ def serving_pid(root: psutil.Process, port: int) -> int:
     raise RuntimeError("no process holds the connection")
 
 
-def count_run(name: str, count: int) -> int:
-    """User-space instructions of the serving process over a whole run of ``count`` echoes."""
+def count_run(name: str, count: int, path: str = "echo") -> int:
+    """User-space instructions over a whole run of ``count`` units: of the process that
+    served the echoes, or of every process of the server for handshakes."""
     port = free_port()
+    frame = build_frame(b"x" * SIZE)
     with tempfile.TemporaryDirectory(prefix="swoolish-ir-") as tmp:
         command = [
             "valgrind",
@@ -133,10 +154,13 @@ def count_run(name: str, count: int) -> int:
         )
         try:
             sock = connect(port, time.monotonic() + 180)
-            echo(sock, build_frame(b"x" * SIZE), WARMUP)
+            echo(sock, frame, WARMUP)
             pid = serving_pid(psutil.Process(proc.pid), port)
-            echo(sock, build_frame(b"x" * SIZE), count)
+            if path == "echo":
+                echo(sock, frame, count)
             sock.close()
+            if path == "handshake":
+                sessions(port, frame, count)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -145,7 +169,11 @@ def count_run(name: str, count: int) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
-        text = Path(tmp, f"out.{pid}").read_text()
+        outputs = [Path(tmp, f"out.{pid}")] if path == "echo" else Path(tmp).glob("out.*")
+        return sum(instruction_total(name, out.read_text()) for out in outputs)
+
+
+def instruction_total(name: str, text: str) -> int:
     match = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.MULTILINE)
     if match is None:
         raise RuntimeError(f"no instruction total in callgrind's output of {name}")
@@ -157,10 +185,15 @@ def main() -> None:
     parser.add_argument(
         "--server", nargs="+", choices=["swoolish", "picows"], default=["swoolish", "picows"]
     )
+    parser.add_argument("--path", choices=["echo", "handshake"], default="echo")
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=5000)
     args = parser.parse_args()
-    report_per_unit(args.server, count_run, args.small, args.large, "echo")
+
+    def count(name: str, units: int) -> int:
+        return count_run(name, units, args.path)
+
+    report_per_unit(args.server, count, args.small, args.large, args.path)
 
 
 if __name__ == "__main__":

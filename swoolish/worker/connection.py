@@ -173,15 +173,24 @@ class Connection:
             except Exception:
                 self._handler_failed(handler)
                 return
-            if result is not None and inspect.isawaitable(result):
-                self._handler_queue = deque()
-                self._worker.track(self._work_handler_queue(result, handler, after))
+            if result is not None and self._queue_if_awaitable(result, handler, after):
                 return
         if after is not None:
             try:
                 after()  # e.g. the end() of a response the handler left open
             except Exception:
                 self._handler_failed(handler or after)
+
+    def _queue_if_awaitable(
+        self, result: Any, handler: Callable[..., Any], after: Callable[[], None] | None = None
+    ) -> bool:
+        """A coroutine handler's ``result`` runs as a task (then ``after``), and this
+        connection's later handlers queue behind it; False if ``result`` is no awaitable."""
+        if not inspect.isawaitable(result):
+            return False
+        self._handler_queue = deque()
+        self._worker.track(self._work_handler_queue(result, handler, after))
+        return True
 
     async def _work_handler_queue(
         self, first: Any, handler: Callable[..., Any], after: Callable[[], None] | None

@@ -69,7 +69,10 @@ class WorkerHost(Protocol):
     @property
     def router(self) -> HandoffRouting: ...
 
-    def handler(self, event: str) -> Callable[..., Any] | None: ...
+    #: The app's handler of an event, or None. An attribute holding a lookup (a dict's
+    #: ``get``), not a method: connections look a handler up per message and per
+    #: request, and a C call is what that should cost.
+    handler: Callable[[str], Callable[..., Any] | None]
 
     def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the drain waits for."""

@@ -145,7 +145,9 @@ class Worker:
             session_alive=self.connections.__contains__,
             logger=logging.getLogger("swoolish.timer"),
         )
-        self._handler_of = server.handlers.lookup()  # dict.get: one C call per lookup
+        # the app's handler of an event, or None (WorkerHost.handler): the registry's
+        # dict.get, one C call per lookup; a user process looks up its own instead
+        self.handler = self._handler_lookup()
         # cluster mode (docs/cluster.md): event workers reach other nodes over Redis
         self.cluster: Cluster | None = None
         event_worker = not setup.task_worker and setup.process_index is None
@@ -175,9 +177,10 @@ class Worker:
 
     # -- used by connections and the server facade
 
-    def handler(self, event: str) -> Callable[..., Any] | None:
-        """The app's handler of ``event``, or None (a user process overrides this)."""
-        return self._handler_of(event)
+    def _handler_lookup(self) -> Callable[[str], Callable[..., Any] | None]:
+        """What ``self.handler`` is: the app's handlers by event (a user process
+        overrides this)."""
+        return self.server.handlers.lookup()
 
     def track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the drain waits for (up to max_wait_time)."""

@@ -168,9 +168,12 @@ class UserProcessWorker(Worker):
         is_async = self.spec is not None and inspect.iscoroutinefunction(self.spec.target)
         self.process = UserProcess(self, is_async)
 
-    def handler(self, event: str) -> Callable[..., Any] | None:
+    def _handler_lookup(self) -> Callable[[str], Callable[..., Any] | None]:
         """Only ``pipe_message`` is handled here, by the target's inbox: the app's event
         handlers belong to event and task workers."""
+        return self._pipe_message_only
+
+    def _pipe_message_only(self, event: str) -> Callable[..., Any] | None:
         return self.process._deliver if event == "pipe_message" else None
 
     def snapshot(self) -> dict[str, Any]:

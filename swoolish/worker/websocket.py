@@ -519,7 +519,17 @@ class WsConnection(Connection, asyncio.Protocol):
             worker.handled_left -= 1
             if not worker.handled_left:
                 worker.handled_enough()  # max_request: asks once to be recycled
-            self._dispatch(handler, (server, Frame(self.sid, message, opcode)))
+            frame = Frame(self.sid, message, opcode)
+            if self._handler_queue is not None or handler is None:
+                self._dispatch(handler, (server, frame))
+            else:  # _dispatch's inline case without its call: the path of every message
+                try:
+                    result = handler(server, frame)
+                except Exception:
+                    self._handler_failed(handler)
+                else:
+                    if result is not None:
+                        self._queue_if_awaitable(result, handler)
             ws = self.ws
             if self.closing or (ws is not None and ws.state is not OPEN):
                 # A handler closed the session: the client's reply to that close, and
@@ -707,7 +717,12 @@ class WsConnection(Connection, asyncio.Protocol):
             wire = encode_message(data, opcode)
         else:
             wire = self._maybe_compressed(deflate, data, opcode)
-        self._emit(transport, wire)  # within budget: checked above
+        # _emit inline (push is the path of every message): within budget, checked above
+        transport.write(wire)
+        if self._track:
+            unsent = transport.get_write_buffer_size()
+            if unsent or self._tx_log is not None:
+                self._note_written(wire, unsent)
         self.messages_out += 1
         worker.stats["messages_out"] += 1
         return True

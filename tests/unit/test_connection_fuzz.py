@@ -211,9 +211,7 @@ class StubWorker(WorkerHost):
         self.timers = TimerWheel(clock=lambda: 0.0, wakeup=lambda deadline: None)
         self.closed_events = 0
         self._handlers = {"message": self._on_message, "close": self._on_close}
-
-    def handler(self, event: str) -> Any:
-        return self._handlers.get(event)
+        self.handler = self._handlers.get  # WorkerHost.handler
 
     def track(self, coro: Any) -> None:
         coro.close()

@@ -1,0 +1,119 @@
+"""How the fast path hands a message to the app's ``message`` handler.
+
+The frame loop calls a plain handler itself (what ``Connection._dispatch`` does when
+nothing is queued) and goes through ``_dispatch`` once a coroutine handler is in flight,
+so that a session's messages still reach the app one at a time and in order. Driven as
+the event loop drives a connection, with the fuzz test's fake transport and worker
+double; the worker's ``track`` keeps the tasks, which the test steps by hand. Both
+fast paths, compiled and Python (the fuzz test's ``fast_path`` fixture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+from unit.test_connection_fuzz import (  # fast_path: both fast paths, compiled and Python
+    FakeTransport,
+    StubWorker,
+    client_frame,
+    fast_path,  # noqa: F401
+    handshake,
+)
+
+from swoolish.worker.http import HttpConnection
+
+
+class Gate:
+    """An awaitable that suspends its coroutine once: the test resumes it."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+class TrackingWorker(StubWorker):
+    """The worker double, keeping the tasks of coroutine handlers instead of refusing."""
+
+    def __init__(self) -> None:
+        super().__init__(compression=False)
+        self.tasks: list[Coroutine[Any, Any, Any]] = []
+
+    def track(self, coro: Any) -> None:  # type: ignore[override]
+        self.tasks.append(coro)
+
+
+def open_session(worker: StubWorker) -> FakeTransport:
+    transport = FakeTransport()
+    transport.protocol = HttpConnection(worker)
+    transport.protocol.connection_made(transport)
+    transport.protocol.data_received(handshake(False))
+    assert bytes(transport.out).startswith(b"HTTP/1.1 101 ")
+    transport.out.clear()
+    return transport
+
+
+def step(task: Coroutine[Any, Any, Any]) -> bool:
+    """Run ``task`` to its next suspension; False once it has finished."""
+    try:
+        task.send(None)
+    except StopIteration:
+        return False
+    return True
+
+
+def test_messages_after_a_coroutine_handler_wait_for_it_in_order() -> None:
+    worker = TrackingWorker()
+    seen: list[tuple[str, str]] = []
+
+    async def on_message(server: Any, frame: Any) -> None:
+        seen.append(("start", frame.data))
+        if frame.data == "slow":
+            await Gate()
+        seen.append(("end", frame.data))
+        server.push(frame.fd, frame.data)
+
+    worker._handlers["message"] = on_message
+    transport = open_session(worker)
+    # one read: a message whose handler suspends, then two more behind it
+    transport.protocol.data_received(
+        client_frame(1, b"slow") + client_frame(1, b"next") + client_frame(1, b"last")
+    )
+    [task] = worker.tasks  # one task works the session's queue
+    assert seen == [] and bytes(transport.out) == b""
+    assert step(task)  # the first handler runs up to its await
+    assert seen == [("start", "slow")]
+    assert not step(task)  # it ends, then the queued ones run, in order
+    assert seen == [
+        ("start", "slow"),
+        ("end", "slow"),
+        ("start", "next"),
+        ("end", "next"),
+        ("start", "last"),
+        ("end", "last"),
+    ]
+    assert bytes(transport.out) == b"\x81\x04slow\x81\x04next\x81\x04last"
+    # the queue is done with: the next message's coroutine is a task of its own
+    transport.protocol.data_received(client_frame(1, b"more"))
+    assert len(worker.tasks) == 2 and not step(worker.tasks[1])
+    assert seen[-2:] == [("start", "more"), ("end", "more")]
+
+
+def test_a_handler_that_raises_closes_its_session_with_1011_and_is_counted() -> None:
+    worker = TrackingWorker()
+    handled: list[str] = []
+
+    def on_message(server: Any, frame: Any) -> str:
+        handled.append(frame.data)
+        if frame.data == "bad":
+            raise RuntimeError("the app failed on purpose")
+        return "a value that is no awaitable: ignored"
+
+    worker._handlers["message"] = on_message
+    transport = open_session(worker)
+    transport.protocol.data_received(
+        client_frame(1, b"ok") + client_frame(1, b"bad") + client_frame(1, b"after")
+    )
+    assert handled == ["ok", "bad"]  # nothing of that session is handled after the error
+    assert worker.stats["handler_errors"] == 1 and worker.tasks == []
+    out = bytes(transport.out)
+    assert out[0] == 0x88 and out[2:4] == (1011).to_bytes(2, "big")  # a close, 1011

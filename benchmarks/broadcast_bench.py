@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import uvloop
+from loadclient import free_port
 from procs import stop_tree, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,12 +136,6 @@ async def run_client(
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_accepting(port: int, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -150,10 +145,6 @@ def wait_accepting(port: int, seconds: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"the server did not listen on {port}")
-
-
-
-
 
 
 def measure(sessions: int = 10_000, workers: int = 2, broadcasts: int = 5) -> dict[str, object]:

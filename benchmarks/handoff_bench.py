@@ -22,7 +22,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import psutil
 import uvloop
+from loadclient import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = """
@@ -138,12 +138,6 @@ async def wait_for_log(log: Path, pattern: str, seconds: float = 60) -> tuple[st
             return match.groups()
         await asyncio.sleep(0.02)
     raise TimeoutError(f"no /{pattern}/ in {log}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_one(count: int, busy_first: bool) -> dict:

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadclient import free_port, read_upgrade
+
 ROOT = Path(__file__).resolve().parent.parent
 
 APP = """
@@ -45,12 +47,6 @@ HANDSHAKE = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def binary_frame(payload: bytes) -> bytes:
@@ -74,13 +70,7 @@ def one_run(port: int, wire: bytes) -> tuple[float, bytes]:
     """Seconds from the first byte of the message sent to the whole reply read."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(HANDSHAKE)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise RuntimeError("closed during the handshake")
-            data += chunk
-        reply = data.partition(b"\r\n\r\n")[2]
+        _, reply = read_upgrade(sock)
         started = time.perf_counter()
         sock.sendall(wire)
         while len(reply) < 2 or len(reply) < 2 + (reply[1] & 0x7F):

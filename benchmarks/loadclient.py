@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import time
 import zlib
 from collections.abc import Callable
@@ -107,6 +108,26 @@ def handshake_request(host: str, port: int, path: str = "/", deflate: bool = Fal
         f"{offer}"
         "\r\n"
     ).encode()
+
+
+def read_upgrade(sock: socket.socket) -> tuple[bytes, bytes]:
+    """A blocking socket's answer to the opening handshake: its head, and what followed
+    it in the same reads."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError("the server closed during the handshake")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def free_port() -> int:
+    """A loopback TCP port free at this moment, for a server about to listen on it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

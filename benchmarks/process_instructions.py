@@ -48,7 +48,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from instructions import report_per_unit  # noqa: E402
-from loadclient import build_frame, handshake_request  # noqa: E402
+from loadclient import build_frame, free_port, handshake_request, read_upgrade  # noqa: E402
 
 WARMUP = 1000
 SIZE = 64
@@ -72,12 +72,6 @@ def server_command(name: str, port: int) -> list[str]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def connect(port: int, deadline: float) -> socket.socket:
     """The WebSocket client, once the server (slow under callgrind) listens."""
     while True:
@@ -89,14 +83,9 @@ def connect(port: int, deadline: float) -> socket.socket:
                 raise
             time.sleep(0.5)
     sock.sendall(handshake_request("127.0.0.1", port))
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise RuntimeError("the server closed during the handshake")
-        reply += chunk
-    if not reply.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(f"handshake refused: {reply[:80]!r}")
+    head, _ = read_upgrade(sock)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"handshake refused: {head[:80]!r}")
     return sock
 
 

@@ -57,7 +57,6 @@ import platform
 import re
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -82,6 +81,7 @@ from loadclient import (  # noqa: E402
     EchoStats,
     WSClient,
     close_all,
+    free_port,
     open_connections,
     percentile,
     run_echo,
@@ -203,12 +203,6 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
 # -- server processes -------------------------------------------------------------------------
 
 _RUNNING: list[Server] = []
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -113,13 +113,12 @@ class WebSocketServer:
             worker = self._require_worker("push")  # raises
         connections = worker.connections
         conn = connections.get(fd) if type(fd) is int else None
-        if conn is not None and not connections.arriving:
-            return conn.push(data, opcode)  # checks data and opcode as check_push does
-        check_push(data, opcode)
         if conn is not None:
-            if fd in connections.arriving:
-                return worker.router.hold(conn, fd, data, opcode)
-            return conn.push(data, opcode)
+            if fd not in connections.arriving:
+                return conn.push(data, opcode)  # checks data and opcode as check_push does
+            check_push(data, opcode)
+            return worker.router.hold(conn, fd, data, opcode)
+        check_push(data, opcode)
         cluster = _elsewhere(worker, fd)
         if cluster is not None:
             return cluster.push(fd, *_wire(data, opcode))

@@ -17,10 +17,11 @@
  *   kind 9: ping, value its payload            kind 10: pong, value b""
  *   kind -1: text that is not UTF-8 (§8.1), value the offset of the first bad byte
  *
- * encode_message(data, opcode) is one unmasked, final server frame (§5.2) carrying an
- * ASCII str (TEXT unless opcode says BINARY) or bytes (BINARY), header and payload built
- * in one allocation; every other case, and every check of what push() may send, is the
- * Python version's (swoolish.core.frames.py_encode_message).
+ * encode_message(data, opcode) is one unmasked, final server frame (§5.2) carrying a
+ * str as UTF-8 (TEXT unless opcode says BINARY) or bytes (BINARY); every other case (a
+ * str with a lone surrogate, bytes sent as TEXT, a bytearray, a bad opcode...), and so
+ * every error about what push() may send, is the Python version's
+ * (swoolish.core.frames.py_encode_message).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -36,6 +37,7 @@
 #define RSV1 0x40
 
 static PyObject *empty_bytes;
+static PyObject *py_encode_message; /* the Python version, looked up at its first use */
 
 /* XOR `n` bytes of `src` with the 4-byte `mask` (RFC 6455 §5.3) into `dst`. */
 static void
@@ -247,22 +249,43 @@ framed(int opcode, const char *payload, Py_ssize_t n)
     return out;
 }
 
-/* The Python version (swoolish.core.frames.py_encode_message), for every other case. */
+/* The Python version (swoolish.core.frames.py_encode_message), for every other case:
+ * looked up once (not at import: frames.py imports this module), then kept. */
 static PyObject *
 python_encode_message(PyObject *data, PyObject *opcode)
 {
-    PyObject *frames, *fallback, *out;
-    frames = PyImport_ImportModule("swoolish.core.frames");
-    if (frames == NULL) {
+    if (py_encode_message == NULL) {
+        PyObject *frames = PyImport_ImportModule("swoolish.core.frames");
+        if (frames == NULL) {
+            return NULL;
+        }
+        py_encode_message = PyObject_GetAttrString(frames, "py_encode_message");
+        Py_DECREF(frames);
+        if (py_encode_message == NULL) {
+            return NULL;
+        }
+    }
+    return PyObject_CallFunctionObjArgs(py_encode_message, data, opcode, NULL);
+}
+
+/* A str's frame, its payload UTF-8; NULL without an exception when the str does not
+ * encode (a lone surrogate), for the Python version to refuse with its message. */
+static PyObject *
+framed_text(int opcode, PyObject *text)
+{
+    PyObject *utf8, *out;
+    if (PyUnicode_IS_ASCII(text)) {
+        return framed(opcode, (const char *)PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text));
+    }
+    utf8 = PyUnicode_AsUTF8String(text);
+    if (utf8 == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear();
+        }
         return NULL;
     }
-    fallback = PyObject_GetAttrString(frames, "py_encode_message");
-    Py_DECREF(frames);
-    if (fallback == NULL) {
-        return NULL;
-    }
-    out = PyObject_CallFunctionObjArgs(fallback, data, opcode, NULL);
-    Py_DECREF(fallback);
+    out = framed(opcode, PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8));
+    Py_DECREF(utf8);
     return out;
 }
 
@@ -288,15 +311,17 @@ encode_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return python_encode_message(data, opcode_obj);
         }
     }
-    if (PyUnicode_CheckExact(data) && PyUnicode_IS_ASCII(data)) {
-        return framed(opcode ? (int)opcode : KIND_TEXT, (const char *)PyUnicode_DATA(data),
-                      PyUnicode_GET_LENGTH(data));
+    if (PyUnicode_CheckExact(data)) {
+        PyObject *out = framed_text(opcode ? (int)opcode : KIND_TEXT, data);
+        if (out != NULL || PyErr_Occurred()) {
+            return out;
+        }
     }
-    if (PyBytes_CheckExact(data) && opcode != KIND_TEXT) {
+    else if (PyBytes_CheckExact(data) && opcode != KIND_TEXT) {
         /* binary: any bytes will do (text must be UTF-8: the Python version checks) */
         return framed(KIND_BINARY, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
     }
-    /* non-ASCII text (may hold a lone surrogate), bytes sent as text, bytearray, ... */
+    /* a str that does not encode, bytes sent as text, a bytearray, ... */
     return python_encode_message(data, opcode_obj);
 }
 

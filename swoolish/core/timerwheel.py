@@ -323,7 +323,9 @@ class TimerWheel:
         Timers whose callback has no such name (lambdas, closures) or whose args do not
         pickle are cleared here; their number is returned beside the snapshots.
         """
-        ids = self._bound.pop(sid, None) or set()
+        ids = self._bound.pop(sid, None)
+        if not ids:
+            return [], 0  # most sessions: called for each of them, up to three times a move
         now = self._clock()
         moved: list[dict[str, Any]] = []
         dropped = 0

@@ -8,6 +8,11 @@ measured under load on 2 cores, a new worker that needs ~20 ms of CPU to boot to
 ``BOOT_NICENESS`` right after the fork and takes the old one back once it is ready,
 before it accepts anyone: it boots with what the serving workers leave.
 
+A worker that hands its sessions off on a reload exits after it. Once only quiet
+sessions are left to move, it lowers its own priority by ``HANDOFF_NICENESS`` for the
+rest of its life (:func:`step_back`): the clients already adopted by its successor get
+the CPU first. Lowering needs no privilege, and it never takes the priority back.
+
 Taking a priority back needs ``CAP_SYS_NICE`` or an ``RLIMIT_NICE`` that allows it
 (setpriority(2)); without either the worker would stay at the lower priority for good,
 so then it keeps its priority and boots as before. Linux keeps a nice value per thread:
@@ -20,12 +25,20 @@ import contextlib
 import os
 import resource
 
-__all__ = ["BOOT_NICENESS", "lower_while_booting", "restore_after_boot"]
+__all__ = [
+    "BOOT_NICENESS",
+    "HANDOFF_NICENESS",
+    "lower_while_booting",
+    "restore_after_boot",
+    "step_back",
+]
 
 BOOT_NICENESS = 10
+HANDOFF_NICENESS = 10
 CAP_SYS_NICE = 23  # linux/capability.h
 
 _base: int | None = None  # the priority to take back, while lowered
+_stepped_back = False  # step_back() lowered it already
 
 
 def lower_while_booting() -> bool:
@@ -56,6 +69,18 @@ def restore_after_boot() -> None:
     for tid in threads:
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             os.setpriority(os.PRIO_PROCESS, tid, base)
+
+
+def step_back() -> None:
+    """Lower this thread's priority by ``HANDOFF_NICENESS`` for good, once (an exiting
+    worker's last, background work); a failure leaves it as it was."""
+    global _stepped_back
+    if _stepped_back:
+        return
+    _stepped_back = True
+    with contextlib.suppress(OSError):
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, base + HANDOFF_NICENESS))
 
 
 def _may_raise_to(base: int) -> bool:

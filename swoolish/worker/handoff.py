@@ -44,7 +44,7 @@ from ..core.messages import (
     HandoffBatch,
     MovingSession,
 )
-from ..shared import ipc
+from ..shared import ipc, priority
 from .host import WorkerHost
 from .websocket import WsConnection
 
@@ -60,6 +60,8 @@ LATE_ROUNDS = 3  # hand-off rounds for sessions whose handshake completed meanwh
 MAX_MOVED_BYTES = 256 * 1024  # unsent + unparsed bytes one connection may carry
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # one message (ipc cuts it into packets that fit)
 FIRST_SLICE = 16  # connections in the first batch: the most recently active ones
+QUIET_SECONDS = 0.1  # a session without a message for this long is quiet
+FIRST_RELEASE_WAIT = 0.25  # seconds the rest waits for the first batch's release round trip
 
 
 class HandoffReport:
@@ -131,10 +133,13 @@ async def _move(
         # Most recently active first: the busiest clients see the shortest pause. Each
         # batch is checked just before it moves, so the first one leaves at once.
         conns = sorted(conns, key=lambda c: c.last_time, reverse=True)
+        quiet_from = _first_quiet(conns)
         for conn in conns:
             conn.freeze()
         await _quiesce(worker, conns)
         for start, end in _slices(len(conns)):
+            if start and start >= quiet_from:
+                priority.step_back()  # for good: what is left of this process is background
             batch: list[WsConnection] = []
             for conn in conns[start:end]:
                 reason = conn.unmovable_reason()
@@ -145,8 +150,36 @@ async def _move(
             if batch:
                 report.batches += 1  # numbers stay unique over every round: acks match
                 await _send_batch(worker, channel, acks, report.batches, batch, report, master)
+                if start == 0:
+                    await _let_first_batch_go(worker, report.batches)
     finally:
         acks.close()
+
+
+async def _let_first_batch_go(worker: WorkerHost, number: int) -> None:
+    """Let the busiest clients' batch complete its release before the next batch is
+    prepared.
+
+    The new worker holds its own pushes to an adopted session until the master's
+    ``Arrived`` marker (swoolish.worker.router), which comes only after this worker
+    answered the master's ``Released``. Preparing the next batch (detaching, exporting
+    and pickling up to ``ipc.MAX_FDS`` sessions) keeps this loop from reading that
+    answer for milliseconds: the busiest clients would wait for the second batch too
+    (docs/performance.md, "Live hand-off"). One round trip through the master, bounded."""
+    if not await worker.router.answered(number, FIRST_RELEASE_WAIT):
+        log.debug("hand-off: no answer to release %d in %gs", number, FIRST_RELEASE_WAIT)
+
+
+def _first_quiet(conns: list[WsConnection]) -> int:
+    """The index (in ``conns``, busiest first) of the first session quiet for QUIET_SECONDS.
+
+    From there on only quiet sessions are left to move: their clients cannot tell a
+    slower move, while those adopted already share the CPU with this worker. So this
+    worker, which exits after the hand-off, steps back to a lower priority
+    (swoolish.shared.priority) and leaves the CPU to the new worker serving them
+    (docs/performance.md, "Live hand-off")."""
+    cutoff = time.time() - QUIET_SECONDS
+    return next((i for i, conn in enumerate(conns) if conn.last_time < cutoff), len(conns))
 
 
 def _slices(count: int) -> list[tuple[int, int]]:

@@ -136,6 +136,7 @@ class Router:
         self.kept: dict[int, list[Operation]] = {}
         self.releasing: dict[int, list[int]] = {}  # release (batch) number -> its sids
         self.released: asyncio.Future[None] | None = None  # every release answered
+        self._answers: dict[int, asyncio.Future[None]] = {}  # release number -> answered
         self._news: list[int] = []  # adopted sids not yet announced to the master
         # adopted sids, until they arrived -> broadcasts they got or hold (applied once)
         self.seen: dict[int, set[int]] = {}
@@ -422,9 +423,24 @@ class Router:
         ops = self._take_kept(sids)
         self.worker.report(Release(number, sids, ops))
 
+    async def answered(self, number: int, timeout: float) -> bool:
+        """Wait (bounded) until the master answered release ``number``; False if it did
+        not in ``timeout`` (the release still completes later, or is given up)."""
+        if number not in self.releasing:
+            return True
+        answer = self._answers.setdefault(number, self.worker.loop.create_future())
+        try:
+            await asyncio.wait_for(asyncio.shield(answer), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def on_released(self, number: int) -> None:
         """The master parks operations on these sessions now: give it what reached us
         meanwhile, and stop listing them (lookups find the new owner)."""
+        answer = self._answers.pop(number, None)
+        if answer is not None and not answer.done():
+            answer.set_result(None)
         sids = self.releasing.pop(number, [])
         late = self._take_kept(sids)
         self.worker.connections.let_go(sids)

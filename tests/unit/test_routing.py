@@ -229,6 +229,35 @@ def test_the_old_worker_releases_each_batch_with_what_it_kept_for_it():
         loop.close()
 
 
+def test_the_old_worker_can_wait_for_the_answer_to_one_release():
+    """The hand-off lets the busiest clients' batch finish its release before it
+    prepares the next one: ``answered`` resolves with the master's ``Released`` and
+    gives up (False) after its bound, leaving the release pending."""
+    loop = asyncio.new_event_loop()
+    try:
+        connections = SessionMap()
+        connections.moved.update({7, 8})
+        worker = SimpleNamespace(
+            connections=connections,
+            stats=Counter(),
+            loop=loop,
+            report=lambda message: None,
+            settings=SETTINGS,
+        )
+        router = Router(worker, None, None)
+        router.release(1, [7])
+        router.release(2, [8])
+        loop.call_soon(router.on_released, 1)
+        assert loop.run_until_complete(router.answered(1, 5.0)) is True
+        assert loop.run_until_complete(router.answered(2, 0.01)) is False
+        assert 2 in router.releasing  # still pending: answered later or given up
+        assert loop.run_until_complete(router.answered(1, 0.01)) is True  # answered already
+        router.on_released(2)
+        assert router._answers == {}  # nothing left waiting
+    finally:
+        loop.close()
+
+
 def test_the_master_fans_a_broadcast_out_and_to_the_sessions_in_hand_over(board):
     """A session between its release and its delivery has no owner: the master adds
     the broadcast to what it keeps for it; every other worker gets the broadcast."""

@@ -22,10 +22,15 @@
  * str with a lone surrogate, bytes sent as TEXT, a bytearray, a bad opcode...), and so
  * every error about what push() may send, is the Python version's
  * (swoolish.core.frames.py_encode_message).
+ *
+ * Frame(fd, data, opcode, finish=True) is the message a `message` handler gets, the
+ * Python class swoolish.core.frames.PyFrame in C: built once per message, its
+ * constructor is a Python call there (about 7% of an echo's Python) and none here.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -325,6 +330,187 @@ encode_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return python_encode_message(data, opcode_obj);
 }
 
+/* ---- Frame ---------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fd;
+    PyObject *data;
+    PyObject *opcode;
+    PyObject *finish;
+} FrameObject;
+
+static PyTypeObject Frame_Type;
+
+static int
+frame_fill(FrameObject *self, PyObject *fd, PyObject *data, PyObject *opcode, PyObject *finish)
+{
+    Py_INCREF(fd);
+    Py_INCREF(data);
+    Py_INCREF(opcode);
+    Py_INCREF(finish);
+    Py_XSETREF(self->fd, fd);
+    Py_XSETREF(self->data, data);
+    Py_XSETREF(self->opcode, opcode);
+    Py_XSETREF(self->finish, finish);
+    return 0;
+}
+
+/* Frame(fd, data, opcode, finish=True): positional or by keyword, as the Python class. */
+static int
+frame_init(FrameObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"fd", "data", "opcode", "finish", NULL};
+    PyObject *fd, *data, *opcode, *finish = Py_True;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O:Frame", names, &fd, &data, &opcode,
+                                     &finish)) {
+        return -1;
+    }
+    return frame_fill(self, fd, data, opcode, finish);
+}
+
+/* The call of every message, Frame(sid, message, opcode): no argument tuple is built. */
+static PyObject *
+frame_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    FrameObject *self;
+    if (kwnames != NULL || nargs < 3 || nargs > 4 || type != (PyObject *)&Frame_Type) {
+        /* keywords, a wrong count (frame_init's error) or a subclass: the general way */
+        PyObject *tuple = PyTuple_New(nargs), *kwargs = NULL, *out;
+        if (tuple == NULL) {
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            Py_INCREF(args[i]);
+            PyTuple_SET_ITEM(tuple, i, args[i]);
+        }
+        if (kwnames != NULL) {
+            kwargs = PyDict_New();
+            for (Py_ssize_t i = 0; kwargs != NULL && i < PyTuple_GET_SIZE(kwnames); i++) {
+                if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                    Py_CLEAR(kwargs);
+                }
+            }
+            if (kwargs == NULL) {
+                Py_DECREF(tuple);
+                return NULL;
+            }
+        }
+        out = PyType_Type.tp_call(type, tuple, kwargs);
+        Py_DECREF(tuple);
+        Py_XDECREF(kwargs);
+        return out;
+    }
+    self = (FrameObject *)Frame_Type.tp_alloc(&Frame_Type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    frame_fill(self, args[0], args[1], args[2], nargs == 4 ? args[3] : Py_True);
+    return (PyObject *)self;
+}
+
+static int
+frame_traverse(FrameObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fd);
+    Py_VISIT(self->data);
+    Py_VISIT(self->opcode);
+    Py_VISIT(self->finish);
+    return 0;
+}
+
+static int
+frame_clear(FrameObject *self)
+{
+    Py_CLEAR(self->fd);
+    Py_CLEAR(self->data);
+    Py_CLEAR(self->opcode);
+    Py_CLEAR(self->finish);
+    return 0;
+}
+
+static void
+frame_dealloc(FrameObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    frame_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* As the Python class's: <Frame fd=7 opcode=1 5 bytes> */
+static PyObject *
+frame_repr(FrameObject *self)
+{
+    Py_ssize_t n;
+    if (self->fd == NULL || self->data == NULL || self->opcode == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a Frame attribute was deleted");
+        return NULL;
+    }
+    n = PyObject_Length(self->data);
+    if (n < 0) {
+        return NULL;
+    }
+    return PyUnicode_FromFormat("<Frame fd=%S opcode=%S %zd bytes>", self->fd, self->opcode, n);
+}
+
+/* Pickled as swoolish.core.frames.frame_of(fd, data, opcode, finish): a frame of the
+ * class the unpickling process uses (a subclass as itself), as the Python class is; a
+ * handler may hand its frame to a task worker. */
+static PyObject *
+frame_reduce(FrameObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *cls, *out;
+    if (Py_TYPE(self) == &Frame_Type) {
+        PyObject *frames = PyImport_ImportModule("swoolish.core.frames");
+        if (frames == NULL) {
+            return NULL;
+        }
+        cls = PyObject_GetAttrString(frames, "frame_of");
+        Py_DECREF(frames);
+        if (cls == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        cls = (PyObject *)Py_TYPE(self);
+        Py_INCREF(cls);
+    }
+    out = Py_BuildValue("O(OOOO)", cls, self->fd, self->data, self->opcode, self->finish);
+    Py_DECREF(cls);
+    return out;
+}
+
+static PyMemberDef frame_members[] = {
+    {"fd", T_OBJECT_EX, offsetof(FrameObject, fd), 0, "the session id"},
+    {"data", T_OBJECT_EX, offsetof(FrameObject, data), 0, "the message: str (text) or bytes"},
+    {"opcode", T_OBJECT_EX, offsetof(FrameObject, opcode), 0, "TEXT (1) or BINARY (2)"},
+    {"finish", T_OBJECT_EX, offsetof(FrameObject, finish), 0, "always True: whole messages"},
+    {NULL},
+};
+
+static PyMethodDef frame_methods[] = {
+    {"__reduce__", (PyCFunction)frame_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Frame_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "swoolish.Frame", /* the public name (swoolish/__init__.py) */
+    .tp_doc = "A complete WebSocket message as ``message`` handlers get it (Swoole's Frame).",
+    .tp_basicsize = sizeof(FrameObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)frame_init,
+    .tp_vectorcall = frame_vectorcall,
+    .tp_dealloc = (destructor)frame_dealloc,
+    .tp_traverse = (traverseproc)frame_traverse,
+    .tp_clear = (inquiry)frame_clear,
+    .tp_repr = (reprfunc)frame_repr,
+    .tp_members = frame_members,
+    .tp_methods = frame_methods,
+};
+
 static PyMethodDef methods[] = {
     {"next_frame", (PyCFunction)(void (*)(void))next_frame, METH_FASTCALL,
      "next_frame(data, pos, limit, compressed_ok) -> (end, kind, value) | None"},
@@ -344,9 +530,20 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    PyObject *module;
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
-    if (empty_bytes == NULL) {
+    if (empty_bytes == NULL || PyType_Ready(&Frame_Type) < 0) {
         return NULL;
     }
-    return PyModule_Create(&speedups_module);
+    module = PyModule_Create(&speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&Frame_Type);
+    if (PyModule_AddObject(module, "Frame", (PyObject *)&Frame_Type) < 0) {
+        Py_DECREF(&Frame_Type);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -4,3 +4,10 @@ def next_frame(
     data: bytes, pos: int, limit: int, compressed_ok: int
 ) -> tuple[int, int, str | bytes | int] | None: ...
 def encode_message(data: str | bytes, opcode: int | None) -> bytes: ...
+
+class Frame:
+    fd: int
+    data: str | bytes
+    opcode: int
+    finish: bool
+    def __init__(self, fd: int, data: str | bytes, opcode: int, finish: bool = True) -> None: ...

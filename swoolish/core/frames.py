@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 try:  # websockets' C speedups: unmasking at C speed
     from websockets.speedups import apply_mask
@@ -35,6 +36,7 @@ __all__ = [
     "PROTOCOL_ERROR",
     "SERVICE_RESTART",
     "TEXT",
+    "Frame",
     "FrameCursor",
     "check_close",
     "check_push",
@@ -44,6 +46,37 @@ __all__ = [
     "next_frame",
     "unparsed_tail",
 ]
+
+
+class PyFrame:
+    """A complete WebSocket message as ``message`` handlers get it (Swoole's Frame).
+
+    ``Frame`` is this class in C when ``swoolish/core/_speedups.c`` was built (one per
+    message: its constructor then costs no Python call); both take the same arguments,
+    have the same attributes and unpickle as the ``Frame`` of the process (``frame_of``).
+    """
+
+    __slots__ = ("data", "fd", "finish", "opcode")
+
+    def __init__(self, fd: int, data: str | bytes, opcode: int, finish: bool = True) -> None:
+        self.fd = fd
+        self.data = data
+        self.opcode = opcode
+        self.finish = finish
+
+    def __repr__(self) -> str:
+        return f"<Frame fd={self.fd} opcode={self.opcode} {len(self.data)} bytes>"
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[int, str | bytes, int, bool]]:
+        made_by = frame_of if type(self) is PyFrame else type(self)
+        return made_by, (self.fd, self.data, self.opcode, self.finish)
+
+
+def frame_of(fd: int, data: str | bytes, opcode: int, finish: bool = True) -> PyFrame:
+    """A frame of the class this process uses (``Frame``): what a pickled frame of
+    either class becomes, so a handler may hand its frame to a task worker."""
+    return Frame(fd, data, opcode, finish)
+
 
 #: Message types of the public API (Swoole's ``WEBSOCKET_OPCODE_TEXT`` / ``_BINARY``),
 #: equal to their RFC 6455 §5.2 opcodes.
@@ -343,15 +376,20 @@ def next_frame(
         return end, INVALID_TEXT, exc.start
 
 
-#: The pure-Python pair, kept for the tests (and for SWOOLISH_NO_SPEEDUPS=1).
+#: The pure-Python versions, kept for the tests (and for SWOOLISH_NO_SPEEDUPS=1).
 py_next_frame = next_frame
 py_encode_message = encode_message
+Frame = PyFrame
 
 #: Whether the compiled pair is in use (the tests read it).
 SPEEDUPS = False
 if not os.environ.get("SWOOLISH_NO_SPEEDUPS"):
     try:
-        from ._speedups import encode_message, next_frame  # type: ignore[no-redef,unused-ignore]
+        from ._speedups import (  # type: ignore[no-redef,unused-ignore,assignment]
+            Frame,
+            encode_message,
+            next_frame,
+        )
 
         SPEEDUPS = True
     except ImportError:  # not built: no compiler or headers at install time

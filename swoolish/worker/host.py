@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from ..core.messages import Message, Operation, Target
 from ..core.settings import Settings
+from ..core.stats import Counts
 from ..core.timerwheel import TimerWheel
 from .listener import Listener
 from .sessions import SessionMap
@@ -55,7 +55,7 @@ class WorkerHost(Protocol):
     loop: asyncio.AbstractEventLoop
     log: logging.Logger
     server: Any  # the app's server object, the first argument of every handler
-    stats: Counter[str]
+    stats: Counts
     connections: SessionMap  # this worker's sessions (open, not closing)
     listener: Listener  # takes new connections, balanced against the other workers
     live: set[Any]  # every connection with a transport, closing ones included

@@ -27,9 +27,9 @@ import contextlib
 import logging
 import socket
 import struct
-from collections import Counter
 from collections.abc import Awaitable, Callable
 
+from ..core.stats import Counts
 from ..shared.table import RegionWriter, SessionTable
 
 __all__ = ["Listener", "over_share", "queued_connections"]
@@ -85,7 +85,7 @@ class Listener:
         serve: Callable[[socket.socket], Awaitable[asyncio.AbstractServer]],
         table: SessionTable | None,
         writer: RegionWriter | None,
-        stats: Counter[str],
+        stats: Counts,
     ) -> None:
         self.loop = loop
         self.sock = sock

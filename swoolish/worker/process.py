@@ -25,7 +25,6 @@ import socket
 import ssl
 import sys
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
@@ -56,7 +55,7 @@ from ..core.messages import (
 from ..core.processes import ProcessSpec, describe_worker_ids
 from ..core.reload import recycle_point
 from ..core.settings import Settings
-from ..core.stats import COUNTERS, totals
+from ..core.stats import Counts, totals
 from ..shared import ipc, priority, tls
 from ..shared.ids import IdAllocator
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
@@ -123,7 +122,7 @@ class Worker:
         self._requests: dict[int, asyncio.Future[Any]] = {}  # server_stats() answers
         self._request_ids = 0
         self.live: set[Connection] = set()  # every transport, closing ones included
-        self.stats: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
+        self.stats = Counts.zeroed()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.paused = False  # a reload's new worker serves this slot now (Pause)
@@ -273,6 +272,7 @@ class Worker:
     def snapshot(self) -> dict[str, Any]:
         """This worker's figures for ``server.stats()`` and ``swoolish status``."""
         figures: dict[str, Any] = dict(self.stats)
+        figures["messages_in"], figures["messages_out"] = self.connections.messages()
         figures.update(
             worker_id=self.worker_id,
             worker_pid=os.getpid(),

@@ -46,6 +46,7 @@ from ..core.frames import (
     INVALID_TEXT,
     POLICY_VIOLATION,
     TEXT,
+    Frame,
     FrameCursor,
     check_close,
     check_push,
@@ -81,21 +82,6 @@ log = logging.getLogger("swoolish.handoff")
 
 QUIET_LOG = logging.getLogger("swoolish.websockets")
 QUIET_LOG.setLevel(logging.CRITICAL)  # the protocol's per-connection chatter is ours to log
-
-
-class Frame:
-    """A complete WebSocket message as ``message`` handlers get it (Swoole's Frame)."""
-
-    __slots__ = ("data", "fd", "finish", "opcode")
-
-    def __init__(self, fd: int, data: str | bytes, opcode: int) -> None:
-        self.fd = fd
-        self.data = data
-        self.opcode = opcode
-        self.finish = True
-
-    def __repr__(self) -> str:
-        return f"<Frame fd={self.fd} opcode={self.opcode} {len(self.data)} bytes>"
 
 
 class _FrameProtocol(ServerProtocol):
@@ -514,8 +500,7 @@ class WsConnection(Connection, asyncio.Protocol):
             if pongs and not self._send_pongs(pongs):
                 return n  # closed over its output budget: the rest is discarded
             pos = end
-            self.messages_in += 1
-            worker.stats["messages_in"] += 1
+            self.messages_in += 1  # the worker's figure sums its sessions' (SessionMap)
             worker.handled_left -= 1
             if not worker.handled_left:
                 worker.handled_enough()  # max_request: asks once to be recycled
@@ -599,7 +584,6 @@ class WsConnection(Connection, asyncio.Protocol):
             data = parts[0] if len(parts) == 1 else b"".join(parts)
         self.messages_in += 1
         worker = self._worker
-        worker.stats["messages_in"] += 1
         worker.handled_left -= 1
         if not worker.handled_left:
             worker.handled_enough()  # max_request: asks once to be recycled
@@ -723,8 +707,7 @@ class WsConnection(Connection, asyncio.Protocol):
             unsent = transport.get_write_buffer_size()
             if unsent or self._tx_log is not None:
                 self._note_written(wire, unsent)
-        self.messages_out += 1
-        worker.stats["messages_out"] += 1
+        self.messages_out += 1  # the worker's figure sums its sessions' (SessionMap)
         return True
 
     def _maybe_compressed(
@@ -938,7 +921,6 @@ def fan_out(
         conn.messages_out += 1
         sent += 1
     stats = worker.stats
-    stats["messages_out"] += sent
     if closed:
         stats["push_to_closed"] += closed
     if over:

@@ -25,7 +25,6 @@ import itertools
 import logging
 import struct
 import zlib
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -40,6 +39,7 @@ from websockets.uri import parse_uri
 
 from swoolish.core import frames
 from swoolish.core.settings import Settings
+from swoolish.core.stats import Counts
 from swoolish.core.timerwheel import TimerWheel
 from swoolish.worker import websocket
 from swoolish.worker.host import WorkerHost
@@ -198,7 +198,7 @@ class StubWorker(WorkerHost):
         self.settings = Settings(
             {"max_message_size": MAX_MESSAGE, "websocket_compression": compression}
         )
-        self.stats: Counter[str] = Counter()
+        self.stats = Counts()
         self.connections = SessionMap()
         self.listener = StubListener()  # type: ignore[assignment]
         self.live: set[Any] = set()  # open transports, sessions or not

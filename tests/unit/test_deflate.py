@@ -156,7 +156,7 @@ def test_compressed_client_messages_take_the_fast_path() -> None:
     _, raw, frames = server_frames(bytes(transport.out))
     assert [b0 for b0, _ in raw] == [0x81, 0xC2, 0x81, 0xC1]
     assert [f.data for f in frames] == [b"hi", b"\x00\x01" * 300, b"plain", big]
-    assert worker.stats["messages_in"] == 4
+    assert worker.connections.messages()[0] == 4
 
 
 def test_a_corrupt_compressed_message_is_left_to_the_protocol() -> None:
@@ -166,4 +166,4 @@ def test_a_corrupt_compressed_message_is_left_to_the_protocol() -> None:
     conn.data_received(client_frame(1, b"\xff\xff\xff\xff", rsv=4))
     out = bytes(transport.out).partition(b"\r\n\r\n")[2]
     assert out[0] == 0x88 and int.from_bytes(out[2:4], "big") == 1002
-    assert worker.stats["messages_in"] == 0
+    assert worker.connections.messages()[0] == 0

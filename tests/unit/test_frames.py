@@ -1,8 +1,9 @@
-"""The fast path's two per-message steps, in Python and compiled, held to the same answers.
+"""The fast path's per-message steps, in Python and compiled, held to the same answers.
 
 ``swoolish.core.frames`` has ``next_frame`` (read one client frame the fast path takes) and
 ``encode_message`` (one server frame for ``push``) in Python, and uses the compiled pair
-of ``swoolish/core/_speedups.c`` instead when it was built. Each case below runs against
+of ``swoolish/core/_speedups.c`` instead when it was built; the same for ``Frame``, the
+message a handler gets. Each case below runs against
 both (the compiled one skips, saying why, when it was not built), and a property test
 feeds both arbitrary bytes and messages and requires the same result, or the same
 exception with the same message.
@@ -254,6 +255,7 @@ def test_the_compiled_pair_is_used_when_built() -> None:
     assert frames.SPEEDUPS
     assert frames.next_frame is _speedups.next_frame
     assert frames.encode_message is _speedups.encode_message
+    assert frames.Frame is _speedups.Frame
 
 
 def test_swoolish_no_speedups_selects_the_python_pair() -> None:
@@ -261,8 +263,62 @@ def test_swoolish_no_speedups_selects_the_python_pair() -> None:
     code = (
         "from swoolish.core import frames as f;"
         "assert not f.SPEEDUPS;"
-        "assert f.next_frame is f.py_next_frame and f.encode_message is f.py_encode_message"
+        "assert f.next_frame is f.py_next_frame and f.encode_message is f.py_encode_message;"
+        "assert f.Frame is f.PyFrame"
     )
     env = {**os.environ, "SWOOLISH_NO_SPEEDUPS": "1"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
     importlib.import_module("swoolish.core.frames")  # this process's choice is unchanged
+
+
+# -- Frame ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def frame_class(request: pytest.FixtureRequest) -> Any:
+    """``Frame`` of one implementation."""
+    if request.param == "python":
+        return frames.PyFrame
+    if _speedups is None:
+        pytest.skip(NOT_BUILT)
+    return _speedups.Frame
+
+
+def test_a_frame_holds_what_it_was_given(frame_class: Any) -> None:
+    frame = frame_class(7, "héllo", TEXT)
+    assert (frame.fd, frame.data, frame.opcode, frame.finish) == (7, "héllo", TEXT, True)
+    assert repr(frame) == "<Frame fd=7 opcode=1 5 bytes>"
+    by_name = frame_class(fd=8, data=b"\x00", opcode=BINARY, finish=False)
+    assert (by_name.fd, by_name.data, by_name.opcode, by_name.finish) == (8, b"\x00", 2, False)
+    frame.data = "changed"  # a handler may rewrite what it passes on
+    assert frame.data == "changed"
+
+
+def test_a_frame_refuses_what_the_class_refuses(frame_class: Any) -> None:
+    with pytest.raises(TypeError):
+        frame_class(7, "x")
+    with pytest.raises(TypeError):
+        frame_class(7, "x", TEXT, True, "extra")
+    with pytest.raises(AttributeError):
+        frame_class(7, "x", TEXT).other = 1  # fixed attributes: no per-message __dict__
+
+
+def test_a_frame_subclass_is_built_as_the_class(frame_class: Any) -> None:
+    class Tagged(frame_class):  # type: ignore[misc,valid-type]
+        pass
+
+    frame = Tagged(1, b"ab", BINARY)
+    assert type(frame) is Tagged
+    assert (frame.fd, frame.data, frame.opcode, frame.finish) == (1, b"ab", BINARY, True)
+
+
+def test_a_frame_pickles_as_the_public_name(frame_class: Any) -> None:
+    """A handler may pass its frame to a task worker: it arrives as ``swoolish.Frame``,
+    whichever class that is there."""
+    import pickle
+
+    import swoolish
+
+    back = pickle.loads(pickle.dumps(frame_class(3, "hi", TEXT, False)))
+    assert type(back) is swoolish.Frame
+    assert (back.fd, back.data, back.opcode, back.finish) == (3, "hi", TEXT, False)

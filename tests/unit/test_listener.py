@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
 import uvloop
 
+from swoolish.core.stats import Counts
 from swoolish.shared.table import OPEN, RegionWriter, SessionTable
 from swoolish.worker import listener as listener_module
 from swoolish.worker.listener import Listener, over_share, queued_connections
@@ -57,7 +57,7 @@ def test_a_unix_socket_has_no_visible_queue_and_no_balance(tmp_path) -> None:
         assert queued_connections(server) is None
         table = SessionTable(2, 16)
         loop = asyncio.new_event_loop()
-        listener = Listener(loop, server.dup(), _never, table, RegionWriter(table, 0), Counter())
+        listener = Listener(loop, server.dup(), _never, table, RegionWriter(table, 0), Counts())
         assert not listener.balanced
         listener.close()
         loop.close()
@@ -82,7 +82,7 @@ class Balanced:
         self.mine = RegionWriter(self.table, 0)
         self.neighbour = RegionWriter(self.table, 1)
         self.neighbour.set_serving(True)
-        self.stats: Counter[str] = Counter()
+        self.stats = Counts()
         self.accepted = 0
         self.listener = Listener(loop, self.sock, self._serve, self.table, self.mine, self.stats)
         self._sid = 0

@@ -27,7 +27,7 @@ def test_messages_pings_and_pongs_need_no_protocol_object() -> None:
     _, raw, frames = server_frames(bytes(transport.out))
     assert [b0 for b0, _ in raw] == [0x81, 0x8A, 0x81]  # echo, pong, echo: in order
     assert [f.data for f in frames] == [b"one", b"are you there", b"two"]
-    assert worker.stats["messages_in"] == 2
+    assert worker.connections.messages()[0] == 2
 
 
 def test_a_pong_cut_by_the_read_still_needs_none() -> None:

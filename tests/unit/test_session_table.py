@@ -148,6 +148,7 @@ def test_another_process_sees_inserts_and_deletes():
 class FakeConn:
     def __init__(self) -> None:
         self.peer = ("10.0.0.1", 80)
+        self.messages_in = self.messages_out = 0
 
 
 def test_session_map_mirrors_every_change_of_a_session():

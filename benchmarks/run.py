@@ -381,6 +381,12 @@ async def measure_idle(
     With ``deflate`` the clients negotiate permessage-deflate and the RSS is taken after
     one compressed round trip on every connection: a server may set up its compression
     state only when the first message needs it.
+
+    The connections open in two halves, the RSS read after each: ``kib_per_conn`` is the
+    growth over all of them from the RSS before the first; ``kib_per_conn_2nd_half`` the
+    growth over the second half alone, what one more connection costs once the first
+    half has used up whatever the server's heap had free after its boot (which moves the
+    first figure by up to a quarter at 2,000 connections: docs/performance.md).
     """
     server = Server(name, SERVERS[name], logdir).start()
     try:
@@ -392,18 +398,11 @@ async def measure_idle(
         await asyncio.sleep(0.3)
         rss0 = server.rss()
         stats = EchoStats()
-        t0 = time.perf_counter()
-        clients = await open_connections(
-            HOST, server.port, conns, 64, stats, concurrency=100, deflate=deflate
-        )
-        open_s = time.perf_counter() - t0
-        if not deflate:
-            await asyncio.sleep(cfg["idle_settle"])
-            rss1 = server.rss()
-        answered = await _one_round_trip_each(clients, stats)
-        if deflate:
-            await asyncio.sleep(cfg["idle_settle"])
-            rss1 = server.rss()
+        half = conns // 2
+        first, open_first, rss_half = await _open_idle(server, half, stats, cfg, deflate)
+        rest, open_rest, rss1 = await _open_idle(server, conns - half, stats, cfg, deflate)
+        clients = first + rest
+        answered = await _one_round_trip_each(clients, stats) if not deflate else stats.count
         await close_all(clients, settle=0.5)
     finally:
         server.stop()
@@ -412,24 +411,43 @@ async def measure_idle(
         "connect_errors": stats.errors,
         "echo_answered": answered,
         "dropped": stats.dropped,
-        "open_s": open_s,
+        "open_s": open_first + open_rest,
         "rss_before_mib": rss0 / 2**20,
+        "rss_half_mib": rss_half / 2**20,
         "rss_after_mib": rss1 / 2**20,
         "kib_per_conn": (rss1 - rss0) / conns / 1024,
+        "kib_per_conn_2nd_half": (rss1 - rss_half) / max(1, conns - half) / 1024,
         "deflate_accepted": stats.deflate_accepted,
     }
+
+
+async def _open_idle(
+    server: Server, n: int, stats: EchoStats, cfg: dict, deflate: bool
+) -> tuple[list[WSClient], float, int]:
+    """Open ``n`` more idle connections (with ``deflate``, one compressed round trip on
+    each), let the server settle; the clients, the seconds the opening took, the RSS."""
+    t0 = time.perf_counter()
+    clients = await open_connections(
+        HOST, server.port, n, 64, stats, concurrency=100, deflate=deflate
+    )
+    open_s = time.perf_counter() - t0
+    if deflate:
+        await _one_round_trip_each(clients, stats)
+    await asyncio.sleep(cfg["idle_settle"])
+    return clients, open_s, server.rss()
 
 
 async def _one_round_trip_each(clients: list[WSClient], stats: EchoStats) -> int:
     """One round trip on every connection (they all still answer); how many answered."""
     stats.recording = True
+    before = stats.count
     for c in clients:
         c.start()
         c.stop()
     deadline = time.monotonic() + 15
-    while stats.count < len(clients) and time.monotonic() < deadline:
+    while stats.count - before < len(clients) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    return stats.count
+    return stats.count - before
 
 
 async def measure_timers(cfg: dict) -> dict[str, Any]:
@@ -779,6 +797,7 @@ ECHO_METRICS = [
 ]
 IDLE_METRICS = [
     ("kib_per_conn", "KiB/conn", "{:.2f}"),
+    ("kib_per_conn_2nd_half", "2nd half", "{:.2f}"),
     ("open_s", "open s", "{:.2f}"),
     ("conns", "conns", "{:,.0f}"),
     ("connect_errors", "errors", "{:.0f}"),
@@ -834,6 +853,7 @@ RATIO_KEYS = {
     "p50_us",
     "p99_us",
     "kib_per_conn",
+    "kib_per_conn_2nd_half",
     "handshakes_per_s",
     "server_cpu_us_per_handshake",
     "recv_s",

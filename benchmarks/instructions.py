@@ -25,6 +25,7 @@ event loop and the kernel: ``run.py`` measures those.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import shutil
 import subprocess
@@ -52,14 +53,22 @@ def _doubles() -> tuple[Any, Any]:
 
 
 def _connection(worker: Any, transport_type: Any) -> tuple[Any, Any]:
-    from swoolish.worker.http import HttpConnection
-
     transport = transport_type()
     transport.write = lambda data: None
-    conn = HttpConnection(worker)
+    conn = _http_connection_type()(worker)
     transport.protocol = conn
     conn.connection_made(transport)
     return conn, transport
+
+
+@functools.cache
+def _http_connection_type() -> Any:
+    """HttpConnection, imported once: an import statement run per unit costs a failed
+    attribute lookup (the import system asks the module for ``__path__``), and with it
+    an AttributeError, a few thousand instructions a handshake that no server pays."""
+    from swoolish.worker.http import HttpConnection
+
+    return HttpConnection
 
 
 def http_unit() -> Callable[[], None]:
@@ -105,6 +114,10 @@ def handshake_unit() -> Callable[[], None]:
         session = transport.protocol
         session.eof_received()
         session.connection_lost(None)
+        # uvloop's transport lets go of its protocol after connection_lost; the double
+        # keeps it, and the cycle protocol -> flow control -> transport -> protocol
+        # would leave every session to the garbage collector, which no server pays
+        transport.protocol = None
 
     return one
 

@@ -52,7 +52,7 @@ class Counts(dict[str, int]):
 
     Not a ``Counter``: its ``__delitem__`` is written in Python, so every
     ``counts[name] += 1`` (twice per echoed message: ``messages_in``, ``messages_out``)
-    goes through a Python-level slot; 190 ns against 57 here, about 11% of the
+    goes through a Python-level slot; 190 ns against 57 here, about 10% of the
     instructions of an echo's Python (docs/performance.md, "The compiled fast path").
     """
 

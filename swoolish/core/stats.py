@@ -46,14 +46,18 @@ COUNTERS = (
     "cluster_settle_timeouts",
 )
 
+#: Of COUNTERS, those each session counts for itself; a worker's figure is the sum over
+#: its sessions (swoolish.worker.sessions.SessionMap.messages), never a counter of its own.
+SESSION_COUNTED = ("messages_in", "messages_out")
+
 
 class Counts(dict[str, int]):
     """A worker's counters: a name not counted yet reads 0, as in ``collections.Counter``.
 
     Not a ``Counter``: its ``__delitem__`` is written in Python, so every
-    ``counts[name] += 1`` (twice per echoed message: ``messages_in``, ``messages_out``)
-    goes through a Python-level slot; 190 ns against 57 here, about 10% of the
-    instructions of an echo's Python (docs/performance.md, "The compiled fast path").
+    ``counts[name] += 1`` goes through a Python-level slot; 190 ns against 57 here. When
+    an echo still counted two, that was about 10% of the instructions of its Python
+    (docs/performance.md, "The compiled fast path").
     """
 
     __slots__ = ()
@@ -66,10 +70,6 @@ class Counts(dict[str, int]):
         """Every counter a worker keeps itself at 0: ``stats()`` reports them all."""
         return cls((name, 0) for name in COUNTERS if name not in SESSION_COUNTED)
 
-
-#: Of COUNTERS, those each session counts for itself; a worker's figure is the sum over
-#: its sessions (swoolish.worker.sessions.SessionMap.messages), never a counter of its own.
-SESSION_COUNTED = ("messages_in", "messages_out")
 
 SUMMED = (*COUNTERS, "connections", "websocket_connections", "timers", "tasks")
 

@@ -9,6 +9,10 @@ session) is the server's CPU time per session reached: user+sys of the master an
 workers over each broadcast, divided by the sessions. Prints one JSON line::
 
     python benchmarks/broadcast_bench.py [--sessions 10000] [--workers 2] [--broadcasts 5]
+                                         [--floor]
+
+``--floor`` measures ``servers/ws_floor.py --broadcast`` instead: the same broadcast by
+the least a prefork uvloop server can do, so the figure this machine allows any server.
 
 Every process it starts is stopped by pid at the end.
 """
@@ -147,19 +151,36 @@ def wait_accepting(port: int, seconds: float = 20.0) -> None:
     raise RuntimeError(f"the server did not listen on {port}")
 
 
-def measure(sessions: int = 10_000, workers: int = 2, broadcasts: int = 5) -> dict[str, object]:
+def server_command(app: Path, port: int, workers: int, floor: bool) -> list[str]:
+    """swoolish serving APP, or with ``floor`` the least a prefork uvloop server can do for
+    the same broadcast (``servers/ws_floor.py --broadcast``: one ``transport.write`` per
+    connection, one pipe write per other worker): what this machine allows any server."""
+    if floor:
+        script = str(ROOT / "benchmarks" / "servers" / "ws_floor.py")
+        return [
+            sys.executable,
+            script,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--broadcast",
+        ]
+    return [
+        *(sys.executable, "-m", "swoolish", "serve", f"{app}:server"),
+        *("--port", str(port), "--workers", str(workers), "--log-level", "warning"),
+    ]
+
+
+def measure(
+    sessions: int = 10_000, workers: int = 2, broadcasts: int = 5, floor: bool = False
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         app = Path(tmp) / "broadcast_app.py"
         app.write_text(APP)
         port = free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "swoolish", "serve", f"{app}:server"),
-                *("--port", str(port), "--workers", str(workers), "--log-level", "warning"),
-            ],
-            env=env,
-        )
+        proc = subprocess.Popen(server_command(app, port, workers, floor), env=env)
         try:
             wait_accepting(port)
             time.sleep(0.5)  # every worker booted (they report "serving" at info level)
@@ -168,7 +189,7 @@ def measure(sessions: int = 10_000, workers: int = 2, broadcasts: int = 5) -> di
             )
         finally:
             stop_tree(proc)
-    return {"workers": workers, **result}
+    return {"server": "floor" if floor else "swoolish", "workers": workers, **result}
 
 
 def main() -> None:
@@ -176,8 +197,11 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--broadcasts", type=int, default=5)
+    parser.add_argument(
+        "--floor", action="store_true", help="measure servers/ws_floor.py instead of swoolish"
+    )
     args = parser.parse_args()
-    print(json.dumps(measure(args.sessions, args.workers, args.broadcasts)))
+    print(json.dumps(measure(args.sessions, args.workers, args.broadcasts, args.floor)))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ worker holding it.
 
 Use::
 
-    python benchmarks/process_instructions.py [--server swoolish picows] [--path echo handshake]
+    python benchmarks/process_instructions.py [--server swoolish picows floor]
+        [--path echo handshake]
         [--small 1000 --large 5000]
 
 ``SWOOLISH_NO_SPEEDUPS=1`` in the environment measures swoolish's pure-Python fast path.
@@ -52,11 +53,14 @@ from loadclient import build_frame, free_port, handshake_request, read_upgrade  
 
 WARMUP = 1000
 SIZE = 64
+#: The reference servers; ``floor`` is the least a uvloop WebSocket server can do
+#: (servers/ws_floor.py): what is left between it and a server is that server's own code.
+SCRIPTS = {"picows": "ws_picows.py", "floor": "ws_floor.py"}
 
 
 def server_command(name: str, port: int) -> list[str]:
-    if name == "picows":
-        return [sys.executable, str(HERE / "servers" / "ws_picows.py"), "--port", str(port)]
+    if name in SCRIPTS:
+        return [sys.executable, str(HERE / "servers" / SCRIPTS[name]), "--port", str(port)]
     return [
         sys.executable,
         "-m",
@@ -172,7 +176,10 @@ def instruction_total(name: str, text: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--server", nargs="+", choices=["swoolish", "picows"], default=["swoolish", "picows"]
+        "--server",
+        nargs="+",
+        choices=["swoolish", *SCRIPTS],
+        default=["swoolish", "picows"],
     )
     parser.add_argument("--path", choices=["echo", "handshake"], default="echo")
     parser.add_argument("--small", type=int, default=1000)

@@ -155,6 +155,9 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
     "swoolish": _swoolish_cmd("examples/echo.py:server", 1),
     "swoolish-2w": _swoolish_cmd("examples/echo.py:server", 2),
     "swoolish-py": _pure_python(_swoolish_cmd("examples/echo.py:server", 1)),
+    # Not a server: the least a WebSocket server on uvloop can do (servers/ws_floor.py).
+    # Its figures are what this machine, its kernel and the client allow any server.
+    "floor": _script_cmd("ws_floor.py"),
 }
 
 #: Plain-HTTP servers, a separate set: the WebSocket echo servers above have no HTTP handler,
@@ -175,7 +178,11 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "echo4k": ("echo", {"size": 4096, "conns": 100}, ECHO_SERVERS),
     "workers": ("echo", {"size": 64, "conns": 100}, ["websockets", "swoolish", "swoolish-2w"]),
     # The fast path compiled (swoolish/core/_speedups.c, when built) and in Python.
-    "fastpath": ("echo", {"size": 64, "conns": 100}, ["picows", "swoolish", "swoolish-py"]),
+    "fastpath": (
+        "echo",
+        {"size": 64, "conns": 100},
+        ["picows", "swoolish", "swoolish-py", "floor"],
+    ),
     "idle1k": ("idle", {"conns": 1_000}, ECHO_SERVERS),
     "idle10k": ("idle", {"conns": 10_000}, ECHO_SERVERS),
     # A browser-like client: offers permessage-deflate and compresses what it sends.
@@ -187,8 +194,8 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "broadcast": ("hook", {"sessions": 10_000, "workers": 2}, ["swoolish"]),
     # N clients dropped at once (RST) and reconnecting at once, one 64 B echo each; fresh
     # server per measurement, every server with a listen backlog of 2048.
-    "storm5k": ("storm", {"conns": 5_000, "size": 64}, ECHO_SERVERS),
-    "storm10k": ("storm", {"conns": 10_000, "size": 64}, ECHO_SERVERS),
+    "storm5k": ("storm", {"conns": 5_000, "size": 64}, [*ECHO_SERVERS, "floor"]),
+    "storm10k": ("storm", {"conns": 10_000, "size": 64}, [*ECHO_SERVERS, "floor"]),
     # One 32 MiB binary message per fresh connection, answered with its length.
     "large32m": ("large", {"mib": 32, "runs": 5}, ECHO_SERVERS),
     # Live hand-off of 1,000 idle connections: the longest pause of a busy client.
@@ -607,10 +614,22 @@ async def measure_reload(params: dict, cfg: dict, logdir: Path) -> dict[str, Any
 
 def hook_broadcast_10k_sessions_2_workers(params: dict) -> dict[str, Any]:
     """Broadcast of one message to 10k sessions spread over 2 workers (server.broadcast):
-    time from the trigger until every client received it (benchmarks/broadcast_bench.py)."""
+    time from the trigger until every client received it (benchmarks/broadcast_bench.py).
+    Then the same broadcast by servers/ws_floor.py, the least a prefork uvloop server can
+    do, whose figures (``floor_*``) are what this machine and client allow any server;
+    ``x_floor`` is swoolish's sessions per second over the floor's."""
     from broadcast_bench import measure
 
-    return measure(params.get("sessions", 10_000), params.get("workers", 2))
+    sessions, workers = params.get("sessions", 10_000), params.get("workers", 2)
+    result = measure(sessions, workers)
+    floor = measure(sessions, workers, floor=True)
+    result |= {f"floor_{key}": floor[key] for key in FLOOR_BROADCAST_FIGURES}
+    rate, floor_rate = result["sessions_per_second"], floor["sessions_per_second"]
+    result["x_floor"] = round(float(rate) / float(floor_rate), 2)  # type: ignore[arg-type]
+    return result
+
+
+FLOOR_BROADCAST_FIGURES = ("broadcast_seconds", "sessions_per_second", "server_cpu_us_per_session")
 
 
 def hook_handoff_1k_connections(params: dict) -> dict[str, Any]:

@@ -227,7 +227,8 @@ class WebSocketServer:
         other workers push when the message reaches them, to the sessions they have
         then. In cluster mode the other nodes get one message on the bus first (one
         per node with ``fds``), and their sessions as this worker's replica lists them
-        are counted (docs/cluster.md).
+        are counted (docs/cluster.md). The other workers' messages leave before this
+        worker writes to its own sessions, so that all workers write at once.
         """
         worker = self._require_worker("broadcast")
         if len(data) > MAX_ROUTED_PAYLOAD:
@@ -247,10 +248,11 @@ class WebSocketServer:
             return handed
         by_region: dict[int, list[int]] = {}
         remote_fds: list[int] = []
+        local = []
         for fd in fds:
             conn = worker.connections.get(fd) if type(fd) is int else None
             if conn is not None:
-                handed += conn.push(data, None)
+                local.append(conn)
                 continue
             if _elsewhere(worker, fd) is not None:
                 remote_fds.append(fd)
@@ -263,8 +265,12 @@ class WebSocketServer:
         for region, sids in by_region.items():
             if router.send(ToRegion(region), PushMany(sids, data, None)):
                 handed += len(sids)
+        if by_region:
+            router.flush()  # the other workers push while this one does (Router.broadcast)
         if remote_fds and cluster is not None:
             handed += cluster.push_many(remote_fds, *_wire(data, None))
+        for conn in local:
+            handed += conn.push(data, None)
         return handed
 
     @property

@@ -258,16 +258,25 @@ class Router:
         self.arrived(op.sid)
 
     def broadcast(self, data: Any, opcode: Any) -> tuple[int, bool]:
-        """This worker's broadcast: its own sessions now, the others' through the master
-        (one operation it fans out). Returns how many of ours it was handed to, and
-        whether it went to the others (False: no table, or refused, see :meth:`send`)."""
+        """This worker's broadcast: the others' sessions through the master (one
+        operation it fans out), then its own. Returns how many of ours it was handed
+        to, and whether it went to the others (False: no table, or refused, see
+        :meth:`send`).
+
+        The operation leaves before this worker writes to its own sessions, not at the
+        end of the callback as routed operations otherwise do: the other workers then
+        write to theirs while this one writes to its own, instead of after it
+        (docs/performance.md, "Broadcast"). Nothing queued is reordered: the flush
+        sends what was queued before it, in order, and a flush may run at any time."""
         self._broadcasts += 1
         bid = broadcast_id(self._pid, self._broadcasts)
-        handed = self.apply_broadcast(data, opcode, bid, local=True)
         routed = False
         if self.table is not None:
             origin = -1 if self.region is None else self.region
             routed = self.send(ToAll(origin), Broadcast(data, opcode, bid))
+            if routed:
+                self.flush()
+        handed = self.apply_broadcast(data, opcode, bid, local=True)
         return handed, routed
 
     def apply_broadcast(self, data: Any, opcode: Any, bid: int, local: bool) -> int:

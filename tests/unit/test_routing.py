@@ -393,3 +393,29 @@ def test_an_arrival_marker_that_never_comes_is_counted_and_the_held_pushes_go():
         assert router.worker.stats["handoff_arrivals_overdue"] == 1
     finally:
         loop.close()
+
+
+def test_a_broadcast_leaves_for_the_other_workers_before_this_one_writes_to_its_own():
+    """The other workers write to their sessions while this one writes to its own: the
+    routed operation is reported to the master first, not at the end of the callback."""
+    events: list = []
+    connections = SessionMap()
+    conn = FakeConnection()
+    conn.calls = events
+    dict.__setitem__(connections, 8, conn)
+    worker = SimpleNamespace(
+        connections=connections,
+        stats=Counter(),
+        settings=SETTINGS,
+        report=events.append,
+        loop=SimpleNamespace(call_soon=lambda callback: None),  # a flush left for later
+    )
+    router = Router(worker, table=object(), region=3)
+    handed, routed = router.broadcast("b", None)
+    assert (handed, routed) == (1, True)
+    route, push = events
+    assert push == ("push", "b")
+    assert route.target == ToAll(3)
+    assert [type(op) for op in route.ops] == [Broadcast]
+    assert route.ops[0].data == "b"
+    assert router.outbox == {}

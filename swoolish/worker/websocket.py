@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from websockets.extensions.permessage_deflate import PerMessageDeflate
@@ -104,7 +104,9 @@ class _FrameProtocol(ServerProtocol):
         super().recv_frame(frame)
 
 
-def open_protocol(extensions: list[Any], subprotocol: Any, max_size: int | None) -> ServerProtocol:
+def open_protocol(
+    extensions: Sequence[Any], subprotocol: Any, max_size: int | None
+) -> ServerProtocol:
     """A sans-I/O protocol already in the OPEN state, parsing frames from the first byte.
 
     The handshake request was parsed by httptools, not by the protocol, so the protocol
@@ -118,7 +120,7 @@ def open_protocol(extensions: list[Any], subprotocol: Any, max_size: int | None)
     return protocol
 
 
-def export_extensions(extensions: list[Any]) -> list[dict[str, Any]] | None:
+def export_extensions(extensions: Sequence[Any]) -> list[dict[str, Any]] | None:
     """The negotiated extensions as data; None if one carries state that cannot move."""
     exported = []
     for ext in extensions:
@@ -188,12 +190,14 @@ class WsConnection(Connection, asyncio.Protocol):
         # websockets' protocol object, made when a frame or a close first needs it
         # (_protocol); until then the session is OPEN and its frames go the fast path
         self.ws: ServerProtocol | None = None
-        self._extensions: list[Any] = []  # negotiated in the handshake
+        # negotiated in the handshake; a tuple, () for none: a session keeps as few
+        # objects the garbage collector walks as it can (freeze_what_booted)
+        self._extensions: tuple[Any, ...] = ()
         self._subprotocol: str | None = None
         self._fast = False  # the next bytes start at a frame boundary, may go fast
         self._deflate: PerMessageDeflate | None = None  # permessage-deflate, if negotiated
         self._inflate_bits = 0  # the fast path inflates with this window; 0: it does not
-        self._fragments: list[Any] = []
+        self._fragments: list[Any] | None = None  # made by a message's first fragment
         self._frag_opcode = 0
         self._text_decoder: codecs.IncrementalDecoder | None = None
         self._close_when_idle: tuple[int, str] | None = None
@@ -273,7 +277,7 @@ class WsConnection(Connection, asyncio.Protocol):
         self._use_extensions(import_extensions(record.extensions), record.subprotocol)
         if record.current_size is not None:
             self._protocol().current_size = record.current_size  # inside a message
-        self._fragments = list(record.fragments)
+        self._fragments = list(record.fragments) or None
         self._frag_opcode = record.frag_opcode
         if record.decoder is not None:
             self._text_decoder = codecs.getincrementaldecoder("utf-8")()
@@ -306,7 +310,7 @@ class WsConnection(Connection, asyncio.Protocol):
         inflates alone; with its context kept, compressed messages need the protocol
         object's decompressor and go that way (uncompressed ones still go fast).
         """
-        self._extensions = extensions
+        self._extensions = tuple(extensions)
         self._subprotocol = subprotocol
         for ext in extensions:
             if isinstance(ext, PerMessageDeflate):
@@ -563,21 +567,24 @@ class WsConnection(Connection, asyncio.Protocol):
             self._frag_opcode = TEXT if opcode is OP_TEXT else BINARY
             if self._frag_opcode == TEXT and not fin:
                 self._text_decoder = codecs.getincrementaldecoder("utf-8")()
+        parts = self._fragments
+        if parts is None:
+            parts = self._fragments = []
         if self._frag_opcode == TEXT:
             try:
                 if self._text_decoder is not None:
                     # Fail fast on invalid UTF-8 inside a fragmented message (§8.1).
-                    self._fragments.append(self._text_decoder.decode(payload, fin))
+                    parts.append(self._text_decoder.decode(payload, fin))
                 else:
-                    self._fragments.append(payload.decode())
+                    parts.append(payload.decode())
             except UnicodeDecodeError as exc:
                 self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
                 return
         else:
-            self._fragments.append(payload)
+            parts.append(payload)
         if not fin:
             return
-        parts, self._fragments, self._text_decoder = self._fragments, [], None
+        self._fragments, self._text_decoder = None, None
         if self._frag_opcode == TEXT:
             data: str | bytes = parts[0] if len(parts) == 1 else "".join(parts)
         else:
@@ -885,7 +892,7 @@ class WsConnection(Connection, asyncio.Protocol):
             extensions=export_extensions(self._extensions) or [],
             subprotocol=self._subprotocol,
             current_size=ws.current_size if ws is not None else None,
-            fragments=list(self._fragments),
+            fragments=list(self._fragments or ()),
             frag_opcode=self._frag_opcode,
             decoder=decoder.getstate() if decoder is not None else None,
             unparsed=self._stash or self._rx.unparsed or b"",

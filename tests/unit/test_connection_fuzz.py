@@ -518,7 +518,7 @@ def run(deflate: bool, actions: list[tuple[str, Any]], send_eof: bool = True) ->
 
 def check_bounded(conn: Any, chunk: int) -> None:
     """Input is never buffered beyond one message (plus a frame header and one read)."""
-    fragments = sum(len(f) for f in getattr(conn, "_fragments", ()))
+    fragments = sum(len(f) for f in getattr(conn, "_fragments", None) or ())
     assert fragments <= MAX_MESSAGE
     ws = getattr(conn, "ws", None)
     if ws is not None:

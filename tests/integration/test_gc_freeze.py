@@ -1,0 +1,49 @@
+"""A worker leaves what it booted with out of later garbage collections
+(swoolish/worker/process.py, freeze_what_booted), and still collects what it makes
+afterwards: on a real server."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from support import serving, timeout, write_app
+
+# GET /: the worker's collector as the app sees it. A cycle made in a handler must
+# still be collected: only the boot's objects are frozen.
+APP = """
+    import gc, json, weakref
+    from swoolish import WebSocketServer
+
+    server = WebSocketServer()
+
+
+    class Node:
+        pass
+
+
+    @server.on("request")
+    def request(request, response):
+        node = Node()
+        node.me = node  # a cycle: only the collector frees it
+        gone = weakref.ref(node)
+        del node
+        gc.collect()
+        response.end(json.dumps({
+            "frozen": gc.get_freeze_count(),
+            "enabled": gc.isenabled(),
+            "cycle_collected": gone() is None,
+        }))
+"""
+
+
+def test_a_worker_freezes_its_boot_objects_and_collects_later_ones(tmp_path) -> None:
+    app = write_app(tmp_path, APP)
+    with serving(f"{app}:server", tmp_path) as server:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{server.port}/", timeout=timeout(10)
+        ) as answer:
+            seen = json.loads(answer.read())
+    assert seen["frozen"] > 1000  # modules, the app, settings: thousands of objects
+    assert seen["enabled"]
+    assert seen["cycle_collected"]

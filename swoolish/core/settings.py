@@ -324,6 +324,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a new worker has to import the app and finish worker_start.",
     ),
     Setting(
+        "gc_freeze",
+        True,
+        _bool,
+        "After worker_start, leave every object alive then out of later garbage "
+        "collections (gc.freeze), so that full collections walk only what came after.",
+    ),
+    Setting(
         "reload_handoff",
         True,
         _bool,

@@ -324,7 +324,8 @@ class Worker:
             await self.cluster.start()  # before sessions can move here (worker/cluster.py)
         if self.inbox is not None:
             self.adopter = Adopter(self, self.inbox)
-        freeze_what_booted()
+        if self.settings.gc_freeze:
+            freeze_what_booted()
         self._report_ready()
         if self.channel is None:
             self._serve_allowed.set_result(None)
@@ -668,7 +669,8 @@ def _watch_boot(setup: WorkerSetup) -> BootWatch | None:
 
 def freeze_what_booted() -> None:
     """Leave what the worker booted with (modules, the app, settings: some 30,000
-    objects) out of every later garbage collection.
+    objects) out of every later garbage collection (the ``gc_freeze`` setting, on by
+    default).
 
     A full collection walks every object the collector tracks. A worker adds about
     seven per session, all long-lived, so a reconnect storm of 10,000 clients triggers

@@ -1,6 +1,6 @@
 """A worker leaves what it booted with out of later garbage collections
 (swoolish/worker/process.py, freeze_what_booted), and still collects what it makes
-afterwards: on a real server."""
+afterwards; ``gc_freeze=False`` leaves the collector alone: on a real server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ APP = """
     import gc, json, weakref
     from swoolish import WebSocketServer
 
-    server = WebSocketServer()
+    server = WebSocketServer(gc_freeze={freeze})
 
 
     class Node:
@@ -29,21 +29,32 @@ APP = """
         gone = weakref.ref(node)
         del node
         gc.collect()
-        response.end(json.dumps({
+        response.end(json.dumps({{
             "frozen": gc.get_freeze_count(),
             "enabled": gc.isenabled(),
             "cycle_collected": gone() is None,
-        }))
+        }}))
 """
 
 
-def test_a_worker_freezes_its_boot_objects_and_collects_later_ones(tmp_path) -> None:
-    app = write_app(tmp_path, APP)
+def frozen_and_collected(tmp_path, freeze: bool) -> dict:
+    app = write_app(tmp_path, APP.format(freeze=freeze))
     with serving(f"{app}:server", tmp_path) as server:
         with urllib.request.urlopen(
             f"http://127.0.0.1:{server.port}/", timeout=timeout(10)
         ) as answer:
-            seen = json.loads(answer.read())
+            return json.loads(answer.read())
+
+
+def test_a_worker_freezes_its_boot_objects_and_collects_later_ones(tmp_path) -> None:
+    seen = frozen_and_collected(tmp_path, freeze=True)
     assert seen["frozen"] > 1000  # modules, the app, settings: thousands of objects
+    assert seen["enabled"]
+    assert seen["cycle_collected"]
+
+
+def test_gc_freeze_false_leaves_the_collector_alone(tmp_path) -> None:
+    seen = frozen_and_collected(tmp_path, freeze=False)
+    assert seen["frozen"] == 0
     assert seen["enabled"]
     assert seen["cycle_collected"]

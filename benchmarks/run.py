@@ -612,6 +612,10 @@ async def measure_reload(params: dict, cfg: dict, logdir: Path) -> dict[str, Any
     return out
 
 
+#: The floor's figures the broadcast hook reports beside swoolish's, as floor_<name>.
+FLOOR_BROADCAST_FIGURES = ("broadcast_seconds", "sessions_per_second", "server_cpu_us_per_session")
+
+
 def hook_broadcast_10k_sessions_2_workers(params: dict) -> dict[str, Any]:
     """Broadcast of one message to 10k sessions spread over 2 workers (server.broadcast):
     time from the trigger until every client received it (benchmarks/broadcast_bench.py).
@@ -627,9 +631,6 @@ def hook_broadcast_10k_sessions_2_workers(params: dict) -> dict[str, Any]:
     rate, floor_rate = result["sessions_per_second"], floor["sessions_per_second"]
     result["x_floor"] = round(float(rate) / float(floor_rate), 2)  # type: ignore[arg-type]
     return result
-
-
-FLOOR_BROADCAST_FIGURES = ("broadcast_seconds", "sessions_per_second", "server_cpu_us_per_session")
 
 
 def hook_handoff_1k_connections(params: dict) -> dict[str, Any]:

@@ -263,10 +263,8 @@ class WebSocketServer:
                 continue
             by_region.setdefault(found[0], []).append(fd)
         for region, sids in by_region.items():
-            if router.send(ToRegion(region), PushMany(sids, data, None)):
-                handed += len(sids)
-        if by_region:
-            router.flush()  # the other workers push while this one does (Router.broadcast)
+            if router.send_now(ToRegion(region), PushMany(sids, data, None)):
+                handed += len(sids)  # pushed there while this worker pushes to its own
         if remote_fds and cluster is not None:
             handed += cluster.push_many(remote_fds, *_wire(data, None))
         for conn in local:

@@ -140,12 +140,13 @@ class Floor(asyncio.Protocol):
         elif self.broadcast and payload == b"go":
             self.worker.broadcast()
         elif opcode in (0x1, 0x2):
-            n = len(payload)
-            head = bytes([0x80 | opcode, n]) if n < 126 else frame_head(opcode, n)
-            transport.write(head + payload)
+            transport.write(frame_head(opcode, len(payload)) + payload)
 
 
 def frame_head(opcode: int, n: int) -> bytes:
+    """The unmasked header of an ``n``-byte frame (RFC 6455 §5.2)."""
+    if n < 126:
+        return bytes([0x80 | opcode, n])
     if n < 65536:
         return bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
     return bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")

@@ -681,4 +681,3 @@ def freeze_what_booted() -> None:
     """
     gc.collect()
     gc.freeze()
-

@@ -181,6 +181,17 @@ class Router:
             self.worker.loop.call_soon(self.flush)
         return True
 
+    def send_now(self, target: Target, op: Operation) -> bool:
+        """:meth:`send`, then flush at once rather than at the end of the callback: for
+        a broadcast, whose other workers then write to their sessions while this one
+        writes to its own, instead of after it (docs/performance.md, "Broadcast").
+        Nothing queued is reordered: the flush sends what was queued before, in order,
+        and a flush may run at any time."""
+        if not self.send(target, op):
+            return False
+        self.flush()
+        return True
+
     def _refuse(self, waiting: int) -> None:
         self.worker.stats["routed_refused"] += 1
         if not self._refusing:
@@ -263,19 +274,14 @@ class Router:
         to, and whether it went to the others (False: no table, or refused, see
         :meth:`send`).
 
-        The operation leaves before this worker writes to its own sessions, not at the
-        end of the callback as routed operations otherwise do: the other workers then
-        write to theirs while this one writes to its own, instead of after it
-        (docs/performance.md, "Broadcast"). Nothing queued is reordered: the flush
-        sends what was queued before it, in order, and a flush may run at any time."""
+        The operation leaves before this worker writes to its own sessions
+        (:meth:`send_now`)."""
         self._broadcasts += 1
         bid = broadcast_id(self._pid, self._broadcasts)
         routed = False
         if self.table is not None:
             origin = -1 if self.region is None else self.region
-            routed = self.send(ToAll(origin), Broadcast(data, opcode, bid))
-            if routed:
-                self.flush()
+            routed = self.send_now(ToAll(origin), Broadcast(data, opcode, bid))
         handed = self.apply_broadcast(data, opcode, bid, local=True)
         return handed, routed
 

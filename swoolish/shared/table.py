@@ -36,6 +36,7 @@ changes never probe.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import socket
 from collections.abc import Iterator
@@ -70,9 +71,16 @@ def _capacity_for(max_connections: int) -> int:
 def peer_word(peer: tuple[str, int]) -> int:
     """IPv4 ``(address, port)`` packed into one word (0 for anything else)."""
     try:
-        return int.from_bytes(socket.inet_aton(peer[0]), "big") << 16 | (peer[1] & 0xFFFF)
+        return _address_word(peer[0]) << 16 | (peer[1] & 0xFFFF)
     except (OSError, TypeError, IndexError):
         return 0
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_word(address: str) -> int:
+    """An IPv4 address as a number; remembered, as a worker's clients come from a few
+    addresses (a proxy, a NAT) again and again. Raises OSError for anything else."""
+    return int.from_bytes(socket.inet_aton(address), "big")
 
 
 def peer_from_word(word: int) -> tuple[str, int]:
@@ -88,6 +96,7 @@ class SessionTable:
         self.regions = regions
         self.capacity = _capacity_for(max_connections)
         self.bits = self.capacity.bit_length() - 1
+        self.shift = 64 - self.bits  # a session's home slot is its hash's top ``bits`` bits
         self.mask = self.capacity - 1
         self._half_words = self.capacity * 2
         self._tables_at = regions * HEADER_WORDS
@@ -99,7 +108,7 @@ class SessionTable:
     # -- geometry
 
     def slot_of(self, sid: int) -> int:
-        return ((sid * _GOLDEN) & _M64) >> (64 - self.bits)
+        return ((sid * _GOLDEN) & _M64) >> self.shift
 
     def base(self, region: int, half: int) -> int:
         return self._tables_at + (region * 2 + half) * self._half_words
@@ -223,7 +232,13 @@ class SessionTable:
 
 
 class RegionWriter:
-    """The one writer of one region (lives in the worker that owns it)."""
+    """The one writer of one region (lives in the worker that owns it).
+
+    Every session passes here three times (accepted, established, closed), so the
+    writer keeps what the table's geometry would recompute: where its current half
+    begins (only this writer flips ``half``, in ``_rebuild``) and where its header's
+    counts are.
+    """
 
     def __init__(self, table: SessionTable, region: int) -> None:
         self.table = table
@@ -235,6 +250,8 @@ class RegionWriter:
         self.established = 0
         self.overflow = 0
         self._limit = int(table.capacity * REBUILD_LOAD)
+        self._base = table.base(region, self.half)  # the current half's first word
+        self._live_at = self._header + H_LIVE
 
     @property
     def half(self) -> int:
@@ -251,54 +268,60 @@ class RegionWriter:
 
     def insert(self, sid: int, state: int, peer: int = 0) -> bool:
         """Add (or update) a session; False when the table is full (counted)."""
-        words = self.words
-        index = self.slots.get(sid)
-        base = self.table.base(self.region, self.half)
+        slots = self.slots
+        index = slots.get(sid)
         if index is not None:
-            self._count_change(words[base + 2 * index] >> STATE_SHIFT, state)
-            words[base + 2 * index + 1] = peer
-            words[base + 2 * index] = sid | state << STATE_SHIFT
+            self._write(index, sid, state, peer)
             return True
-        if len(self.slots) + 1 >= self.table.capacity:
+        if len(slots) + 1 >= self.table.capacity:
             self.overflow += 1
-            words[self._header + H_OVERFLOW] = self.overflow
+            self.words[self._header + H_OVERFLOW] = self.overflow
             return False
-        if self.used + 1 > self._limit:
+        if self.used >= self._limit:
             self._rebuild()
-            base = self.table.base(self.region, self.half)
-        index = self._place(base, sid, state, peer)
-        self.slots[sid] = index
-        self._count_change(0, state)
-        words[self._header + H_LIVE] = len(self.slots)
+            slots = self.slots
+        slots[sid] = self._place(self._base, sid, state, peer)
+        if state == ESTABLISHED:
+            self._count_established(1)
+        self.words[self._live_at] = len(slots)
         return True
 
     def set_state(self, sid: int, state: int) -> None:
         index = self.slots.get(sid)
-        if index is None:
-            return
-        key_at = self.table.base(self.region, self.half) + 2 * index
-        self._count_change(self.words[key_at] >> STATE_SHIFT, state)
-        self.words[key_at] = sid | state << STATE_SHIFT
+        if index is not None:
+            self._write(index, sid, state, self.words[self._base + 2 * index + 1])
 
     def delete(self, sid: int) -> None:
-        index = self.slots.pop(sid, None)
+        slots = self.slots
+        index = slots.pop(sid, None)
         if index is None:
             return
-        key_at = self.table.base(self.region, self.half) + 2 * index
-        self._count_change(self.words[key_at] >> STATE_SHIFT, 0)
-        self.words[key_at] = TOMBSTONE
-        self.words[self._header + H_LIVE] = len(self.slots)
+        words = self.words
+        key_at = self._base + 2 * index
+        if words[key_at] >> STATE_SHIFT == ESTABLISHED:
+            self._count_established(-1)
+        words[key_at] = TOMBSTONE
+        words[self._live_at] = len(slots)
 
-    def _count_change(self, old: int, new: int) -> None:
-        was, now = old == ESTABLISHED, new == ESTABLISHED
-        if was != now:
-            self.established += 1 if now else -1
-            self.words[self._header + H_ESTABLISHED] = self.established
+    def _write(self, index: int, sid: int, state: int, peer: int) -> None:
+        """Rewrite the entry at ``index`` (the peer first, then the key)."""
+        words = self.words
+        key_at = self._base + 2 * index
+        was = words[key_at] >> STATE_SHIFT
+        words[key_at + 1] = peer
+        words[key_at] = sid | state << STATE_SHIFT
+        if was != state and ESTABLISHED in (was, state):
+            self._count_established(1 if state == ESTABLISHED else -1)
+
+    def _count_established(self, change: int) -> None:
+        self.established += change
+        self.words[self._header + H_ESTABLISHED] = self.established
 
     def _place(self, base: int, sid: int, state: int, peer: int) -> int:
         words = self.words
-        mask = self.table.mask
-        index = self.table.slot_of(sid)
+        table = self.table
+        mask = table.mask
+        index = ((sid * _GOLDEN) & _M64) >> table.shift  # table.slot_of(sid)
         while True:
             key = words[base + 2 * index]
             if key == 0 or key == TOMBSTONE:
@@ -323,4 +346,5 @@ class RegionWriter:
             key = words[old + 2 * index]
             slots[sid] = self._place(new, sid, key >> STATE_SHIFT, words[old + 2 * index + 1])
         self.slots = slots
+        self._base = new
         words[self._header + H_HALF] = new_half  # one store: readers switch here

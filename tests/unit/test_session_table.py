@@ -64,6 +64,7 @@ def test_churn_rebuilds_into_the_other_half_and_never_loses_a_live_entry():
     live: set[int] = set()
     halves = set()
     for sid in range(1, 2000):
+        writer.insert(sid, OPEN)  # accepted, then established: an update in place
         writer.insert(sid, ESTABLISHED)
         live.add(sid)
         if len(live) > 5:
@@ -75,6 +76,7 @@ def test_churn_rebuilds_into_the_other_half_and_never_loses_a_live_entry():
     assert halves == {0, 1}  # rebuilt (and flipped) more than once
     assert sorted(table.established()) == sorted(live)
     assert all(table.lookup(sid)[1] == ESTABLISHED for sid in live)
+    assert table.established_count(writer.region) == len(live)
 
 
 def test_a_full_region_refuses_and_counts_and_lookups_still_end():

@@ -32,7 +32,9 @@ again at once, each doing its handshake and one 64 B echo. Timed from the start 
 reconnect until the last one was served; the server's CPU is sampled at those two edges. Every
 server listens with a backlog of 2048 (swoolish's; the reference scripts take ``--backlog``,
 whose defaults would otherwise be 100 or 128): an overflowing accept queue makes clients wait
-for SYN retransmits (1 s, then 3 s), which would decide "time until all served" alone. Ratios
+for SYN retransmits (1 s, then 3 s), which would decide "time until all served" alone. The
+client drops connections with a real RST (``loadclient.reset``), leaving no TIME_WAIT behind,
+and its heap is frozen for the window. Ratios
 are given to ``websockets`` and to ``picows`` (the target is stated against picows).
 
 ``large32m``: one 32 MiB binary message per fresh connection, answered with its length

@@ -39,7 +39,7 @@ from .websocket import QUIET_LOG, WsConnection
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_PIPELINED", "HttpConnection"]
 
-MAX_HEADER_BYTES = 64 * 1024  # request line and headers; more gets 431
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers; more gets 431 (see _count_head)
 MAX_PIPELINED = 16  # parsed-but-unanswered requests before we stop parsing and reading
 FEED_SIZE = 2048  # bytes handed to the parser at a time, so it stops near MAX_PIPELINED
 
@@ -67,7 +67,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         "_direct_client",
         "_fed",
         "_head",
-        "_header_bytes",
+        "_head_fed",
         "_headers",
         "_in_flight",
         "_keep_alive",
@@ -92,7 +92,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         # stays with the session.
         self._url = b""
         self._headers: list[tuple[str, str]] = _NO_ITEMS
-        self._header_bytes = 0
+        self._head_fed = -1  # bytes fed while a request's head is incomplete; -1: none is
         self._body: list[bytes] = _NO_ITEMS
         self._body_size = 0
         self._began = False  # a request began in the feed being parsed, not complete yet
@@ -279,6 +279,8 @@ class HttpConnection(Connection, asyncio.Protocol):
             chunk = memoryview(unfed)[start:] if start else unfed
         try:
             parser.feed_data(chunk)
+            if self._head_fed >= 0:
+                self._count_head(len(chunk))
             self._time_partial_request()
         except httptools.HttpParserUpgrade as upgrade:
             self._unfed, self._fed = b"", 0
@@ -296,7 +298,7 @@ class HttpConnection(Connection, asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._header_bytes = 0
+        self._head_fed = 0
         self._body = []
         self._body_size = 0
         self._began = True
@@ -312,20 +314,28 @@ class HttpConnection(Connection, asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._too_large_head()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._too_large_head()
 
-    def _too_large_head(self) -> None:
-        # RFC 6585 §5: 431, not a generic 400, so the client knows what to fix
-        self._rejection = (431, "Request Header Fields Too Large: 64 KiB at most.\n")
-        raise httptools.HttpParserError("header fields too large")
+    def on_headers_complete(self) -> None:
+        self._head_fed = -1
+
+    def _count_head(self, fed: int) -> None:
+        """After a feed that left a request's head incomplete: refuse a head past
+        MAX_HEADER_BYTES with 431 (RFC 6585 §5), so the client knows what to fix.
+
+        Counted per feed, not per field: httptools hands a field over only once it
+        is complete and keeps the part read so far itself, so a field line that never
+        ends would otherwise grow for as long as the client sends. The feed that began
+        the request may hold the end of the one before it too: a head is refused past
+        MAX_HEADER_BYTES + FEED_SIZE, and never at MAX_HEADER_BYTES or less.
+        """
+        self._head_fed += fed
+        if self._head_fed > MAX_HEADER_BYTES + FEED_SIZE:
+            self._head_fed = -1
+            self._rejection = (431, "Request Header Fields Too Large: 64 KiB at most.\n")
+            raise httptools.HttpParserError("header fields too large")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)

@@ -327,6 +327,79 @@ def test_ten_thousand_pipelined_requests_are_all_answered_in_order(tmp_path):
         assert "RecursionError" not in log and "raised" not in log
 
 
+def _send_until_stopped(sock: socket.socket, head: bytes, limit: int) -> int:
+    """Write ``head`` and then one endless field value, up to ``limit`` bytes, until the
+    server stops taking them; returns how many bytes went."""
+    sent = 0
+    with contextlib.suppress(OSError):
+        sock.sendall(head)
+        chunk = b"a" * (64 * KiB)
+        while sent < limit:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    return sent
+
+
+@pytest.mark.parametrize("upgrade_request", [False, True], ids=["request", "handshake"])
+def test_a_field_line_that_never_ends_gets_431_long_before_the_request_timeout(
+    tmp_path, upgrade_request
+):
+    """1. serve with a 60 s handshake_timeout  2. a client writes a request head (a plain
+    GET, or a WebSocket upgrade) whose last field value never ends, 64 MiB of it  3. it
+    is answered 431 and closed while it writes, not 408 at the timeout: the parser keeps
+    an unfinished field itself, so the head is counted by the bytes fed to it  4. the
+    worker's memory did not take the bytes in  5. everyone else is still served."""
+    head = b"GET /n/1 HTTP/1.1\r\nHost: x\r\n"
+    if upgrade_request:
+        head += (
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        )
+    head += b"X-Endless: "
+    with serving(app_target(tmp_path, handshake_timeout=60.0), tmp_path) as server:
+        (worker,) = server.workers()
+        rss_before = worker.memory_info().rss
+        with raw_connect(server.port) as sock:
+            sock.settimeout(timeout(10))
+            writer_sent: list[int] = []
+            writer = threading.Thread(
+                target=lambda: writer_sent.append(_send_until_stopped(sock, head, 64 * MiB)),
+                daemon=True,
+            )
+            writer.start()
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            writer.join(timeout(10))
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert writer_sent and writer_sent[0] < 64 * MiB  # stopped while it wrote
+        assert worker.memory_info().rss - rss_before < 16 * MiB
+        assert http_answer(server.port, "/n/2").endswith(b"\r\n\r\n2")
+
+
+def test_a_head_of_64_kib_is_served_even_after_a_pipelined_request_in_the_same_write(
+    tmp_path,
+):
+    """1. one write carries a small GET and then a GET whose head is 64 KiB in all  2. both
+    are answered 200, in order: the head limit refuses past 64 KiB, never at it."""
+    first = b"GET /n/1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    second_start = b"GET /n/2 HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    end = b"\r\nConnection: close\r\n\r\n"
+    second = second_start + b"p" * (64 * KiB - len(second_start) - len(end)) + end
+    assert len(second) == 64 * KiB
+    with serving(app_target(tmp_path), tmp_path) as server:
+        with raw_connect(server.port) as sock:
+            sock.sendall(first + second)
+            sock.settimeout(timeout(5))
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:400]
+    assert answer.endswith(b"\r\n\r\n2") and b"\r\n\r\n1HTTP/1.1 200 " in answer
+
+
 # -------------------------------------------------- item 3: heartbeat, keepalive
 
 FAST_HEARTBEAT = {"heartbeat_check_interval": 0.2, "heartbeat_idle_time": 1.0}

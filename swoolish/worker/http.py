@@ -321,6 +321,15 @@ class HttpConnection(Connection, asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._head_fed = -1
 
+    # A chunked body's last chunk may carry trailer fields (RFC 9112 §7.1.2), which
+    # httptools keeps as it keeps header fields: from a chunk's header to its data or its
+    # end (the last one's end comes after the trailers), they count as the head does.
+    def on_chunk_header(self) -> None:
+        self._head_fed = 0
+
+    def on_chunk_complete(self) -> None:
+        self._head_fed = -1
+
     def _count_head(self, fed: int) -> None:
         """After a feed that left a request's head incomplete: refuse a head past
         MAX_HEADER_BYTES with 431 (RFC 6585 §5), so the client knows what to fix.
@@ -329,7 +338,8 @@ class HttpConnection(Connection, asyncio.Protocol):
         is complete and keeps the part read so far itself, so a field line that never
         ends would otherwise grow for as long as the client sends. The feed that began
         the request may hold the end of the one before it too: a head is refused past
-        MAX_HEADER_BYTES + FEED_SIZE, and never at MAX_HEADER_BYTES or less.
+        MAX_HEADER_BYTES + FEED_SIZE, and never at MAX_HEADER_BYTES or less. The
+        trailer fields of a chunked body are counted the same way, on their own.
         """
         self._head_fed += fed
         if self._head_fed > MAX_HEADER_BYTES + FEED_SIZE:
@@ -338,6 +348,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             raise httptools.HttpParserError("header fields too large")
 
     def on_body(self, body: bytes) -> None:
+        self._head_fed = -1  # a chunk's data (counted against max_request_size)
         self._body_size += len(body)
         limit = self._worker.settings.max_request_size
         if self._body_size > limit:

@@ -340,22 +340,30 @@ def _send_until_stopped(sock: socket.socket, head: bytes, limit: int) -> int:
     return sent
 
 
-@pytest.mark.parametrize("upgrade_request", [False, True], ids=["request", "handshake"])
-def test_a_field_line_that_never_ends_gets_431_long_before_the_request_timeout(
-    tmp_path, upgrade_request
-):
-    """1. serve with a 60 s handshake_timeout  2. a client writes a request head (a plain
-    GET, or a WebSocket upgrade) whose last field value never ends, 64 MiB of it  3. it
-    is answered 431 and closed while it writes, not 408 at the timeout: the parser keeps
-    an unfinished field itself, so the head is counted by the bytes fed to it  4. the
-    worker's memory did not take the bytes in  5. everyone else is still served."""
-    head = b"GET /n/1 HTTP/1.1\r\nHost: x\r\n"
-    if upgrade_request:
-        head += (
-            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        )
-    head += b"X-Endless: "
+ENDLESS_HEADS = {
+    "request": b"GET /n/1 HTTP/1.1\r\nHost: x\r\nX-Endless: ",
+    "handshake": (
+        b"GET /n/1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"X-Endless: "
+    ),
+    # a chunked body's trailer field (RFC 9112 §7.1.2), after its last chunk
+    "trailer": (
+        b"POST /n/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Endless: "
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ENDLESS_HEADS)
+def test_a_field_line_that_never_ends_gets_431_long_before_the_request_timeout(tmp_path, kind):
+    """1. serve with a 60 s handshake_timeout  2. a client writes a request (a plain GET,
+    a WebSocket upgrade, or a chunked POST up to its trailer) whose last field value never
+    ends, 64 MiB of it  3. it is answered 431 and closed while it writes, not 408 at the
+    timeout: the parser keeps an unfinished field itself, so the head (and the trailer) is
+    counted by the bytes fed to it  4. the worker's memory did not take the bytes in
+    5. everyone else is still served."""
+    head = ENDLESS_HEADS[kind]
     with serving(app_target(tmp_path, handshake_timeout=60.0), tmp_path) as server:
         (worker,) = server.workers()
         rss_before = worker.memory_info().rss
@@ -398,6 +406,25 @@ def test_a_head_of_64_kib_is_served_even_after_a_pipelined_request_in_the_same_w
                     answer += chunk
     assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:400]
     assert answer.endswith(b"\r\n\r\n2") and b"\r\n\r\n1HTTP/1.1 200 " in answer
+
+
+def test_a_chunked_body_of_large_chunks_with_a_trailer_is_served(tmp_path):
+    """1. a chunked POST of three 300 KiB chunks and a trailer field  2. it is answered
+    200: a chunk's data is counted against max_request_size, only a trailer as a head."""
+    chunk = b"%x\r\n%s\r\n" % (300 * KiB, b"c" * (300 * KiB))
+    request = (
+        b"POST /n/3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" + chunk * 3 + b"0\r\nX-Checksum: 42\r\n\r\n"
+    )
+    with serving(app_target(tmp_path, max_request_size=MiB), tmp_path) as server:
+        with raw_connect(server.port) as sock:
+            sock.sendall(request)
+            sock.settimeout(timeout(5))
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n3"), answer[:300]
 
 
 # -------------------------------------------------- item 3: heartbeat, keepalive

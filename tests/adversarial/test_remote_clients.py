@@ -368,17 +368,14 @@ def test_a_field_line_that_never_ends_gets_431_long_before_the_request_timeout(t
         (worker,) = server.workers()
         rss_before = worker.memory_info().rss
         with raw_connect(server.port) as sock:
-            sock.settimeout(timeout(10))
+            sock.settimeout(timeout(10))  # the writer's too
             writer_sent: list[int] = []
             writer = threading.Thread(
                 target=lambda: writer_sent.append(_send_until_stopped(sock, head, 64 * MiB)),
                 daemon=True,
             )
             writer.start()
-            answer = b""
-            with contextlib.suppress(ConnectionResetError):
-                while chunk := sock.recv(65536):
-                    answer += chunk
+            answer = read_until_closed(sock, 10)
             writer.join(timeout(10))
         assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
         assert writer_sent and writer_sent[0] < 64 * MiB  # stopped while it wrote
@@ -399,11 +396,7 @@ def test_a_head_of_64_kib_is_served_even_after_a_pipelined_request_in_the_same_w
     with serving(app_target(tmp_path), tmp_path) as server:
         with raw_connect(server.port) as sock:
             sock.sendall(first + second)
-            sock.settimeout(timeout(5))
-            answer = b""
-            with contextlib.suppress(ConnectionResetError):
-                while chunk := sock.recv(65536):
-                    answer += chunk
+            answer = read_until_closed(sock)
     assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:400]
     assert answer.endswith(b"\r\n\r\n2") and b"\r\n\r\n1HTTP/1.1 200 " in answer
 
@@ -419,11 +412,7 @@ def test_a_chunked_body_of_large_chunks_with_a_trailer_is_served(tmp_path):
     with serving(app_target(tmp_path, max_request_size=MiB), tmp_path) as server:
         with raw_connect(server.port) as sock:
             sock.sendall(request)
-            sock.settimeout(timeout(5))
-            answer = b""
-            with contextlib.suppress(ConnectionResetError):
-                while chunk := sock.recv(65536):
-                    answer += chunk
+            answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n3"), answer[:300]
 
 
@@ -563,12 +552,17 @@ def app_server(tmp_path_factory):
 def http_answer(port: int, path: str) -> bytes:
     with raw_connect(port) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        sock.settimeout(timeout(5))
-        data = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                data += chunk
-        return data
+        return read_until_closed(sock)
+
+
+def read_until_closed(sock: socket.socket, seconds: float = 5.0) -> bytes:
+    """Everything the server sends until it closes (or resets) the connection."""
+    sock.settimeout(timeout(seconds))
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
 
 
 @pytest.mark.parametrize("path", ["/bad-header", "/bad-reason", "/bad-name"])

@@ -34,8 +34,8 @@ server listens with a backlog of 2048 (swoolish's; the reference scripts take ``
 whose defaults would otherwise be 100 or 128): an overflowing accept queue makes clients wait
 for SYN retransmits (1 s, then 3 s), which would decide "time until all served" alone. The
 client drops connections with a real RST (``loadclient.reset``), leaving no TIME_WAIT behind,
-and its heap is frozen for the window. Ratios
-are given to ``websockets`` and to ``picows`` (the target is stated against picows).
+and its heap is frozen for the window. Ratios are given to ``websockets`` and to ``picows``
+(the target is stated against picows).
 
 ``large32m``: one 32 MiB binary message per fresh connection, answered with its length
 (``large_message_bench.py``'s client and swoolish app; the reference servers with

@@ -315,6 +315,17 @@ def masked_frame(
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def read_to_eof(sock: socket.socket, seconds: float = 5.0) -> bytes:
+    """Everything the server sends until it closes (or resets) the connection (bounded
+    wait)."""
+    sock.settimeout(timeout(seconds))
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
 def read_close_code(sock: socket.socket, seconds: float = 5.0) -> int | None:
     """Read frames until a close frame; return its code (None if the TCP closed first)."""
     sock.settimeout(timeout(seconds))

@@ -235,9 +235,8 @@ class RegionWriter:
     """The one writer of one region (lives in the worker that owns it).
 
     Every session passes here three times (accepted, established, closed), so the
-    writer keeps what the table's geometry would recompute: where its current half
-    begins (only this writer flips ``half``, in ``_rebuild``) and where its header's
-    counts are.
+    writer keeps where its current half begins rather than read ``half`` and recompute
+    it each time: only this writer flips ``half``, in ``_rebuild``.
     """
 
     def __init__(self, table: SessionTable, region: int) -> None:
@@ -251,7 +250,6 @@ class RegionWriter:
         self.overflow = 0
         self._limit = int(table.capacity * REBUILD_LOAD)
         self._base = table.base(region, self.half)  # the current half's first word
-        self._live_at = self._header + H_LIVE
 
     @property
     def half(self) -> int:
@@ -268,22 +266,20 @@ class RegionWriter:
 
     def insert(self, sid: int, state: int, peer: int = 0) -> bool:
         """Add (or update) a session; False when the table is full (counted)."""
-        slots = self.slots
-        index = slots.get(sid)
+        index = self.slots.get(sid)
         if index is not None:
             self._write(index, sid, state, peer)
             return True
-        if len(slots) + 1 >= self.table.capacity:
+        if len(self.slots) + 1 >= self.table.capacity:
             self.overflow += 1
             self.words[self._header + H_OVERFLOW] = self.overflow
             return False
         if self.used >= self._limit:
-            self._rebuild()
-            slots = self.slots
-        slots[sid] = self._place(self._base, sid, state, peer)
+            self._rebuild()  # a new slots dict, and a new _base
+        self.slots[sid] = self._place(self._base, sid, state, peer)
         if state == ESTABLISHED:
             self._count_established(1)
-        self.words[self._live_at] = len(slots)
+        self.words[self._header + H_LIVE] = len(self.slots)
         return True
 
     def set_state(self, sid: int, state: int) -> None:
@@ -292,8 +288,7 @@ class RegionWriter:
             self._write(index, sid, state, self.words[self._base + 2 * index + 1])
 
     def delete(self, sid: int) -> None:
-        slots = self.slots
-        index = slots.pop(sid, None)
+        index = self.slots.pop(sid, None)
         if index is None:
             return
         words = self.words
@@ -301,7 +296,7 @@ class RegionWriter:
         if words[key_at] >> STATE_SHIFT == ESTABLISHED:
             self._count_established(-1)
         words[key_at] = TOMBSTONE
-        words[self._live_at] = len(slots)
+        words[self._header + H_LIVE] = len(self.slots)
 
     def _write(self, index: int, sid: int, state: int, peer: int) -> None:
         """Rewrite the entry at ``index`` (the peer first, then the key)."""
@@ -319,9 +314,8 @@ class RegionWriter:
 
     def _place(self, base: int, sid: int, state: int, peer: int) -> int:
         words = self.words
-        table = self.table
-        mask = table.mask
-        index = ((sid * _GOLDEN) & _M64) >> table.shift  # table.slot_of(sid)
+        mask = self.table.mask
+        index = self.table.slot_of(sid)
         while True:
             key = words[base + 2 * index]
             if key == 0 or key == TOMBSTONE:

@@ -29,6 +29,7 @@ from support import (
     raw_connect,
     raw_handshake,
     read_close_code,
+    read_to_eof,
     serving,
     timeout,
     upgrade,
@@ -375,7 +376,7 @@ def test_a_field_line_that_never_ends_gets_431_long_before_the_request_timeout(t
                 daemon=True,
             )
             writer.start()
-            answer = read_until_closed(sock, 10)
+            answer = read_to_eof(sock, 10)
             writer.join(timeout(10))
         assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
         assert writer_sent and writer_sent[0] < 64 * MiB  # stopped while it wrote
@@ -396,7 +397,7 @@ def test_a_head_of_64_kib_is_served_even_after_a_pipelined_request_in_the_same_w
     with serving(app_target(tmp_path), tmp_path) as server:
         with raw_connect(server.port) as sock:
             sock.sendall(first + second)
-            answer = read_until_closed(sock)
+            answer = read_to_eof(sock)
     assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:400]
     assert answer.endswith(b"\r\n\r\n2") and b"\r\n\r\n1HTTP/1.1 200 " in answer
 
@@ -412,7 +413,7 @@ def test_a_chunked_body_of_large_chunks_with_a_trailer_is_served(tmp_path):
     with serving(app_target(tmp_path, max_request_size=MiB), tmp_path) as server:
         with raw_connect(server.port) as sock:
             sock.sendall(request)
-            answer = read_until_closed(sock)
+            answer = read_to_eof(sock)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n3"), answer[:300]
 
 
@@ -552,17 +553,7 @@ def app_server(tmp_path_factory):
 def http_answer(port: int, path: str) -> bytes:
     with raw_connect(port) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        return read_until_closed(sock)
-
-
-def read_until_closed(sock: socket.socket, seconds: float = 5.0) -> bytes:
-    """Everything the server sends until it closes (or resets) the connection."""
-    sock.settimeout(timeout(seconds))
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
+        return read_to_eof(sock)
 
 
 @pytest.mark.parametrize("path", ["/bad-header", "/bad-reason", "/bad-name"])

@@ -23,6 +23,7 @@ from support import (
     raw_connect,
     raw_handshake,
     read_close_code,
+    read_to_eof,
     serving,
     timeout,
     wait_until,
@@ -48,20 +49,6 @@ def limits_app(tmp_path, http: bool = False, **settings) -> str:
     )
     path = write_app(tmp_path, source)
     return f"{path}:server"
-
-
-def read_to_eof(sock: socket.socket, seconds: float = 5.0) -> bytes:
-    """Everything the server sends until it closes the connection (bounded wait)."""
-    sock.settimeout(timeout(seconds))
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
 
 
 def http_exchange(port: int, request: bytes) -> bytes:

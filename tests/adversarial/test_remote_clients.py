@@ -402,6 +402,64 @@ def test_a_head_of_64_kib_is_served_even_after_a_pipelined_request_in_the_same_w
     assert answer.endswith(b"\r\n\r\n2") and b"\r\n\r\n1HTTP/1.1 200 " in answer
 
 
+def _with_fields(head: bytes, count: int) -> bytes:
+    """``head`` with ``count`` more fields, then the blank line that ends it."""
+    return head + b"".join(b"X-F%d: v\r\n" % i for i in range(count)) + b"\r\n"
+
+
+# a head that ends before its blank line, and how many fields it holds already
+FIELD_HEADS = {
+    "request": (b"GET /n/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n", 2),
+    "trailer": (
+        b"POST /n/1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nHost: x\r\n",  # two header fields, then the trailer's
+        3,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", FIELD_HEADS)
+def test_a_request_of_101_fields_gets_431_and_one_of_100_is_served(tmp_path, kind):
+    """1. a request with 101 header fields (or, chunked, with the trailer's fields making
+    101 with its head's)  2. it gets 431, naming the limit  3. the same request with 100
+    fields in all is answered 200."""
+    head, own = FIELD_HEADS[kind]
+    with serving(app_target(tmp_path), tmp_path) as server:
+        with raw_connect(server.port) as sock:
+            sock.sendall(_with_fields(head, 101 - own))
+            refused = read_to_eof(sock)
+        with raw_connect(server.port) as sock:
+            sock.sendall(_with_fields(head, 100 - own))
+            served = read_to_eof(sock)
+    assert refused.startswith(b"HTTP/1.1 431 ") and b"100 fields at most" in refused, refused
+    assert served.startswith(b"HTTP/1.1 200 ") and served.endswith(b"\r\n\r\n1"), served[:300]
+
+
+def test_heads_of_thousands_of_tiny_fields_get_431_and_do_not_grow_the_worker(tmp_path):
+    """1. 40 clients each send a head of 8,000 four-to-eight-byte fields (62 KiB: under
+    the 64 KiB head limit) and never end it  2. each gets 431 at once, not 408 at the
+    handshake timeout  3. the worker did not grow by the fields' objects (some 150
+    bytes each however short: 1 MB per such head, before the field limit)  4. others
+    are still served."""
+    head = b"GET /n/1 HTTP/1.1\r\nHost: x\r\n" + b"".join(b"h%d:\r\n" % i for i in range(8000))
+    assert 60 * KiB < len(head) < 64 * KiB
+    with serving(app_target(tmp_path, handshake_timeout=60.0), tmp_path) as server:
+        (worker,) = server.workers()
+        rss_before = worker.memory_info().rss
+        socks = [raw_connect(server.port) for _ in range(40)]
+        try:
+            for sock in socks:
+                sock.sendall(head)
+            answers = [read_to_eof(sock, 10) for sock in socks]
+            grown = worker.memory_info().rss - rss_before
+        finally:
+            for sock in socks:
+                sock.close()
+        assert all(a.startswith(b"HTTP/1.1 431 ") for a in answers), {a[:40] for a in answers}
+        assert grown < 12 * MiB, f"worker grew {grown / MiB:.1f} MiB"
+        assert http_answer(server.port, "/n/2").endswith(b"\r\n\r\n2")
+
+
 def test_a_chunked_body_of_large_chunks_with_a_trailer_is_served(tmp_path):
     """1. a chunked POST of three 300 KiB chunks and a trailer field  2. it is answered
     200: a chunk's data is counted against max_request_size, only a trailer as a head."""

@@ -21,7 +21,6 @@ and the protocol object does not expose: the bytes after the last complete frame
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import os
 import time
@@ -61,6 +60,7 @@ from ..core.timerwheel import is_plain_data, resolve_callback
 from .access import client_address, log_close, log_open, request_client
 from .connection import Connection, high_water
 from .flow import FlowControl, Reason
+from .fragments import Fragments
 from .handshake import Opening
 from .host import WorkerHost
 
@@ -162,14 +162,12 @@ class WsConnection(Connection, asyncio.Protocol):
         "_deflate",
         "_extensions",
         "_fast",
-        "_frag_opcode",
         "_fragments",
         "_inflate_bits",
         "_moved_timers",
         "_rx",
         "_stash",
         "_subprotocol",
-        "_text_decoder",
         "_track",
         "_tx_bytes",
         "_tx_log",
@@ -197,9 +195,7 @@ class WsConnection(Connection, asyncio.Protocol):
         self._fast = False  # the next bytes start at a frame boundary, may go fast
         self._deflate: PerMessageDeflate | None = None  # permessage-deflate, if negotiated
         self._inflate_bits = 0  # the fast path inflates with this window; 0: it does not
-        self._fragments: list[Any] | None = None  # made by a message's first fragment
-        self._frag_opcode = 0
-        self._text_decoder: codecs.IncrementalDecoder | None = None
+        self._fragments: Fragments | None = None  # made by a message's first fragment
         self._close_when_idle: tuple[int, str] | None = None
         # hand-off records, kept only while hand-off is enabled and possible (a TLS
         # connection never moves: its TLS state lives in this process)
@@ -277,13 +273,9 @@ class WsConnection(Connection, asyncio.Protocol):
         self._use_extensions(import_extensions(record.extensions), record.subprotocol)
         if record.current_size is not None:
             self._protocol().current_size = record.current_size  # inside a message
-        self._fragments = list(record.fragments) or None
-        self._frag_opcode = record.frag_opcode
-        if record.decoder is not None:
-            self._text_decoder = codecs.getincrementaldecoder("utf-8")()
-            self._text_decoder.setstate(record.decoder)
+        self._fragments = Fragments.adopted(record)
         self.established = True
-        self._fast = not self._fragments and record.current_size is None
+        self._fast = self._fragments is None and record.current_size is None
         if record.unsent:
             self._write(record.unsent)  # what the old worker owed goes first
         if closing_code is None:
@@ -439,7 +431,7 @@ class WsConnection(Connection, asyncio.Protocol):
             self._rx.at_boundary
             and ws.state is OPEN
             and ws.current_size is None
-            and not self._fragments
+            and self._fragments is None
         )
         if self._fast and (self._deflate is None or self._inflate_bits):
             # Nothing in the protocol object is needed any more (no message in progress,
@@ -561,42 +553,44 @@ class WsConnection(Connection, asyncio.Protocol):
         return not self.closing
 
     def _data_frame(self, opcode: Any, payload: bytes, fin: bool) -> None:
+        """A text, binary or continuation frame from the protocol object: a whole
+        message, or a fragment of one (worker/fragments.py)."""
         if self.closing:
             return  # RFC 6455 §1.4: after a close is sent, data frames are discarded
         if opcode is not OP_CONT:
-            self._frag_opcode = TEXT if opcode is OP_TEXT else BINARY
-            if self._frag_opcode == TEXT and not fin:
-                self._text_decoder = codecs.getincrementaldecoder("utf-8")()
-        parts = self._fragments
-        if parts is None:
-            parts = self._fragments = []
-        if self._frag_opcode == TEXT:
+            kind = TEXT if opcode is OP_TEXT else BINARY
+            if fin:
+                self._message_received(kind, payload)
+                return
+            self._fragments = Fragments(kind)
+        fragments = self._fragments
+        assert fragments is not None  # the protocol refuses a continuation of nothing
+        try:
+            fragments.add(payload, fin)  # fails fast on invalid UTF-8 (RFC 6455 §8.1)
+        except UnicodeDecodeError as exc:
+            self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+            return
+        if fin:
+            self._fragments = None
+            self._message_received(fragments.opcode, fragments.data)
+
+    def _message_received(self, kind: int, data: bytes | bytearray) -> None:
+        """Deliver one whole message that came through the protocol object."""
+        message: str | bytes
+        if kind == TEXT:
             try:
-                if self._text_decoder is not None:
-                    # Fail fast on invalid UTF-8 inside a fragmented message (§8.1).
-                    parts.append(self._text_decoder.decode(payload, fin))
-                else:
-                    parts.append(payload.decode())
+                message = data.decode()
             except UnicodeDecodeError as exc:
                 self._fail(INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
                 return
         else:
-            parts.append(payload)
-        if not fin:
-            return
-        self._fragments, self._text_decoder = None, None
-        if self._frag_opcode == TEXT:
-            data: str | bytes = parts[0] if len(parts) == 1 else "".join(parts)
-        else:
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            message = data if type(data) is bytes else bytes(data)
         self.messages_in += 1
         worker = self._worker
         worker.handled_left -= 1
         if not worker.handled_left:
             worker.handled_enough()  # max_request: asks once to be recycled
-        self._dispatch(
-            worker.handler("message"), (worker.server, Frame(self.sid, data, self._frag_opcode))
-        )
+        self._dispatch(worker.handler("message"), (worker.server, Frame(self.sid, message, kind)))
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the WebSocket connection (RFC 6455 §7.1.7) with ``code``, from an event."""
@@ -882,7 +876,8 @@ class WsConnection(Connection, asyncio.Protocol):
         """The record of this detached session, for its new worker."""
         ws = self.ws
         self.prepare_move()  # timers bound since the last export
-        decoder = self._text_decoder
+        fragments = self._fragments
+        parts, decoder = fragments.export() if fragments is not None else ([], None)
         return MovingSession(
             sid=self.sid,
             peer=self.peer,
@@ -892,9 +887,9 @@ class WsConnection(Connection, asyncio.Protocol):
             extensions=export_extensions(self._extensions) or [],
             subprotocol=self._subprotocol,
             current_size=ws.current_size if ws is not None else None,
-            fragments=list(self._fragments or ()),
-            frag_opcode=self._frag_opcode,
-            decoder=decoder.getstate() if decoder is not None else None,
+            fragments=parts,
+            frag_opcode=fragments.opcode if fragments is not None else 0,
+            decoder=decoder,
             unparsed=self._stash or self._rx.unparsed or b"",
             unsent=self._unsent,
             app=self._app_state,

@@ -700,6 +700,65 @@ def test_a_message_cut_by_a_reload_arrives_intact_or_closes_1012(tmp_path):
             assert json.loads(frames.text())["pid"] != old_pid
 
 
+def test_fragmented_messages_in_progress_move_with_their_sessions_in_a_reload(tmp_path):
+    """1. serve with live hand-off  2. client T has sent two fragments of a text message,
+    the second ending inside a two-byte character; client B two fragments of a binary
+    one; both read by the worker  3. a reload  4. each sends its last fragment: the new
+    worker delivers both messages whole (T's echoed, B's length and digest)."""
+    blob = random.Random(3).randbytes(3000)
+    with serving(app_target(tmp_path), tmp_path) as server:
+        old_pid = worker_pid(server)
+        t_sock, t_rest = raw_handshake(server.port)
+        b_sock, b_rest = raw_handshake(server.port)
+        with t_sock, b_sock:
+            t_sock.sendall(
+                client_frame(0x1, "déjà ".encode(), fin=False)
+                + client_frame(0x0, b"vu, caf\xc3", fin=False)
+            )
+            b_sock.sendall(
+                client_frame(0x2, blob[:1000], fin=False)
+                + client_frame(0x0, blob[1000:2000], False)
+            )
+            for sock in (t_sock, b_sock):
+                wait_until(lambda s=sock: server_has_read_everything(server.port, s))
+            server.signal(signal.SIGUSR1)
+            server.wait_for_log(r"reload to generation 2 complete", 20)
+            t_sock.sendall(client_frame(0x0, b"\xa9 !"))
+            b_sock.sendall(client_frame(0x0, blob[2000:]))
+            t_frames, b_frames = Frames(t_sock, t_rest), Frames(b_sock, b_rest)
+            assert t_frames.text() == "déjà vu, café !"
+            assert b_frames.text() == f"{len(blob)}:{hashlib.sha256(blob).hexdigest()}"
+            t_sock.sendall(masked_frame(0x1, b"cmd:whoami"))
+            assert json.loads(t_frames.text())["pid"] != old_pid
+
+
+def test_a_message_of_tiny_fragments_costs_the_worker_about_its_size(tmp_path):
+    """1. 8 clients each send 1 MiB, the most max_message_size allows, as a text message
+    of two-byte fragments (7 MiB of frames each), and never its last fragment  2. the
+    worker has read it all and holds each message in one buffer: it grew by far less than
+    one object per fragment would take (some 40 MiB per client before)  3. one more
+    fragment past max_message_size closes 1009  4. others are still served."""
+    first = client_frame(0x1, b"ab", fin=False)
+    fragments = first + client_frame(0x0, b"ab", fin=False) * (MiB // 2 - 1)
+    with serving(app_target(tmp_path), tmp_path) as server:
+        (worker,) = server.workers()
+        rss_before = worker.memory_info().rss
+        socks = [raw_handshake(server.port)[0] for _ in range(8)]
+        try:
+            for sock in socks:
+                sock.sendall(fragments)
+            for sock in socks:
+                wait_until(lambda s=sock: server_has_read_everything(server.port, s), 30)
+            grown = worker.memory_info().rss - rss_before
+            socks[0].sendall(client_frame(0x0, b"ab", fin=False))
+            assert read_close_code(socks[0]) == 1009
+        finally:
+            for sock in socks:
+                sock.close()
+        assert grown < 40 * MiB, f"worker grew {grown / MiB:.1f} MiB"
+        assert http_answer(server.port, "/n/2").endswith(b"\r\n\r\n2")
+
+
 def test_frame_cursor_agrees_with_a_full_rescan_at_every_cut():
     """The linear cursor (core/frames.FrameCursor) finds the same frame in progress as
     rescanning everything read so far (unparsed_tail), over random frames and cuts."""

@@ -518,8 +518,8 @@ def run(deflate: bool, actions: list[tuple[str, Any]], send_eof: bool = True) ->
 
 def check_bounded(conn: Any, chunk: int) -> None:
     """Input is never buffered beyond one message (plus a frame header and one read)."""
-    fragments = sum(len(f) for f in getattr(conn, "_fragments", None) or ())
-    assert fragments <= MAX_MESSAGE
+    fragments = getattr(conn, "_fragments", None)
+    assert fragments is None or len(fragments.data) <= MAX_MESSAGE
     ws = getattr(conn, "ws", None)
     if ws is not None:
         assert len(ws.reader.buffer) <= MAX_MESSAGE + 14 + chunk

@@ -23,9 +23,13 @@ from typing import Any
 from .flow import FlowControl, Reason
 from .host import WorkerHost
 
-__all__ = ["MAX_QUEUED_HANDLERS", "Connection", "high_water"]
+__all__ = ["MAX_QUEUED_BYTES", "MAX_QUEUED_HANDLERS", "Connection", "high_water"]
 
 MAX_QUEUED_HANDLERS = 1024  # events queued for coroutine handlers before a connection stops reading
+#: Bytes of messages queued for coroutine handlers before a connection stops reading (or
+#: max_message_size, if larger): the count alone let 1,024 messages of 1 MiB wait, and
+#: a compressed message of 1 KiB on the wire inflates to 1 MiB (docs/security.md).
+MAX_QUEUED_BYTES = 1024 * 1024
 
 
 def high_water(buffer_output_size: int) -> int:
@@ -43,6 +47,8 @@ class Connection:
 
     __slots__ = (
         "_handler_queue",
+        "_outliving",
+        "_queued_bytes",
         "_timer",
         "_timer_at",
         "_timer_callback",
@@ -70,7 +76,9 @@ class Connection:
         self.peer: tuple[str, int] = ("", 0)
         self.connect_time = self.last_time = 0.0
         self.messages_in = self.messages_out = 0
-        self._handler_queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+        self._handler_queue: deque[tuple[Callable[..., Any], tuple[Any, ...], int]] | None = None
+        self._queued_bytes = 0  # the sizes of the messages in _handler_queue
+        self._outliving = False  # lost, its handlers still working: see _count_if_outliving
         # The connection's one timer (a request, idle or closing deadline); see _arm_timer
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when the loop's handle fires
@@ -160,11 +168,18 @@ class Connection:
         handler: Callable[..., Any] | None,
         args: tuple[Any, ...],
         after: Callable[[], None] | None = None,
+        size: int = 0,
     ) -> None:
-        """Run a handler in this connection's order: inline if nothing is pending."""
+        """Run a handler in this connection's order: inline if nothing is pending.
+
+        Queued behind a coroutine handler, an event counts ``size`` bytes (a message's)
+        against MAX_QUEUED_BYTES; past that, or MAX_QUEUED_HANDLERS events, the
+        connection stops reading until its handlers are done (``_handlers_behind``).
+        """
         if self._handler_queue is not None:
-            self._handler_queue.append((_then(handler, after), args))
-            if len(self._handler_queue) > MAX_QUEUED_HANDLERS and self.flow is not None:
+            self._handler_queue.append((_then(handler, after), args, size))
+            self._queued_bytes += size
+            if self.flow is not None and self._handlers_behind():
                 self.flow.pause(Reason.HANDLERS)
             return
         if handler is not None:
@@ -205,7 +220,8 @@ class Connection:
         except Exception:
             self._handler_failed(handler)
         while queue:
-            step, args = queue.popleft()
+            step, args, size = queue.popleft()
+            self._queued_bytes -= size
             try:
                 result = step(*args)
                 if result is not None and inspect.isawaitable(result):
@@ -213,9 +229,34 @@ class Connection:
             except Exception:
                 self._handler_failed(step)
         self._handler_queue = None
+        if self._outliving:
+            self._outliving = False
+            self._worker.outliving_handlers -= 1
         self._handlers_idle()
-        if self.flow is not None:
-            self.flow.resume(Reason.HANDLERS)
+        if self.flow is not None and not self._handlers_behind():
+            self.flow.resume(Reason.HANDLERS)  # not if what _handlers_idle ran is behind
+
+    def _count_if_outliving(self) -> None:
+        """At connection_lost: a connection whose coroutine handlers are still working
+        through what it sent counts against max_connections until they are done. Its
+        queue holds up to MAX_QUEUED_BYTES (or a max_message_size) of messages, and a
+        client that closes and connects again must not make a worker hold that for as
+        many connections as it cares to open (docs/security.md)."""
+        if self._handler_queue is not None and not self._outliving:
+            self._outliving = True
+            self._worker.outliving_handlers += 1
+
+    def _handlers_behind(self) -> bool:
+        """Whether the events queued for coroutine handlers are past their bound: more
+        than MAX_QUEUED_HANDLERS, or messages of MAX_QUEUED_BYTES (or one
+        max_message_size, if larger) in all."""
+        queue = self._handler_queue
+        if queue is None:
+            return False
+        if len(queue) > MAX_QUEUED_HANDLERS:
+            return True
+        queued = self._queued_bytes
+        return queued >= MAX_QUEUED_BYTES and queued >= self._worker.settings.max_message_size
 
     def _handlers_idle(self) -> None:
         """Every handler of this connection has finished (after coroutine handlers)."""

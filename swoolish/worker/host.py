@@ -62,6 +62,7 @@ class WorkerHost(Protocol):
     timers: TimerWheel
     draining: bool
     handled_left: int = -1  # requests and messages before max_request (below 0: never)
+    outliving_handlers: int = 0  # lost connections whose coroutine handlers still work
 
     @property
     def ids(self) -> SessionIds:

@@ -138,8 +138,9 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._direct = self.peer
         self._secure = worker.settings.ssl_cert_file is not None  # the server's TLS
         self._direct_client = Client(self.peer[0], self._secure)
-        if len(worker.connections) >= worker.settings.max_connections:
-            # More clients than max_connections are refused cleanly (docs/quickstart.md).
+        if len(worker.connections) + worker.outliving_handlers >= worker.settings.max_connections:
+            # More clients than max_connections are refused cleanly (docs/quickstart.md);
+            # closed ones whose handlers still work count (Connection._count_if_outliving).
             worker.stats["refused"] += 1
             self.closing = True
             transport.write(simple_response(503, "Server is at max_connections, retry later.\n"))

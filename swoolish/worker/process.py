@@ -123,6 +123,7 @@ class Worker:
         self._requests: dict[int, asyncio.Future[Any]] = {}  # server_stats() answers
         self._request_ids = 0
         self.live: set[Connection] = set()  # every transport, closing ones included
+        self.outliving_handlers = 0  # lost connections whose coroutine handlers still work
         self.stats = Counts.zeroed()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False

@@ -163,6 +163,7 @@ class WsConnection(Connection, asyncio.Protocol):
         "_extensions",
         "_fast",
         "_fragments",
+        "_held",
         "_inflate_bits",
         "_moved_timers",
         "_rx",
@@ -204,6 +205,7 @@ class WsConnection(Connection, asyncio.Protocol):
         # where the frame in progress ends (and, for a hand-off, its bytes)
         self._rx = FrameCursor(MAX_UNPARSED_KEPT if self._track else 0)
         self._stash = b""  # a small frame cut by the read, kept for the fast path
+        self._held = False  # _stash is the rest of a read, held while handlers are behind
         self._tx_log: deque[bytes] | None = None  # created on the first write left buffered
         self._tx_bytes = 0
         self._unsent = b""
@@ -356,6 +358,8 @@ class WsConnection(Connection, asyncio.Protocol):
             self._moved_lost()
             self.transport = None
             return
+        if self._held:
+            self._stash, self._held = b"", False  # unparsed: lost with the connection
         self._cancel_timer()
         self._begin_close()
         worker.stats["closed"] += 1
@@ -365,6 +369,7 @@ class WsConnection(Connection, asyncio.Protocol):
                 client = client_address(self.peer)
                 log_close(client, self.path, self._close_code(), self.connect_time)
             self._dispatch(worker.handler("close"), (worker.server, self.sid))
+        self._count_if_outliving()
         self.transport = None
 
     def _close_code(self) -> int:
@@ -381,22 +386,46 @@ class WsConnection(Connection, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the client (or, on arrival, bytes it sent before the upgrade or the
-        move): the fast path takes whole frames, websockets' protocol the rest."""
+        move): the fast path takes whole frames, websockets' protocol the rest.
+
+        While this connection's coroutine handlers are behind (``_handlers_behind``),
+        the rest of the read is held, unparsed, until they are done (``_handlers_idle``):
+        a read brings up to 256 KiB, and a compressed message of 1 KiB in it may inflate
+        to max_message_size. So that the protocol object never inflates a whole read at
+        once either, it gets one frame at a time on a compressed connection or while
+        handlers are queued; otherwise the whole read.
+        """
         self.last_time = time.time()
         if self._stash:
             data, self._stash = self._stash + data, b""
-        ws = self.ws
-        if self._fast and not self.closing and (ws is None or ws.state is OPEN):
-            consumed = self._fast_frames(data)
-            if consumed == len(data):
+        while True:
+            ws = self.ws
+            if self._fast and not self.closing and (ws is None or ws.state is OPEN):
+                consumed = self._fast_frames(data)
+                if consumed == len(data):
+                    return
+                if consumed:
+                    data = data[consumed:]  # the rest starts at a frame boundary
+                if self._fast and self._cut_fast_frame(data):
+                    # A stream rarely ends a read on a frame boundary: wait for the end of
+                    # this frame (at most 64 KiB) rather than leave the fast path for good.
+                    self._stash = data
+                    return
+            if self._deflate is None and self._handler_queue is None:
+                self._protocol_frames(data)
                 return
-            if consumed:
-                data = data[consumed:]  # the rest starts at a frame boundary
-            if self._fast and self._cut_fast_frame(data):
-                # A stream rarely ends a read on a frame boundary: wait for the end of
-                # this frame (at most 64 KiB) rather than leave the fast path for good.
-                self._stash = data
+            if self._handlers_behind():
+                self._stash, self._held = data, True
                 return
+            end = self._rx.frame_end(data)
+            if end == len(data):
+                self._protocol_frames(data)
+                return
+            self._protocol_frames(data[:end])
+            data = data[end:]
+
+    def _protocol_frames(self, data: bytes) -> None:
+        """Give ``data`` to websockets' protocol object and act on the frames it parses."""
         # Every byte the protocol gets passes the cursor too, which knows whether a frame is
         # in progress (then the next read must not go fast) without rescanning it.
         ws = self._protocol()
@@ -435,7 +464,11 @@ class WsConnection(Connection, asyncio.Protocol):
         )
         if self._fast and (self._deflate is None or self._inflate_bits):
             # Nothing in the protocol object is needed any more (no message in progress,
-            # no compression window of the client's): let it go, as if never made.
+            # no compression window of the client's): let it go, as if never made. Its
+            # parser, a generator suspended between frames, holds the last frame parsed
+            # (up to max_message_size, inflated) and the object itself: closed, it lets
+            # both go now rather than at the next full garbage collection.
+            ws.parser.close()
             self.ws = None
 
     def _fast_frames(self, data: bytes) -> int:
@@ -502,7 +535,12 @@ class WsConnection(Connection, asyncio.Protocol):
                 worker.handled_enough()  # max_request: asks once to be recycled
             frame = Frame(self.sid, message, opcode)
             if self._handler_queue is not None or handler is None:
-                self._dispatch(handler, (server, frame))
+                self._dispatch(handler, (server, frame), size=len(message))
+                if self._handlers_behind():
+                    self._stash, self._held = data[pos:], True  # until they catch up
+                    if pongs:
+                        self._send_pongs(pongs)
+                    return n
             else:  # _dispatch's inline case without its call: the path of every message
                 try:
                     result = handler(server, frame)
@@ -590,7 +628,8 @@ class WsConnection(Connection, asyncio.Protocol):
         worker.handled_left -= 1
         if not worker.handled_left:
             worker.handled_enough()  # max_request: asks once to be recycled
-        self._dispatch(worker.handler("message"), (worker.server, Frame(self.sid, message, kind)))
+        frame = Frame(self.sid, message, kind)
+        self._dispatch(worker.handler("message"), (worker.server, frame), size=len(message))
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the WebSocket connection (RFC 6455 §7.1.7) with ``code``, from an event."""
@@ -786,6 +825,13 @@ class WsConnection(Connection, asyncio.Protocol):
             self._close_when_idle = (code, reason)
 
     def _handlers_idle(self) -> None:
+        if self._held and self.transport is not None and not self.moving:
+            # The rest of a read held while handlers were behind (data_received); a
+            # session on its way to another worker carries it there as ``unparsed``.
+            self._held = False
+            self.data_received(b"")
+            if self._handler_queue is not None:
+                return  # queued again: a close waits for these handlers too
         if self._close_when_idle is not None:
             code, reason = self._close_when_idle
             self._close_when_idle = None

@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+import zlib
 
 import psutil
 import pytest
@@ -33,6 +34,7 @@ from support import (
     serving,
     timeout,
     upgrade,
+    upgrade_with,
     wait_until,
     write_app,
 )
@@ -757,6 +759,90 @@ def test_a_message_of_tiny_fragments_costs_the_worker_about_its_size(tmp_path):
                 sock.close()
         assert grown < 40 * MiB, f"worker grew {grown / MiB:.1f} MiB"
         assert http_answer(server.port, "/n/2").endswith(b"\r\n\r\n2")
+
+
+def deflate_bomb(fragmented: bool = False) -> bytes:
+    """A binary message of about 1 KiB that inflates to 1 MiB of zeros, compressed as a
+    stream of its own (RFC 7692 §7.2.1: the final empty block's four bytes left off),
+    RSV1 set: one frame, or two fragments (which websockets' protocol object parses)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = compressor.compress(bytes(MiB)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert payload.endswith(b"\x00\x00\xff\xff")
+    payload = payload[:-4]
+    if not fragmented:
+        return client_frame(0x40 | 0x2, payload)
+    half = len(payload) // 2
+    return client_frame(0x40 | 0x2, payload[:half], fin=False) + client_frame(0x0, payload[half:])
+
+
+DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n"
+
+
+def peak_rss(proc: psutil.Process) -> int:
+    """The process's peak resident memory so far (VmHWM, /proc/PID/status), in bytes."""
+    status = open(f"/proc/{proc.pid}/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * KiB
+
+
+@pytest.mark.parametrize("fragmented", [False, True], ids=["whole", "fragmented"])
+def test_compressed_messages_queued_for_a_busy_coroutine_handler_are_bounded(tmp_path, fragmented):
+    """1. 5 clients negotiate permessage-deflate; each sends a message whose coroutine
+    handler sleeps, then 100 messages of about 1 KiB that inflate to 1 MiB each (whole:
+    the fast path; in two fragments: websockets' protocol object)  2. the
+    worker's peak memory grew by a few MiB per client, not by what the messages inflate
+    to (100 MiB per client before: queued events were bounded by count only, and a whole
+    read was parsed at once)  3. once the handler wakes, every message is handled, in
+    order: nothing read was lost."""
+    bomb = deflate_bomb(fragmented)
+    expected = f"{MiB}:{hashlib.sha256(bytes(MiB)).hexdigest()}"
+    with serving(app_target(tmp_path), tmp_path) as server:
+        (worker,) = server.workers()
+        rss_before = worker.memory_info().rss
+        clients = []
+        for _ in range(5):
+            sock = raw_connect(server.port)
+            head, rest = upgrade_with(sock, headers=DEFLATE_OFFER)
+            assert b"permessage-deflate" in head
+            clients.append((sock, rest))
+        try:
+            for sock, _ in clients:
+                sock.sendall(masked_frame(0x1, b"cmd:sleep:2") + bomb * 100)
+            for sock, _ in clients:
+                wait_until(lambda s=sock: server_has_read_everything(server.port, s))
+            for sock, rest in clients:
+                frames = Frames(sock, rest)
+                assert frames.text(10) == "slept"
+                assert [frames.text(10) for _ in range(100)] == [expected] * 100
+            grown = peak_rss(worker) - rss_before
+        finally:
+            for sock, _ in clients:
+                sock.close()
+    assert grown < 40 * MiB, f"the worker's peak grew {grown / MiB:.0f} MiB"
+
+
+def test_a_closed_session_whose_handlers_still_work_counts_against_max_connections(tmp_path):
+    """1. serve with max_connections 2  2. client A sends a message whose coroutine handler
+    sleeps and one more message, and closes; the worker sees it close  3. while A's
+    handlers still work through what it sent, one more client is served and the next
+    gets 503: a client that closes and connects again cannot make the worker hold
+    queued messages for more connections than max_connections  4. once they are done,
+    A's slot is free again."""
+    with serving(app_target(tmp_path, max_connections=2), tmp_path) as server:
+        with raw_connect(server.port) as a:
+            upgrade(a)
+            a.sendall(masked_frame(0x1, b"cmd:sleep:3") + masked_frame(0x1, b"queued"))
+            wait_until(lambda: server_has_read_everything(server.port, a))
+            a_port = a.getsockname()[1]
+
+        def a_closed_here() -> bool:
+            row = tcp_row(server.port, a_port)
+            return row is None or row[3] not in ("01", "08")  # ESTABLISHED, CLOSE_WAIT
+
+        wait_until(a_closed_here, what="the worker closing its side of A")
+        with raw_connect(server.port) as b:
+            upgrade(b)
+            assert http_answer(server.port, "/n/1").startswith(b"HTTP/1.1 503 ")
+            wait_until(lambda: http_answer(server.port, "/n/2").endswith(b"\r\n\r\n2"), 10)
 
 
 def test_frame_cursor_agrees_with_a_full_rescan_at_every_cut():

@@ -7,6 +7,7 @@ the settings they need (a small ``buffer_output_size``, a fast heartbeat, a list
 WebSocket (an ``async`` message handler, so that events can queue):
 
 - text ``cmd:whoami``: ``{"fd", "pid"}``; ``cmd:stats``: ``server.stats()``;
+  ``cmd:sleep:SECONDS``: ``slept``, that long after (the session's later messages queue);
 - text ``cmd:push:FD:OPCODE:KIND``: call ``server.push(FD, data, OPCODE)`` with ``KIND``
   data (``big``: 200 bytes; ``bad-utf8``: bytes that are not UTF-8; ``text``: a short
   str) and answer ``ok True``/``ok False`` or the exception's class name and message;
@@ -42,6 +43,9 @@ async def on_message(server: WebSocketServer, frame: Any) -> None:
         server.push(frame.fd, json.dumps({"fd": frame.fd, "pid": os.getpid()}))
     elif data == "cmd:stats":
         server.push(frame.fd, json.dumps(server.stats()))
+    elif data.startswith("cmd:sleep:"):
+        await asyncio.sleep(float(data[10:]))
+        server.push(frame.fd, "slept")
     elif data.startswith("cmd:push:"):
         fd, opcode, kind = data.split(":")[2:]
         payload: str | bytes = {"big": b"p" * 200, "bad-utf8": b"\xff\xfe", "text": "hi"}[kind]

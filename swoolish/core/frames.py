@@ -254,21 +254,20 @@ class FrameCursor:
             return None
         return bytes(self._kept)
 
-    def frame_end(self, data: bytes) -> int:
-        """How many bytes of ``data``, the next bytes of the stream, reach the end of the
-        frame in progress (of the frame ``data`` starts, at a boundary); ``len(data)``
-        when that frame does not end in ``data``. Nothing is accounted for: ``feed``
-        those bytes next."""
+    def frame_end(self, data: bytes, pos: int = 0) -> int:
+        """Where, in ``data`` (the next bytes of the stream from ``pos`` on), the frame in
+        progress ends (the frame starting at ``pos``, at a boundary); ``len(data)`` when
+        it does not end in ``data``. Nothing is accounted for: ``feed`` those bytes next."""
         n = len(data)
         if self._seen:
             need = self._need
             if need < 0:
-                extent = frame_extent(bytes(self._kept) + data[:14])
+                extent = frame_extent(bytes(self._kept) + data[pos : pos + 14])
                 if extent is None:
                     return n
                 need = extent[1] - self._seen
-            return min(need, n)
-        extent = frame_extent(data)
+            return min(pos + need, n)
+        extent = frame_extent(data, pos)
         return n if extent is None else min(extent[1], n)
 
     def feed(self, data: bytes) -> None:

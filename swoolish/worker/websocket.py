@@ -398,31 +398,30 @@ class WsConnection(Connection, asyncio.Protocol):
         self.last_time = time.time()
         if self._stash:
             data, self._stash = self._stash + data, b""
+        n = len(data)
+        pos = 0  # where the bytes not handled yet begin: only the part handed on is copied
         while True:
             ws = self.ws
             if self._fast and not self.closing and (ws is None or ws.state is OPEN):
-                consumed = self._fast_frames(data)
-                if consumed == len(data):
+                pos = self._fast_frames(data, pos)
+                if pos == n:
                     return
-                if consumed:
-                    data = data[consumed:]  # the rest starts at a frame boundary
-                if self._fast and self._cut_fast_frame(data):
+                if self._fast and self._cut_fast_frame(data, pos):
                     # A stream rarely ends a read on a frame boundary: wait for the end of
                     # this frame (at most 64 KiB) rather than leave the fast path for good.
-                    self._stash = data
+                    self._stash = data[pos:]
                     return
             if self._deflate is None and self._handler_queue is None:
-                self._protocol_frames(data)
+                self._protocol_frames(data[pos:] if pos else data)
                 return
             if self._handlers_behind():
-                self._stash, self._held = data, True
+                self._stash, self._held = data[pos:] if pos else data, True
                 return
-            end = self._rx.frame_end(data)
-            if end == len(data):
-                self._protocol_frames(data)
+            end = self._rx.frame_end(data, pos)
+            self._protocol_frames(data[pos:end] if pos or end < n else data)
+            if end == n:
                 return
-            self._protocol_frames(data[:end])
-            data = data[end:]
+            pos = end
 
     def _protocol_frames(self, data: bytes) -> None:
         """Give ``data`` to websockets' protocol object and act on the frames it parses."""
@@ -471,8 +470,9 @@ class WsConnection(Connection, asyncio.Protocol):
             ws.parser.close()
             self.ws = None
 
-    def _fast_frames(self, data: bytes) -> int:
-        """Handle the common case without the protocol object; returns bytes consumed.
+    def _fast_frames(self, data: bytes, pos: int) -> int:
+        """Handle the common case without the protocol object, from ``data[pos]`` (a
+        frame boundary); returns where the bytes it did not take begin.
 
         Only complete, final, masked text or binary frames without RSV bits (or with
         RSV1 alone, a message compressed as a stream of its own, when the client keeps no
@@ -495,7 +495,6 @@ class WsConnection(Connection, asyncio.Protocol):
         limit = worker.settings.max_message_size
         inflate_bits = self._inflate_bits
         n = len(data)
-        pos = 0
         pongs: list[bytes] = []
         message: Any  # str (text), bytes (binary, compressed, a ping's) or int (bad UTF-8)
         while n - pos >= 6:  # the shortest frame the fast path takes: 6 header bytes
@@ -559,19 +558,19 @@ class WsConnection(Connection, asyncio.Protocol):
             return n
         return pos
 
-    def _cut_fast_frame(self, data: bytes) -> bool:
-        """``data`` starts with a frame the fast path takes, cut by the read."""
-        b0 = data[0]
+    def _cut_fast_frame(self, data: bytes, pos: int) -> bool:
+        """``data[pos:]`` is the start of a frame the fast path takes, cut by the read."""
+        b0 = data[pos]
         if self._inflate_bits and (b0 == 0xC1 or b0 == 0xC2):
             b0 ^= RSV1  # a compressed message the fast path takes whole
-        if len(data) < 2:
+        if len(data) - pos < 2:
             return b0 == 0x81 or b0 == 0x82 or b0 == 0x89 or b0 == 0x8A
-        b1 = data[1]
+        b1 = data[pos + 1]
         if b0 == 0x89 or b0 == 0x8A:
             return 0x80 <= b1 <= 0xFD
         if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80 or b1 == 0xFF:
             return False
-        extent = frame_extent(data)
+        extent = frame_extent(data, pos)
         if extent is None:
             return True
         head, end = extent

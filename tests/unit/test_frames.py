@@ -30,6 +30,7 @@ from swoolish.core.frames import (
     FOUND_PONG,
     INVALID_TEXT,
     TEXT,
+    FrameCursor,
     py_encode_message,
     py_next_frame,
 )
@@ -322,3 +323,57 @@ def test_a_frame_pickles_as_the_public_name(frame_class: Any) -> None:
     back = pickle.loads(pickle.dumps(frame_class(3, "hi", TEXT, False)))
     assert type(back) is swoolish.Frame
     assert (back.fd, back.data, back.opcode, back.finish) == (3, "hi", TEXT, False)
+
+
+def _client_frame(payload: bytes, masked: bool) -> bytes:
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x82, (0x80 if masked else 0) | n])
+    elif n < 65536:
+        head = bytes([0x82, (0x80 if masked else 0) | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x82, (0x80 if masked else 0) | 127]) + n.to_bytes(8, "big")
+    return head + (b"\0\0\0\0" if masked else b"") + payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 125, 126, 300, 65536]), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(min_value=1, max_value=70000), min_size=1, max_size=8),
+    masked=st.booleans(),
+)
+def test_frame_end_names_each_frame_boundary_of_a_stream_fed_in_any_cuts(
+    sizes: list[int], cuts: list[int], masked: bool
+) -> None:
+    """Fed one frame at a time through ``frame_end`` (from any position of a read, a
+    header cut between reads included), the cursor stops at exactly the stream's frame
+    boundaries: what websockets' protocol object is given one frame at a time."""
+    frames_ = [_client_frame(bytes(size), masked) for size in sizes]
+    stream = b"".join(frames_)
+    boundaries, at = set(), 0
+    for frame in frames_:
+        at += len(frame)
+        boundaries.add(at)
+    cursor, offset, reached = FrameCursor(0), 0, set()
+    reads = [stream[i : i + c] for i, c in _reads(len(stream), cuts)]
+    for read in reads:
+        pos = 0
+        while pos < len(read):
+            end = cursor.frame_end(read, pos)
+            assert pos < end <= len(read)
+            cursor.feed(read[pos:end])
+            pos = end
+            if cursor.at_boundary:
+                reached.add(offset + end)
+        offset += len(read)
+    assert reached == boundaries
+
+
+def _reads(total: int, cuts: list[int]) -> list[tuple[int, int]]:
+    """(start, size) of reads of a ``total``-byte stream, sized by ``cuts`` in turn."""
+    out, i, k = [], 0, 0
+    while i < total:
+        size = cuts[k % len(cuts)]
+        out.append((i, size))
+        i, k = i + size, k + 1
+    return out

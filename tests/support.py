@@ -326,6 +326,31 @@ def read_to_eof(sock: socket.socket, seconds: float = 5.0) -> bytes:
     return data
 
 
+def tcp_rows() -> list[list[str]]:
+    """The kernel's IPv4 TCP sockets (/proc/net/tcp), a row of fields each."""
+    with open("/proc/net/tcp") as table:
+        return [line.split() for line in table.readlines()[1:]]
+
+
+def tcp_row(local_port: int, remote_port: int) -> list[str] | None:
+    """The kernel's row for the IPv4 socket between these two loopback ports."""
+    local, remote = f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}"
+    return next((r for r in tcp_rows() if r[1] == local and r[2] == remote), None)
+
+
+def server_has_read_everything(port: int, sock: socket.socket) -> bool:
+    """Nothing ``sock`` sent is in flight or waiting in the server socket's receive queue:
+    the worker has read it all (so what is sent next reaches it in a later read)."""
+    mine = sock.getsockname()[1]
+    client, served = tcp_row(mine, port), tcp_row(port, mine)
+    return (
+        client is not None
+        and served is not None
+        and int(client[4].split(":")[0], 16) == 0  # tx_queue: not yet acknowledged
+        and int(served[4].split(":")[1], 16) == 0  # rx_queue: not yet read
+    )
+
+
 def read_close_code(sock: socket.socket, seconds: float = 5.0) -> int | None:
     """Read frames until a close frame; return its code (None if the TCP closed first)."""
     sock.settimeout(timeout(seconds))

@@ -31,7 +31,9 @@ from support import (
     raw_handshake,
     read_close_code,
     read_to_eof,
+    server_has_read_everything,
     serving,
+    tcp_row,
     timeout,
     upgrade,
     upgrade_with,
@@ -97,30 +99,6 @@ class Frames:
                 return payload.decode()
             else:
                 raise AssertionError(f"unexpected frame {opcode}: {payload[:40]!r}")
-
-
-def tcp_rows() -> list[list[str]]:
-    with open("/proc/net/tcp") as table:
-        return [line.split() for line in table.readlines()[1:]]
-
-
-def tcp_row(local_port: int, remote_port: int) -> list[str] | None:
-    """The kernel's row for the IPv4 socket between these two loopback ports."""
-    local, remote = f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}"
-    return next((r for r in tcp_rows() if r[1] == local and r[2] == remote), None)
-
-
-def server_has_read_everything(port: int, sock: socket.socket) -> bool:
-    """Nothing ``sock`` sent is in flight or waiting in the server socket's receive queue:
-    the worker has read it all (so what is sent next reaches it in a later read)."""
-    mine = sock.getsockname()[1]
-    client, served = tcp_row(mine, port), tcp_row(port, mine)
-    return (
-        client is not None
-        and served is not None
-        and int(client[4].split(":")[0], 16) == 0
-        and int(served[4].split(":")[1], 16) == 0
-    )
 
 
 def worker_pid(server) -> int:

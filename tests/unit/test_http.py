@@ -13,6 +13,16 @@ def test_request_parses_query_and_headers_case_insensitively():
     assert request.headers["content-type"] == "text/plain"
 
 
+def test_request_query_is_parsed_once_when_first_read_and_may_be_replaced():
+    request = Request("GET", "/?a=1&a=2&b", Headers())
+    assert request.query_string == "a=1&a=2&b"
+    query = request.query
+    assert query == {"a": "2", "b": ""} and request.query is query  # parsed once
+    request.query = {"c": "3"}  # an attribute an app could set before: it still can
+    assert request.query == {"c": "3"} and request.query_string == "a=1&a=2&b"
+    assert Request("GET", "/", Headers()).query == {}
+
+
 @pytest.mark.parametrize(
     ("version", "connection", "keep"),
     [("1.1", "", True), ("1.1", "close", False), ("1.0", "", False), ("1.0", "keep-alive", True)],

@@ -55,3 +55,39 @@ def test_a_compressed_session_still_has_its_extension() -> None:
     session = transport.protocol
     assert [type(ext).__name__ for ext in session._extensions] == ["PerMessageDeflate"]
     assert session._deflate is session._extensions[0]
+
+
+def test_a_lost_http_connection_is_freed_without_the_garbage_collector() -> None:
+    """1. an HTTP connection whose client stopped reading (its answers wait), with two
+    requests parsed and a chunked body half read  2. the connection is lost, and the
+    loop and the transport let go of it, as uvloop's do  3. it is freed by reference
+    counting alone, what it parsed with it: its parser holds its callbacks, and as a
+    cycle they would wait for a full collection (some 1 MiB of body and 16 requests per
+    closed connection, for as long as none ran)."""
+
+    def connections() -> int:
+        return sum(type(o) is HttpConnection for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = connections()
+        worker = StubWorker(False)
+        transport = FakeTransport()
+        conn = HttpConnection(worker)
+        transport.protocol = conn
+        conn.connection_made(transport)
+        conn.pause_writing()
+        conn.data_received(
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+            + b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"2\r\nab\r\n" * 100
+        )
+        assert len(conn._requests) == 2 and bytes(conn._body) == b"ab" * 100
+        assert connections() == before + 1
+        conn.connection_lost(None)
+        transport.protocol = conn = None
+        worker.loop.handles.clear()  # the fake loop keeps cancelled timers; uvloop does not
+        assert connections() == before
+    finally:
+        gc.enable()

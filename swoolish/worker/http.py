@@ -64,6 +64,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         "_access",
         "_answered",
         "_began",
+        "_bodies_waiting",
         "_body",
         "_close_after_response",
         "_direct",
@@ -99,6 +100,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._body: bytes | bytearray = b""  # see on_body
         self._began = False  # a request began in the feed being parsed, not complete yet
         self._requests: list[Request] = []  # at most MAX_PIPELINED: a list beats a deque here
+        self._bodies_waiting = 0  # the bytes of the bodies of _requests (see _pipeline_full)
         self._in_flight = False  # a request is being answered
         self._keep_alive = True  # ... and whether its client keeps the connection
         self._head = False  # ... and whether it asked for the head only (HEAD)
@@ -193,6 +195,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         # still running keeps its own request; its answer goes nowhere (_send_response).
         self._parser = None
         self._requests.clear()
+        self._bodies_waiting = 0
         self._url = b""
         self._headers = _NO_ITEMS
         self._body = b""
@@ -245,7 +248,7 @@ class HttpConnection(Connection, asyncio.Protocol):
 
         A client may pipeline thousands of requests in one write. They are answered one
         at a time, in order; the parser gets FEED_SIZE bytes at a time, and only while
-        fewer than MAX_PIPELINED requests wait, so the rest waits as bytes and reading
+        the pipeline is not full (_pipeline_full), so the rest waits as bytes and reading
         stops (``PIPELINE``). Answering also stops while the client does not take what
         was sent (``BACKPRESSURE``, past the high-water mark), until ``resume_writing``.
         """
@@ -260,7 +263,7 @@ class HttpConnection(Connection, asyncio.Protocol):
                     self._answer_next_request()
                 elif (
                     self._unfed
-                    and len(self._requests) < MAX_PIPELINED
+                    and not (self._requests and self._pipeline_full())
                     and self._parser is not None
                     and self._pending_upgrade_bytes is None
                 ):
@@ -273,12 +276,21 @@ class HttpConnection(Connection, asyncio.Protocol):
         if flow is not None and not self.closing:
             if (
                 self._unfed
-                or len(self._requests) >= MAX_PIPELINED
+                or (self._requests and self._pipeline_full())
                 or self._pending_upgrade_bytes is not None
             ):
                 flow.pause(_PIPELINE)
             else:
                 flow.resume(_PIPELINE)
+
+    def _pipeline_full(self) -> bool:
+        """Enough parsed requests wait for their answers to stop parsing more: MAX_PIPELINED,
+        or bodies of max_request_size in all. Counted in requests alone, 16 bodies of
+        max_request_size could wait per connection."""
+        return (
+            len(self._requests) >= MAX_PIPELINED
+            or self._bodies_waiting >= self._worker.settings.max_request_size
+        )
 
     def _feed_parser(self) -> None:
         """Give the parser the next FEED_SIZE bytes (a view: nothing is copied)."""
@@ -427,6 +439,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._body = b""
         self._began = False
         self._requests.append(request)
+        self._bodies_waiting += len(request.body)
 
     def _client(self, headers: Headers) -> Client:
         """Who sent this request: the peer, or with ``proxy_headers`` the client a
@@ -454,6 +467,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             return
         self._disarm_timer()  # re-armed (idle) once answered: keep the loop's handle
         request = self._requests.pop(0)
+        self._bodies_waiting -= len(request.body)
         self._serve_client_of(request)
         worker = self._worker
         if worker.settings.access_log:

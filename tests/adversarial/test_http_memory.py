@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from urllib.parse import parse_qsl
 
 import pytest
@@ -238,3 +239,50 @@ def test_a_lost_connection_whose_handler_still_works_counts_against_max_connecti
                 assert body_of(read_to_eof(c, 10)) == b"released"
             request = b"GET /n HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
             wait_until(lambda: exchange(server.port, request).startswith(b"HTTP/1.1 200 "))
+
+
+def test_pipelined_bodies_waiting_behind_a_slow_handler_are_bounded_by_max_request_size(
+    tmp_path,
+):
+    """1. 10 clients each pipeline 17 POSTs of 1 MiB (max_request_size) to a handler that
+    awaits (one answering, the rest waiting)  2. the worker stops parsing once bodies of
+    max_request_size wait answered, and reading with it: it grew by a few MiB per
+    client, not by the 16 bodies that waited parsed before (some 17 MiB per client)
+    3. once released, every request is answered, in order."""
+    body = bytes(range(256)) * (MiB // 256)
+    one = b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % len(body)
+    pipelined = (one + b"\r\n" + body) * 16 + one + b"Connection: close\r\n\r\n" + body
+    with serving(app_target(tmp_path), tmp_path) as server:
+        assert body_of(exchange(server.port, b"GET /n HTTP/1.1\r\nConnection: close\r\n\r\n"))
+        rss_before = worker_rss(server)
+        socks = [raw_connect(server.port) for _ in range(10)]
+        senders = [
+            threading.Thread(target=sock.sendall, args=(pipelined,), daemon=True) for sock in socks
+        ]
+        try:
+            for sender in senders:
+                sender.start()
+
+            (worker,) = server.workers()
+            last_read = [-1]
+
+            def reading_stopped() -> bool:
+                # every client's bytes are read or wait in the worker's receive queue,
+                # and the worker read none since the last look
+                rows = [tcp_row(server.port, s.getsockname()[1]) for s in socks]
+                waiting = [r is not None and int(r[4].split(":")[1], 16) > 0 for r in rows]
+                done = all(w or not t.is_alive() for w, t in zip(waiting, senders, strict=True))
+                read, last_read[0] = last_read[0], worker.io_counters().read_chars
+                return done and read == last_read[0]
+
+            wait_until(reading_stopped, 30, interval=0.3, what="the worker to stop reading")
+            grown = worker_rss(server) - rss_before
+            released = exchange(server.port, b"GET /release HTTP/1.1\r\nConnection: close\r\n\r\n")
+            answers = [read_to_eof(sock, 30) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        assert grown < 80 * MiB, f"worker grew {grown / MiB:.0f} MiB for 10 clients"
+        assert body_of(released) == b"released"
+        for answer in answers:
+            assert answer.count(b"HTTP/1.1 200 ") == 17 and answer.endswith(b"held"), answer[:200]

@@ -57,7 +57,7 @@ ACK_TIMEOUT = 3.0  # seconds the new worker gets to acknowledge a batch
 ACK_GRACE = 1.0  # seconds more the old worker waits: a batch is accepted before its deadline
 SETTLE_TIMEOUT = 1.0  # seconds a connection accepted just before the stop gets to upgrade
 LATE_ROUNDS = 3  # hand-off rounds for sessions whose handshake completed meanwhile
-MAX_MOVED_BYTES = 256 * 1024  # unsent + unparsed bytes one connection may carry
+MAX_MOVED_BYTES = 256 * 1024  # unsent, unparsed and message-so-far bytes one connection may carry
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # one message (ipc cuts it into packets that fit)
 FIRST_SLICE = 16  # connections in the first batch: the most recently active ones
 QUIET_SECONDS = 0.1  # a session without a message for this long is quiet
@@ -222,6 +222,14 @@ def _fall_back_attached(conn: WsConnection, reason: str, report: HandoffReport) 
     conn.drain(SERVICE_RESTART, "server restarting")
 
 
+def _message_bytes(state: MovingSession) -> int:
+    """The size of the fragmented message a session is receiving (up to max_message_size
+    each): counted with what else it carries, so that sessions in the middle of large
+    messages cannot make their batch too large to send, and the others in it fall back
+    to a 1012 with them."""
+    return sum(len(p.encode() if isinstance(p, str) else p) for p in state.fragments)
+
+
 async def _send_batch(
     worker: WorkerHost,
     channel: ipc.Channel,
@@ -243,7 +251,7 @@ async def _send_batch(
     size = 0
     for conn, descriptor in detached:
         state = conn.export_state()
-        moved_bytes = len(state.unsent) + len(state.unparsed)
+        moved_bytes = len(state.unsent) + len(state.unparsed) + _message_bytes(state)
         blob = len(pickle.dumps(state.app)) if state.app is not None else 0
         if moved_bytes > MAX_MOVED_BYTES or size + moved_bytes + blob > MAX_BATCH_BYTES:
             await _readopt(worker, descriptor, state, "state over its cap", report)

@@ -712,6 +712,43 @@ def test_fragmented_messages_in_progress_move_with_their_sessions_in_a_reload(tm
             assert json.loads(t_frames.text())["pid"] != old_pid
 
 
+def test_sessions_in_the_middle_of_large_messages_cannot_sink_a_reload_for_the_others(
+    tmp_path,
+):
+    """1. serve with max_message_size 16 MiB  2. 6 clients each send 12 MiB of a
+    fragmented message and not its end; then 3 bystanders send a message each (so all
+    nine are the most recently active, moved in one batch)  3. a reload  4. the
+    bystanders moved to the new worker; the 6 get 1012 (their messages are too large
+    to carry). Before, the fragments were not counted against the batch's cap, the batch
+    came to 72 MiB, over what a channel message may carry, and every session in it fell
+    back to 1012, the bystanders too."""
+    piece = client_frame(0x0, bytes(512 * KiB), fin=False)
+    message = client_frame(0x2, bytes(512 * KiB), fin=False) + piece * 23  # 12 MiB
+    with serving(app_target(tmp_path, max_message_size=16 * MiB), tmp_path) as server:
+        old_pid = worker_pid(server)
+        senders = [raw_handshake(server.port)[0] for _ in range(6)]
+        bystanders = [raw_handshake(server.port) for _ in range(3)]
+        try:
+            for sock in senders:
+                sock.sendall(message)
+            for sock in senders:
+                wait_until(lambda s=sock: server_has_read_everything(server.port, s), 30)
+            frames = []
+            for sock, rest in bystanders:
+                sock.sendall(masked_frame(0x1, b"cmd:whoami"))
+                frames.append(Frames(sock, rest))
+                assert json.loads(frames[-1].text())["pid"] == old_pid
+            server.signal(signal.SIGUSR1)
+            server.wait_for_log(r"reload to generation 2 complete", 30)
+            for (sock, _), reader in zip(bystanders, frames, strict=True):
+                sock.sendall(masked_frame(0x1, b"cmd:whoami"))
+                assert json.loads(reader.text())["pid"] != old_pid
+            assert [read_close_code(sock, 10) for sock in senders] == [1012] * 6
+        finally:
+            for sock in senders + [sock for sock, _ in bystanders]:
+                sock.close()
+
+
 def test_a_message_of_tiny_fragments_costs_the_worker_about_its_size(tmp_path):
     """1. 8 clients each send 1 MiB, the most max_message_size allows, as a text message
     of two-byte fragments (7 MiB of frames each), and never its last fragment  2. the

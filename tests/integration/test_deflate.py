@@ -3,6 +3,7 @@ compressed messages both ways, and a compressed connection moved by a reload."""
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import zlib
@@ -110,3 +111,71 @@ def test_compressed_connection_survives_a_reload(tmp_path):
             for message in ("b", large):
                 ws.send(message)
                 assert ws.recv(timeout=timeout(5)) == "v2:" + message
+
+
+BROADCAST_APP = """
+import random
+from swoolish import WebSocketServer
+
+server = WebSocketServer()
+BLOCK = random.Random(5).randbytes(1500).hex()  # 3,000 characters: matches 3 KB apart
+
+@server.on("message")
+def on_message(server, frame):
+    if frame.data == "cmd:broadcast":
+        server.broadcast(BLOCK * 3)
+"""
+
+
+def raw_frame(sock: socket.socket, buffer: bytes) -> tuple[int, bytes, bytes]:
+    """One server frame as (first byte, payload as sent, the bytes after it)."""
+    sock.settimeout(timeout(5))
+    while True:
+        if len(buffer) >= 2:
+            n, start = buffer[1] & 0x7F, 2
+            if n == 126 and len(buffer) >= 4:
+                n, start = int.from_bytes(buffer[2:4], "big"), 4
+            if n != 126 and len(buffer) >= start + n:
+                return buffer[0], buffer[start : start + n], buffer[start + n :]
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        buffer += chunk
+
+
+def test_a_broadcast_reaches_each_session_as_it_negotiated(tmp_path):
+    """1. three clients: one asks for a compression window of 2^10 bytes
+    (server_max_window_bits=10), one makes a browser's offer (2^15), one offers nothing
+    2. one asks for a broadcast of 9,000 characters that repeat 3,000 apart  3. each
+    gets it: the first compressed within its window (inflating with 2^10 works), the
+    second compressed, the third plain; the message compressed once per window size
+    serves every session of that size."""
+    app = write_app(tmp_path, BROADCAST_APP)
+    offers = {
+        10: "permessage-deflate; client_max_window_bits; server_max_window_bits=10",
+        15: OFFER,
+    }
+    with serving(f"{app}:server", tmp_path) as server:
+        clients = {}
+        for bits, offer in offers.items():
+            sock = raw_connect(server.port)
+            head, rest = upgrade_with(sock, headers=f"Sec-WebSocket-Extensions: {offer}\r\n")
+            assert b"permessage-deflate" in head
+            clients[bits] = (sock, rest)
+        plain = raw_connect(server.port)
+        clients[0] = (plain, upgrade_with(plain)[1])
+        try:
+            plain.sendall(masked_frame(1, b"cmd:broadcast"))
+            expected = (random.Random(5).randbytes(1500).hex() * 3).encode()
+            for bits, (sock, rest) in clients.items():
+                b0, payload, _ = raw_frame(sock, rest)
+                if bits == 0:
+                    assert b0 == 0x81 and payload == expected
+                    continue
+                assert b0 == 0xC1, hex(b0)  # FIN, RSV1, text
+                inflate = zlib.decompressobj(wbits=-bits)
+                assert inflate.decompress(payload + b"\x00\x00\xff\xff") == expected
+                if bits == 15:  # only a window past 3,000 bytes sees the repeats
+                    assert len(payload) < len(expected) // 3, len(payload)
+        finally:
+            for sock, _ in clients.values():
+                sock.close()

@@ -24,7 +24,9 @@ from swoolish.core.switchboard import PARK_TIMEOUT, Switchboard
 from swoolish.worker.router import Router
 from swoolish.worker.sessions import SessionMap
 
-SETTINGS = SimpleNamespace(buffer_output_size=1 << 20)  # what a broadcast's fan-out reads
+SETTINGS = SimpleNamespace(  # what a broadcast's fan-out reads
+    buffer_output_size=1 << 20, websocket_compression_threshold=512
+)
 
 
 class FakeConnection:

@@ -81,7 +81,7 @@ class TaskBook:
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.accepting: dict[int, int] = {}  # slot -> pid of the task worker taking new tasks
-        self.held: dict[int, dict[TaskKey, Task]] = {}  # pid -> tasks sent to it, unanswered
+        self.held: dict[int, dict[TaskKey, Task]] = {}  # pid -> tasks sent, unanswered (no data)
         self.pending: dict[int, list[Task]] = {slot: [] for slot in range(slots)}
         self.closed = False  # shutting down: no task worker will take new tasks
 
@@ -99,7 +99,9 @@ class TaskBook:
         if pid is None:
             self.pending[task.slot].append(task)  # bounded by the senders' task load
             return []
-        self.held.setdefault(pid, {})[task_key(task)] = task
+        # Held to answer for it if its task worker dies: who sent it, not its data (up to
+        # task_queue_size payloads of 1 MiB per task worker otherwise)
+        self.held.setdefault(pid, {})[task_key(task)] = task._replace(payload=b"")
         return [Deliver(pid, task)]
 
     def undeliverable(self, pid: int, task: Task, reason: str) -> list[TaskAction]:

@@ -196,9 +196,7 @@ def test_a_reload_runs_every_task_exactly_once(tmp_path):
         for n in range(4):
             data = {"do": "block", "count": True, "n": n, "dir": str(tmp_path)}
             assert c.ask(cmd="task", data=data)["task_id"]
-        wait_until(
-            lambda: len(list(tmp_path.glob("started-*"))) == 2, 15, what="two tasks running"
-        )
+        wait_until(lambda: len(list(tmp_path.glob("started-*"))) == 2, 15, what="two tasks running")
         server.signal(signal.SIGUSR1)
         server.wait_for_log(r"task worker \d gen 2 \(pid \d+\) ready in", count=2, seconds=20)
         # New tasks go to the new task workers while the old ones still hold theirs.
@@ -275,3 +273,30 @@ def test_async_task_handlers(tmp_path):
         assert ws.recv(timeout=timeout(10)) == "{'echo': 'hello', 'at_once': 1}"
         ws.send("raise")
         assert ws.recv(timeout=timeout(10)) == "KeyError: 'nope'"
+
+
+def test_the_master_keeps_no_payload_of_a_task_it_delivered(tmp_path):
+    """1. one task worker, busy with a blocking task  2. 60 tasks of 512 KiB of data each
+    queue in it  3. the master, which relayed them, did not grow by them: it keeps only
+    who sent a task, to answer for it if its task worker dies (before, it kept every
+    payload until the task was answered: 30 MiB here, up to task_queue_size x 1 MiB per
+    task worker)  4. released, every task is answered."""
+    with serving(TARGET, tmp_path, "--task-workers", "1") as server, client(server) as c:
+        server.wait_for_log(r"task worker 1 gen 1 \(pid \d+\) ready in")
+        master = psutil.Process(server.proc.pid)
+        blocking = c.ask(cmd="task", data={"do": "block", "n": 0, "dir": str(tmp_path)})
+        wait_file(tmp_path / "started-0", "the blocking task to start")
+        (worker,) = task_workers(server)
+        rss_before, worker_before = master.memory_info().rss, worker.memory_info().rss
+        pad = "p" * (512 * 1024)
+        ids = [
+            c.ask(cmd="task", data={"do": "echo", "n": n, "pad": pad})["task_id"] for n in range(60)
+        ]
+        assert all(ids)
+        # delivered: the task worker holds them (unpickled, queued behind the blocking one)
+        wait_until(lambda: worker.memory_info().rss - worker_before > 25 * 2**20, 15)
+        grown = master.memory_info().rss - rss_before
+        (tmp_path / "release").write_text("")
+        finished = c.finishes(61, 30)
+        assert {f["finished"] for f in finished} == {blocking["task_id"], *ids}
+    assert grown < 10 * 1024 * 1024, f"the master grew {grown / 2**20:.0f} MiB"

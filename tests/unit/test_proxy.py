@@ -83,6 +83,17 @@ def test_every_entry_trusted_means_the_left_most_is_the_client():
     assert client("10.0.0.1", everyone, x_forwarded_for="6.6.6.6, 10.0.0.2").addr == "6.6.6.6"
 
 
+def test_a_chain_past_32_trusted_entries_is_looked_at_from_the_right_32_deep():
+    """Thousands of entries cost one look each no more: with every peer trusted, the
+    left-most is taken as it is; otherwise 32 trusted entries from the right at most."""
+    forged = ", ".join(["6.6.6.6"] + ["127.0.0.1"] * 10_000)
+    everyone = TrustedPeers(["*"])
+    assert client("10.0.0.1", everyone, x_forwarded_for=forged).addr == "6.6.6.6"
+    assert client("127.0.0.1", x_forwarded_for=forged).addr == "127.0.0.1"
+    chain = ", ".join(["198.51.100.7"] + ["127.0.0.1"] * 31)
+    assert client("127.0.0.1", x_forwarded_for=chain).addr == "198.51.100.7"
+
+
 def test_entries_are_canonical_addresses():
     assert client("127.0.0.1", x_forwarded_for="198.51.100.7:4711").addr == "198.51.100.7"
     assert client("127.0.0.1", x_forwarded_for="[2001:DB8::1]:443").addr == "2001:db8::1"

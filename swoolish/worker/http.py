@@ -35,6 +35,7 @@ from .request import (
     render_response,
     simple_response,
 )
+from .tlswrites import sliced_writes
 from .websocket import QUIET_LOG, WsConnection
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_HEADER_FIELDS", "MAX_PIPELINED", "HttpConnection"]
@@ -149,6 +150,8 @@ class HttpConnection(Connection, asyncio.Protocol):
             transport.write(simple_response(503, "Server is at max_connections, retry later.\n"))
             transport.close()
             return
+        if self._secure:  # large writes in slices: worker/tlswrites.py
+            transport = self.transport = sliced_writes(transport)
         # TCP keepalive comes with the socket: it is set on the listening socket
         # (swoolish.master.listeners), and Linux copies it to every accepted one.
         transport.set_write_buffer_limits(high=high_water(worker.settings.buffer_output_size))

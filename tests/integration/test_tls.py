@@ -50,6 +50,8 @@ APP = """
     def on_message(server, frame):
         if frame.data == "gen":
             server.push(frame.fd, str(server.generation))
+        elif frame.data == "big":
+            server.push(frame.fd, bytes(1 << 20))
         else:
             server.push(frame.fd, frame.data)
 
@@ -393,3 +395,26 @@ def _served_certificate(port: int) -> bytes:
         der = sock.getpeercert(binary_form=True)
     assert der is not None
     return der
+
+
+def test_a_tls_session_once_sent_1_mib_does_not_keep_a_megabyte(tmp_path, certs, app):
+    """1. 30 wss clients (no compression) each ask for a 1 MiB message and read it
+    2. the worker did not keep a megabyte per idle session: uvloop encrypts a write whole
+    into the connection's TLS buffer, which keeps its size, so the server hands it
+    64 KiB at a time (worker/tlswrites.py); 30 such sessions kept some 32 MiB before."""
+    with serving(app, tmp_path, *certs.options()) as server:
+        (worker,) = server.workers()
+        clients = [wss(server, certs, compression=None, max_size=2 << 20) for _ in range(30)]
+        try:
+            for ws in clients:
+                ws.send("warm")
+                assert ws.recv(timeout=timeout(5)) == "warm"
+            rss_before = worker.memory_info().rss
+            for ws in clients:
+                ws.send("big")
+                assert ws.recv(timeout=timeout(10)) == bytes(1 << 20)
+            grown = worker.memory_info().rss - rss_before
+        finally:
+            for ws in clients:
+                ws.close()
+    assert grown < 16 * 2**20, f"the worker kept {grown / 2**20:.0f} MiB"

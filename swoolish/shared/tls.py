@@ -47,6 +47,13 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
     # CAs, so any publicly signed certificate would pass as a client certificate.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No TLS 1.3 session tickets. With the two OpenSSL sends after a TLS 1.3 handshake, a
+    # request that arrived with the client's Finished was now and then left unread
+    # inside the connection's TLS layer (uvloop 0.23), and the client got no answer
+    # until handshake_timeout: 1 to 6 wss:// handshakes in 300, none without tickets
+    # (docs/deployment.md, "TLS"). The cost: a TLS 1.3 client that reconnects makes a
+    # full handshake rather than resuming its session.
+    context.num_tickets = 0
     try:
         # A password callback that gives none: an encrypted key fails here, instead of
         # OpenSSL prompting on a terminal that a server has no one at.

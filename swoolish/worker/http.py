@@ -357,12 +357,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         """
         headers = self._headers
         if len(headers) >= MAX_HEADER_FIELDS:
-            self._head_fed = -1
-            self._rejection = (
-                431,
-                f"Request Header Fields Too Large: {MAX_HEADER_FIELDS} fields at most.\n",
-            )
-            raise httptools.HttpParserError("too many header fields")
+            self._refuse_head(f"{MAX_HEADER_FIELDS} fields")
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -390,9 +385,13 @@ class HttpConnection(Connection, asyncio.Protocol):
         """
         self._head_fed += fed
         if self._head_fed > MAX_HEADER_BYTES + FEED_SIZE:
-            self._head_fed = -1
-            self._rejection = (431, "Request Header Fields Too Large: 64 KiB at most.\n")
-            raise httptools.HttpParserError("header fields too large")
+            self._refuse_head("64 KiB")
+
+    def _refuse_head(self, limit: str) -> None:
+        """Refuse the request with 431, naming the ``limit`` its head went past."""
+        self._head_fed = -1
+        self._rejection = (431, f"Request Header Fields Too Large: {limit} at most.\n")
+        raise httptools.HttpParserError(f"header fields over {limit}")
 
     def on_body(self, body: bytes) -> None:
         """Add a piece of the body (what one feed holds of it, or of one chunk's data).

@@ -415,13 +415,18 @@ class WsConnection(Connection, asyncio.Protocol):
                 self._protocol_frames(data[pos:] if pos else data)
                 return
             if self._handlers_behind():
-                self._stash, self._held = data[pos:] if pos else data, True
+                self._hold(data[pos:] if pos else data)
                 return
             end = self._rx.frame_end(data, pos)
             self._protocol_frames(data[pos:end] if pos or end < n else data)
             if end == n:
                 return
             pos = end
+
+    def _hold(self, rest: bytes) -> None:
+        """Keep ``rest``, the unparsed end of a read, until this connection's handlers
+        catch up (``_handlers_idle`` replays it; reading is paused meanwhile)."""
+        self._stash, self._held = rest, True
 
     def _protocol_frames(self, data: bytes) -> None:
         """Give ``data`` to websockets' protocol object and act on the frames it parses."""
@@ -536,7 +541,7 @@ class WsConnection(Connection, asyncio.Protocol):
             if self._handler_queue is not None or handler is None:
                 self._dispatch(handler, (server, frame), size=len(message))
                 if self._handlers_behind():
-                    self._stash, self._held = data[pos:], True  # until they catch up
+                    self._hold(data[pos:])
                     if pongs:
                         self._send_pongs(pongs)
                     return n

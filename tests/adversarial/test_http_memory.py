@@ -11,9 +11,12 @@ client sends them, still arrive as before (docs/security.md, "Remote clients").
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import socket
 import threading
+from collections.abc import Iterator
 from urllib.parse import parse_qsl
 
 import pytest
@@ -80,6 +83,17 @@ def release_and_check_all_held(server, socks) -> None:
         assert answer.count(b"HTTP/1.1 200 ") == 17 and answer.endswith(b"held"), answer[:200]
 
 
+@contextlib.contextmanager
+def clients(server, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connections to ``server``, closed on the way out, even on failure."""
+    socks = [raw_connect(server.port) for _ in range(count)]
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def read_all(server, sock) -> bool:
     return server_has_read_everything(server.port, sock)
 
@@ -143,8 +157,7 @@ def test_chunked_bodies_of_two_byte_chunks_cost_the_worker_about_their_size(tmp_
     with serving(target, tmp_path) as server:
         assert body_of(exchange(server.port, post() + chunked([b"warm"])))
         rss_before = worker_rss(server)
-        socks = [raw_connect(server.port) for _ in range(8)]
-        try:
+        with clients(server, 8) as socks:
             for sock in socks:
                 sock.sendall(post() + unfinished)
             for sock in socks:
@@ -155,9 +168,6 @@ def test_chunked_bodies_of_two_byte_chunks_cost_the_worker_about_their_size(tmp_
             assert grown < 24 * MiB, f"worker grew {grown / MiB:.1f} MiB for 8 MiB of bodies"
             socks[0].sendall(end)
             assert body_of(read_to_eof(socks[0], 10)) == digest(body)
-        finally:
-            for sock in socks:
-                sock.close()
         wait_until(
             lambda: worker_rss(server) - rss_before < max(grown / 4, 2 * MiB),
             10,
@@ -204,8 +214,7 @@ def test_long_query_strings_waiting_behind_a_slow_handler_cost_about_their_size(
     with serving(app_target(tmp_path), tmp_path) as server:
         assert body_of(exchange(server.port, b"GET /n HTTP/1.1\r\nConnection: close\r\n\r\n"))
         rss_before = worker_rss(server)
-        socks = [raw_connect(server.port) for _ in range(10)]
-        try:
+        with clients(server, 10) as socks:
             for sock in socks:
                 sock.sendall(pipelined)
             for sock in socks:
@@ -214,9 +223,6 @@ def test_long_query_strings_waiting_behind_a_slow_handler_cost_about_their_size(
                 )
             grown = worker_rss(server) - rss_before
             release_and_check_all_held(server, socks)
-        finally:
-            for sock in socks:
-                sock.close()
         assert grown < 40 * MiB, f"worker grew {grown / MiB:.1f} MiB for 10 MiB of queries"
 
 
@@ -260,11 +266,11 @@ def test_pipelined_bodies_waiting_behind_a_slow_handler_are_bounded_by_max_reque
     with serving(app_target(tmp_path), tmp_path) as server:
         assert body_of(exchange(server.port, b"GET /n HTTP/1.1\r\nConnection: close\r\n\r\n"))
         rss_before = worker_rss(server)
-        socks = [raw_connect(server.port) for _ in range(10)]
-        senders = [
-            threading.Thread(target=sock.sendall, args=(pipelined,), daemon=True) for sock in socks
-        ]
-        try:
+        with clients(server, 10) as socks:
+            senders = [
+                threading.Thread(target=sock.sendall, args=(pipelined,), daemon=True)
+                for sock in socks
+            ]
             for sender in senders:
                 sender.start()
 
@@ -283,7 +289,4 @@ def test_pipelined_bodies_waiting_behind_a_slow_handler_are_bounded_by_max_reque
             wait_until(reading_stopped, 30, interval=0.3, what="the worker to stop reading")
             grown = worker_rss(server) - rss_before
             release_and_check_all_held(server, socks)
-        finally:
-            for sock in socks:
-                sock.close()
         assert grown < 80 * MiB, f"worker grew {grown / MiB:.0f} MiB for 10 clients"

@@ -239,28 +239,54 @@ async def _send_batch(
     report: HandoffReport,
     master: ipc.Channel | None,
 ) -> None:
+    """Detach ``batch`` and move it in as many messages as its state needs: a session
+    that carries more than MAX_MOVED_BYTES stays (1012), the others all move. Clients
+    slow to read a large broadcast each carry up to 256 KiB; 16 of them fill more than
+    one message, and the ones past it got a 1012 instead of a later message."""
     detached = [(conn, conn.begin_move()) for conn in batch]
     # Taken in the same step as the detach: no bus message is read in between, so the
     # new worker applies exactly those we did not (swoolish.worker.cluster, "Reloads").
+    # Detached sessions apply nothing more here, so the marks hold for every part.
     bus_marks = worker.bus_marks()
     # uvloop delivers connection_lost (and only then knows how much was left unsent)
     # on the next loop iteration after abort().
     await asyncio.gather(*(conn.moved_out for conn, _ in detached if conn.moved_out))
-    states: list[MovingSession] = []
-    fds: list[int] = []
+    parts: list[list[tuple[MovingSession, int]]] = [[]]
     size = 0
     for conn, descriptor in detached:
         state = conn.export_state()
         moved_bytes = len(state.unsent) + len(state.unparsed) + _message_bytes(state)
-        blob = len(pickle.dumps(state.app)) if state.app is not None else 0
-        if moved_bytes > MAX_MOVED_BYTES or size + moved_bytes + blob > MAX_BATCH_BYTES:
+        cost = moved_bytes + (len(pickle.dumps(state.app)) if state.app is not None else 0)
+        if moved_bytes > MAX_MOVED_BYTES or cost > MAX_BATCH_BYTES:
             await _readopt(worker, descriptor, state, "state over its cap", report)
             continue
-        size += moved_bytes + blob
-        states.append(state)
-        fds.append(descriptor)
-    if not fds:
-        return
+        if size + cost > MAX_BATCH_BYTES:
+            parts.append([])  # the next message of this batch
+            size = 0
+        size += cost
+        parts[-1].append((state, descriptor))
+    for part in parts:
+        if part and part is not parts[0]:
+            report.batches += 1  # each message acknowledged on its own
+            number = report.batches
+        if part:
+            await _send_part(worker, channel, acks, number, part, bus_marks, report, master)
+
+
+async def _send_part(
+    worker: WorkerHost,
+    channel: ipc.Channel,
+    acks: _AckReader,
+    number: int,
+    part: list[tuple[MovingSession, int]],
+    bus_marks: dict[tuple[int, int], int] | None,
+    report: HandoffReport,
+    master: ipc.Channel | None,
+) -> None:
+    """Send one message of detached sessions (at most MAX_BATCH_BYTES of state), wait
+    for its acknowledgement, and take back what the new worker did not accept."""
+    states = [state for state, _ in part]
+    fds = [descriptor for _, descriptor in part]
     # What these clients' messages made us route leaves before they do: the new worker
     # has the master read our channel before anything it routes for them
     # (swoolish.worker.router), so it must be in the kernel, not in our queue.
@@ -286,7 +312,7 @@ async def _send_batch(
     if not sent:
         acks.forget(number)
         reason = f"send failed ({failure})"
-        for state, descriptor in zip(states, fds, strict=True):
+        for state, descriptor in part:
             await _readopt(worker, descriptor, state, reason, report)
         return
     no_answer = HandoffAck(number, [], "no answer from the new worker")
@@ -298,7 +324,7 @@ async def _send_batch(
         ack = no_answer
     accepted = set(ack.accepted)
     moved = []
-    for state, descriptor in zip(states, fds, strict=True):
+    for state, descriptor in part:
         if state.sid in accepted:
             os.close(descriptor)  # the new worker owns it now; ours was the second reference
             moved.append(state.sid)

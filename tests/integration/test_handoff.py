@@ -57,11 +57,24 @@ APP = """
             for i in range(int(arg)):
                 server.push(frame.fd, f"{{i}}:{{chunk}}")
             server.push(frame.fd, "flood done")
+        elif kind == "fill":  # push until this many bytes wait unsent in the worker
+            count = fill(frame.fd, int(arg))
+            server.push(frame.fd, f"filled:{{count}}")
+            print(f"filled {{frame.fd}}", flush=True)
         elif kind == "who":
             server.push(frame.fd, json.dumps({{"gen": server.generation, "fd": frame.fd,
                                               "v": VERSION}}))
         else:
             server.push(frame.fd, json.dumps({{"e": frame.data, "v": VERSION}}))
+
+    def fill(fd, unsent):
+        # the worker's own view of the session: how much its transport holds unsent
+        transport = server._require_worker("fill").connections.get(fd).transport
+        count = 0
+        while transport.get_write_buffer_size() < unsent:
+            server.push(fd, f"{{count}}:{{'y' * 1000}}")
+            count += 1
+        return count
 
     @server.on("worker_exit")
     def on_worker_exit(server, worker_id):
@@ -333,13 +346,42 @@ def test_a_client_with_too_much_unsent_data_gets_it_all_then_one_1012(tmp_path):
         server.wait_for_log(r"1 fell back to a 1012 close .*over its cap")
 
 
+def test_clients_each_owed_much_unsent_data_all_move_in_several_messages(tmp_path):
+    """1. 20 clients that do not read are each owed 150 KB more than the kernel holds
+    (under the 256 KiB a session may carry, 3 MB in all: more than one hand-off message
+    holds)  2. reload  3. every one moves: each reads all it was owed, in order, then is
+    answered by the new generation; no 1012."""
+    clients = 20
+    target = app(tmp_path, "v1")
+    with serving(f"{target}:server", tmp_path) as server, contextlib.ExitStack() as stack:
+        socks = []
+        for _ in range(clients):
+            sock, rest = raw_handshake(server.port)
+            stack.callback(sock.close)
+            assert rest == b""
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(masked_frame(1, b"fill:150000"))
+            socks.append(sock)
+        server.wait_for_log(r"filled \d+", 30, count=clients)
+        reload_and_wait(server, 2)
+        server.wait_for_log(rf"{clients} moved to the new worker .* 0 fell back", 10)
+        for sock in socks:
+            messages, code = read_all_messages(sock, limit=None, until="filled:")
+            assert code is None
+            count = int(messages[-1].split(":")[1])
+            assert messages[:-1] == [f"{i}:{'y' * 1000}" for i in range(count)]
+            sock.sendall(masked_frame(1, b"who"))
+            (who,), code = read_all_messages(sock, limit=1)
+            assert json.loads(who)["gen"] == 2
+
+
 def worker_rss_grew(server, megabytes=10):
     return any(w.memory_info().rss > megabytes * 2**20 * 3 for w in server.workers())
 
 
-def read_all_messages(sock, buffer=b"", limit=None):
-    """Read text frames until a close frame (or ``limit`` of them); returns (messages,
-    close code)."""
+def read_all_messages(sock, buffer=b"", limit=None, until=None):
+    """Read text frames until a close frame (or ``limit`` of them, or one that starts
+    with ``until``); returns (messages, close code)."""
     sock.settimeout(timeout(30))
     data = bytearray(buffer)
     pos = 0
@@ -358,7 +400,7 @@ def read_all_messages(sock, buffer=b"", limit=None):
             if opcode == 8:
                 return messages, int.from_bytes(payload[:2], "big")
             messages.append(payload.decode())
-            if len(messages) == limit:
+            if len(messages) == limit or (until and messages[-1].startswith(until)):
                 return messages, None
         if pos > 1 << 20:
             del data[:pos]

@@ -82,6 +82,11 @@ COUNTER_FAMILIES = (
     ("swoolish_handler_errors", "handler_errors", "Handler calls that raised."),
     ("swoolish_handoff_adopted", "adopted", "WebSockets a new worker adopted in a reload."),
     ("swoolish_accept_pauses", "accept_pauses", "Times a worker over its share stopped accepting."),
+    (
+        "swoolish_capacity_pauses",
+        "capacity_pauses",
+        "Times a TLS worker at max_connections, handshakes included, stopped accepting.",
+    ),
     ("swoolish_cluster_messages_out", "cluster_out", "Messages published on the cluster bus."),
     ("swoolish_cluster_messages_in", "cluster_in", "Messages of other nodes read from the bus."),
     ("swoolish_cluster_link_losses", "cluster_link_losses", "Cluster bus links lost (Redis)."),

@@ -19,6 +19,7 @@ from ..core.stats import Counts
 from ..core.timerwheel import TimerWheel
 from .listener import Listener
 from .sessions import SessionMap
+from .tlshandshakes import TlsHandshakes
 
 __all__ = ["HandoffRouting", "SessionIds", "WorkerHost"]
 
@@ -63,6 +64,7 @@ class WorkerHost(Protocol):
     draining: bool
     handled_left: int = -1  # requests and messages before max_request (below 0: never)
     outliving_handlers: int = 0  # lost connections whose coroutine handlers still work
+    tls_handshakes: TlsHandshakes  # accepted on a TLS listener, handshake under way
 
     @property
     def ids(self) -> SessionIds:

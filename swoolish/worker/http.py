@@ -62,6 +62,7 @@ class HttpConnection(Connection, asyncio.Protocol):
     """A client connection until (unless) it upgrades to a WebSocket."""
 
     __slots__ = (
+        "__weakref__",  # counted by a weak reference while its TLS handshake runs
         "_access",
         "_answered",
         "_began",
@@ -141,6 +142,8 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._unix = True  # a Unix socket peer's name is "" (or a path): no address
         self._direct = self.peer
         self._secure = worker.settings.ssl_cert_file is not None  # the server's TLS
+        if self._secure:
+            worker.tls_handshakes.completed(self)  # counted since the accept
         self._direct_client = Client(self.peer[0], self._secure)
         if len(worker.connections) + worker.outliving_handlers >= worker.settings.max_connections:
             # More clients than max_connections are refused cleanly (docs/quickstart.md);

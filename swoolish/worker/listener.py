@@ -18,6 +18,14 @@ and in a reconnect storm, with the queue full, nobody pauses. The counts come fr
 shared session table (swoolish.shared.table): each region says how many connections its
 worker holds and whether it takes new ones. On a Unix socket the queue cannot be seen,
 so there every worker simply accepts.
+
+**At capacity.** A TLS connection is counted against ``max_connections`` from its
+accept, while its handshake runs (swoolish.worker.tlshandshakes), but it cannot be
+answered ``503`` before that handshake completes. So a worker whose sessions and TLS
+handshakes reach ``max_connections`` stops accepting instead, and looks every
+``RECHECK_INTERVAL`` until it has room: new connections wait in the kernel's queue
+(for the other workers meanwhile), not in its memory. The balance never reopens a
+worker at capacity.
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ class Listener:
         table: SessionTable | None,
         writer: RegionWriter | None,
         stats: Counts,
+        at_capacity: Callable[[], bool] | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -94,7 +103,8 @@ class Listener:
         self._writer = writer
         self.server: asyncio.AbstractServer | None = None
         self.closed = False
-        self._stats = stats  # the worker's counters: accept_pauses
+        self._stats = stats  # the worker's counters: accept_pauses, capacity_pauses
+        self._at_capacity = at_capacity  # None: never (plain TCP answers 503 instead)
         self._check: asyncio.TimerHandle | None = None
         self._reopening: asyncio.Task[None] | None = None
         self._failing = False  # starting to accept again failed (and was logged)
@@ -137,9 +147,27 @@ class Listener:
         if self._check is None and self.balanced and not self.closed:
             self._check = self.loop.call_later(CHECK_DELAY, self._rebalance)
 
+    def full(self) -> None:
+        """The worker may be at capacity: stop accepting (just after the accept under
+        way: uvloop does not let a server close in its own accept callback) and look
+        again every RECHECK_INTERVAL until it has room."""
+        if self._check is not None:
+            self._check.cancel()
+        self._check = self.loop.call_later(0, self._rebalance)
+
     def _rebalance(self) -> None:
         self._check = None
         if self.closed:
+            return
+        if self._at_capacity is not None and self._at_capacity():
+            if self.server is not None:
+                self._stats["capacity_pauses"] += 1
+                self._stop_server()
+            self._check = self.loop.call_later(RECHECK_INTERVAL, self._rebalance)
+            return
+        if not self.balanced:
+            if self.server is None:
+                self._resume()  # it was paused at capacity only
             return
         assert self._table is not None and self._writer is not None
         workers, connections = self._table.serving_load()

@@ -71,6 +71,7 @@ from .listener import Listener
 from .router import MAX_ROUTED_PAYLOAD, Router, routable_payload
 from .sessions import SessionMap
 from .tasks import TaskClient
+from .tlshandshakes import TlsHandshakes
 from .websocket import WsConnection
 
 __all__ = ["App", "Worker", "run_worker"]
@@ -158,10 +159,18 @@ class Worker:
             )
             self.connections.observer = self.cluster
         # this worker's copy of the listening socket, and the accept balance
-        self.listener = Listener(
-            self.loop, setup.listen_sock, self._serve_on, table, writer, self.stats
-        )
         self.tls_context: ssl.SSLContext | None = None  # built in serve(), after the fork
+        self.tls_handshakes = TlsHandshakes()  # accepted, their TLS handshake under way
+        self.listener = Listener(
+            self.loop,
+            setup.listen_sock,
+            self._serve_on,
+            table,
+            writer,
+            self.stats,
+            # plain TCP answers 503 past max_connections instead (HttpConnection)
+            at_capacity=self._at_capacity if self.settings.ssl_cert_file is not None else None,
+        )
         self._duties: dict[type, Callable[[Any], None]] = {
             Serve: self._on_serve,
             Pause: self._on_pause,
@@ -347,7 +356,7 @@ class Worker:
     def _serve_on(self, sock: socket.socket) -> Awaitable[asyncio.AbstractServer]:
         """An asyncio server accepting on ``sock`` (the listener's, swoolish.worker.listener)."""
         return self.loop.create_server(
-            lambda: HttpConnection(self),
+            self._tls_connection if self.tls_context is not None else lambda: HttpConnection(self),
             sock=sock,  # TCP or a Unix socket alike
             backlog=2048,
             ssl=self.tls_context,
@@ -355,6 +364,22 @@ class Worker:
                 self.settings.handshake_timeout if self.tls_context is not None else None
             ),
         )
+
+    def _tls_connection(self) -> HttpConnection:
+        """The protocol of a connection just accepted on a TLS listener: counted while
+        its handshake runs (swoolish.worker.tlshandshakes), and the last one before
+        max_connections stops the accepting."""
+        conn = HttpConnection(self)
+        self.tls_handshakes.begun(conn)
+        if self._at_capacity():
+            self.listener.full()
+        return conn
+
+    def _at_capacity(self) -> bool:
+        """Sessions, lost connections whose handlers still work, and TLS handshakes under
+        way fill max_connections."""
+        held = len(self.connections) + self.outliving_handlers + len(self.tls_handshakes)
+        return held >= self.settings.max_connections
 
     async def _boot_failed(self, exc: BaseException) -> None:
         """Tell the master why this worker will not serve, before it exits: a reload
@@ -480,9 +505,7 @@ class Worker:
         # frame, an answer, what a hand-off gave back): wait for every transport.
         # Answers of tasks this worker sent are awaited too: their finish handlers and
         # callbacks still run here, and push to sessions that moved (docs/tasks.md).
-        while self.loop.time() < deadline and (
-            self.tasks or self.live or self.task_client.waiting
-        ):
+        while self.loop.time() < deadline and (self.tasks or self.live or self.task_client.waiting):
             await asyncio.sleep(0.01)
         for conn in list(self.live):
             conn.abort()

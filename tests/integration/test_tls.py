@@ -20,6 +20,7 @@ from support import (
     masked_frame,
     run_cli,
     serving,
+    tcp_rows,
     timeout,
     upgrade,
     wait_until,
@@ -452,3 +453,47 @@ def test_three_hundred_wss_handshakes_in_a_row_are_all_answered(tmp_path, certs,
                     ws = stack.enter_context(wss(server, certs, compression=None))
                     ws.send(f"ping {n}")
                     assert ws.recv(timeout=timeout(5)) == f"ping {n}"
+
+
+def test_connections_stalled_in_the_tls_handshake_count_against_max_connections(
+    tmp_path, certs, app
+):
+    """1. max_connections 20; 100 TCP connections to the TLS port that send nothing
+    2. the worker holds no more than the limit's share of them in their handshake (about
+    50 KiB each, for up to handshake_timeout), the rest wait in the kernel's accept
+    queue; before, it took them all (3,000 such connections held 147 MiB)  3. they
+    leave: the worker accepts again and a wss client is served."""
+    limit, stalled = 20, 100
+    with (
+        serving(app, tmp_path, *certs.options(), "--max-connections", str(limit)) as server,
+        contextlib.ExitStack() as stack,
+    ):
+        (worker,) = server.workers()
+        for _ in range(stalled):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout(5))
+            stack.callback(sock.close)
+
+        def held_and_queued() -> tuple[int, int]:
+            held = [
+                c
+                for c in worker.net_connections("tcp")
+                if c.laddr.port == server.port and c.status == "ESTABLISHED"
+            ]
+            return len(held), _accept_queue(server.port)
+
+        def limit_held() -> bool:
+            held, queued = held_and_queued()
+            return held <= 2 * limit and held + queued == stalled
+
+        wait_until(limit_held, 10, what="the rest to wait in the accept queue")
+        stack.close()  # the stalled clients go: their handshakes end
+        with wss(server, certs) as ws:
+            ws.send("after")
+            assert ws.recv(timeout=timeout(5)) == "after"
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the loopback listener on ``port``."""
+    local = f"0100007F:{port:04X}"
+    (row,) = [r for r in tcp_rows() if r[1] == local and r[3] == "0A"]  # 0A: LISTEN
+    return int(row[4].split(":")[1], 16)  # a listener's rx_queue: its accept queue

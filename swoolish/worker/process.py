@@ -118,6 +118,9 @@ class Worker:
         writer = RegionWriter(table, region) if table is not None and region is not None else None
         self.connections: SessionMap = SessionMap(writer)
         self.router = Router(self, table, region, self.channel)
+        self.router.when_caught_up = self._router_caught_up
+        self._held_messages: list[tuple[Message, list[int]]] = []  # behind routed operations
+        self._reading_master = False  # the master's channel is watched (add_reader)
         self.connections.on_adopt = self.router.adopted
         # server.task() and its answers (docs/tasks.md); None load: no task workers
         self.task_client = TaskClient(self, setup.task_load, self._send_task)
@@ -569,6 +572,7 @@ class Worker:
 
         check()
         if self.channel is not None:
+            self._reading_master = True
             self.loop.add_reader(self.channel.fileno(), self._on_channel_readable)
 
     def _schedule_heartbeat(self) -> None:
@@ -592,8 +596,16 @@ class Worker:
             self.loop.remove_reader(self.channel.fileno())
             self.request_stop(GOING_AWAY)
             return
+        self._handle_messages(messages)
+
+    def _handle_messages(self, messages: list[tuple[Message, list[int]]]) -> None:
+        """Do what the master's messages ask, in order. Routed operations the router
+        could not apply in its share of the loop (swoolish.worker.router, "A fair share
+        of the loop") hold the rest back, and the master's channel is not read until
+        they are applied (``_router_caught_up``)."""
+        assert self.channel is not None
         duties = self._duties
-        for message, fds in messages:
+        for at, (message, fds) in enumerate(messages):
             if type(message) is Stop and message.handoff and len(fds) == 1:
                 self.handoff_channel = socket.socket(fileno=fds.pop())
             ipc.close_fds(fds)  # the master sends no other descriptors
@@ -602,6 +614,20 @@ class Worker:
                 self.log.error("unexpected %s from the master; ignored", type(message).__name__)
             else:
                 duty(message)
+            if self.router.behind():
+                self._held_messages = messages[at + 1 :]
+                if self._reading_master:
+                    self._reading_master = False
+                    self.loop.remove_reader(self.channel.fileno())
+                return
+        if not self._reading_master:
+            self._reading_master = True
+            self.loop.add_reader(self.channel.fileno(), self._on_channel_readable)
+
+    def _router_caught_up(self) -> None:
+        held, self._held_messages = self._held_messages, []
+        if self.channel is not None and not self.channel.closed:
+            self._handle_messages(held)
 
     # -- one method per message from the master (swoolish.core.messages)
 

@@ -38,6 +38,16 @@ worker while attached or not yet let go of (kept), from the master while parked,
 the new owner after ``Arrived``. So the new owner skips another worker's broadcast for
 a session still arriving, holds its own behind what was routed before, and drops a
 second copy (same broadcast id) of one the session already had or holds.
+
+**A fair share of the loop.** One read of the master's channel may bring 64 packets of
+some 4,000 small operations each (a ``send_message`` relay of a client's tiny messages),
+and each ``pipe_message`` is a call of the app's. Applied in one go, they held a worker's
+loop for seconds (a client on it waited 10 s). So :meth:`Router.apply` works for
+APPLY_SLICE at a time, and while fewer than MAX_PIPE_TASKS coroutine ``pipe_message``
+handlers run (each one a task, and nothing else bounded how many: a flood grew a worker
+by 300 MiB); the rest waits in order, and the worker reads nothing more from the master
+until it is applied (``when_caught_up``). What waits meanwhile waits in the master, whose
+bound on it applies (docs/design.md, "Channels").
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import inspect
 import logging
 import os
 import pickle
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +92,10 @@ log = logging.getLogger("swoolish.routing")
 
 CHUNK_BYTES = 256 * 1024  # one routed message: a bounded unit of work for the master
 MAX_ROUTED_PAYLOAD = 1024 * 1024  # a bigger push to another worker's session is refused
+APPLY_SLICE = 0.005  # seconds of routed operations applied before the loop serves others
+MAX_PIPE_TASKS = 1024  # coroutine pipe_message handlers running at once
+#: The resting value of what is left to apply (never mutated).
+_NO_OPS: list[Operation] = []
 
 
 def routable_payload(value: Any, not_picklable: str, too_large: str) -> bytes:
@@ -143,6 +158,13 @@ class Router:
         self._broadcasts = 0
         self._overdue = 0  # arrivals overdue since the last log line
         self._pid = os.getpid()
+        # what apply() was given and has not applied yet, from _next on
+        self._ops: list[Operation] = _NO_OPS
+        self._next = 0
+        self._pipe_tasks = 0  # coroutine pipe_message handlers running
+        self._waiting_for_room = False  # applying waits for a pipe_message handler's end
+        #: called once what apply() left waiting is applied (the worker reads again)
+        self.when_caught_up: Callable[[], None] = _nothing
         self._appliers: dict[type, Callable[[Any], None]] = {
             Push: self._apply_push,
             PushMany: self._apply_push_many,
@@ -223,10 +245,41 @@ class Router:
     # -- receiving
 
     def apply(self, ops: list[Operation]) -> None:
-        """Apply operations other workers routed to this worker's sessions, in order."""
+        """Apply operations other workers routed to this worker's sessions, in order:
+        for APPLY_SLICE, then what is left in later loop iterations (``behind``)."""
+        self._ops, self._next = ops, 0
+        self._apply_some()
+
+    def behind(self) -> bool:
+        """Operations given to :meth:`apply` wait: read nothing more until
+        ``when_caught_up`` is called."""
+        return self._next < len(self._ops)
+
+    def _apply_some(self) -> None:
+        """Apply what waits, for APPLY_SLICE at most and while the pipe_message handlers
+        running are fewer than MAX_PIPE_TASKS; arrange to go on with the rest."""
+        ops, at, end = self._ops, self._next, len(self._ops)
         appliers = self._appliers
-        for op in ops:
+        clock = time.perf_counter
+        deadline = clock() + APPLY_SLICE
+        while at < end and self._pipe_tasks < MAX_PIPE_TASKS:
+            op = ops[at]
+            at += 1
             appliers[type(op)](op)
+            if clock() > deadline:
+                break
+        if at == end:
+            self._ops, self._next = _NO_OPS, 0
+        elif self._pipe_tasks >= MAX_PIPE_TASKS:
+            self._next, self._waiting_for_room = at, True  # _pipe_done goes on
+        else:
+            self._next = at
+            self.worker.loop.call_soon(self._go_on)
+
+    def _go_on(self) -> None:
+        self._apply_some()
+        if not self.behind():
+            self.when_caught_up()
 
     def _apply_push(self, op: Push) -> None:
         conn = self.worker.connections.get(op.sid)
@@ -423,10 +476,18 @@ class Router:
         try:
             result = handler(worker.server, src, pickle.loads(payload))
             if inspect.isawaitable(result):
-                worker.track(result)  # type: ignore[arg-type]
+                self._pipe_tasks += 1
+                worker.track(result).add_done_callback(self._pipe_done)  # type: ignore[arg-type]
         except Exception:
             worker.stats["handler_errors"] += 1
             worker.log.exception("pipe_message handler raised")
+
+    def _pipe_done(self, task: asyncio.Task[Any]) -> None:
+        """A coroutine pipe_message handler ended: applying goes on if it waited for one."""
+        self._pipe_tasks -= 1
+        if self._waiting_for_room:
+            self._waiting_for_room = False
+            self.worker.loop.call_soon(self._go_on)
 
     # -- letting go of handed-off sessions
 
@@ -482,3 +543,7 @@ class Router:
     def _check_released(self) -> None:
         if self.released is not None and not self.releasing and not self.released.done():
             self.released.set_result(None)
+
+
+def _nothing() -> None:
+    """``when_caught_up`` until the worker sets its own."""

@@ -1,0 +1,64 @@
+"""A client whose messages the app relays with ``send_message``: what the worker
+receiving the relays spends on them stays bounded (swoolish.worker.router, "A fair share
+of the loop"), on a real ``swoolish serve`` process.
+
+The app relays each message a client asks for to worker 0 (itself: every relay goes
+through the master), whose coroutine ``pipe_message`` handler waits a while, standing in
+for a slow upstream call. Each relay was a task at once: 2 MiB of tiny messages grew
+such a worker by 300 MiB. Now at most MAX_PIPE_TASKS run, the rest waits in order.
+"""
+
+from __future__ import annotations
+
+import json
+
+from support import serving, timeout, write_app
+
+from swoolish.worker.router import MAX_PIPE_TASKS
+
+APP = """
+    import asyncio
+    import json
+    from swoolish import WebSocketServer
+
+    server = WebSocketServer()
+    state = {"running": 0, "peak": 0, "order": [], "fd": 0, "total": 0}
+
+    @server.on("message")
+    def on_message(server, frame):
+        kind, _, arg = frame.data.partition(":")
+        if kind == "relay":
+            state["fd"], state["total"] = frame.fd, int(arg)
+            for n in range(int(arg)):
+                server.send_message(n, 0)
+            server.push(frame.fd, "relayed")
+        else:
+            server.push(frame.fd, json.dumps({"started": len(state["order"])}))
+
+    @server.on("pipe_message")
+    async def on_pipe_message(server, src, n):
+        state["order"].append(n)
+        state["running"] += 1
+        state["peak"] = max(state["peak"], state["running"])
+        await asyncio.sleep(0.2)
+        state["running"] -= 1
+        if len(state["order"]) == state["total"] and not state["running"]:
+            in_order = state["order"] == list(range(state["total"]))
+            server.push(state["fd"], json.dumps({"peak": state["peak"], "in_order": in_order}))
+"""
+
+
+def test_coroutine_pipe_handlers_run_a_bounded_number_at_once(tmp_path):
+    """1. a client asks for 5,000 relays to a coroutine handler that waits 0.2 s  2. the
+    worker goes on serving another client meanwhile  3. every relay is handled, in order,
+    never more than MAX_PIPE_TASKS at once (before: all 5,000 at once)."""
+    total = 5_000
+    target = f"{write_app(tmp_path, APP)}:server"
+    with serving(target, tmp_path) as server, server.connect() as flooder:
+        flooder.send(f"relay:{total}")
+        assert flooder.recv(timeout=timeout(10)) == "relayed"
+        with server.connect() as other:
+            other.send("probe")
+            assert json.loads(other.recv(timeout=timeout(10)))["started"] < total
+        summary = json.loads(flooder.recv(timeout=timeout(60)))
+    assert summary == {"peak": MAX_PIPE_TASKS, "in_order": True}

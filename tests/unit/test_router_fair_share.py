@@ -1,0 +1,121 @@
+"""The router applies what other workers routed in shares of the loop (swoolish.worker.
+router, "A fair share of the loop"): a flood of ``send_message`` relays cannot hold a
+worker's loop for seconds, nor start coroutine ``pipe_message`` handlers without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+from swoolish.core.messages import Pipe
+from swoolish.worker.router import APPLY_SLICE, MAX_PIPE_TASKS, Router
+from swoolish.worker.sessions import SessionMap
+
+
+def router_with(handler: Any, loop: asyncio.AbstractEventLoop) -> Router:
+    """A router whose worker runs ``handler`` as its app's pipe_message handler."""
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def track(coro: Any) -> asyncio.Task[Any]:
+        task = loop.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
+
+    worker = SimpleNamespace(
+        connections=SessionMap(),
+        stats=Counter(),
+        loop=loop,
+        server=None,
+        log=logging.getLogger("test"),
+        handler={"pipe_message": handler}.get,
+        track=track,
+    )
+    return Router(worker, None, None)  # type: ignore[arg-type]
+
+
+def pipes(count: int) -> list[Pipe]:
+    return [Pipe(1, pickle.dumps(n)) for n in range(count)]
+
+
+def caught_up(router: Router, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    done: asyncio.Future[None] = loop.create_future()
+    router.when_caught_up = lambda: done.set_result(None)
+    return done
+
+
+def test_slow_handlers_are_applied_a_share_at_a_time_in_order():
+    """1. 100 relayed messages whose handler takes a millisecond each  2. apply() returns
+    after its share (a few of them), the rest waits  3. the loop goes on with them,
+    in order, and says when it is done."""
+    handled: list[int] = []
+
+    def on_pipe(server: Any, src: int, message: int) -> None:
+        time.sleep(0.001)
+        handled.append(message)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        router = router_with(on_pipe, loop)
+        done = caught_up(router, loop)
+        router.apply(pipes(100))
+        assert router.behind()
+        assert 1 <= len(handled) <= APPLY_SLICE / 0.001 + 1
+        await asyncio.wait_for(done, 10)
+        assert not router.behind()
+
+    asyncio.run(scenario())
+    assert handled == list(range(100))
+
+
+def test_quick_operations_are_applied_at_once():
+    handled: list[int] = []
+
+    async def scenario() -> None:
+        router = router_with(lambda server, src, message: handled.append(message), None)
+        router.apply(pipes(1000))  # a few ms at most: within one share
+        assert not router.behind()
+
+    asyncio.run(scenario())
+    assert handled == list(range(1000))
+
+
+def test_coroutine_handlers_run_at_most_max_pipe_tasks_at_once():
+    """1. 3,000 relayed messages whose coroutine handler waits  2. MAX_PIPE_TASKS of them
+    start, the rest waits (before, all 3,000 were tasks at once)  3. as they end, the
+    rest starts, in order."""
+    started: list[int] = []
+    running = 0
+    peak = 0
+
+    async def on_pipe(server: Any, src: int, message: int) -> None:
+        nonlocal running, peak
+        started.append(message)
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        router = router_with(on_pipe, loop)
+        done = caught_up(router, loop)
+        router.apply(pipes(3000))
+        await asyncio.sleep(0)  # the started tasks run to their first await
+        assert router.behind()
+        assert len(started) == MAX_PIPE_TASKS
+        await asyncio.wait_for(done, 30)
+        for _ in range(3000):  # the last ones end too (each waits 10 ms)
+            if not running:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    assert running == 0
+    assert peak == MAX_PIPE_TASKS
+    assert started == list(range(3000))

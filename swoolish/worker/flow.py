@@ -23,6 +23,7 @@ class Reason(enum.IntEnum):
     HANDLERS = 2  # this connection's coroutine handlers are behind (its handler queue is full)
     PIPELINE = 4  # pipelined HTTP requests (or a handshake the app decides on) wait
     MOVING = 8  # the session is about to move to another worker (live hand-off)
+    SHARE = 16  # the rest of a long read waits for the next loop iteration (fair share)
 
 
 class ReadingTransport(Protocol):

@@ -77,6 +77,11 @@ ABNORMAL_CLOSURE = 1006  # closed without a close frame (RFC 6455 §7.1.5); neve
 #: 256 KiB of unsent and unparsed bytes per session); a session reading a larger frame
 #: stays and gets the 1012 of the reload.
 MAX_UNPARSED_KEPT = 256 * 1024
+#: A long read's frames are handled a share at a time: its bytes (the clock is looked at
+#: once per share, never for a read of one share), and the time after which the rest
+#: waits for the next loop iteration (data_received, _share_spent).
+SHARE_BYTES = 512
+SHARE_SECONDS = 0.005
 
 log = logging.getLogger("swoolish.handoff")
 
@@ -392,26 +397,38 @@ class WsConnection(Connection, asyncio.Protocol):
         the rest of the read is held, unparsed, until they are done (``_handlers_idle``):
         a read brings up to 256 KiB, and a compressed message of 1 KiB in it may inflate
         to max_message_size. So that the protocol object never inflates a whole read at
-        once either, it gets one frame at a time on a compressed connection or while
-        handlers are queued; otherwise the whole read.
+        once either, it gets one frame at a time on a compressed connection, while
+        handlers are queued, or when more than a share is left; otherwise the whole read.
+
+        And the frames of one read are handled a share at a time (SHARE_BYTES): once
+        they have held the loop for SHARE_SECONDS, the rest waits for the next loop
+        iteration (``_share_spent``), so that one client's burst of messages, each
+        costing the app's handler or an inflation, cannot keep the worker's other
+        clients (and its heartbeats, its cluster bus) waiting for seconds.
         """
         self.last_time = time.time()
         if self._stash:
             data, self._stash = self._stash + data, b""
         n = len(data)
         pos = 0  # where the bytes not handled yet begin: only the part handed on is copied
+        share_end = SHARE_BYTES  # the frames that begin before it are one share
         while True:
             ws = self.ws
             if self._fast and not self.closing and (ws is None or ws.state is OPEN):
-                pos = self._fast_frames(data, pos)
+                pos = self._fast_frames(data, pos, share_end)
                 if pos == n:
                     return
+                if pos >= share_end:  # a share is handled and more waits
+                    if self._share_spent(data, pos):
+                        return
+                    share_end = pos + SHARE_BYTES
+                    continue
                 if self._fast and self._cut_fast_frame(data, pos):
                     # A stream rarely ends a read on a frame boundary: wait for the end of
                     # this frame (at most 64 KiB) rather than leave the fast path for good.
                     self._stash = data[pos:]
                     return
-            if self._deflate is None and self._handler_queue is None:
+            if self._deflate is None and self._handler_queue is None and n - pos <= SHARE_BYTES:
                 self._protocol_frames(data[pos:] if pos else data)
                 return
             if self._handlers_behind():
@@ -422,6 +439,34 @@ class WsConnection(Connection, asyncio.Protocol):
             if end == n:
                 return
             pos = end
+            if pos >= share_end:
+                if self._share_spent(data, pos):
+                    return
+                share_end = pos + SHARE_BYTES
+
+    def _share_spent(self, data: bytes, pos: int) -> bool:
+        """After a share of a read: if handling it has kept the loop for SHARE_SECONDS
+        (since data_received began: ``last_time``), let the worker's other connections
+        have their turn, and go on with ``data[pos:]`` in the next loop iteration
+        (reading paused meanwhile). Handled in one go, the tiny messages of one 256 KiB
+        read (some 37,000) held another client of the worker for seconds behind an app
+        handler of 50 µs."""
+        if time.time() - self.last_time <= SHARE_SECONDS:
+            return False
+        self._hold(data[pos:])
+        if self.flow is not None:
+            self.flow.pause(Reason.SHARE)
+        self._worker.loop.call_soon(self._next_share)
+        return True
+
+    def _next_share(self) -> None:
+        if self.transport is None:
+            return  # gone meanwhile: what was held goes with it (connection_lost)
+        if self.flow is not None:
+            self.flow.resume(Reason.SHARE)
+        if self._held and not self.moving:
+            self._held = False
+            self.data_received(b"")
 
     def _hold(self, rest: bytes) -> None:
         """Keep ``rest``, the unparsed end of a read, until this connection's handlers
@@ -475,9 +520,10 @@ class WsConnection(Connection, asyncio.Protocol):
             ws.parser.close()
             self.ws = None
 
-    def _fast_frames(self, data: bytes, pos: int) -> int:
+    def _fast_frames(self, data: bytes, pos: int, share_end: int) -> int:
         """Handle the common case without the protocol object, from ``data[pos]`` (a
-        frame boundary); returns where the bytes it did not take begin.
+        frame boundary) until a frame ends at or past ``share_end``; returns where the
+        bytes it did not take begin.
 
         Only complete, final, masked text or binary frames without RSV bits (or with
         RSV1 alone, a message compressed as a stream of its own, when the client keeps no
@@ -502,7 +548,9 @@ class WsConnection(Connection, asyncio.Protocol):
         n = len(data)
         pongs: list[bytes] = []
         message: Any  # str (text), bytes (binary, compressed, a ping's) or int (bad UTF-8)
-        while n - pos >= 6:  # the shortest frame the fast path takes: 6 header bytes
+        # frames begin before share_end, with 6 bytes at least (the shortest one taken)
+        stop = n - 5 if n - 5 < share_end else share_end
+        while pos < stop:
             found = next_frame(data, pos, limit, inflate_bits)
             if found is None:
                 break

@@ -97,6 +97,9 @@ class FakeLoop:
     def call_later(self, delay: float, callback: Any, *args: Any) -> FakeHandle:
         return self.call_at(self.now + delay, callback, *args)
 
+    def call_soon(self, callback: Any, *args: Any) -> FakeHandle:
+        return self.call_at(self.now, callback, *args)
+
     def pending(self) -> list[FakeHandle]:
         return [h for h in self.handles if not h.cancelled]
 

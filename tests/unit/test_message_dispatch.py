@@ -10,6 +10,7 @@ fast paths, compiled and Python (the fuzz test's ``fast_path`` fixture).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -21,7 +22,9 @@ from unit.test_connection_fuzz import (  # fast_path: both fast paths, compiled 
     handshake,
 )
 
+from swoolish.worker.flow import Reason
 from swoolish.worker.http import HttpConnection
+from swoolish.worker.websocket import SHARE_BYTES, SHARE_SECONDS
 
 
 class Gate:
@@ -117,3 +120,33 @@ def test_a_handler_that_raises_closes_its_session_with_1011_and_is_counted() -> 
     assert worker.stats["handler_errors"] == 1 and worker.tasks == []
     out = bytes(transport.out)
     assert out[0] == 0x88 and out[2:4] == (1011).to_bytes(2, "big")  # a close, 1011
+
+
+def test_a_long_read_of_slow_messages_is_handled_a_share_at_a_time() -> None:
+    """1. one read brings 400 tiny messages whose handler takes a millisecond each
+    2. the read's data_received returns once its frames have held the loop for
+    SHARE_SECONDS and the share under way: the rest waits, reading paused, for the next
+    loop iteration (the worker's other clients get theirs in between; before, all 400
+    went in one go)
+    3. the next iterations handle the rest, in order."""
+    worker = StubWorker(compression=False)
+    seen: list[str] = []
+
+    def on_message(server: Any, frame: Any) -> None:
+        time.sleep(0.001)
+        seen.append(frame.data)
+
+    worker._handlers["message"] = on_message
+    transport = open_session(worker)
+    sent = [str(n % 10) for n in range(400)]
+    frame_size = len(client_frame(1, b"0"))
+    assert 400 * frame_size > 4 * SHARE_BYTES  # several shares
+    transport.protocol.data_received(b"".join(client_frame(1, m.encode()) for m in sent))
+    # the clock is looked at after each share: SHARE_SECONDS, and the share it ran out in
+    assert len(seen) <= SHARE_SECONDS / 0.001 + SHARE_BYTES // frame_size + 1
+    assert transport.paused and transport.protocol.flow.holds(Reason.SHARE)
+    worker.loop.fire_all()
+    while worker.loop.pending():
+        worker.loop.fire_all()
+    assert seen == sent
+    assert not transport.paused

@@ -10,7 +10,10 @@ fire-and-forget publishes and their order (docs/cluster.md, "Why two connections
   are read by a task and only counted: call order is wire order, and Redis keeps it.
 * **Bounded.** What is buffered, written and not yet answered is capped at
   ``max_pending`` bytes; past it a publish is refused (``False``), so a stalled Redis
-  cannot grow a worker's memory.
+  cannot grow a worker's memory. An *essential* publish (the small control messages:
+  heartbeats, session events and lists) may go ESSENTIAL_ROOM past it: refused behind
+  a flood of app messages, an event was lost for good (the other nodes' view of the
+  sessions stayed wrong), and a heartbeat made them declare a live node down.
 * **Health.** A ``PING`` goes out every second; a command unanswered for ``timeout``
   seconds (a hung Redis: TCP alone would not tell) or any error on either connection
   drops both, and the link reconnects every ``retry`` seconds (with jitter, growing to
@@ -41,6 +44,7 @@ RETRY = 0.5  # seconds between reconnection attempts at first
 RETRY_CAP = 5.0  # ... growing to this after RETRY_STEADY seconds of failures
 RETRY_STEADY = 10
 MAX_PENDING = 16 * 1024 * 1024  # bytes buffered, written and unanswered
+ESSENTIAL_ROOM = 1024 * 1024  # ... and how far past it an essential publish may go
 
 
 class LinkDown(ConnectionError):
@@ -116,11 +120,14 @@ class BusLink:
 
     # -- publishing (synchronous for the caller)
 
-    def publish(self, channel: bytes, payload: bytes, now: bool = False) -> bool:
+    def publish(
+        self, channel: bytes, payload: bytes, now: bool = False, essential: bool = False
+    ) -> bool:
         """Hand one message to the bus: False, with nothing sent, when the link is down
-        or ``max_pending`` bytes wait already."""
+        or ``max_pending`` bytes wait already (an ``essential`` one: ESSENTIAL_ROOM more)."""
         size = len(payload) + len(channel) + 32
-        if not self.up or self._buffered + self._unanswered_bytes + size > self.max_pending:
+        room = self.max_pending + ESSENTIAL_ROOM if essential else self.max_pending
+        if not self.up or self._buffered + self._unanswered_bytes + size > room:
             return False
         # RESP2 (https://redis.io/docs/latest/develop/reference/protocol-spec/)
         head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n"
@@ -339,9 +346,15 @@ class BusLink:
 
     async def _check_health(self) -> None:
         """PING every HEALTH_INTERVAL; the oldest unanswered command past LINK_TIMEOUT
-        means a Redis that is hung or unreachable."""
+        means a Redis that is hung or unreachable. Not judged on a round that woke late:
+        the loop was busy, and the answers may be waiting unread in the socket (a worker
+        busy for seconds declared a healthy Redis down)."""
+        pause = HEALTH_INTERVAL / 2
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL / 2)
+            woke = self.loop.time() + pause
+            await asyncio.sleep(pause)
+            if self.loop.time() - woke > pause:
+                continue  # late: let the reply reader have its turn first
             unanswered = self._unanswered
             if unanswered and self.loop.time() - unanswered[0][2] > LINK_TIMEOUT:
                 self._lose(f"no answer from Redis within {LINK_TIMEOUT:g}s")

@@ -207,7 +207,10 @@ class Cluster:
     def _send(self, channel: bytes, kind: int, body: bytes = b"", now: bool = False) -> bool:
         self.seq += 1
         sent = self.link.publish(
-            channel, bus.encode(kind, self.node, self.pid, self.seq, body), now
+            channel,
+            bus.encode(kind, self.node, self.pid, self.seq, body),
+            now,
+            essential=channel == self.names.ctl,  # control: small, and never to be lost
         )
         if sent:
             self.stats["cluster_out"] += 1
@@ -233,6 +236,9 @@ class Cluster:
 
     def push_many(self, fds: list[int], payload: bytes, opcode: int) -> int:
         """One message per node for ``broadcast(data, fds)``; returns how many went."""
+        if len(payload) > MAX_BUS_PAYLOAD:
+            self.stats["push_too_large"] += len(fds)
+            return 0
         by_node: dict[int, list[int]] = {}
         for fd in fds:
             if self.reachable(fd):
@@ -377,7 +383,9 @@ class Cluster:
         fd, opcode, payload = bus.read_push(data)
         conn = self.worker.connections.get(fd)
         if conn is None:
-            self.stats["cluster_to_closed"] += 1
+            # every worker of this node reads the push: the one that has it applies it
+            if self.worker.router.lookup(fd) is None:
+                self.stats["cluster_to_closed"] += 1
         elif not (self.filters and self._skips(fd, header)):
             conn.push(payload, opcode)
 

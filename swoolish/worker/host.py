@@ -29,6 +29,9 @@ class HandoffRouting(Protocol):
 
     def send(self, target: Target, op: Operation) -> bool: ...
 
+    def lookup(self, sid: int) -> tuple[int, int, int] | None:
+        """A session of this node in the shared table: (region, state, peer), or None."""
+
     def flush(self) -> None: ...
 
     def release(self, number: int, sids: list[int]) -> None: ...

@@ -273,3 +273,21 @@ def test_a_cluster_over_tls_to_redis(tmp_path):
                 bob.close()
     finally:
         redis_tls.stop()
+
+
+def test_pushes_to_a_session_of_another_worker_of_the_node_are_not_counted_as_lost(
+    tmp_path, redis_server
+):
+    """1. two nodes of 2 workers; alice on A pushes 10 messages to bob on B  2. bob gets
+    them all  3. B counts none in cluster_to_closed: every worker of B reads a push, and
+    the one that does not have bob counted each as a push to a closed session."""
+    with nodes(tmp_path, redis_server.url) as (a, b):
+        alice, bob = Client(a), Client(b)
+        try:
+            wait_visible(alice, [bob.fd])
+            assert alice.ask(f"count:{bob.fd}:10") == {"refused": 0}
+            assert bob.take(10) == [f"n{i}" for i in range(10)]
+            assert bob.ask("server_stats")["totals"]["cluster_to_closed"] == 0
+        finally:
+            alice.close()
+            bob.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 
 import pytest
 from hypothesis import given
@@ -13,7 +14,16 @@ from hypothesis import strategies as st
 
 from swoolish.core import bus
 from swoolish.core.replica import NODE_SILENCE, ClusterView
-from swoolish.worker.buslink import RETRY, RETRY_CAP, RETRY_STEADY, BusLink, retry_delay
+from swoolish.worker.buslink import (
+    ESSENTIAL_ROOM,
+    HEALTH_INTERVAL,
+    LINK_TIMEOUT,
+    RETRY,
+    RETRY_CAP,
+    RETRY_STEADY,
+    BusLink,
+    retry_delay,
+)
 
 U64 = st.integers(0, 2**64 - 1)
 U32 = st.integers(0, 2**32 - 1)
@@ -570,3 +580,47 @@ def test_publishes_past_the_bound_are_refused_until_redis_answers():
         assert not link.publish(b"sw:t:node:2", b"y", now=True)
     finally:
         loop.close()
+
+
+def test_an_essential_publish_goes_past_the_bound_that_refuses_app_messages():
+    """1. app messages fill max_pending: the next is refused  2. a control message (a
+    session event, a heartbeat) still goes, up to ESSENTIAL_ROOM more: refused, a
+    session event was lost for good and the other nodes' view stayed wrong."""
+    loop = asyncio.new_event_loop()
+    try:
+        link = BusLink("redis://127.0.0.1:1/0", [b"c"], lambda data: None,
+                       lambda up, why: None, loop, max_pending=10_000)
+        link._pub = type("Pub", (), {"_writer": _Writer()})()
+        link.up = True
+        for size in (1000, 40):  # full, to the byte
+            while link.publish(b"sw:t:node:2", b"x" * size, now=True):
+                pass
+        assert not link.publish(b"sw:t:ctl", b"e" * 40, now=True)
+        assert link.publish(b"sw:t:ctl", b"e" * 40, now=True, essential=True)
+        assert not link.publish(b"sw:t:ctl", b"e" * (ESSENTIAL_ROOM + 1), essential=True)
+    finally:
+        loop.close()
+
+
+def test_a_health_check_that_wakes_late_does_not_judge_the_link():
+    """1. a command is unanswered, and the loop is then busy past LINK_TIMEOUT (its
+    answer waits unread in the socket)  2. the check that wakes late does not declare
+    Redis down; the next one, on time, does if the answer is still missing."""
+
+    async def scenario() -> list[str]:
+        loop = asyncio.get_running_loop()
+        lost: list[str] = []
+        link = BusLink("redis://127.0.0.1:1/0", [b"c"], lambda data: None,
+                       lambda up, why: None, loop)
+        link._lose = lost.append  # type: ignore[method-assign]
+        link.command = lambda *args: True  # type: ignore[method-assign]
+        link._unanswered.append((1, 10, loop.time()))
+        check = loop.create_task(link._check_health())
+        await asyncio.sleep(0)
+        time.sleep(LINK_TIMEOUT + 0.2)  # the loop is busy: the check wakes late
+        await asyncio.sleep(HEALTH_INTERVAL / 5)  # the late check has run by now
+        late = list(lost)
+        await asyncio.wait_for(check, HEALTH_INTERVAL * 2)  # on time: judged, and lost
+        return [*late, "then", *lost]
+
+    assert asyncio.run(scenario()) == ["then", f"no answer from Redis within {LINK_TIMEOUT:g}s"]

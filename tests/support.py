@@ -12,7 +12,9 @@ import contextlib
 import http.client
 import json
 import os
+import pwd
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -20,12 +22,14 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -434,8 +438,17 @@ CLUSTER_APP = "tests/apps/global_app.py:server"
 def start_node(tmp_path: Path, redis_url: str, workers: int = 2, *extra: str) -> ServerProcess:
     """One node of a cluster serving ``CLUSTER_APP`` (not waited for)."""
     port = free_port()
-    args = ["serve", CLUSTER_APP, "--port", str(port), "--workers", str(workers),
-            "--redis-url", redis_url, *extra]
+    args = [
+        "serve",
+        CLUSTER_APP,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--redis-url",
+        redis_url,
+        *extra,
+    ]
     return ServerProcess(args, port, ROOT, tmp_path / f"node-{port}.log")
 
 
@@ -516,10 +529,16 @@ class RedisServer:
         ca.cert_pem.write_to_path(str(self.directory / "ca.pem"))
         cert.private_key_pem.write_to_path(str(self.directory / "redis-key.pem"))
         cert.cert_chain_pems[0].write_to_path(str(self.directory / "redis-cert.pem"))
-        return ["--tls-cert-file", str(self.directory / "redis-cert.pem"),
-                "--tls-key-file", str(self.directory / "redis-key.pem"),
-                "--tls-ca-cert-file", str(self.directory / "ca.pem"),
-                "--tls-auth-clients", "no"]
+        return [
+            "--tls-cert-file",
+            str(self.directory / "redis-cert.pem"),
+            "--tls-key-file",
+            str(self.directory / "redis-key.pem"),
+            "--tls-ca-cert-file",
+            str(self.directory / "ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     @property
     def unix_url(self) -> str:
@@ -531,11 +550,25 @@ class RedisServer:
         log = open(self.directory / f"redis-{self.port}.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                [REDIS_SERVER, *self._ports(), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-                 "--unixsocket", str(self.directory / "redis.sock"), "--unixsocketperm", "700",
-                 *self.tls_args],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    REDIS_SERVER,
+                    *self._ports(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                    "--unixsocket",
+                    str(self.directory / "redis.sock"),
+                    "--unixsocketperm",
+                    "700",
+                    *self.tls_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         finally:
             log.close()
@@ -569,3 +602,61 @@ class RedisServer:
             os.kill(self.proc.pid, signal.SIGCONT)
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=timeout(5))
+
+
+# -- another user of the host (tests/adversarial: test_local_users, test_uds_other_user)
+
+
+def nobody() -> tuple[int, int]:
+    """uid and gid of ``nobody``; skips when the test cannot become it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test drops a forked child to the 'nobody' user")
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user on this system")
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_user(uid: int, gid: int, body: Callable[[], Any], seconds: float = 20.0) -> Any:
+    """Run ``body`` in a forked child that became ``uid``/``gid``; its JSON result.
+
+    The child never execs (so it needs no access to this interpreter's files) and is
+    killed by pid if it overstays ``seconds``.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            result = body()
+        except BaseException:
+            result = {"child raised": traceback.format_exc()}
+        try:
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(json.dumps(result).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    data = b""
+    deadline = time.monotonic() + timeout(seconds)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"the child running as uid {uid} did not finish in {seconds}s"
+            if select.select([read_end], [], [], left)[0]:
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break
+                data += chunk
+    finally:
+        os.close(read_end)
+        with contextlib.suppress(ProcessLookupError):
+            if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return json.loads(data)

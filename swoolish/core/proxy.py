@@ -11,6 +11,11 @@ first, nearest proxy last. The client is the right-most entry that is not a trus
 proxy: entries left of it were written by the client or by proxies nobody vouches
 for. If every entry is trusted, the left-most is the client (as uvicorn does).
 
+Only the entries that can name the client are read: the right-most ``MAX_PROXY_HOPS``
+(with ``*``, the left-most alone). A ``Forwarded`` element further left is neither
+parsed nor checked, so a malformed one there changes nothing, and a long header costs
+what its last elements cost.
+
 Pure: no I/O; docs/deployment.md ("A proxy in front") has the operator's view.
 """
 
@@ -30,10 +35,22 @@ UNIX = "unix"  # forwarded_allow_ips: a peer on the Unix socket is trusted
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SECURE = {"https": True, "wss": True, "http": False, "ws": False}
-# One RFC 7239 §4 forwarded-pair: token "=" ( token / quoted-string ).
-_PAIR = re.compile(
-    r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)=("(?:[^"\\]|\\.)*"|[!#$%&\'*+.^_`|~0-9A-Za-z:\[\]-]*)\s*'
-)
+# RFC 7239 §4: forwarded-element = [ forwarded-pair ] *( ";" [ forwarded-pair ] ), and
+# forwarded-pair = token "=" value, value = token / quoted-string (RFC 9110 §5.6.4: a
+# quoted-string may hold commas and semicolons, and "\" escapes any character). Every
+# quantifier is possessive and every alternative atomic: no input makes the matcher
+# backtrack.
+_QUOTED = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_VALUE = rf"(?:{_QUOTED}|[!#$%&'*+.^_`|~0-9A-Za-z:\[\]-]*+)"
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]++"
+# One element's pairs, each followed by ";" or the end, in one pass: a group in a
+# repetition keeps its last match, so group 1 is the last "for" value (raw), group 2 the
+# last "proto" value (names are case-insensitive).
+_PAIR = rf"\s*+(?>(?i:for)=({_VALUE})|(?i:proto)=({_VALUE})|{_TOKEN}={_VALUE})\s*+"
+_ELEMENT = re.compile(rf"(?:{_PAIR}(?:;|\Z))*+")
+# The header cut at its commas, quoted strings kept whole (a stray quote is a character
+# like any other, and the element holding it is malformed): (text, "," or "") each.
+_PIECES = re.compile(rf'((?:[^,"]++|{_QUOTED}|")*+)(,|\Z)')
 
 
 class Client(NamedTuple):
@@ -92,7 +109,7 @@ def forwarded_client(
     hosts = _split(get_all("X-Forwarded-For"))
     protos = _split(get_all("X-Forwarded-Proto"))
     if not hosts and not protos:
-        hosts, protos = _forwarded(get_all("Forwarded"))
+        hosts, protos = _forwarded(get_all("Forwarded"), trusted.any)
     index = _client_index(hosts, trusted)
     addr = fallback.addr
     if index is not None:
@@ -106,9 +123,11 @@ def forwarded_client(
     return Client(addr, _SECURE.get(proto, secure))
 
 
-#: Entries of an address header looked at from the right, at most: a chain of trusted
-#: proxies is a few hops long, and each look parses an address (some 3 µs), so a 64 KiB
-#: header of thousands of trusted-looking entries cost 30 ms per request before.
+#: Entries of an address header (or elements of ``Forwarded``) looked at from the right,
+#: at most: a chain of trusted proxies is a few hops long, and each look parses an
+#: address (some 3 µs), so a 64 KiB header of thousands of trusted-looking entries cost
+#: 30 ms per request before. Of ``Forwarded``, only those elements are parsed at all:
+#: parsing every element of a 60 KB header cost 4 to 16 ms per request.
 MAX_PROXY_HOPS = 32
 
 
@@ -131,44 +150,114 @@ def _split(values: list[str]) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
-def _forwarded(values: list[str]) -> tuple[list[str], list[str]]:
-    """The ``for`` and ``proto`` of each element of ``Forwarded`` (RFC 7239 §4), one per
-    element ("" where an element has none); nothing at all for a malformed header."""
+def _forwarded(values: list[str], any_trusted: bool) -> tuple[list[str], list[str]]:
+    """The ``for`` and ``proto`` of the elements of ``Forwarded`` (RFC 7239 §4) that may
+    name the client, one per element ("" where an element has none): the right-most
+    MAX_PROXY_HOPS, or with every peer trusted (``any_trusted``) the left-most alone.
+    Nothing at all when one of those is malformed. Elements further left are neither
+    parsed nor checked, so a header of thousands costs what 32 cost (docs/security.md,
+    "Remote clients")."""
+    if any_trusted:
+        elements = _first_element(values)
+    else:
+        elements = _last_elements(values, MAX_PROXY_HOPS)
     hosts: list[str] = []
     protos: list[str] = []
-    for value in values:
-        for element in _elements(value):
-            if element is None:
-                return [], []
-            hosts.append(element.get("for", ""))
-            protos.append(element.get("proto", ""))
+    for text, at_end in elements:
+        element = _for_and_proto(text, at_end)
+        if element is None:
+            return [], []
+        hosts.append(element[0])
+        protos.append(element[1])
     if not any(protos):
         protos = []
     return hosts, protos
 
 
-def _elements(value: str) -> Iterable[dict[str, str] | None]:
-    """Each element's pairs, lower-case names, unquoted values; None where malformed."""
-    position, end = 0, len(value)
-    pairs: dict[str, str] = {}
-    while position < end:
-        match = _PAIR.match(value, position)
-        if match is None:
-            yield None
-            return
-        name, raw = match.group(1).lower(), match.group(2)
-        pairs[name] = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
-        position = match.end()
-        separator = value[position : position + 1]
-        position += 1
-        if separator == ",":
-            yield pairs
-            pairs = {}
-        elif separator not in (";", ""):
-            yield None
-            return
-    if pairs:
-        yield pairs
+_Element = tuple[str, bool]  # its text; whether it ends its line (a trailing ";" allowed)
+
+
+def _first_element(values: list[str]) -> list[_Element]:
+    """The left-most element of the header's lines (an empty line has none)."""
+    for value in values:
+        if value:
+            match = _PIECES.match(value)
+            assert match is not None  # it matches any text up to a comma or the end
+            return [(match.group(1), not match.group(2))]
+    return []
+
+
+def _last_elements(values: list[str], count: int) -> list[_Element]:
+    """The right-most ``count`` elements of the header's lines, left to right; the text
+    left of them is only cut at its commas (without a quote in a line, not even that)."""
+    found: list[_Element] = []
+    for value in reversed(values):
+        found[:0] = _line_tail(value, count - len(found))
+        if len(found) == count:
+            break
+    return found
+
+
+def _line_tail(value: str, count: int) -> list[_Element]:
+    """The right-most ``count`` elements of one line, left to right."""
+    # One piece more than asked for: the line may end with a comma (an empty piece).
+    pieces = value.rsplit(",", count + 1)[-count - 1 :]
+    if len(pieces) > 1 and any('"' in piece for piece in pieces):
+        # A comma there may be inside a quoted string: cut the line exactly. Without a
+        # quote there, no quoted string can reach them from the left (it would end
+        # there), so the plain cut is exact; so is a line without a comma.
+        pieces = [piece for piece, _ in _cuts(value)[-count - 1 :]]
+    if pieces[-1]:
+        ends = [False] * (len(pieces) - 1) + [True]
+    else:
+        pieces.pop()  # after a trailing comma, or the empty line
+        ends = [False] * len(pieces)
+    start = max(len(pieces) - count, 0)
+    return list(zip(pieces[start:], ends[start:], strict=True))
+
+
+def _cuts(value: str) -> list[tuple[str, str]]:
+    """``value.split(",")`` where a comma inside a quoted string cuts nothing, as
+    (piece, the comma after it or "")."""
+    cuts: list[tuple[str, str]] = _PIECES.findall(value)
+    if len(cuts) > 1 and not cuts[-2][1]:
+        cuts.pop()  # the empty match at the end, after a last piece that reached it
+    return cuts
+
+
+def _for_and_proto(text: str, at_end: bool) -> tuple[str, str] | None:
+    """The unquoted ``for`` and ``proto`` of one element ("" for a missing one; the
+    last of a repeated one); None when the element is malformed."""
+    if at_end and text.endswith(";"):
+        text = text[:-1]  # "for=a;" ends a line as well as "for=a"
+    if not text or text.endswith(";"):
+        return None  # no pair, or a ";" with no pair after it
+    match = _ELEMENT.fullmatch(text)
+    if match is None:
+        return None
+    return _unquoted(match.group(1)), _unquoted(match.group(2))
+
+
+def _unquoted(raw: str | None) -> str:
+    if raw is None:
+        return ""
+    return _unquote(raw[1:-1]) if raw.startswith('"') else raw
+
+
+def _unquote(text: str) -> str:
+    """The content of a quoted-string: each backslash and the character it escapes
+    replaced by that character (RFC 9110 §5.6.4), left to right, as the pairs go."""
+    if "\\" not in text:
+        return text
+    if "\\\\" not in text:
+        return text.replace("\\", "")  # no backslash is escaped: each escapes the next
+    if "\0" in text:  # never in a header value (RFC 9110 §5.5); kept exact anyway
+        return "".join(_QUOTED_PAIR.split(text))
+    # An escaped backslash first (left to right, as the pairs go), then the other pairs.
+    return text.replace("\\\\", "\0").replace("\\", "").replace("\0", "\\")
+
+
+_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 def _canonical(host: str) -> str:

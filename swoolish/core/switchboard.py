@@ -3,11 +3,13 @@
 Pure bookkeeping with the clock injected (every method that needs the time takes
 ``now``): the master feeds it what workers route and what they report of a hand-off,
 and sends what it returns. The protocol it implements is described in
-:mod:`swoolish.worker.router` and docs/design.md.
+:mod:`swoolish.worker.router` and docs/design.md. Its one side effect is a log line at
+the start of each episode of drops for a worker id no process serves (below).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 from .messages import (
@@ -23,6 +25,8 @@ from .messages import (
 )
 
 __all__ = ["FORWARD_TIME", "PARK_TIMEOUT", "Switchboard"]
+
+log = logging.getLogger("swoolish.master")
 
 PARK_TIMEOUT = 3.0  # seconds the master keeps operations for a session being adopted
 FORWARD_TIME = 3.0  # seconds the master redirects a stale route to a moved session
@@ -86,6 +90,9 @@ class Switchboard:
         # a release may still ask for it (the old worker may have died first)
         self.announced = _Expiring()
         self.dropped = 0
+        # worker ids whose operations are being dropped (no process serves them): one
+        # log line per episode, never one per operation
+        self.unserved: set[int] = set()
         # Every wall-clock expiry that can break the order or lose an operation is
         # counted here (and logged by the master, once per episode): a release granted
         # before the new owner announced its sessions, and operations parked for a
@@ -106,8 +113,9 @@ class Switchboard:
         if isinstance(target, ToSlot):
             slot_owner = slot_pid(target.slot)
             if slot_owner:
+                self.unserved.discard(target.slot)
                 return [(slot_owner, ops)]
-            self.dropped += len(ops)
+            self._unserved(target.slot, len(ops))
             return []
         if self.parked:
             ops = self._park(ops)
@@ -121,6 +129,21 @@ class Switchboard:
             return ([(pid, ops)] if ops else []) + redirected
         # The owner is gone: find each session again.
         return self._reroute(ops) + redirected
+
+    def _unserved(self, slot: int, count: int) -> None:
+        """``count`` operations for worker ``slot`` (a ``send_message`` to a task worker
+        or user process, typically) dropped: no process serves it now, e.g. between a
+        crash and its restart, which may wait up to 10 s (docs/lifecycle.md), or once it
+        is stopping. Counted in ``dropped`` (``routed_dropped``), and logged once until a
+        process serves it again."""
+        self.dropped += count
+        if slot not in self.unserved:
+            self.unserved.add(slot)
+            log.warning(
+                "worker %d has no process now (it is restarting or stopping): operations "
+                "routed to it are dropped (counted in routed_dropped) until one serves it",
+                slot,
+            )
 
     def _split_moved(
         self, ops: list[Operation], now: float

@@ -154,13 +154,17 @@ def _remove_stale_socket(path: str) -> None:
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # stale: its server is gone
+        _unlink_stale(path, info.st_uid)  # stale: its server is gone
         return
     except FileNotFoundError:
         return
     except BlockingIOError:
         pass  # its backlog is full: something listens on it
+    except PermissionError as exc:
+        raise SettingError(
+            f"cannot listen on unix:{path}: {exc.strerror} (the socket file there belongs "
+            f"to uid {info.st_uid}); choose another --uds, in a directory of your own"
+        ) from None
     except OSError as exc:
         raise SettingError(f"cannot listen on unix:{path}: {exc.strerror or exc}") from None
     finally:
@@ -169,6 +173,23 @@ def _remove_stale_socket(path: str) -> None:
         f"cannot listen on unix:{path}: something listens on it already; stop it or "
         "choose another --uds"
     )
+
+
+def _unlink_stale(path: str, owner: int) -> None:
+    """Remove a socket file nothing listens on. Where we may not (a directory we cannot
+    write, or a sticky one such as /tmp and the file is another user's), one line
+    naming the file's owner: in a directory anyone may write, another user can plant
+    a socket file at the path first (docs/deployment.md, "A proxy in front")."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return  # gone already
+    except OSError as exc:
+        raise SettingError(
+            f"cannot listen on unix:{path}: a socket file nothing listens on is there, "
+            f"belonging to uid {owner}, and it cannot be removed ({exc.strerror}); remove "
+            "it as that user or root, or choose another --uds, in a directory of your own"
+        ) from None
 
 
 def unlink_unix(path: str, identity: tuple[int, int]) -> None:

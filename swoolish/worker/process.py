@@ -68,7 +68,7 @@ from .connection import Connection
 from .handoff import Adopter, hand_off
 from .http import HttpConnection
 from .listener import Listener
-from .router import MAX_ROUTED_PAYLOAD, Router, routable_payload
+from .router import MAX_ROUTED_PAYLOAD, Router, operation_size, routable_payload
 from .sessions import SessionMap
 from .tasks import TaskClient
 from .tlshandshakes import TlsHandshakes
@@ -79,6 +79,9 @@ __all__ = ["App", "Worker", "run_worker"]
 SERVER_STATS_TIMEOUT = 3.0  # seconds server_stats() waits for the master's answer
 MASTER_CHECK_INTERVAL = 0.5  # seconds between checks that the master is still alive
 EXIT_FLUSH_TIMEOUT = 2.0  # seconds an exiting worker waits for the master to read it
+#: Bytes of messages read ahead while routed operations wait (see _hold_back): more than
+#: the master's queue for a worker holds (ipc.QUEUE_LIMIT) and the channel's buffers.
+HELD_BYTES = 2 * ipc.QUEUE_LIMIT
 _PR_SET_PDEATHSIG = 1
 
 
@@ -120,6 +123,7 @@ class Worker:
         self.router = Router(self, table, region, self.channel)
         self.router.when_caught_up = self._router_caught_up
         self._held_messages: list[tuple[Message, list[int]]] = []  # behind routed operations
+        self._held_bytes = 0  # ... about their size (_message_size)
         self._reading_master = False  # the master's channel is watched (add_reader)
         self.connections.on_adopt = self.router.adopted
         # server.task() and its answers (docs/tasks.md); None load: no task workers
@@ -571,9 +575,7 @@ class Worker:
                 self.loop.call_later(MASTER_CHECK_INTERVAL, check)
 
         check()
-        if self.channel is not None:
-            self._reading_master = True
-            self.loop.add_reader(self.channel.fileno(), self._on_channel_readable)
+        self._read_channel(True)
 
     def _schedule_heartbeat(self) -> None:
         """One sweep per worker checks every session (not a timer per connection)."""
@@ -601,33 +603,56 @@ class Worker:
     def _handle_messages(self, messages: list[tuple[Message, list[int]]]) -> None:
         """Do what the master's messages ask, in order. Routed operations the router
         could not apply in its share of the loop (swoolish.worker.router, "A fair share
-        of the loop") hold the rest back, and the master's channel is not read until
-        they are applied (``_router_caught_up``)."""
-        assert self.channel is not None
-        duties = self._duties
+        of the loop") hold the later messages back until they are applied
+        (``_router_caught_up``)."""
         for at, (message, fds) in enumerate(messages):
-            if type(message) is Stop and message.handoff and len(fds) == 1:
-                self.handoff_channel = socket.socket(fileno=fds.pop())
-            ipc.close_fds(fds)  # the master sends no other descriptors
-            duty = duties.get(type(message))
-            if duty is None:
-                self.log.error("unexpected %s from the master; ignored", type(message).__name__)
-            else:
-                duty(message)
-            if self.router.behind():
-                self._held_messages = messages[at + 1 :]
-                if self._reading_master:
-                    self._reading_master = False
-                    self.loop.remove_reader(self.channel.fileno())
+            if self._held_messages or self.router.behind():
+                self._hold_back(messages[at:])
                 return
-        if not self._reading_master:
-            self._reading_master = True
-            self.loop.add_reader(self.channel.fileno(), self._on_channel_readable)
+            self._do(message, fds)
+        self._read_channel(True)
+
+    def _do(self, message: Message, fds: list[int]) -> None:
+        if type(message) is Stop and message.handoff and len(fds) == 1:
+            self.handoff_channel = socket.socket(fileno=fds.pop())
+        ipc.close_fds(fds)  # the master sends no other descriptors
+        duty = self._duties.get(type(message))
+        if duty is None:
+            self.log.error("unexpected %s from the master; ignored", type(message).__name__)
+        else:
+            duty(message)
+
+    def _hold_back(self, messages: list[tuple[Message, list[int]]]) -> None:
+        """Keep ``messages`` until the router has caught up, but a ``Stop``: it is done
+        at once, so that a worker whose relayed operations wait (behind app handlers
+        that never end, say) still stops, runs worker_exit and drains, not killed at the
+        deadline. The channel is read ahead for it, up to HELD_BYTES (the master's queue
+        for us is bounded at half that); past that, what comes waits in the master."""
+        held = self._held_messages
+        for message, fds in messages:
+            if type(message) is Stop:
+                self._do(message, fds)
+            else:
+                held.append((message, fds))
+                self._held_bytes += _message_size(message)
+        self._read_channel(self._held_bytes < HELD_BYTES)
+
+    def _read_channel(self, reading: bool) -> None:
+        """Watch the master's channel, or stop watching it (what the master sends
+        meanwhile waits in its queue for us, under its bound)."""
+        channel = self.channel
+        if channel is None or channel.closed or reading == self._reading_master:
+            return
+        self._reading_master = reading
+        if reading:
+            self.loop.add_reader(channel.fileno(), self._on_channel_readable)
+        else:
+            self.loop.remove_reader(channel.fileno())
 
     def _router_caught_up(self) -> None:
         held, self._held_messages = self._held_messages, []
-        if self.channel is not None and not self.channel.closed:
-            self._handle_messages(held)
+        self._held_bytes = 0
+        self._handle_messages(held)
 
     # -- one method per message from the master (swoolish.core.messages)
 
@@ -731,3 +756,10 @@ def freeze_what_booted() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def _message_size(message: Message) -> int:
+    """About the bytes a message from the master took on the channel."""
+    if type(message) is Routed:
+        return sum(operation_size(op) for op in message.ops) + 64
+    return 64

@@ -86,7 +86,7 @@ from ..shared.table import SessionTable
 from .host import WorkerHost
 from .websocket import WsConnection, fan_out
 
-__all__ = ["MAX_ROUTED_PAYLOAD", "Router", "routable_payload"]
+__all__ = ["MAX_ROUTED_PAYLOAD", "Router", "operation_size", "routable_payload"]
 
 log = logging.getLogger("swoolish.routing")
 
@@ -193,9 +193,11 @@ class Router:
             if waiting and waiting + size > channel.limit:
                 self._refuse(waiting)
                 return False
-        if self._refusing:
-            self._refusing = False
-            log.debug("worker %d: routing again", self.worker.worker_id)
+            if self._refusing and waiting <= channel.limit // 2:
+                # the episode ends once the master has taken half: under a sustained
+                # overload, one line, not one each time a small operation fits again
+                self._refusing = False
+                log.debug("worker %d: routing again", self.worker.worker_id)
         self._pending += size
         self.outbox.setdefault(target, []).append(op)
         if not self._flush_scheduled:

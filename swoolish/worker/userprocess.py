@@ -18,6 +18,14 @@ the master's channel, so it is stopped, polled for figures and reached by
   ``messages()`` ends; the target gets ``max_wait_time`` to return, then an async one is
   cancelled and the process exits. A target that returns or raises ends the process;
   the master restarts it (with back-off when that happens soon after its start).
+* What the target has not taken yet waits in a bounded inbox (``INBOX_MESSAGES``,
+  ``INBOX_BYTES``). Once it is full, the process stops reading the master's channel, so
+  further messages wait in the master, whose bound on what waits for a worker applies
+  (docs/design.md, "Channels"; past it the master drops them, counted in
+  ``routed_dropped``, one log line per episode). Reading resumes once the target has
+  taken half of the inbox. Before this bound a slow target's queue grew with whatever
+  was sent: a consumer taking 1 ms per message grew from 29 to 202 MiB under 1.2 million
+  one-byte messages (docs/lifecycle.md, "User processes").
 """
 
 from __future__ import annotations
@@ -27,24 +35,110 @@ import concurrent.futures
 import contextlib
 import inspect
 import os
+import pickle
 import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 from ..core.errors import SwoolishError
-from ..core.messages import Exiting, WorkerFigures
+from ..core.messages import Exiting, Operation, Pipe, Routed, WorkerFigures
 from ..core.processes import ProcessSpec
+from ..shared.ipc import QUEUE_LIMIT
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from . import timers
 from .process import App, Worker
 
-__all__ = ["UserProcess", "UserProcessWorker"]
+__all__ = ["INBOX_BYTES", "INBOX_MESSAGES", "Inbox", "UserProcess", "UserProcessWorker"]
 
 EXIT_TARGET_FAILED = 1  # the target raised: the master restarts the process
 SEND_TIMEOUT = 5.0  # seconds send_message from the target's thread waits for the loop
+# The inbox: messages the target has not taken, at most this many, or this many bytes
+# (pickled, as sent; one message larger than that still fits an empty inbox). The
+# same bounds as a worker's events queued for coroutine handlers (docs/security.md).
+INBOX_MESSAGES = 1024
+INBOX_BYTES = 1024 * 1024
+#: Bytes of messages read ahead of a full inbox: more than the master's queue for this
+#: process holds (ipc.QUEUE_LIMIT) and the channel's buffers, so a Stop is heard.
+HELD_BYTES = 2 * QUEUE_LIMIT
 
 _STOP = object()  # wakes a receiver of a stopping process
+
+
+class Inbox:
+    """The messages a target has not taken yet, in order, bounded.
+
+    The process's loop puts (after asking :meth:`has_room`), the target takes, from its
+    own thread for a plain function. A put the bound refused is remembered, and
+    ``on_room`` is called once (from the taker's thread) when the target has taken the
+    inbox down to half of both bounds: the loop then reads the master's channel again.
+    """
+
+    def __init__(
+        self,
+        is_async: bool,
+        on_room: Callable[[], None],
+        max_messages: int = INBOX_MESSAGES,
+        max_bytes: int = INBOX_BYTES,
+    ) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._on_room = on_room
+        self._async = is_async
+        self._lock = threading.Lock()  # the counts: the loop and a target's thread
+        self.count = 0  # messages waiting (the stop marker is none)
+        self.size = 0  # their pickled bytes
+        self._room_wanted = False
+        self._queue: queue.SimpleQueue[tuple[Any, int]] = queue.SimpleQueue()  # plain
+        self._aqueue: asyncio.Queue[tuple[Any, int]] = asyncio.Queue()  # async def
+
+    def has_room(self) -> bool:
+        """Whether one more message may go in; if not, ``on_room`` follows once it may."""
+        with self._lock:
+            if self.count < self.max_messages and self.size < self.max_bytes:
+                return True
+            self._room_wanted = True
+            return False
+
+    def put(self, item: Any, size: int) -> None:
+        """``item`` for the target (the stop marker takes no room). Never blocks."""
+        if item is not _STOP:
+            with self._lock:
+                self.count += 1
+                self.size += size
+        if self._async:
+            self._aqueue.put_nowait((item, size))
+        else:
+            self._queue.put((item, size))
+
+    def get(self, timeout: float | None) -> Any:
+        """The next item for a plain target, blocking; queue.Empty after ``timeout``."""
+        item, size = self._queue.get(timeout=timeout)
+        self._taken(item, size)
+        return item
+
+    async def aget(self, timeout: float | None) -> Any:
+        """The next item for an async target; TimeoutError after ``timeout``."""
+        item, size = await asyncio.wait_for(self._aqueue.get(), timeout)
+        self._taken(item, size)
+        return item
+
+    def _taken(self, item: Any, size: int) -> None:
+        if item is _STOP:
+            return
+        with self._lock:
+            self.count -= 1
+            self.size -= size
+            room = (
+                self._room_wanted
+                and self.count <= self.max_messages // 2
+                and self.size <= self.max_bytes // 2
+            )
+            if room:
+                self._room_wanted = False
+        if room:
+            self._on_room()
 
 
 class UserProcess:
@@ -58,8 +152,7 @@ class UserProcess:
         self._worker = worker
         self._async = is_async
         self._stopping = threading.Event()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # a plain target's
-        self._aqueue: asyncio.Queue[Any] = asyncio.Queue()  # an async target's
+        self._inbox = Inbox(is_async, worker.room_in_inbox)
 
     @property
     def worker_pid(self) -> int:
@@ -105,11 +198,11 @@ class UserProcess:
         if self._async:
             raise RuntimeError("an async target receives with await process.receive()")
         try:
-            item = self._queue.get(timeout=timeout)
+            item = self._inbox.get(timeout)
         except queue.Empty:
             return None
         if item is _STOP:
-            self._queue.put(_STOP)  # every later call returns None too
+            self._inbox.put(_STOP, 0)  # every later call returns None too
             return None
         return item  # type: ignore[no-any-return]
 
@@ -119,11 +212,11 @@ class UserProcess:
         if not self._async:
             raise RuntimeError("a plain-function target receives with process.recv()")
         try:
-            item = await asyncio.wait_for(self._aqueue.get(), timeout)
+            item = await self._inbox.aget(timeout)
         except TimeoutError:
             return None
         if item is _STOP:
-            self._aqueue.put_nowait(_STOP)
+            self._inbox.put(_STOP, 0)
             return None
         return item  # type: ignore[no-any-return]
 
@@ -138,19 +231,15 @@ class UserProcess:
     # -- from the process's loop
 
     def _deliver(self, server: Any, src: int, message: Any) -> None:
-        """The ``pipe_message`` of this process: queued for the target."""
-        if self._async:
-            self._aqueue.put_nowait((src, message))
-        else:
-            self._queue.put((src, message))
+        """The ``pipe_message`` of this process: queued for the target. Messages from
+        the master come through ``UserProcessWorker._on_routed`` instead, which minds
+        the inbox's bound."""
+        self._inbox.put((src, message), 0)
 
     def _stop(self) -> None:
         if not self._stopping.is_set():
             self._stopping.set()
-            if self._async:
-                self._aqueue.put_nowait(_STOP)
-            else:
-                self._queue.put(_STOP)
+            self._worker.hold(_STOP)  # behind what came before the Stop
 
     def __repr__(self) -> str:
         return f"UserProcess(id={self.id}, name={self.name!r}, pid={os.getpid()})"
@@ -166,6 +255,11 @@ class UserProcessWorker(Worker):
         self.loop_thread = threading.get_ident()
         self.spec = _find_target(server, self.name)
         is_async = self.spec is not None and inspect.iscoroutinefunction(self.spec.target)
+        # Read from the master and not in the inbox yet, in order (reading stops once
+        # HELD_BYTES wait: then at most one more read of the channel is here).
+        self._held: deque[object] = deque()
+        self._held_bytes = 0
+        self._channel_paused = False  # not reading the master's channel: the inbox is full
         self.process = UserProcess(self, is_async)
 
     def _handler_lookup(self) -> Callable[[str], Callable[..., Any] | None]:
@@ -180,6 +274,68 @@ class UserProcessWorker(Worker):
         figures = super().snapshot()
         figures.update(kind="process", name=self.name)
         return figures
+
+    # -- the inbox and the master's channel
+
+    def _on_routed(self, message: Routed) -> None:
+        """Messages for the target (``send_message``) go to its inbox while it has room;
+        the rest wait here, and the master's channel is not read until they are in."""
+        self.hold(*message.ops)
+
+    def hold(self, *items: object) -> None:
+        """Queue ``items`` behind what is held (``_STOP``: the target's stop marker)."""
+        self._held.extend(items)
+        self._held_bytes += sum(_held_size(item) for item in items)
+        self._fill_inbox()
+
+    def room_in_inbox(self) -> None:
+        """The target made room (called from its thread for a plain function)."""
+        with contextlib.suppress(RuntimeError):  # the loop closed: the process exits
+            self.loop.call_soon_threadsafe(self._fill_inbox)
+
+    def _fill_inbox(self) -> None:
+        """Move held items into the inbox, in order, while it has room; read the master's
+        channel only while nothing is held."""
+        held, inbox = self._held, self.process._inbox
+        while held:
+            item = held[0]
+            if type(item) is Pipe:
+                if not inbox.has_room():
+                    break
+                held.popleft()
+                self._held_bytes -= _held_size(item)
+                self._to_inbox(item)
+            else:
+                held.popleft()
+                self._held_bytes -= _held_size(item)
+                if item is _STOP:
+                    inbox.put(_STOP, 0)
+                else:
+                    self.router.apply([cast(Operation, item)])  # only Pipe comes, in practice
+        # read ahead of what waits (bounded), so that a Stop is heard even while the
+        # target takes nothing: the process then exits at max_wait_time, not killed
+        self._read_master(self._held_bytes < HELD_BYTES)
+
+    def _to_inbox(self, op: Pipe) -> None:
+        try:
+            message = pickle.loads(op.payload)
+        except Exception:
+            self.stats["handler_errors"] += 1
+            self.log.exception("%s: a message could not be unpickled", self._describe())
+            return
+        self.process._inbox.put((op.src_worker, message), len(op.payload))
+
+    def _read_master(self, reading: bool) -> None:
+        """Watch the master's channel again, or stop watching it: what the master sends
+        meanwhile waits in its queue for this process, under its bound."""
+        channel = self.channel
+        if channel is None or channel.closed or reading != self._channel_paused:
+            return  # no channel, or it is watched (or not) already
+        self._channel_paused = not reading
+        if reading:
+            self.loop.add_reader(channel.fileno(), self._on_channel_readable)
+        else:
+            self.loop.remove_reader(channel.fileno())
 
     def _describe(self) -> str:
         return f"user process {self.index} {self.name!r} gen {self.generation} (pid {os.getpid()})"
@@ -298,3 +454,8 @@ def _callable_name(target: Callable[..., Any]) -> str:
     module = getattr(target, "__module__", "")
     name = getattr(target, "__qualname__", repr(target))
     return f"{module}.{name}" if module else name
+
+
+def _held_size(item: object) -> int:
+    """About what a held item costs: a message's pickled bytes and its envelope."""
+    return len(item.payload) + 64 if type(item) is Pipe else 64

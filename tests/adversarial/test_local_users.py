@@ -19,9 +19,7 @@ import errno
 import io
 import json
 import os
-import pwd
 import resource
-import select
 import shutil
 import signal
 import socket
@@ -31,13 +29,23 @@ import tempfile
 import textwrap
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from support import ROOT, ServerProcess, free_port, run_cli, serving, timeout, wait_until
+from support import (
+    ROOT,
+    ServerProcess,
+    as_user,
+    free_port,
+    nobody,
+    run_cli,
+    serving,
+    timeout,
+    wait_until,
+)
 
 APP = "tests/apps/echo_app.py:server"
 FD_LIMIT = 256  # the master's RLIMIT_NOFILE in the flood test, as in the report
@@ -45,61 +53,6 @@ FLOOD = 10 * FD_LIMIT  # control clients opened against it
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def nobody() -> tuple[int, int]:
-    """uid and gid of ``nobody``; skips when the test cannot become it."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the test drops a forked child to the 'nobody' user")
-    try:
-        entry = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no 'nobody' user on this system")
-    return entry.pw_uid, entry.pw_gid
-
-
-def as_user(uid: int, gid: int, body: Callable[[], Any], seconds: float = 20.0) -> Any:
-    """Run ``body`` in a forked child that became ``uid``/``gid``; its JSON result.
-
-    The child never execs (so it needs no access to this interpreter's files) and is
-    killed by pid if it overstays ``seconds``.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            result = body()
-        except BaseException:
-            result = {"child raised": traceback.format_exc()}
-        try:
-            with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    data = b""
-    deadline = time.monotonic() + timeout(seconds)
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"the child running as uid {uid} did not finish in {seconds}s"
-            if select.select([read_end], [], [], left)[0]:
-                chunk = os.read(read_end, 65536)
-                if not chunk:
-                    break
-                data += chunk
-    finally:
-        os.close(read_end)
-        with contextlib.suppress(ProcessLookupError):
-            if os.waitpid(pid, os.WNOHANG) == (0, 0):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 def control_addresses(master_pid: int) -> list[str]:

@@ -11,6 +11,7 @@ such a worker by 300 MiB. Now at most MAX_PIPE_TASKS run, the rest waits in orde
 from __future__ import annotations
 
 import json
+import signal
 
 from support import serving, timeout, write_app
 
@@ -62,3 +63,41 @@ def test_coroutine_pipe_handlers_run_a_bounded_number_at_once(tmp_path):
             assert json.loads(other.recv(timeout=timeout(10)))["started"] < total
         summary = json.loads(flooder.recv(timeout=timeout(60)))
     assert summary == {"peak": MAX_PIPE_TASKS, "in_order": True}
+
+
+STUCK_APP = """
+    import asyncio
+    from swoolish import WebSocketServer
+
+    server = WebSocketServer(max_wait_time=1)
+    never = asyncio.Event()
+
+    @server.on("message")
+    def on_message(server, frame):
+        for n in range(int(frame.data)):
+            server.send_message(n, 0)
+        server.push(frame.fd, "relayed")
+
+    @server.on("pipe_message")
+    async def on_pipe_message(server, src, n):
+        await never.wait()  # an upstream call that never returns
+
+    @server.on("worker_exit")
+    def on_worker_exit(server, worker_id):
+        print(f"worker_exit ran in gen {server.generation}", flush=True)
+"""
+
+
+def test_a_worker_whose_relays_wait_behind_stuck_handlers_still_stops_cleanly(tmp_path):
+    """1. 3,000 relays to a coroutine pipe_message handler that never returns: 1,024 run,
+    the rest wait, and the worker reads ahead of them from the master  2. a reload: the
+    worker takes its Stop at once, runs worker_exit and exits within max_wait_time,
+    not killed at the deadline (the Stop waited behind the relays)."""
+    target = f"{write_app(tmp_path, STUCK_APP)}:server"
+    with serving(target, tmp_path) as server, server.connect() as ws:
+        ws.send("3000")
+        assert ws.recv(timeout=timeout(10)) == "relayed"
+        server.signal(signal.SIGUSR1)
+        server.wait_for_log(r"worker_exit ran in gen 1", 10)
+        server.wait_for_log(r"worker 0 gen 1 \(pid \d+\) drained in", 10)
+        assert "did not exit within max_wait_time" not in server.log()

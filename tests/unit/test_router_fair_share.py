@@ -35,6 +35,7 @@ def router_with(handler: Any, loop: asyncio.AbstractEventLoop) -> Router:
         log=logging.getLogger("test"),
         handler={"pipe_message": handler}.get,
         track=track,
+        tasks=tasks,
     )
     return Router(worker, None, None)  # type: ignore[arg-type]
 
@@ -110,12 +111,42 @@ def test_coroutine_handlers_run_at_most_max_pipe_tasks_at_once():
         assert router.behind()
         assert len(started) == MAX_PIPE_TASKS
         await asyncio.wait_for(done, 30)
-        for _ in range(3000):  # the last ones end too (each waits 10 ms)
-            if not running:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(asyncio.gather(*router.worker.tasks), 30)  # the last ones end
 
     asyncio.run(scenario())
     assert running == 0
     assert peak == MAX_PIPE_TASKS
     assert started == list(range(3000))
+
+
+def test_refusals_under_a_sustained_overload_are_one_episode(caplog):
+    """What waits for the master goes over the bound, down a little (a small operation
+    fits again), over again: one warning, not one per crossing; the episode ends once
+    half has drained."""
+    from swoolish.core.messages import Push, ToRegion
+
+    loop = asyncio.new_event_loop()
+    try:
+        channel = SimpleNamespace(limit=10_000, queued=0)
+        worker = SimpleNamespace(connections=SessionMap(), stats=Counter(), loop=loop, worker_id=0)
+        router = Router(worker, None, None, channel)  # type: ignore[arg-type]
+        big, small = Push(1, "x" * 2000, None), Push(1, "y", None)
+        with caplog.at_level(logging.WARNING, logger="swoolish.routing"):
+            for _ in range(5):
+                channel.queued = 9_000  # the master has not taken it
+                assert not router.send(ToRegion(1), big)
+                channel.queued = 8_000  # took a little: a small one fits
+                assert router.send(ToRegion(1), small)
+                router.outbox.clear()
+                router._pending = 0
+            channel.queued = 1_000  # most of it taken: the episode is over
+            assert router.send(ToRegion(1), small)
+            router.outbox.clear()
+            router._pending = 0
+            channel.queued = 9_000
+            assert not router.send(ToRegion(1), big)
+        warnings = [r for r in caplog.records if "bytes wait for the master" in r.getMessage()]
+        assert len(warnings) == 2
+        assert worker.stats["routed_refused"] == 6
+    finally:
+        loop.close()

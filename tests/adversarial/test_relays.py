@@ -41,7 +41,7 @@ APP = """
         state["order"].append(n)
         state["running"] += 1
         state["peak"] = max(state["peak"], state["running"])
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         state["running"] -= 1
         if len(state["order"]) == state["total"] and not state["running"]:
             in_order = state["order"] == list(range(state["total"]))
@@ -50,7 +50,7 @@ APP = """
 
 
 def test_coroutine_pipe_handlers_run_a_bounded_number_at_once(tmp_path):
-    """1. a client asks for 5,000 relays to a coroutine handler that waits 0.2 s  2. the
+    """1. a client asks for 5,000 relays to a coroutine handler that waits 0.5 s  2. the
     worker goes on serving another client meanwhile  3. every relay is handled, in order,
     never more than MAX_PIPE_TASKS at once (before: all 5,000 at once)."""
     total = 5_000

@@ -96,6 +96,10 @@ async def on_message(server, frame):
     elif cmd == "gather":
         results = await server.task_gather(command["items"], command.get("timeout", 5))
         server.push(frame.fd, json.dumps({"results": [described(r) for r in results]}))
+    elif cmd == "received":  # tasks the task workers have taken from the master
+        figures = (await server.server_stats())["workers"]
+        received = sum(f.get("tasks_received", 0) for f in figures)
+        server.push(frame.fd, json.dumps({"received": received}))
     elif cmd == "stats":
         stats = server.stats()
         names = ("tasks_sent", "tasks_refused", "task_results_late", "task_errors")

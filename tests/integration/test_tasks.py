@@ -300,3 +300,30 @@ def test_the_master_keeps_no_payload_of_a_task_it_delivered(tmp_path):
         finished = c.finishes(61, 30)
         assert {f["finished"] for f in finished} == {blocking["task_id"], *ids}
     assert grown < 10 * 1024 * 1024, f"the master grew {grown / 2**20:.0f} MiB"
+
+
+def test_tasks_queued_behind_a_blocking_one_wait_as_the_bytes_they_came_in(tmp_path):
+    """1. one task worker, busy with a blocking task  2. 40 tasks queue behind it, each
+    512 KiB of text that begins with an emoji (UTF-8: about a byte a character; a
+    Python str with one character beyond U+FFFF: 4 bytes every character)  3. the task
+    worker grew by about what it was sent, not four times that: their data is unpickled
+    when their turn comes (before: on arrival, 80 MiB here)  4. released, every task is
+    answered, each from its own data."""
+    with serving(TARGET, tmp_path, "--task-workers", "1") as server, client(server) as c:
+        server.wait_for_log(r"task worker 1 gen 1 \(pid \d+\) ready in")
+        blocking = c.ask(cmd="task", data={"do": "block", "n": 0, "dir": str(tmp_path)})
+        wait_file(tmp_path / "started-0", "the blocking task to start")
+        (worker,) = task_workers(server)
+        worker_before = worker.memory_info().rss
+        pad = "\U0001f600" + "p" * (512 * 1024)
+        ids = [
+            c.ask(cmd="task", data={"do": "echo", "n": n, "pad": pad})["task_id"] for n in range(40)
+        ]
+        assert all(ids)
+        wait_until(lambda: c.ask(cmd="received")["received"] == 41, 15, what="all delivered")
+        grown = worker.memory_info().rss - worker_before
+        (tmp_path / "release").write_text("")
+        finished = c.finishes(41, 30)
+        assert {f["finished"] for f in finished} == {blocking["task_id"], *ids}
+        assert sorted(f["result"]["n"] for f in finished if f["finished"] in ids) == list(range(40))
+    assert grown < 40 * 2**20, f"the task worker grew {grown / 2**20:.0f} MiB"

@@ -30,7 +30,7 @@ from .shared.ids import NODE_SHIFT
 from .shared.table import ESTABLISHED, peer_from_word
 from .worker.cluster import Cluster
 from .worker.process import Worker
-from .worker.router import MAX_ROUTED_PAYLOAD, routable_payload
+from .worker.router import MAX_ROUTED_PAYLOAD, data_size, routable_payload
 
 __all__ = ["BINARY", "TEXT", "WebSocketServer"]
 
@@ -44,15 +44,6 @@ def _elsewhere(worker: Worker, fd: object) -> Cluster | None:
     if cluster is not None and type(fd) is int and fd >> NODE_SHIFT != cluster.node:
         return cluster
     return None
-
-
-def _wire_size(data: str | bytes) -> int:
-    """The bytes ``data`` takes in a frame: text in UTF-8 (up to 4 bytes a character;
-    counted in characters, a text of 1 MiB of bytes passed the 1 MiB check and the
-    cluster bus then refused it without a word). ASCII text is known at once."""
-    if isinstance(data, str) and not data.isascii():
-        return len(data.encode("utf-8", "surrogatepass"))
-    return len(data)
 
 
 def _wire(data: str | bytes, opcode: int | None) -> tuple[bytes, int]:
@@ -135,7 +126,7 @@ class WebSocketServer:
         if found is None or found[1] < ESTABLISHED:
             worker.stats["push_to_closed"] += 1
             return False
-        if len(data) > MAX_ROUTED_PAYLOAD:
+        if data_size(data) > MAX_ROUTED_PAYLOAD:
             worker.stats["push_too_large"] += 1
             return False
         if not worker.router.send(ToRegion(found[0]), Push(fd, data, opcode)):
@@ -240,7 +231,7 @@ class WebSocketServer:
         worker writes to its own sessions, so that all workers write at once.
         """
         worker = self._require_worker("broadcast")
-        if _wire_size(data) > MAX_ROUTED_PAYLOAD:
+        if data_size(data) > MAX_ROUTED_PAYLOAD:
             raise ValueError(f"broadcast data over {MAX_ROUTED_PAYLOAD} bytes")
         router = worker.router
         cluster = worker.cluster

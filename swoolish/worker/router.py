@@ -86,7 +86,7 @@ from ..shared.table import SessionTable
 from .host import WorkerHost
 from .websocket import WsConnection, fan_out
 
-__all__ = ["MAX_ROUTED_PAYLOAD", "Router", "operation_size", "routable_payload"]
+__all__ = ["MAX_ROUTED_PAYLOAD", "Router", "data_size", "operation_size", "routable_payload"]
 
 log = logging.getLogger("swoolish.routing")
 
@@ -116,12 +116,22 @@ def broadcast_id(worker_pid: int, counter: int) -> int:
     return worker_pid << 32 | (counter & 0xFFFFFFFF)
 
 
+def data_size(data: Any) -> int:
+    """The bytes ``data`` takes on the wire: text in UTF-8 (up to 4 bytes a character).
+    Counted in characters, text could pass the 1 MiB bound of a routed push or
+    broadcast at up to 4 MiB, and the 8 MiB bound of what waits for the master at up to
+    32 MiB. ASCII text (``str.isascii`` is a flag) is known at once."""
+    if isinstance(data, str) and not data.isascii():
+        return len(data.encode("utf-8", "surrogatepass"))
+    return len(data)
+
+
 def operation_size(op: Operation) -> int:
     """About how many bytes ``op`` takes in a routed message (for chunking)."""
     if type(op) is Push or type(op) is Broadcast:
-        return len(op.data) + 64
+        return data_size(op.data) + 64
     if type(op) is PushMany:
-        return len(op.data) + 16 * len(op.sids) + 64
+        return data_size(op.data) + 16 * len(op.sids) + 64
     if type(op) is Pipe:
         return len(op.payload) + 64
     return 64

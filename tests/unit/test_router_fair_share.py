@@ -160,3 +160,18 @@ def test_refusals_under_a_sustained_overload_are_one_episode(caplog):
         assert worker.stats["routed_refused"] == 6
     finally:
         loop.close()
+
+
+def test_routed_text_is_measured_in_utf8_bytes():
+    """What a routed operation takes is counted in the bytes it goes out as: text of
+    characters beyond U+FFFF is 4 bytes each. Counted in characters, the 1 MiB bound of
+    a routed push let 4 MiB through, and the 8 MiB of what waits for the master 32 MiB."""
+    from swoolish.core.messages import Push, PushMany
+    from swoolish.worker.router import data_size, operation_size
+
+    emoji = "\U0001f600" * 1000
+    assert data_size(emoji) == 4000
+    assert data_size("a" * 1000) == 1000
+    assert data_size(b"\xff" * 1000) == 1000
+    assert operation_size(Push(1, emoji, None)) == 4000 + 64
+    assert operation_size(PushMany([1, 2], emoji, None)) == 4000 + 32 + 64

@@ -84,6 +84,7 @@ CHANNEL_BUFFER = 8 * 1024 * 1024  # asked for; the kernel caps it (wmem_max), ip
 RELOAD_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*RELOAD_SIGNALS, *STOP_SIGNALS, signal.SIGQUIT, signal.SIGCHLD)
+STOP_NUDGE = signal.SIGUSR2  # to a worker: a Stop waits in your channel, read on to it
 
 
 @dataclasses.dataclass
@@ -755,6 +756,12 @@ class Master:
         if successor is not None and successor.inbox is not None:
             fds = (successor.inbox.fileno(),)
         sent = self._send(proc.pid, msg.Stop(code, handoff=bool(fds)), fds)
+        if sent and proc.channel.queued:
+            # The worker does not keep up with its channel (its relays wait behind
+            # handlers that never end, say): tell it a Stop is there, so that it reads
+            # on until it finds it, not only a bounded way ahead (worker/process.py).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, STOP_NUDGE)
         if fds and successor is not None and successor.inbox is not None:
             # One hand-off per inbox: the old worker now holds the only other end.
             successor.inbox.close()
@@ -860,6 +867,9 @@ class Master:
             signal.set_wakeup_fd(-1)
             for sig in HANDLED_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            # STOP_NUDGE tells a worker that a Stop waits in its channel: never fatal,
+            # even before the worker's loop takes it (_stop_worker)
+            signal.signal(STOP_NUDGE, signal.SIG_IGN)
             # A CLI connected to the master must see EOF when the master hangs up, so
             # no worker may keep a copy of its socket.
             for key in list(self.selector.get_map().values()):

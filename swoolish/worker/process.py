@@ -124,6 +124,7 @@ class Worker:
         self.router.when_caught_up = self._router_caught_up
         self._held_messages: list[tuple[Message, list[int]]] = []  # behind routed operations
         self._held_bytes = 0  # ... about their size (_message_size)
+        self._stop_coming = False  # the master said a Stop waits: read on to it
         self._reading_master = False  # the master's channel is watched (add_reader)
         self.connections.on_adopt = self.router.adopted
         # server.task() and its answers (docs/tasks.md); None load: no task workers
@@ -560,6 +561,7 @@ class Worker:
         self.loop.add_signal_handler(signal.SIGTERM, self.request_stop, GOING_AWAY)
         self.loop.add_signal_handler(signal.SIGINT, self.request_stop, GOING_AWAY)
         self.loop.add_signal_handler(signal.SIGQUIT, os._exit, 0)
+        self.loop.add_signal_handler(signal.SIGUSR2, self._stop_waits)
 
     def _watch_master(self) -> None:
         """Stop within about a second if the master dies (even by SIGKILL): no orphans."""
@@ -635,7 +637,7 @@ class Worker:
             else:
                 held.append((message, fds))
                 self._held_bytes += _message_size(message)
-        self._read_channel(self._held_bytes < HELD_BYTES)
+        self._read_channel(self._held_bytes < HELD_BYTES or self._stop_coming)
 
     def _read_channel(self, reading: bool) -> None:
         """Watch the master's channel, or stop watching it (what the master sends
@@ -648,6 +650,13 @@ class Worker:
             self.loop.add_reader(channel.fileno(), self._on_channel_readable)
         else:
             self.loop.remove_reader(channel.fileno())
+
+    def _stop_waits(self) -> None:
+        """The master's nudge (SIGUSR2): a Stop waits in our channel behind more than
+        the read-ahead takes. Read on until it comes (what the master queues for us is
+        bounded, so this is too), then back to the bounded read-ahead."""
+        self._stop_coming = True
+        self._read_channel(True)
 
     def _router_caught_up(self) -> None:
         held, self._held_messages = self._held_messages, []
@@ -666,6 +675,7 @@ class Worker:
         self.report(Paused())
 
     def _on_stop(self, message: Stop) -> None:
+        self._stop_coming = False
         self.request_stop(message.code)
 
     def _on_routed(self, message: Routed) -> None:

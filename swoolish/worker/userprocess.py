@@ -314,7 +314,7 @@ class UserProcessWorker(Worker):
                     self.router.apply([cast(Operation, item)])  # only Pipe comes, in practice
         # read ahead of what waits (bounded), so that a Stop is heard even while the
         # target takes nothing: the process then exits at max_wait_time, not killed
-        self._read_master(self._held_bytes < HELD_BYTES)
+        self._read_master(self._held_bytes < HELD_BYTES or self._stop_coming)
 
     def _to_inbox(self, op: Pipe) -> None:
         try:
@@ -324,6 +324,11 @@ class UserProcessWorker(Worker):
             self.log.exception("%s: a message could not be unpickled", self._describe())
             return
         self.process._inbox.put((op.src_worker, message), len(op.payload))
+
+    def _stop_waits(self) -> None:
+        """The master's nudge: a Stop waits behind more than the read-ahead takes."""
+        self._stop_coming = True
+        self._read_master(True)
 
     def _read_master(self, reading: bool) -> None:
         """Watch the master's channel again, or stop watching it: what the master sends

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 from support import serving, timeout, write_app
 
 from swoolish.worker.router import MAX_PIPE_TASKS
@@ -74,12 +75,14 @@ STUCK_APP = """
 
     @server.on("message")
     def on_message(server, frame):
-        for n in range(int(frame.data)):
-            server.send_message(n, 0)
+        count, _, size = frame.data.partition(":")
+        pad = "x" * int(size or 0)
+        for n in range(int(count)):
+            server.send_message((n, pad), 0)
         server.push(frame.fd, "relayed")
 
     @server.on("pipe_message")
-    async def on_pipe_message(server, src, n):
+    async def on_pipe_message(server, src, message):
         await never.wait()  # an upstream call that never returns
 
     @server.on("worker_exit")
@@ -88,15 +91,25 @@ STUCK_APP = """
 """
 
 
-def test_a_worker_whose_relays_wait_behind_stuck_handlers_still_stops_cleanly(tmp_path):
-    """1. 3,000 relays to a coroutine pipe_message handler that never returns: 1,024 run,
-    the rest wait, and the worker reads ahead of them from the master  2. a reload: the
-    worker takes its Stop at once, runs worker_exit and exits within max_wait_time,
-    not killed at the deadline (the Stop waited behind the relays)."""
+@pytest.mark.parametrize(
+    ("relays", "times"), [("3000", 1), ("20000:100", 12)], ids=["a-burst", "past-the-read-ahead"]
+)
+def test_a_worker_whose_relays_wait_behind_stuck_handlers_still_stops_cleanly(
+    tmp_path, relays, times
+):
+    """1. relays to a coroutine pipe_message handler that never returns: 1,024 run, the
+    rest waits; the worker reads a bounded way ahead of them from the master (a burst
+    of 3,000 fits; 12 x 20,000 of 100 bytes do not, and fill the master's queue too)  2. a
+    reload: the worker takes its Stop (read ahead, or read on to it when the master
+    says one waits), runs worker_exit and exits within max_wait_time, not killed at the
+    deadline (before, the Stop waited behind the relays)."""
     target = f"{write_app(tmp_path, STUCK_APP)}:server"
     with serving(target, tmp_path) as server, server.connect() as ws:
-        ws.send("3000")
-        assert ws.recv(timeout=timeout(10)) == "relayed"
+        for _ in range(times):
+            ws.send(relays)
+            assert ws.recv(timeout=timeout(60)) == "relayed"
+        if times > 1:
+            server.wait_for_log(r"is not reading its channel", 30)
         server.signal(signal.SIGUSR1)
         server.wait_for_log(r"worker_exit ran in gen 1", 10)
         server.wait_for_log(r"worker 0 gen 1 \(pid \d+\) drained in", 10)

@@ -16,6 +16,7 @@ Real ``swoolish serve`` processes, a raw WebSocket client, the process's RSS by 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 
@@ -175,3 +176,26 @@ def test_a_slow_user_process_stays_bounded_and_takes_messages_in_order(tmp_path,
         assert 0 < seen["taken"] < counts["sent"], (seen, counts)
         assert process.memory_info().rss - base <= BOUND
 
+
+
+def test_a_user_process_with_a_full_inbox_still_hears_its_stop(tmp_path):
+    """1. the target takes nothing: its inbox is full, the process has read as far
+    ahead as it may, and the master's queue for it is full too  2. the server stops: the
+    master tells the process a Stop waits (SIGUSR2), the process reads on to it, gives
+    its target max_wait_time and exits by itself, not killed at the deadline."""
+    gate = tmp_path / "gate"  # never made: the target takes nothing
+    source = APP.format(gate=str(gate), kind="sync").replace(
+        "WebSocketServer()", "WebSocketServer(max_wait_time=1)"
+    )
+    target = f"{write_app(tmp_path, source)}:server"
+    with serving(target, tmp_path) as server:
+        server.wait_for_log(r"user process 0 'consumer' gen 1 \(pid \d+\) running")
+        sock, _ = raw_handshake(server.port)
+        with sock:
+            filler = "x" * 1016
+            sock.sendall(b"".join(text_frame(f"{n:08d}{filler}") for n in range(MESSAGES)))
+            server.wait_for_log(r"is not reading its channel", 60)
+            server.signal(signal.SIGTERM)
+            server.wait_for_log(r"the target did not return within max_wait_time", 10)
+            assert server.wait_exit(10) == 0
+        assert "did not exit within max_wait_time; killed" not in server.log()

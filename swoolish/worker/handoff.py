@@ -265,12 +265,11 @@ async def _send_batch(
             size = 0
         size += cost
         parts[-1].append((state, descriptor))
-    for part in parts:
-        if part and part is not parts[0]:
+    for index, part in enumerate(p for p in parts if p):
+        if index:
             report.batches += 1  # each message acknowledged on its own
             number = report.batches
-        if part:
-            await _send_part(worker, channel, acks, number, part, bus_marks, report, master)
+        await _send_part(worker, channel, acks, number, part, bus_marks, report, master)
 
 
 async def _send_part(

@@ -123,7 +123,7 @@ class Worker:
         self.router = Router(self, table, region, self.channel)
         self.router.when_caught_up = self._router_caught_up
         self._held_messages: list[tuple[Message, list[int]]] = []  # behind routed operations
-        self._held_bytes = 0  # ... about their size (_message_size)
+        self._held_bytes = 0  # ... about their size (_message_size; see _room_ahead)
         self._stop_coming = False  # the master said a Stop waits: read on to it
         self._reading_master = False  # the master's channel is watched (add_reader)
         self.connections.on_adopt = self.router.adopted
@@ -612,7 +612,7 @@ class Worker:
                 self._hold_back(messages[at:])
                 return
             self._do(message, fds)
-        self._read_channel(True)
+        self._read_channel(self._room_ahead())
 
     def _do(self, message: Message, fds: list[int]) -> None:
         if type(message) is Stop and message.handoff and len(fds) == 1:
@@ -637,7 +637,12 @@ class Worker:
             else:
                 held.append((message, fds))
                 self._held_bytes += _message_size(message)
-        self._read_channel(self._held_bytes < HELD_BYTES or self._stop_coming)
+        self._read_channel(self._room_ahead())
+
+    def _room_ahead(self) -> bool:
+        """Whether to read on from the master: less than HELD_BYTES read and waiting
+        here (a user process's held messages count too), or a Stop is on its way."""
+        return self._held_bytes < HELD_BYTES or self._stop_coming
 
     def _read_channel(self, reading: bool) -> None:
         """Watch the master's channel, or stop watching it (what the master sends

@@ -19,7 +19,8 @@ the master's channel, so it is stopped, polled for figures and reached by
   cancelled and the process exits. A target that returns or raises ends the process;
   the master restarts it (with back-off when that happens soon after its start).
 * What the target has not taken yet waits in a bounded inbox (``INBOX_MESSAGES``,
-  ``INBOX_BYTES``). Once it is full, the process stops reading the master's channel, so
+  ``INBOX_BYTES``). Once it is full, what comes waits here, and past the worker's
+  read-ahead (``HELD_BYTES``) the process stops reading the master's channel, so
   further messages wait in the master, whose bound on what waits for a worker applies
   (docs/design.md, "Channels"; past it the master drops them, counted in
   ``routed_dropped``, one log line per episode). Reading resumes once the target has
@@ -40,15 +41,15 @@ import queue
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any
 
 from ..core.errors import SwoolishError
-from ..core.messages import Exiting, Operation, Pipe, Routed, WorkerFigures
+from ..core.messages import Exiting, Pipe, Routed, WorkerFigures
 from ..core.processes import ProcessSpec
-from ..shared.ipc import QUEUE_LIMIT
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from . import timers
 from .process import App, Worker
+from .router import operation_size
 
 __all__ = ["INBOX_BYTES", "INBOX_MESSAGES", "Inbox", "UserProcess", "UserProcessWorker"]
 
@@ -59,9 +60,6 @@ SEND_TIMEOUT = 5.0  # seconds send_message from the target's thread waits for th
 # same bounds as a worker's events queued for coroutine handlers (docs/security.md).
 INBOX_MESSAGES = 1024
 INBOX_BYTES = 1024 * 1024
-#: Bytes of messages read ahead of a full inbox: more than the master's queue for this
-#: process holds (ipc.QUEUE_LIMIT) and the channel's buffers, so a Stop is heard.
-HELD_BYTES = 2 * QUEUE_LIMIT
 
 _STOP = object()  # wakes a receiver of a stopping process
 
@@ -255,11 +253,9 @@ class UserProcessWorker(Worker):
         self.loop_thread = threading.get_ident()
         self.spec = _find_target(server, self.name)
         is_async = self.spec is not None and inspect.iscoroutinefunction(self.spec.target)
-        # Read from the master and not in the inbox yet, in order (reading stops once
-        # HELD_BYTES wait: then at most one more read of the channel is here).
-        self._held: deque[object] = deque()
-        self._held_bytes = 0
-        self._channel_paused = False  # not reading the master's channel: the inbox is full
+        # Read from the master and not in the inbox yet, in order; their size is the
+        # worker's _held_bytes, which bounds how far it reads ahead (Worker._room_ahead).
+        self._held: deque[Any] = deque()
         self.process = UserProcess(self, is_async)
 
     def _handler_lookup(self) -> Callable[[str], Callable[..., Any] | None]:
@@ -279,13 +275,14 @@ class UserProcessWorker(Worker):
 
     def _on_routed(self, message: Routed) -> None:
         """Messages for the target (``send_message``) go to its inbox while it has room;
-        the rest wait here, and the master's channel is not read until they are in."""
+        the rest wait here, and past the read-ahead the master's channel is not read
+        until they are in."""
         self.hold(*message.ops)
 
-    def hold(self, *items: object) -> None:
+    def hold(self, *items: Any) -> None:
         """Queue ``items`` behind what is held (``_STOP``: the target's stop marker)."""
         self._held.extend(items)
-        self._held_bytes += sum(_held_size(item) for item in items)
+        self._held_bytes += sum(map(operation_size, items))
         self._fill_inbox()
 
     def room_in_inbox(self) -> None:
@@ -295,7 +292,7 @@ class UserProcessWorker(Worker):
 
     def _fill_inbox(self) -> None:
         """Move held items into the inbox, in order, while it has room; read the master's
-        channel only while nothing is held."""
+        channel while what is held is within the read-ahead (``Worker._room_ahead``)."""
         held, inbox = self._held, self.process._inbox
         while held:
             item = held[0]
@@ -303,18 +300,18 @@ class UserProcessWorker(Worker):
                 if not inbox.has_room():
                     break
                 held.popleft()
-                self._held_bytes -= _held_size(item)
+                self._held_bytes -= operation_size(item)
                 self._to_inbox(item)
             else:
                 held.popleft()
-                self._held_bytes -= _held_size(item)
+                self._held_bytes -= operation_size(item)
                 if item is _STOP:
                     inbox.put(_STOP, 0)
                 else:
-                    self.router.apply([cast(Operation, item)])  # only Pipe comes, in practice
+                    self.router.apply([item])  # only Pipe comes, in practice
         # read ahead of what waits (bounded), so that a Stop is heard even while the
         # target takes nothing: the process then exits at max_wait_time, not killed
-        self._read_master(self._held_bytes < HELD_BYTES or self._stop_coming)
+        self._read_channel(self._room_ahead())
 
     def _to_inbox(self, op: Pipe) -> None:
         try:
@@ -324,23 +321,6 @@ class UserProcessWorker(Worker):
             self.log.exception("%s: a message could not be unpickled", self._describe())
             return
         self.process._inbox.put((op.src_worker, message), len(op.payload))
-
-    def _stop_waits(self) -> None:
-        """The master's nudge: a Stop waits behind more than the read-ahead takes."""
-        self._stop_coming = True
-        self._read_master(True)
-
-    def _read_master(self, reading: bool) -> None:
-        """Watch the master's channel again, or stop watching it: what the master sends
-        meanwhile waits in its queue for this process, under its bound."""
-        channel = self.channel
-        if channel is None or channel.closed or reading != self._channel_paused:
-            return  # no channel, or it is watched (or not) already
-        self._channel_paused = not reading
-        if reading:
-            self.loop.add_reader(channel.fileno(), self._on_channel_readable)
-        else:
-            self.loop.remove_reader(channel.fileno())
 
     def _describe(self) -> str:
         return f"user process {self.index} {self.name!r} gen {self.generation} (pid {os.getpid()})"
@@ -459,8 +439,3 @@ def _callable_name(target: Callable[..., Any]) -> str:
     module = getattr(target, "__module__", "")
     name = getattr(target, "__qualname__", repr(target))
     return f"{module}.{name}" if module else name
-
-
-def _held_size(item: object) -> int:
-    """About what a held item costs: a message's pickled bytes and its envelope."""
-    return len(item.payload) + 64 if type(item) is Pipe else 64

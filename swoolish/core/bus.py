@@ -128,6 +128,16 @@ def encode(kind: int, node: int, publisher: int, seq: int, body: bytes = b"") ->
     return _HEADER.pack(kind, VERSION, node, publisher, seq) + body
 
 
+_ORIGIN = struct.Struct("!IIQ")  # the header past kind and version
+
+
+def read_origin(data: bytes) -> tuple[int, int, int]:
+    """``(node, publisher, seq)`` of a message at least HEADER_SIZE long, unchecked: what
+    a subscriber needs to tell its own node's messages from the others'."""
+    node, publisher, seq = _ORIGIN.unpack_from(data, 2)
+    return node, publisher, seq
+
+
 def decode_header(data: bytes) -> Header:
     if len(data) < HEADER_SIZE:
         raise BusError(f"a bus message of {len(data)} bytes is shorter than its header")

@@ -41,6 +41,7 @@ COUNTERS = (
     "cluster_in",  # messages of other nodes read from the bus
     "cluster_push_refused",  # pushes to other nodes refused: link down, node or session gone
     "cluster_to_closed",  # pushes from other nodes to a session no longer here
+    "cluster_dropped",  # messages of other nodes dropped: too far behind applying them
     "cluster_link_losses",
     "cluster_bad_messages",
     "cluster_handoff_gaps",  # a moved session may have missed bus messages (logged)
@@ -111,7 +112,10 @@ def cluster_summary(figures: list[dict[str, Any]], name: str) -> dict[str, Any] 
         "messages_out": sum(f.get("cluster_out", 0) for f in figures),
         "messages_in": sum(f.get("cluster_in", 0) for f in figures),
         "dropped": sum(
-            f.get("cluster_push_refused", 0) + f.get("cluster_to_closed", 0) for f in figures
+            f.get("cluster_push_refused", 0)
+            + f.get("cluster_to_closed", 0)
+            + f.get("cluster_dropped", 0)
+            for f in figures
         ),
         "link_losses": sum(f.get("cluster_link_losses", 0) for f in figures),
         "subscriber_restarts": sum(v.get("subscriber_restarts", 0) for v in views),

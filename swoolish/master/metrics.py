@@ -90,6 +90,11 @@ COUNTER_FAMILIES = (
     ("swoolish_cluster_messages_out", "cluster_out", "Messages published on the cluster bus."),
     ("swoolish_cluster_messages_in", "cluster_in", "Messages of other nodes read from the bus."),
     ("swoolish_cluster_link_losses", "cluster_link_losses", "Cluster bus links lost (Redis)."),
+    (
+        "swoolish_cluster_dropped",
+        "cluster_dropped",
+        "Messages of other nodes dropped: the worker was too far behind applying them.",
+    ),
 )
 # reason label -> worker counter, for swoolish_push_failures_total.
 PUSH_FAILURES = (

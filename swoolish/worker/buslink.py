@@ -19,20 +19,24 @@ fire-and-forget publishes and their order (docs/cluster.md, "Why two connections
   drops both, and the link reconnects every ``retry`` seconds (with jitter, growing to
   ``retry_cap``). ``on_state`` hears each change once: one log line per change, never
   one per publish.
-* **The subscriber** reads messages inline and hands each to ``on_message`` in order,
-  with no task per message. If Redis drops it (``CLIENT KILL TYPE pubsub``, its output
-  buffer limit), the whole link is rebuilt and the restart is counted.
+* **The subscriber** is read by a thread of its own, whatever the loop is doing, and
+  what it reads is applied on the loop, bounded (swoolish.worker.subscriber). If Redis
+  drops it anyway (``CLIENT KILL TYPE pubsub``, its output buffer limit), the whole
+  link is rebuilt and the restart is counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from .subscriber import READ_SIZE, BusReader, Subscriber, describe_error
 
 __all__ = ["BusLink", "LinkDown", "retry_delay"]
 
@@ -45,6 +49,8 @@ RETRY_CAP = 5.0  # ... growing to this after RETRY_STEADY seconds of failures
 RETRY_STEADY = 10
 MAX_PENDING = 16 * 1024 * 1024  # bytes buffered, written and unanswered
 ESSENTIAL_ROOM = 1024 * 1024  # ... and how far past it an essential publish may go
+MAX_BEHIND = 16 * 1024 * 1024  # read and not applied: past it, dropped (worker.subscriber)
+ESSENTIAL_BEHIND = 1024 * 1024  # ... and how far past it a disconnect may still wait
 
 
 class LinkDown(ConnectionError):
@@ -60,14 +66,19 @@ def retry_delay(attempt: int, draw: Callable[[float, float], float] = random.uni
     return draw(0.8 * base, 1.2 * base)
 
 
-def _connection(url: str) -> Any:
-    """A redis-py asyncio connection for ``url`` (``redis://``, ``rediss://``,
-    ``unix://``), without redis-py's retries or socket timeout: this link has its own
-    (a retried command on a hung Redis waited a minute in the measurements behind
-    docs/cluster.md)."""
-    from redis.asyncio.connection import Connection, parse_url
-    from redis.asyncio.retry import Retry
+def _connection(url: str, sync: bool = False) -> Any:
+    """A redis-py connection for ``url`` (``redis://``, ``rediss://``, ``unix://``):
+    asyncio, or ``sync`` for the subscriber's thread. Without redis-py's retries or
+    socket timeout: this link has its own (a retried command on a hung Redis waited a
+    minute in the measurements behind docs/cluster.md)."""
     from redis.backoff import NoBackoff
+
+    if sync:
+        from redis.connection import Connection, parse_url
+        from redis.retry import Retry
+    else:
+        from redis.asyncio.connection import Connection, parse_url  # type: ignore[assignment]
+        from redis.asyncio.retry import Retry  # type: ignore[assignment]
 
     kwargs = parse_url(url)
     connection_class = kwargs.pop("connection_class", Connection)
@@ -78,6 +89,7 @@ def _connection(url: str) -> Any:
         retry=Retry(NoBackoff(), 0),
         client_name="swoolish",
         protocol=2,  # RESP2: messages are plain replies, one parser path
+        **({"socket_read_size": READ_SIZE} if sync else {}),
     )
 
 
@@ -88,14 +100,15 @@ class BusLink:
         self,
         url: str,
         channels: list[bytes],
-        on_message: Callable[[bytes], None],
+        reader: BusReader,
         on_state: Callable[[bool, str], None],
         loop: asyncio.AbstractEventLoop,
         max_pending: int = MAX_PENDING,
+        max_behind: int = MAX_BEHIND,
     ) -> None:
         self.url = url
         self.channels = channels
-        self.on_message = on_message
+        self.reader = reader
         self.on_state = on_state
         self.loop = loop
         self.max_pending = max_pending
@@ -105,8 +118,9 @@ class BusLink:
         self.ups = 0  # times the link came up
         self._down_told = False  # on_state heard of this episode of being down
         self.subscriber_restarts = 0
+        self.max_behind = max_behind
         self._pub: Any = None
-        self._sub: Any = None
+        self._subscriber: Subscriber | None = None
         self._buffer: list[bytes] = []  # packed commands not written yet
         self._buffered = 0  # bytes in _buffer
         self._commands = 0  # commands in _buffer (each gets one reply)
@@ -175,6 +189,11 @@ class BusLink:
         self._pub._writer.writelines(buffer)
 
     @property
+    def behind(self) -> int:
+        """Bytes the subscriber read and the worker has not applied yet."""
+        return self._subscriber.waiting if self._subscriber is not None else 0
+
+    @property
     def pending(self) -> int:
         """Bytes handed to the link and not yet answered by Redis."""
         return self._buffered + self._unanswered_bytes
@@ -220,7 +239,7 @@ class BusLink:
                 await asyncio.wait_for(self._connect(), LINK_TIMEOUT)
             except (OSError, TimeoutError, Exception) as exc:
                 await self._drop()
-                self._went_down(_describe(exc), was_up=False)
+                self._went_down(describe_error(exc), was_up=False)
                 attempt += 1
                 await asyncio.sleep(retry_delay(attempt))
                 continue
@@ -228,7 +247,7 @@ class BusLink:
             self._lost = self.loop.create_future()
             tasks = [
                 self.loop.create_task(self._read_replies()),
-                self.loop.create_task(self._read_messages()),
+                self.loop.create_task(self._watch_subscriber()),
                 self.loop.create_task(self._check_health()),
             ]
             self._went_up()
@@ -245,21 +264,25 @@ class BusLink:
 
     async def _connect(self) -> None:
         self._pub = _connection(self.url)
-        self._sub = _connection(self.url)
         await self._pub.connect()
-        await self._sub.connect()
-        await self._sub.send_command("SUBSCRIBE", *self.channels)
-        for _ in self.channels:
-            reply = await self._sub.read_response()
-            if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
-                raise LinkDown(f"unexpected reply to SUBSCRIBE: {reply!r}")
+        self._subscriber = Subscriber(
+            functools.partial(_connection, self.url, sync=True),
+            self.channels,
+            self.reader,
+            self.loop,
+            self.max_behind,
+            ESSENTIAL_BEHIND,
+        )
+        self._subscriber.start()
+        await self._subscriber.subscribed
 
     async def _drop(self) -> None:
-        for conn in (self._pub, self._sub):
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.disconnect(nowait=True)
-        self._pub = self._sub = None
+        if self._pub is not None:
+            with contextlib.suppress(Exception):
+                await self._pub.disconnect(nowait=True)
+        if self._subscriber is not None:
+            self._subscriber.stop()
+        self._pub = self._subscriber = None
 
     def _lose(self, reason: str) -> None:
         """The link broke: nothing more is published from now on (the connections
@@ -306,7 +329,7 @@ class BusLink:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._lose(f"publisher connection: {_describe(exc)}")
+            self._lose(f"publisher connection: {describe_error(exc)}")
 
     def _answered(self) -> None:
         unanswered = self._unanswered
@@ -327,22 +350,12 @@ class BusLink:
             if not future.done():
                 future.set_result(None)
 
-    async def _read_messages(self) -> None:
-        sub = self._sub
-        on_message = self.on_message
-        try:
-            while True:
-                reply = await sub.read_response(disconnect_on_error=False)
-                if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
-                    try:
-                        on_message(reply[2])
-                    except Exception:
-                        log.exception("cluster bus message failed")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.subscriber_restarts += 1
-            self._lose(f"subscriber connection: {_describe(exc)}")
+    async def _watch_subscriber(self) -> None:
+        """The subscriber reads by itself (swoolish.worker.subscriber); when Redis drops
+        it, the whole link is rebuilt."""
+        reason = await self._subscriber.lost  # type: ignore[union-attr]
+        self.subscriber_restarts += 1
+        self._lose(f"subscriber connection: {reason}")
 
     async def _check_health(self) -> None:
         """PING every HEALTH_INTERVAL; the oldest unanswered command past LINK_TIMEOUT
@@ -361,8 +374,3 @@ class BusLink:
                 return
             if not unanswered or self.loop.time() - unanswered[-1][2] >= HEALTH_INTERVAL:
                 self.command("PING")
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

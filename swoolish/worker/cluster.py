@@ -42,6 +42,7 @@ from ..shared.ids import NODE_SHIFT
 from ..shared.table import ESTABLISHED
 from .buslink import BusLink
 from .host import WorkerHost
+from .subscriber import IN_ORDER, SKIP, URGENT
 from .websocket import fan_out
 
 __all__ = ["Cluster", "node_of"]
@@ -55,6 +56,7 @@ RECENT_BYTES = 8 * 1024 * 1024
 SETTLE_TIMEOUT = 1.0  # seconds a hand-off waits for Redis to answer our publishes
 BOOT_LINK_TIMEOUT = 2.0  # seconds a booting worker waits for its link before serving
 MAX_BUS_PAYLOAD = 1024 * 1024  # a bigger cross-node message is refused (one Redis message)
+MAX_UNREAD = 8 * 1024 * 1024  # our broadcasts not yet read back: past it, refused
 
 # Redis script: the node counter never falls below a live node's number (a Redis that
 # lost its data must not hand that number out again, docs/cluster.md "Node numbers").
@@ -82,6 +84,9 @@ class Cluster:
         self.view = ClusterView()
         self.marks = Marks()  # how far our subscriber has read each publisher
         self.recent: deque[tuple[Header, bytes]] = deque()
+        self._unread: deque[tuple[int, int]] = deque()  # our broadcasts: (seq, bytes)
+        self._unread_bytes = 0
+        self._read_back = 0  # our last message the subscriber read (written by its thread)
         self._recent_bytes = 0
         self.dropped_from_recent = Marks()  # per publisher: the last seq dropped
         self.filters: dict[int, Marks] = {}  # adopted sid -> marks to skip up to
@@ -100,7 +105,7 @@ class Cluster:
         self.link = BusLink(
             url,
             [self.names.all, self.own_channel, self.names.ctl],
-            self.on_message,
+            self,
             self._on_link_state,
             loop,
         )
@@ -177,6 +182,8 @@ class Cluster:
             )
             self.view.clear()
             self._fail_questions(None)
+            self._unread.clear()  # lost with the link: they will not come back
+            self._unread_bytes = 0
 
     def _beat(self) -> None:
         now = self.loop.time()
@@ -255,13 +262,31 @@ class Cluster:
 
     def broadcast(self, payload: bytes, opcode: int) -> int:
         """Publish a broadcast now (before the local fan-out); returns the sessions of
-        other nodes it is handed to (as the replica counts them)."""
+        other nodes it is handed to (as the replica counts them).
+
+        Self-clocked: refused while MAX_UNREAD bytes of our broadcasts have not come
+        back to our own subscriber. Every node reads every broadcast, so a publisher
+        faster than the subscribers filled Redis's buffers for them until Redis closed
+        them all, again and again (docs/cluster.md, "Failures")."""
         if len(payload) > MAX_BUS_PAYLOAD or not self.link.up:
             return 0
-        if not self._send(self.names.all, bus.BROADCAST, bus.broadcast_body(opcode, payload), True):
+        body = bus.broadcast_body(opcode, payload)
+        self._forget_read_back()
+        if self._unread and self._unread_bytes + len(body) > MAX_UNREAD:
             self.stats["cluster_push_refused"] += 1
             return 0
+        if not self._send(self.names.all, bus.BROADCAST, body, True):
+            self.stats["cluster_push_refused"] += 1
+            return 0
+        self._unread.append((self.seq, len(body)))
+        self._unread_bytes += len(body)
         return self.view.count()
+
+    def _forget_read_back(self) -> None:
+        """Our broadcasts up to the last of our messages the subscriber read are read."""
+        unread, seq = self._unread, self._read_back
+        while unread and unread[0][0] <= seq:
+            self._unread_bytes -= unread.popleft()[1]
 
     def disconnect(self, fd: int, code: int, reason: str) -> bool:
         """``code`` bus.CLOSE_CODE: ``close()``. False if the session is not live."""
@@ -339,16 +364,39 @@ class Cluster:
 
     # ------------------------------------------------------------------ receiving
 
-    def on_message(self, data: bytes) -> None:
+    # The subscriber's side (swoolish.worker.subscriber.BusReader). What is for sessions
+    # (and pipe messages) is applied in order, bounded; what keeps the replica and the
+    # node list (events, heartbeats, questions) first, so a worker busy applying a flood
+    # still hears that the other nodes are alive.
+
+    def classify(self, data: bytes) -> int:
+        """In the subscriber's thread: reads nothing of the worker's but our own ids."""
+        if len(data) < bus.HEADER_SIZE:
+            return URGENT  # the loop counts it as bad
+        node, publisher, seq = bus.read_origin(data)
+        if node == self.node:
+            if publisher == self.pid:
+                self._read_back = seq
+            return SKIP  # our node's own: its sessions are reached through the master
+        return IN_ORDER if data[0] in _IN_ORDER else URGENT
+
+    def essential(self, data: bytes) -> bool:
+        """A disconnect (small, and a session the app closed must close) and what keeps
+        the replica and liveness; not ``exists_remote``'s questions and answers, which
+        time out as False when dropped."""
+        return data[0] not in _DROPPABLE
+
+    def dropped(self, count: int) -> None:
+        self.stats["cluster_dropped"] += count
+
+    def apply(self, data: bytes) -> None:
+        """One message of another node, on the loop."""
         try:
             header = bus.decode_header(data)
         except bus.BusError:
             self.stats["cluster_bad_messages"] += 1
             return
-        if header.node == self.node:
-            return  # our node's own: its sessions are reached through the master
         self.stats["cluster_in"] += 1
-        self.marks.seen(header)
         if self.view.heard(header.node, header.publisher, self.loop.time()):
             if header.kind != bus.SNAPSHOT:  # a worker we do not know: ask for its list
                 self._snapshot_wanted = True
@@ -357,6 +405,7 @@ class Cluster:
             self.stats["cluster_bad_messages"] += 1
             return
         if header.kind in _FOR_SESSIONS:
+            self.marks.seen(header)  # how far a moving session's messages were applied
             self._remember(header, data)
         try:
             applier(header, data)
@@ -403,9 +452,7 @@ class Cluster:
         conns = [
             conn
             for sid, conn in self.worker.connections.items()
-            if conn.established
-            and not conn.closing
-            and not (filters and self._skips(sid, header))
+            if conn.established and not conn.closing and not (filters and self._skips(sid, header))
         ]
         # the frame encoded once, for every session that takes it as is
         fan_out(conns, encode_frame(opcode, payload), payload, opcode, self.worker)
@@ -507,8 +554,8 @@ class Cluster:
             self.incoming[sid] = marks
 
     def adopted(self, sid: int) -> None:
-        """A session moved here (called as it becomes ours, with no bus message read in
-        between): apply what its old worker had not read and we did, and from now on
+        """A session moved here (called as it becomes ours, with no bus message applied
+        in between): apply what its old worker had not read and we did, and from now on
         skip what it had read and we have not yet."""
         self.opened(sid)
         marks = self.incoming.pop(sid, None)
@@ -570,8 +617,14 @@ class Cluster:
             "reconnects": link.reconnects,
             "subscriber_restarts": link.subscriber_restarts,
             "pending_bytes": link.pending,
+            "behind_bytes": link.behind,
+            "unread_bytes": self._unread_bytes,
             "nodes": {str(n): v for n, v in self.view.describe(now).items()},
         }
 
 
 _FOR_SESSIONS = frozenset((bus.PUSH, bus.MULTI_PUSH, bus.BROADCAST, bus.DISCONNECT))
+_IN_ORDER = _FOR_SESSIONS | {bus.PIPE}  # the rest is applied first (see classify)
+_DROPPABLE = frozenset(
+    (bus.PUSH, bus.MULTI_PUSH, bus.BROADCAST, bus.PIPE, bus.EXISTS_QUESTION, bus.EXISTS_ANSWER)
+)

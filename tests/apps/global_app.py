@@ -2,6 +2,8 @@
 and worker-to-worker messages; with --redis-url, of any node of a cluster too."""
 
 import json
+import os
+import time
 
 from swoolish import WebSocketServer
 
@@ -62,6 +64,16 @@ async def on_message(server, frame):
         server.push(fd, json.dumps(await server.server_stats()))
     elif command == "ping":
         server.push(fd, "pong")
+    elif command == "broadcast_many":  # n broadcasts of size characters, in one call
+        n, _, size = arg.partition(":")
+        handed = [server.broadcast(f"{i}:" + "x" * int(size)) for i in range(int(n))]
+        server.push(fd, json.dumps({"handed": handed}))
+    elif command == "block":  # a slow synchronous call: the loop waits until a file exists
+        server.push(fd, "blocking")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(arg) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.push(fd, "unblocked")
     elif command == "count":  # n numbered pushes to target, back to back: order checks
         target, _, n = arg.partition(":")
         refused = sum(1 for i in range(int(n)) if not server.push(int(target), f"n{i}"))

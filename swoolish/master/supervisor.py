@@ -199,6 +199,7 @@ class Master:
             self.settings.task_worker_num,
             lambda pid, message, essential: self._send(pid, message, essential=essential),
             self._retire_task_worker,
+            self._when_drained,
         )
         # User processes (server.add_process) take the worker_ids after the task workers';
         # their number and names are the master's load of the app: fixed until a restart.
@@ -933,6 +934,16 @@ class Master:
             return False
         return proc.channel.send(message, fds, essential=essential)
 
+    def _when_drained(self, pid: int, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` once nothing waits in the queue for worker ``pid`` (or its
+        channel closes: it exited); False, and no call, when nothing waits now or the
+        channel is gone, so no drain is to come."""
+        proc = self.workers.get(pid)
+        if proc is None or proc.channel.closed or proc.channel.broken or not proc.channel.queued:
+            return False
+        proc.channel.when_drained(callback)
+        return True
+
     def _want_write(self, proc: WorkerProcess, waiting: bool) -> None:
         """Watch the channel for room while packets wait in its queue."""
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
@@ -1647,6 +1658,7 @@ class Master:
                 "handoff_expired_operations": self.switchboard.expired_parked,
                 "worker_restarts": self.tally.worker_restarts,
                 "task_results_dropped": self.relay.results_dropped,
+                "task_results_refused": self.relay.results_refused,
                 "tasks_failed": self.relay.failed,
                 "recycles": self.plan.recycles,
                 "recycles_total": dict(self.tally.recycles),

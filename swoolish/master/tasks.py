@@ -8,28 +8,55 @@ task workers over without losing or repeating a task: the new task worker of a s
 takes the new tasks once it is ready, and the old one is stopped, finishing what it
 holds first. Every task that ends here counts in the shared task load
 (swoolish.shared.taskload), which is what keeps event workers' dispatch bounded.
+
+An answer goes to its sender as an essential message, which its channel still refuses
+past ``ipc.HARD_LIMIT``: the sender is alive but not reading (its loop blocked, or
+behind), and the master does not hold results without bound. Such a result is lost, but
+not silently: the master owes the sender an error for it (see :class:`TaskRelay`).
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+from array import array
 from collections.abc import Callable
 
 from ..core.errors import TaskError
 from ..core.messages import Message, Task, TaskResult
 from ..core.tasks import Deliver, Fail, Retire, TaskAction, TaskBook
+from ..shared.ipc import HARD_LIMIT
 from ..shared.taskload import TaskLoad
 
-__all__ = ["TaskRelay"]
+__all__ = ["OWED_LIMIT", "TaskRelay"]
 
 log = logging.getLogger("swoolish.master")
 
 Send = Callable[[int, Message, bool], bool]  # (pid, message, essential) -> queued
+#: (pid, callback) -> whether ``callback`` will be called once that worker's queue has
+#: emptied (or its channel closed); False when nothing waits in it (or it is gone).
+WhenDrained = Callable[[int, Callable[[], None]], bool]
+
+#: Refused results one sender is owed an error for, at most, in one episode: 16 bytes
+#: each (1 MiB). Tasks in flight are bounded by the shared task load, but a sender whose
+#: loop runs while it does not read (its routed operations behind) may send more.
+OWED_LIMIT = 65536
 
 
 class TaskRelay:
-    """Relays tasks and answers; spawning, stopping and sending are the master's."""
+    """Relays tasks and answers; spawning, stopping and sending are the master's.
+
+    A result the sender's channel refuses while the sender lives (over ``HARD_LIMIT``
+    waits for it: docs/tasks.md, "Faults") is dropped at once: keeping it would let one
+    stalled worker grow the master by every result sent to it. What is kept is who is
+    owed an answer: the task's id and task worker, 16 bytes, at most ``OWED_LIMIT`` per
+    sender. Once the sender's queue has emptied (it reads again), each of those tasks
+    gets a small ``TaskError``, so a ``taskwait`` fails at once instead of at its timeout
+    and a ``callback`` or ``finish`` handler hears of it instead of never. Counted apart
+    from the results of senders that exited (``results_dropped``), and logged once per
+    episode, since a stalled sender is the app's bug to find, not a reload's normal
+    course.
+    """
 
     def __init__(
         self,
@@ -37,18 +64,24 @@ class TaskRelay:
         count: int,
         send: Send,
         retire: Callable[[int], None],
+        when_drained: WhenDrained,
     ) -> None:
         """Task worker ``i`` has worker_id (slot) ``first + i``; ``send`` queues a message
-        for a worker; ``retire`` stops a task worker a successor replaced."""
+        for a worker; ``retire`` stops a task worker a successor replaced;
+        ``when_drained`` calls back once the queue for a worker has emptied."""
         self.first = first
         self.count = count
         self.load = TaskLoad(count) if count else None
         self.book = TaskBook(count)
         self._send = send
         self._retire = retire
+        self._when_drained = when_drained
         self.newest: dict[int, int] = {}  # task index -> the newest generation spawned
         self.results_dropped = 0  # answers whose sender had exited
+        self.results_refused = 0  # answers a live sender's full queue refused
         self.failed = 0  # tasks the master answered with an error
+        # sender pid -> (task id, task index) pairs, flat, owed a TaskError once it reads
+        self.owed: dict[int, array[int]] = {}
 
     def slots(self) -> range:
         """The worker_ids of the task workers (after the event workers', as in Swoole)."""
@@ -71,7 +104,7 @@ class TaskRelay:
         if task is None:
             return  # already failed back to its sender: answered once only
         self._complete(task.slot)
-        self._reply(task.src_pid, result)
+        self._reply(task, result)
 
     def ready(self, pid: int, slot: int, generation: int) -> None:
         """A task worker is up; an older one than its slot's newest is retired at once."""
@@ -119,14 +152,67 @@ class TaskRelay:
     def _fail(self, task: Task, reason: str) -> None:
         self.failed += 1
         self._complete(task.slot)
-        error = TaskError(f"task {task.task_id} got no result: {reason}")
-        payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
-        self._reply(task.src_pid, TaskResult(task.task_id, task.src_pid, task.slot, False, payload))
+        self._reply(task, _error(task.task_id, task.src_pid, task.slot, reason))
 
     def _complete(self, index: int) -> None:
         if self.load is not None:
             self.load.complete(index)
 
-    def _reply(self, pid: int, result: TaskResult) -> None:
-        if not self._send(pid, result, True):
-            self.results_dropped += 1  # the sender exited (a reload replaced it)
+    def _reply(self, task: Task, result: TaskResult) -> None:
+        pid = task.src_pid
+        if self._send(pid, result, True):
+            return
+        owed = self.owed.get(pid)
+        if owed is None:
+            owed = self.owed[pid] = array("q")
+            if not self._when_drained(pid, lambda: self._settle(pid)):
+                del self.owed[pid]
+                self.results_dropped += 1  # the sender exited (a reload replaced it)
+                return
+            log.warning(
+                "worker %d (pid %d) is not reading its channel (over %d bytes wait for it): "
+                "task results for it are dropped (counted in task_results_refused), each "
+                "task failing with a TaskError once it reads again",
+                task.src_worker,
+                pid,
+                HARD_LIMIT,
+            )
+        self.results_refused += 1
+        if len(owed) < 2 * OWED_LIMIT:
+            owed.extend((task.task_id, task.slot))
+        elif len(owed) == 2 * OWED_LIMIT:
+            owed.extend((0, -1))  # marks the overflow: logged once, never delivered
+            log.error(
+                "worker %d (pid %d): over %d task results refused while it does not read; "
+                "the next ones get no error, their taskwait times out",
+                task.src_worker,
+                pid,
+                OWED_LIMIT,
+            )
+
+    def _settle(self, pid: int) -> None:
+        """The queue for sender ``pid`` emptied (or its channel closed): the errors it is
+        owed go now, each small; what its queue refuses again waits for the next drain."""
+        owed = self.owed.pop(pid, None)
+        if owed is None:
+            return
+        reason = (
+            f"this worker did not read its channel from the master, where over {HARD_LIMIT} "
+            "bytes waited for it; the result was dropped"
+        )
+        for at in range(0, len(owed), 2):
+            task_id, index = owed[at], owed[at + 1]
+            if index < 0:
+                continue
+            if not self._send(pid, _error(task_id, pid, index, reason), True):
+                self.owed[pid] = owed[at:]
+                if not self._when_drained(pid, lambda: self._settle(pid)):
+                    del self.owed[pid]  # the sender is gone: nobody waits any more
+                return
+
+
+def _error(task_id: int, src_pid: int, index: int, reason: str) -> TaskResult:
+    """The answer of a task that got no result, for its sender to raise."""
+    error = TaskError(f"task {task_id} got no result: {reason}")
+    payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
+    return TaskResult(task_id, src_pid, index, False, payload)

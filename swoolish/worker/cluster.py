@@ -378,7 +378,25 @@ class Cluster:
             if publisher == self.pid:
                 self._read_back = seq
             return SKIP  # our node's own: its sessions are reached through the master
-        return IN_ORDER if data[0] in _IN_ORDER else URGENT
+        kind = data[0]
+        if kind in _IN_ORDER:
+            return IN_ORDER
+        # Every worker of a node reads its channel, but one answers an exists_remote
+        # question and one asked it: the others let them go here, not on their loop.
+        if kind == bus.EXISTS_QUESTION:
+            return URGENT if self.worker.worker_id == 0 else SKIP
+        if kind == bus.EXISTS_ANSWER:
+            return URGENT if self._asked(data) else SKIP
+        return URGENT
+
+    def _asked(self, data: bytes) -> bool:
+        """Whether this worker asked the question ``data`` answers (a body cut short is
+        for the loop to count as bad)."""
+        try:
+            asker, _, _ = bus.read_answer(data)
+        except bus.BusError:
+            return True
+        return asker == self.pid
 
     def essential(self, data: bytes) -> bool:
         """A disconnect (small, and a session the app closed must close) and what keeps

@@ -108,3 +108,31 @@ def test_a_publisher_runs_no_further_ahead_of_its_own_subscriber_than_its_bound(
             a1.close()
             b1.close()
         assert "Traceback" not in a.log() + b.log()
+
+
+def worker_figures(client: Client) -> dict[int, dict]:
+    """``server_stats()`` of ``client``'s node, per worker_id."""
+    report = client.ask("server_stats")
+    return {w["worker_id"]: w for w in report["workers"]}  # type: ignore[index]
+
+
+def test_only_the_answering_worker_applies_exists_remote_questions(tmp_path, redis_server):
+    """Every worker of a node reads its channel, but only slot 0 answers an
+    ``exists_remote`` question, and only the asker uses the answer: 1. node A asks 300
+    questions about a session of node B  2. all are answered True  3. B's worker 1 did
+    not apply them (its ``cluster_in`` grew by far less than 300: a flood of questions
+    cost every worker of the node as much as the one answering), worker 0 did."""
+    with nodes(tmp_path, redis_server.url, workers=2) as (a, b):
+        a1, b1 = Client(a), Client(b)
+        try:
+            wait_visible(a1, [b1.fd])
+            before = worker_figures(b1)
+            assert a1.ask(f"exists_remote_many:{b1.fd}:300") == {"exists": 300}
+            after = worker_figures(b1)
+            applied = {w: after[w]["cluster_in"] - before[w]["cluster_in"] for w in (0, 1)}
+            assert applied[0] >= 300, applied
+            assert applied[1] < 100, applied  # heartbeats only (2 a second)
+        finally:
+            a1.close()
+            b1.close()
+        assert "Traceback" not in a.log() + b.log()

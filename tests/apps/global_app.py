@@ -80,6 +80,10 @@ async def on_message(server, frame):
         server.push(fd, json.dumps({"refused": refused}))
     elif command == "exists_remote":
         server.push(fd, json.dumps({"exists": await server.exists_remote(int(arg))}))
+    elif command == "exists_remote_many":  # n questions about one session, in turn
+        target, _, n = arg.partition(":")
+        answers = [await server.exists_remote(int(target)) for _ in range(int(n))]
+        server.push(fd, json.dumps({"exists": answers.count(True)}))
     elif command == "pipe_node":
         node, _, rest = arg.partition(":")
         worker_id, _, text = rest.partition(":")

@@ -11,7 +11,7 @@ __all__ = ["COUNTERS", "SESSION_COUNTED", "SUMMED", "Counts", "cluster_summary",
 COUNTERS = (
     "accepted",
     "accept_pauses",  # the accept balance stopped this worker accepting (worker/listener.py)
-    "capacity_pauses",  # at max_connections with its TLS handshakes: stopped accepting
+    "capacity_pauses",  # at max_connections (TLS: handshakes in): stopped accepting
     "closed",
     "refused",
     "requests",

@@ -85,7 +85,7 @@ COUNTER_FAMILIES = (
     (
         "swoolish_capacity_pauses",
         "capacity_pauses",
-        "Times a TLS worker at max_connections, handshakes included, stopped accepting.",
+        "Times a worker at max_connections stopped accepting (TLS: handshakes included).",
     ),
     ("swoolish_cluster_messages_out", "cluster_out", "Messages published on the cluster bus."),
     ("swoolish_cluster_messages_in", "cluster_in", "Messages of other nodes read from the bus."),

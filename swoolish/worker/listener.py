@@ -24,8 +24,10 @@ accept, while its handshake runs (swoolish.worker.tlshandshakes), but it cannot 
 answered ``503`` before that handshake completes. So a worker whose sessions and TLS
 handshakes reach ``max_connections`` stops accepting instead, and looks every
 ``RECHECK_INTERVAL`` until it has room: new connections wait in the kernel's queue
-(for the other workers meanwhile), not in its memory. The balance never reopens a
-worker at capacity.
+(for the other workers meanwhile), not in its memory. A plain TCP worker at
+``max_connections`` stops accepting too, but only while another worker has room; when
+none has, it accepts and answers ``503``. The balance never reopens a worker at
+capacity.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class Listener:
         self.server: asyncio.AbstractServer | None = None
         self.closed = False
         self._stats = stats  # the worker's counters: accept_pauses, capacity_pauses
-        self._at_capacity = at_capacity  # None: never (plain TCP answers 503 instead)
+        self._at_capacity = at_capacity  # None: never
         self._check: asyncio.TimerHandle | None = None
         self._reopening: asyncio.Task[None] | None = None
         self._failing = False  # starting to accept again failed (and was logged)
@@ -143,9 +145,21 @@ class Listener:
             self.sock.close()
 
     def accepted(self) -> None:
-        """A connection arrived: compare the counts shortly (once for a burst)."""
-        if self._check is None and self.balanced and not self.closed:
+        """A connection arrived (and counts): at capacity, stop accepting now; else
+        compare the counts shortly (once for a burst)."""
+        if self._at_capacity is not None and self._at_capacity():
+            self.full()
+        elif self._check is None and self.balanced and not self.closed:
             self._check = self.loop.call_later(CHECK_DELAY, self._rebalance)
+
+    def others_have_room(self, limit: int) -> bool:
+        """Whether the workers taking new clients hold fewer than ``limit`` each, in all
+        (the shared session table's counts; this worker is among them while it
+        accepts, at ``limit``)."""
+        if self._table is None:
+            return False
+        workers, connections = self._table.serving_load()
+        return connections < workers * limit
 
     def full(self) -> None:
         """The worker may be at capacity: stop accepting (just after the accept under

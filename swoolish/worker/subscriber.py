@@ -195,6 +195,8 @@ class Subscriber:
     def _deliver(self) -> None:
         """Everything urgent, then messages in order for READ_SHARE; the rest later."""
         self._woken = False
+        if self._stopping:
+            return  # read by a link that is gone: the next one starts afresh
         apply = self.reader.apply
         urgent = self._urgent
         while urgent:

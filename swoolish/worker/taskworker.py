@@ -17,6 +17,13 @@ from the master instead.
 * Every task gets exactly one answer: the first ``task.finish(result)``, else what the
   handler returned, else the exception it raised (the same type and message reach the
   sender). The answer goes back through the master.
+* Answers are produced no faster than the master takes them: while more than
+  ``ANSWERS_AHEAD`` bytes wait in the channel to the master, no next task starts (the
+  tasks received wait, in order, as the bytes they came in), so every answer of a
+  plain-function handler fits the channel's bound (``ipc.HARD_LIMIT``). An answer the
+  channel still refuses (``async def`` handlers finishing together) is dropped, and
+  its sender gets a small ``TaskError`` once the channel has drained: never silence,
+  never a task left held in the master's book (docs/tasks.md, "Faults").
 * On ``Stop`` (a reload retired it, or shutdown) it finishes the tasks it holds, for at
   most ``max_wait_time``, answers the unfinished ones with a TaskError, then runs
   ``worker_stop`` and ``worker_exit`` and exits.
@@ -32,10 +39,12 @@ import inspect
 import os
 import pickle
 import threading
+from collections import deque
 from typing import Any
 
 from ..core.errors import TaskError
 from ..core.messages import Exiting, Task, TaskResult, WorkerFigures
+from ..shared import ipc
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from . import timers
 from .process import App, Worker
@@ -44,6 +53,23 @@ from .tasks import MAX_TASK_PAYLOAD
 __all__ = ["TaskRequest", "TaskWorker"]
 
 DRAIN_POLL = 0.01  # seconds between two looks at the tasks a stopping task worker holds
+EXIT_FLUSH_TIMEOUT = 2.0  # seconds an exiting task worker waits for the master to read it
+#: Bytes waiting in the channel to the master past which no next task starts until they
+#: have gone. One answer is at most MAX_TASK_PAYLOAD, so a plain-function handler's
+#: answer always fits under ipc.HARD_LIMIT, the bound of essential messages. Without
+#: it, 48 answers of 1000 KiB from one task worker outran the master on 208 KiB socket
+#: buffers, and the 14 refused past HARD_LIMIT were lost.
+ANSWERS_AHEAD = ipc.QUEUE_LIMIT
+#: A task worker's own counters (docs/tasks.md): tasks_held_back counts the times a task
+#: waited for the channel to the master to drain before it started; task_answers_refused
+#: the answers that channel still refused, their senders answered with a TaskError.
+TASK_COUNTERS = (
+    "tasks_received",
+    "tasks_done",
+    "task_errors",
+    "tasks_held_back",
+    "task_answers_refused",
+)
 
 
 class TaskRequest:
@@ -91,8 +117,17 @@ class TaskWorker(Worker):
         self.task_index = setup.worker_id - self.settings.worker_num
         self.executor = concurrent.futures.ThreadPoolExecutor(1, "swoolish-task")
         self.held: dict[tuple[int, int], TaskRequest] = {}  # received, not answered yet
+        # received, not started: (handler, task, its data as it came), in order
+        self._ready: deque[tuple[Any, TaskRequest, bytes]] = deque()
+        self._in_thread = False  # a plain-function handler runs in the handler thread
+        self._handlers_closed = False  # stopped: the executor takes nothing more
+        self._waiting_room = False  # called back once the channel to the master drains
+        self._owed: deque[TaskResult] = deque()  # errors for answers the channel refused
+        self._refusing = False  # an episode of refused answers is on (logged once)
         self._loop_thread = threading.get_ident()
         self._duties[Task] = self._on_task
+        for name in TASK_COUNTERS:  # stats() reports each one, zero included
+            self.stats[name] = 0
 
     def snapshot(self) -> dict[str, Any]:
         figures = super().snapshot()
@@ -155,12 +190,12 @@ class TaskWorker(Worker):
         for running in list(self.tasks):
             running.cancel()
         await asyncio.sleep(0)
+        self._handlers_closed = True
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.router.flush()
         self.report(WorkerFigures(self.snapshot()))
         self.report(Exiting(leftover, 0, round(self.loop.time() - started, 4), None))
-        if self.channel is not None:
-            await self.channel.drained(2.0)
+        await self._flush_answers(self.loop.time() + EXIT_FLUSH_TIMEOUT)
         self.log.info(
             "task worker %d gen %d (pid %d) exiting: %d tasks done, %d timers cleared",
             self.worker_id,
@@ -170,6 +205,18 @@ class TaskWorker(Worker):
             leftover,
         )
         timers.uninstall()
+
+    async def _flush_answers(self, deadline: float) -> None:
+        """Until ``deadline``: wait for what waits for the master to go, the errors owed
+        for refused answers included, so their senders hear of them before the master
+        sees this process exit."""
+        channel = self.channel
+        while channel is not None and not channel.closed and not channel.broken:
+            self._settle()
+            left = deadline - self.loop.time()
+            if not (channel.queued or self._owed) or left <= 0:
+                return
+            await channel.drained(left)
 
     # -- tasks
 
@@ -181,13 +228,60 @@ class TaskWorker(Worker):
         if handler is None:
             task._failed(TaskError("no task handler: register one with server.on('task')"))
             return
-        if inspect.iscoroutinefunction(handler):
-            if _unpickled(task, message.payload):
-                self.track(self._run_async(handler, task))
+        self._ready.append((handler, task, message.payload))
+        self._start_tasks()
+
+    def _start_tasks(self) -> None:
+        """Start the tasks received, in order, while their answers have room.
+
+        A plain-function handler runs one task at a time in the handler thread; an
+        ``async def`` one starts at once on the loop. Either waits while more than
+        ANSWERS_AHEAD bytes wait for the master, until they have gone: a task worker
+        that answers faster than the master reads would otherwise fill its channel past
+        the bound of essential messages, and the answers refused there were lost.
+        """
+        ready = self._ready
+        while ready and not self._handlers_closed:
+            handler, task, payload = ready[0]
+            if task._answered:  # failed while it waited (the task worker stopped)
+                ready.popleft()
+                continue
+            in_loop = inspect.iscoroutinefunction(handler)
+            if (not in_loop and self._in_thread) or not self._room_for_answers():
+                return  # again when the running task ends, or the channel drains
+            ready.popleft()
+            if in_loop:
+                if _unpickled(task, payload):
+                    self.track(self._run_async(handler, task))
+                continue
+            self._in_thread = True
+            run = functools.partial(self._run_in_thread, handler, task, payload)
+            future = self.loop.run_in_executor(self.executor, run)
+            future.add_done_callback(functools.partial(self._sync_done, task))
+
+    def _room_for_answers(self) -> bool:
+        """Whether the channel to the master has room for another task's answer; if
+        not, :meth:`_room_again` runs once it has drained."""
+        channel = self.channel
+        if channel is None or channel.closed or channel.broken or channel.queued <= ANSWERS_AHEAD:
+            return True
+        if not self._waiting_room:
+            self.stats["tasks_held_back"] += 1
+        self._wait_for_room()
+        return False
+
+    def _wait_for_room(self) -> None:
+        if self._waiting_room or self.channel is None:
             return
-        run = functools.partial(self._run_in_thread, handler, task, message.payload)
-        future = self.loop.run_in_executor(self.executor, run)
-        future.add_done_callback(functools.partial(self._sync_done, task))
+        self._waiting_room = True
+        self.channel.when_drained(self._room_again)
+
+    def _room_again(self) -> None:
+        """The channel to the master has drained (or closed): the errors owed go first,
+        then the tasks that waited start."""
+        self._waiting_room = False
+        self._settle()
+        self._start_tasks()
 
     def _run_in_thread(self, handler: Any, task: TaskRequest, payload: bytes) -> Any:
         """In the handler thread: the task's data is unpickled only now, so the tasks
@@ -200,6 +294,13 @@ class TaskWorker(Worker):
         return handler(self.server, task)
 
     def _sync_done(self, task: TaskRequest, future: asyncio.Future[Any]) -> None:
+        """The handler thread is free: answer its task, then start the next one (after
+        the answer, so the room left for answers counts it)."""
+        self._in_thread = False
+        self._answer_from_thread(task, future)
+        self._start_tasks()
+
+    def _answer_from_thread(self, task: TaskRequest, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is None and future.result() is _NOT_RUN:
             return  # answered already: its data could not be unpickled
         if future.cancelled():
@@ -258,11 +359,63 @@ class TaskWorker(Worker):
         self.stats["tasks_done" if ok else "task_errors"] += 1
         result = TaskResult(task.id, task.src_pid, self.task_index, ok, payload, notify)
         if self.channel is not None and not self.channel.send(result, essential=True):
-            self.log.error(
-                "task worker %d: the answer of task %d could not be queued for the master",
+            self._refused(task)
+
+    def _refused(self, task: TaskRequest) -> None:
+        """The channel to the master refused the answer of ``task``: over HARD_LIMIT
+        waits in it (``async def`` handlers that finished together), or the master is
+        gone. The answer is dropped, since holding it would grow this process by up to
+        task_queue_size answers of 1 MiB; its sender is owed a small TaskError, sent once
+        the channel has drained, so the master's book does not keep the task as held
+        and its ``taskwait`` or ``callback`` hears of it. Logged once per episode."""
+        assert self.channel is not None
+        channel = self.channel
+        self.stats["task_answers_refused"] += 1
+        if channel.closed or channel.broken:
+            if not self._refusing:
+                self._refusing = True
+                self.log.error(
+                    "task worker %d: the master's channel is closed; the answers of the "
+                    "tasks that end from now on cannot reach their senders",
+                    self.worker_id,
+                )
+            return
+        if not self._refusing:
+            self._refusing = True
+            self.log.warning(
+                "task worker %d: over %d bytes of answers wait for the master; the answers "
+                "it refuses are dropped (counted in task_answers_refused), each task "
+                "failing with a TaskError once it has drained",
                 self.worker_id,
-                task.id,
+                ipc.HARD_LIMIT,
             )
+        error = TaskError(
+            f"task {task.id} got no result: task worker {self.worker_id} (pid {os.getpid()}) "
+            f"could not queue it for the master, where over {ipc.HARD_LIMIT} bytes waited; "
+            "the result was dropped"
+        )
+        self._owed.append(
+            TaskResult(task.id, task.src_pid, self.task_index, False, _encode_error(error))
+        )
+        self._wait_for_room()
+
+    def _settle(self) -> None:
+        """Send the errors owed for refused answers, each small; what the channel
+        refuses again waits for its next drain."""
+        channel, owed = self.channel, self._owed
+        while owed:
+            if channel is None or channel.closed or channel.broken:
+                owed.clear()  # the master is gone: nobody holds these tasks any more
+                return
+            if channel.send(owed[0], essential=True):
+                owed.popleft()
+            elif channel.queued:
+                self._wait_for_room()
+                return
+            else:
+                owed.popleft()  # refused with nothing queued: it cannot go (the channel logged why)
+        if self._refusing and channel is not None and not (channel.closed or channel.broken):
+            self._refusing = False  # the episode is over: the next refusal is logged
 
 
 def _encode_answer(ok: bool, value: Any, task_id: int) -> bytes | None:

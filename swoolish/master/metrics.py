@@ -8,12 +8,23 @@ fork leaves that lock held forever in the child.
 
 Like the control socket (master/control.py), this endpoint never blocks the master and
 never lets a client take it down: sockets are non-blocking and every answer is
-written as the client takes it; at most ``MAX_CLIENTS`` clients are held (the oldest
-one that has not sent its request yet is dropped for a newcomer); a client that does
-not send its request within ``REQUEST_TIMEOUT`` seconds, or does not take its answer
-within ``ANSWER_TIMEOUT``, is dropped; a request over ``MAX_REQUEST`` bytes or
-malformed gets a 400 and a hang-up; ``accept`` errors are survived as the control
-socket survives them. Every answer closes the connection.
+written as the client takes it; a client that does not send its request within
+``REQUEST_TIMEOUT`` seconds, or does not take its answer within ``ANSWER_TIMEOUT``, is
+dropped; a request over ``MAX_REQUEST`` bytes or malformed gets a 400 and a hang-up;
+``accept`` errors are survived as the control socket survives them. Every answer
+closes the connection.
+
+Clients are held in two bounded groups, so that connections that send nothing never
+keep a scrape out. At most ``MAX_READERS`` connections whose request has not come yet:
+a newcomer over that takes the place of the oldest, which is read first (its request
+may sit unread in the kernel's buffer, and a complete request is served, never
+dropped) and gets a 503 if it still has none. At most ``MAX_CLIENTS`` answers under way
+(scrapes waiting for the workers' figures, answers being written): a scrape over that
+gets a 503. A newcomer's request is read as it is accepted, since a scraper sends it
+right behind the connection; ``/healthz`` and the errors are answered at once, under a
+flood of scrapes too. Every client turned away gets its 503, and what it sent is read
+before the close: a socket closed with unread input resets the connection, and the
+reset can destroy the answer in flight (RFC 9112 §9.6).
 
 A scrape asks the workers for fresh figures, as ``swoolish status`` does; the answer
 leaves once they all replied or after the master's status deadline, with the last
@@ -56,9 +67,11 @@ __all__ = [
 
 log = logging.getLogger("swoolish.master")
 
-MAX_CLIENTS = 16  # metrics clients held at once
+MAX_CLIENTS = 16  # answers under way at once (scrapes waiting for figures, being written)
+MAX_READERS = 16  # connections held whose request has not come yet
 MAX_REQUEST = 8 * 1024  # bytes of request head; a scraper sends a few hundred
 REQUEST_TIMEOUT = 5.0  # seconds a client gets to send its request
+READ_SIZE = 16 * 1024  # bytes read at once: more than MAX_REQUEST, so one read decides
 ANSWER_TIMEOUT = 10.0  # seconds a client gets, after its request, to take the answer
 ACCEPTS_PER_PASS = 16  # connections taken per readable event, so the loop moves on
 BACKLOG = 64
@@ -423,29 +436,55 @@ class MetricsServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._accept_failed(exc)
+                self._accept_failed(exc, now)
                 return
             conn.setblocking(False)
-            if len(self.clients) >= MAX_CLIENTS and not self._make_room():
-                with contextlib.suppress(OSError):
-                    conn.send(response(503, b"busy\n", "text/plain"), socket.MSG_DONTWAIT)
-                conn.close()
-                continue
             client = MetricsClient(conn, now + REQUEST_TIMEOUT)
             self.clients.append(client)
+            self._read(client, now)  # a scraper's request comes right behind it
+            if client.closed or client.state != "reading":
+                continue
+            if self._count("reading") > MAX_READERS:
+                self._make_room(now, client)
             self._watch(client, selectors.EVENT_READ)
 
-    def _make_room(self) -> bool:
-        """Drop the oldest client that has not sent its request; False if there is none."""
-        idle = next((c for c in self.clients if c.state == "reading"), None)
-        if idle is None:
+    def _count(self, state: str) -> int:
+        """Held clients in ``state`` (at most MAX_CLIENTS + MAX_READERS to count)."""
+        return sum(1 for c in self.clients if c.state == state)
+
+    def _answers(self) -> int:
+        """Answers under way: scrapes waiting for the figures, answers being written."""
+        return self._count("waiting") + self._count("writing")
+
+    def _make_room(self, now: float, newcomer: MetricsClient | None = None) -> bool:
+        """Take the oldest connection whose request has not come (other than
+        ``newcomer``) out of the readers; False if there is none.
+
+        It is read first, since what it sent may sit unread in the kernel's buffer: a
+        complete request is served or, with every place for answers taken, refused
+        like any other. Only a connection that still has sent no complete request is
+        turned away for the newcomer, with a 503. Bounded: one read.
+        """
+        oldest = next((c for c in self.clients if c.state == "reading" and c is not newcomer), None)
+        if oldest is None:
             return False
-        self._drop(idle)
+        self._read(oldest, now)
+        if not oldest.closed and oldest.state == "reading":
+            self._refuse(oldest)
         return True
 
-    def _accept_failed(self, exc: OSError) -> None:
+    def _refuse(self, client: MetricsClient) -> None:
+        """Turn ``client`` away with a 503 rather than a bare hang-up, so a scraper knows
+        the endpoint is busy (docs/deployment.md); a 503 the socket does not take at
+        once is not waited for."""
+        with contextlib.suppress(OSError):
+            busy = response(503, b"busy\n", "text/plain; charset=utf-8", client.head_only)
+            client.sock.send(busy, socket.MSG_DONTWAIT)
+        self._drop(client)
+
+    def _accept_failed(self, exc: OSError, now: float) -> None:
         """Keep the master alive whatever ``accept`` raised (listeners.AcceptFailures)."""
-        self.paused_until = self._failures.pause_until(exc, self._make_room)
+        self.paused_until = self._failures.pause_until(exc, lambda: self._make_room(now))
         if self.paused_until is None:
             return
         with contextlib.suppress(KeyError, ValueError):
@@ -455,7 +494,7 @@ class MetricsServer:
 
     def _read(self, client: MetricsClient, now: float) -> None:
         try:
-            chunk = client.sock.recv(4096)
+            chunk = client.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -473,6 +512,7 @@ class MetricsServer:
             self._answer(client, 400, b"request too large\n")
             return
         client.deadline = now + ANSWER_TIMEOUT
+        client.state = "routing"  # out of the readers' count, not yet an answer's
         self._route(client, parse_request(head))
 
     def _route(self, client: MetricsClient, request: tuple[str, str] | None) -> None:
@@ -490,6 +530,9 @@ class MetricsServer:
         if path == "/healthz":
             ok = self.healthy()
             self._answer(client, 200 if ok else 503, b"ok\n" if ok else b"not serving\n")
+            return
+        if self._answers() >= MAX_CLIENTS:
+            self._refuse(client)
             return
         client.state = "waiting"
         self._watch(client, 0)
@@ -520,10 +563,14 @@ class MetricsServer:
         body: bytes,
         content_type: str = "text/plain; charset=utf-8",
     ) -> None:
-        """Queue the whole response and write what the socket takes now."""
+        """Queue the whole response and write what the socket takes now; an answer
+        the socket does not take at once waits only in a free place (MAX_CLIENTS)."""
+        fits = client.state in ("waiting", "writing") or self._answers() < MAX_CLIENTS
         client.state = "writing"
         client.out = response(status, body, content_type, client.head_only)
         self._flush(client)
+        if not fits:
+            self._drop(client)
 
     def _flush(self, client: MetricsClient) -> None:
         try:
@@ -537,7 +584,7 @@ class MetricsServer:
         if client.out:
             self._watch(client, selectors.EVENT_WRITE)
         else:
-            self._drop(client, finished=True)
+            self._drop(client)
 
     def _watch(self, client: MetricsClient, events: int) -> None:
         """Have the selector watch ``client`` for ``events`` (0: not at all)."""
@@ -551,7 +598,8 @@ class MetricsServer:
             self.selector.unregister(client.sock)
         client.events = events
 
-    def _drop(self, client: MetricsClient, finished: bool = False) -> None:
+    def _drop(self, client: MetricsClient) -> None:
+        """Close ``client``, reading first what it sent and nobody read (_discard_input)."""
         if client.closed:
             return
         client.closed = True
@@ -559,16 +607,15 @@ class MetricsServer:
             self._watch(client, 0)
         with contextlib.suppress(ValueError):
             self.clients.remove(client)
-        if finished:
-            _discard_input(client.sock)
+        _discard_input(client.sock)
         with contextlib.suppress(OSError):
             client.sock.close()
 
 
 def _discard_input(sock: socket.socket) -> None:
-    """Read what the client sent past its request: closing a socket with unread input
-    resets the connection, and the reset may destroy the answer in flight (RFC 9112
-    §9.6)."""
+    """Read what the client sent and nobody read (past its request, or all of it when
+    it is refused): closing a socket with unread input resets the connection, and the
+    reset may destroy the answer in flight (RFC 9112 §9.6). Bounded: four reads."""
     with contextlib.suppress(OSError):
         for _ in range(4):
             if not sock.recv(65536, socket.MSG_DONTWAIT):

@@ -199,10 +199,38 @@ def test_other_paths_methods_and_bad_requests(tmp_path):
             assert client.recv(timeout=timeout(5)) == "still serving"
 
 
+def answer_or_reset(sock: socket.socket, seconds: float = 15) -> bytes | None:
+    """Everything the master sends until it hangs up; None if it reset the connection."""
+    sock.settimeout(timeout(seconds))
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        return None
+    return data
+
+
+@contextlib.contextmanager
+def master_paused(server):
+    """SIGSTOP the master for the block, SIGCONT after whatever happens: connections
+    made meanwhile wait, complete, in the kernel's backlog, and the master finds them
+    all at once."""
+    server.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.signal(signal.SIGCONT)
+
+
+BUSY = b"HTTP/1.1 503 "
+
+
 def test_clients_that_never_send_do_not_stop_scrapes(tmp_path):
     """Twenty connections that never send (more than the master holds) and one that
     sends half a request: a scrape is still answered, and every one of them is hung up
-    on, the oldest to make room and the rest after the request timeout."""
+    on, the oldest with a 503 to make room and the rest, silently, after the request
+    timeout; none with a reset."""
     with metrics_serving(tmp_path) as (server, port):
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
         half = socket.create_connection(("127.0.0.1", port))
@@ -210,18 +238,68 @@ def test_clients_that_never_send_do_not_stop_scrapes(tmp_path):
         try:
             assert value(scrape(port), "swoolish_generation") == 1
             assert get(port, "/healthz")[0] == 200
-            for sock in [*idle, half]:
-                sock.settimeout(timeout(15))
-                try:
-                    data = sock.recv(65536)
-                except ConnectionResetError:
-                    data = b""
-                assert data == b"", data  # hung up on without an answer
+            answers = [answer_or_reset(sock) for sock in [*idle, half]]
         finally:
             for sock in [*idle, half]:
                 sock.close()
+        assert None not in answers, answers  # no reset
+        busy = [a for a in answers if a]
+        assert len(busy) >= 5 and all(a.startswith(BUSY) for a in busy), answers
         assert value(scrape(port), "swoolish_generation") == 1
         assert server.proc.poll() is None
+
+
+def test_a_burst_of_scrapes_is_all_answered(tmp_path):
+    """Two rounds of 40 complete requests reaching the master at once (more than the
+    16 answers it keeps under way), every tenth a /healthz: each gets a whole 200 or a
+    503, none a reset or a bare hang-up, and every /healthz its 200."""
+    with metrics_serving(tmp_path, workers=2) as (server, port):
+        for _ in range(2):
+            socks, paths = [], []
+            with contextlib.ExitStack() as stack:
+                with master_paused(server):
+                    for i in range(40):
+                        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+                        paths.append("/healthz" if i % 10 == 9 else "/metrics")
+                        sock.sendall(f"GET {paths[-1]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                        socks.append(sock)
+                answers = [answer_or_reset(sock) for sock in socks]
+            statuses = [a.split(b" ", 2)[1] if a else a for a in answers]
+            assert set(statuses) <= {b"200", b"503"}, statuses  # None: reset; b"": hang-up
+            assert b"200" in statuses
+            for path, answer in zip(paths, answers, strict=True):
+                if path == "/healthz":
+                    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok\n")
+                elif answer.startswith(b"HTTP/1.1 200 "):
+                    assert b"swoolish_generation 1.0" in answer
+                    assert len(answer.partition(b"\r\n\r\n")[2]) == int(
+                        answer.split(b"Content-Length: ")[1].split(b"\r\n")[0]
+                    )
+        assert value(scrape(port), "swoolish_generation") == 1
+
+
+def test_a_sent_scrape_is_never_pushed_out_by_idle_connections(tmp_path):
+    """16 idle connections (all the master holds of those), a complete scrape, then 32
+    more idle ones, all waiting for the master at once: the scrape gets its 200; each
+    idle connection a 503 (turned away for a newcomer) or a silent hang-up after the
+    request timeout, never a reset."""
+    with metrics_serving(tmp_path) as (server, port), contextlib.ExitStack() as stack:
+
+        def connect() -> socket.socket:
+            return stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+
+        with master_paused(server):
+            before = [connect() for _ in range(16)]
+            scraper = connect()
+            scraper.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            after = [connect() for _ in range(32)]
+        answer = answer_or_reset(scraper)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 200 "), answer
+        assert b"swoolish_generation 1.0" in answer
+        answers = [answer_or_reset(sock) for sock in [*before, *after]]
+        assert None not in answers, answers
+        busy = [a for a in answers if a]
+        assert len(busy) >= 32 and all(a.startswith(BUSY) for a in busy), answers
 
 
 def test_a_killed_worker_counts_as_a_restart_and_its_counts_stay(tmp_path):

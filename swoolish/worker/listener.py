@@ -110,6 +110,7 @@ class Listener:
         self._check: asyncio.TimerHandle | None = None
         self._reopening: asyncio.Task[None] | None = None
         self._failing = False  # starting to accept again failed (and was logged)
+        self._serving = False  # our region says we take new clients (paused or not)
         # No balance without a region of the table, or with a queue nobody can see.
         self.balanced = (
             table is not None and writer is not None and queued_connections(sock) is not None
@@ -130,6 +131,7 @@ class Listener:
         self.server = server
         if self._writer is not None:
             self._writer.set_serving(True)
+            self._serving = True
 
     def close(self) -> None:
         """Stop accepting for good: this worker drains. Connections queued from now on
@@ -137,6 +139,7 @@ class Listener:
         self.closed = True
         if self._writer is not None:
             self._writer.set_serving(False)
+            self._serving = False
         if self._check is not None:
             self._check.cancel()
             self._check = None
@@ -153,13 +156,16 @@ class Listener:
             self._check = self.loop.call_later(CHECK_DELAY, self._rebalance)
 
     def others_have_room(self, limit: int) -> bool:
-        """Whether the workers taking new clients hold fewer than ``limit`` each, in all
-        (the shared session table's counts; this worker is among them while it
-        accepts, at ``limit``)."""
-        if self._table is None:
+        """Whether the other workers taking new clients hold fewer than ``limit`` each,
+        in all (the shared session table's counts). This worker's own count is left
+        out: what fills it may not be in the table (a closed client whose handlers
+        still work), and a worker alone has no other to leave its clients to."""
+        if self._table is None or self._writer is None:
             return False
         workers, connections = self._table.serving_load()
-        return connections < workers * limit
+        if self._serving:
+            workers, connections = workers - 1, connections - self._writer.live
+        return workers > 0 and connections < workers * limit
 
     def full(self) -> None:
         """The worker may be at capacity: stop accepting (just after the accept under

@@ -217,6 +217,13 @@ def run_cli(
     )
 
 
+def status_of(pid_file: Path) -> dict[str, Any]:
+    """``swoolish status --json`` of the master whose pid file is ``pid_file``."""
+    shown = run_cli("status", "--pid-file", str(pid_file), "--json")
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)  # type: ignore[no-any-return]
+
+
 class HttpLoad(threading.Thread):
     """GETs on a fresh TCP connection each time, paced, until ``stop`` is set.
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
-from support import run_cli, serving, timeout, wait_until, write_app
+from support import serving, status_of, timeout, wait_until, write_app
 
 from swoolish.shared.ipc import BUFFER_ENV, HARD_LIMIT
 
@@ -33,6 +32,7 @@ APP = f"""
     from pathlib import Path
 
     from swoolish import WebSocketServer
+    from tests.apps.task_replies import push_small_task, pushing_outcome
 
     server = WebSocketServer()
 
@@ -44,19 +44,11 @@ APP = f"""
     async def on_message(server, frame):
         command = json.loads(frame.data)
         if command["cmd"] == "wait":
-            result = await server.taskwait("small", timeout=10)
-            server.push(frame.fd, json.dumps({{"waited": len(result)}}))
+            await push_small_task(server, frame.fd)
             return
         directory = Path(command["dir"])
 
-        def callback(server, task_id, result):
-            if isinstance(result, BaseException):
-                answer = {{"task_id": task_id, "error": type(result).__name__,
-                           "message": str(result)}}
-            else:
-                answer = {{"task_id": task_id, "bytes": len(result)}}
-            server.push(frame.fd, json.dumps(answer))
-
+        callback = pushing_outcome(frame.fd)
         for n in range(command["count"]):
             assert server.task(n, n % {TASK_WORKERS}, callback=callback)
         (directory / "dispatched").write_text("")
@@ -65,12 +57,6 @@ APP = f"""
         while not (directory / "release").exists() and time.monotonic() < deadline:
             time.sleep(0.01)
 """
-
-
-def status(pid_file: Path) -> dict:
-    shown = run_cli("status", "--pid-file", str(pid_file), "--json")
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout)
 
 
 def test_results_refused_for_a_stalled_sender_reach_it_as_errors(tmp_path):
@@ -93,7 +79,7 @@ def test_results_refused_for_a_stalled_sender_reach_it_as_errors(tmp_path):
         wait_until((tmp_path / "dispatched").exists, 15, what="the tasks sent")
 
         def answered() -> dict | None:
-            report = status(pid_file)
+            report = status_of(pid_file)
             held = [w["tasks"] for w in report["workers"] if w["kind"] == "task"]
             return report if held == [0] * TASK_WORKERS else None
 
@@ -119,7 +105,7 @@ def test_results_refused_for_a_stalled_sender_reach_it_as_errors(tmp_path):
             assert a["error"] == "TaskError"
             assert "did not read its channel from the master" in a["message"]
 
-        master = status(pid_file)["master"]
+        master = status_of(pid_file)["master"]
         assert master["task_results_refused"] == len(refused)
         assert master["task_results_dropped"] == 0
         assert len(server.wait_for_log(r"task results for it are dropped")) == 1

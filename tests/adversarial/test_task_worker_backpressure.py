@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import run_cli, serving, timeout, wait_until, write_app
+from support import serving, status_of, timeout, wait_until, write_app
 
 from swoolish.shared.ipc import BUFFER_ENV
 
@@ -34,6 +34,7 @@ APP = f"""
     import json
 
     from swoolish import WebSocketServer
+    from tests.apps.task_replies import push_small_task, pushing_outcome
 
     server = WebSocketServer()
     arrived = []
@@ -65,27 +66,13 @@ APP = f"""
             server.push(frame.fd, json.dumps({{"figures": figures}}))
             return
         if command["cmd"] == "wait":
-            result = await server.taskwait("small", timeout=10)
-            server.push(frame.fd, json.dumps({{"waited": len(result)}}))
+            await push_small_task(server, frame.fd)
             return
 
-        def callback(server, task_id, result):
-            if isinstance(result, BaseException):
-                answer = {{"task_id": task_id, "error": type(result).__name__,
-                           "message": str(result)}}
-            else:
-                answer = {{"task_id": task_id, "bytes": len(result)}}
-            server.push(frame.fd, json.dumps(answer))
-
+        callback = pushing_outcome(frame.fd)
         for n in range({TASKS}):
             assert server.task(n, callback=callback)
 """
-
-
-def status(pid_file: Path) -> dict:
-    shown = run_cli("status", "--pid-file", str(pid_file), "--json")
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout)
 
 
 def run_tasks(tmp_path: Path, async_handler: bool) -> tuple[list[dict], dict, dict, str]:
@@ -113,7 +100,7 @@ def run_tasks(tmp_path: Path, async_handler: bool) -> tuple[list[dict], dict, di
         assert len(answers) == TASKS, f"{len(answers)} of {TASKS} callbacks ran"
 
         def book_empty() -> dict | None:
-            report = status(pid_file)
+            report = status_of(pid_file)
             held = [w["tasks"] for w in report["workers"] if w["kind"] == "task"]
             return report if held == [0] else None
 

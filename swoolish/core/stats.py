@@ -38,7 +38,7 @@ COUNTERS = (
     "handoff_arrivals_overdue",
     # cluster mode (docs/cluster.md)
     "cluster_out",  # messages this worker published on the bus
-    "cluster_in",  # messages of other nodes read from the bus
+    "cluster_in",  # messages of other nodes applied (not those for another worker)
     "cluster_push_refused",  # pushes to other nodes refused: link down, node or session gone
     "cluster_to_closed",  # pushes from other nodes to a session no longer here
     "cluster_dropped",  # messages of other nodes dropped: too far behind applying them

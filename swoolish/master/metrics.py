@@ -101,7 +101,7 @@ COUNTER_FAMILIES = (
         "Times a worker at max_connections stopped accepting (TLS: handshakes included).",
     ),
     ("swoolish_cluster_messages_out", "cluster_out", "Messages published on the cluster bus."),
-    ("swoolish_cluster_messages_in", "cluster_in", "Messages of other nodes read from the bus."),
+    ("swoolish_cluster_messages_in", "cluster_in", "Messages of other nodes applied."),
     ("swoolish_cluster_link_losses", "cluster_link_losses", "Cluster bus links lost (Redis)."),
     (
         "swoolish_cluster_dropped",

@@ -16,11 +16,22 @@ who holds which task (docs/tasks.md).
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Sequence
 
-from .messages import Task
+from .errors import TaskError
+from .messages import Task, TaskResult
 
-__all__ = ["Deliver", "Fail", "Retire", "TaskAction", "TaskBook", "TaskKey", "choose_slot"]
+__all__ = [
+    "Deliver",
+    "Fail",
+    "Retire",
+    "TaskAction",
+    "TaskBook",
+    "TaskKey",
+    "choose_slot",
+    "no_result",
+]
 
 #: A task's identity at the master: (sender pid, the sender's task id).
 TaskKey = tuple[int, int]
@@ -149,3 +160,12 @@ class TaskBook:
             actions += [Fail(task, "the server is shutting down") for task in waiting]
             self.pending[slot] = []
         return actions
+
+
+def no_result(task_id: int, src_pid: int, index: int, reason: str) -> TaskResult:
+    """The answer of a task that got no result, for its sender to raise: what the master
+    sends when a task worker died or a sender's channel refused the result, and what a
+    task worker sends when its own channel refused the answer."""
+    error = TaskError(f"task {task_id} got no result: {reason}")
+    payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
+    return TaskResult(task_id, src_pid, index, False, payload)

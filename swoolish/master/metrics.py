@@ -448,13 +448,13 @@ class MetricsServer:
                 self._make_room(now, client)
             self._watch(client, selectors.EVENT_READ)
 
-    def _count(self, state: str) -> int:
-        """Held clients in ``state`` (at most MAX_CLIENTS + MAX_READERS to count)."""
-        return sum(1 for c in self.clients if c.state == state)
+    def _count(self, *states: str) -> int:
+        """Held clients in one of ``states`` (at most MAX_CLIENTS + MAX_READERS)."""
+        return sum(1 for c in self.clients if c.state in states)
 
     def _answers(self) -> int:
         """Answers under way: scrapes waiting for the figures, answers being written."""
-        return self._count("waiting") + self._count("writing")
+        return self._count("waiting", "writing")
 
     def _make_room(self, now: float, newcomer: MetricsClient | None = None) -> bool:
         """Take the oldest connection whose request has not come (other than

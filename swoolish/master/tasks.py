@@ -18,13 +18,11 @@ not silently: the master owes the sender an error for it (see :class:`TaskRelay`
 from __future__ import annotations
 
 import logging
-import pickle
 from array import array
 from collections.abc import Callable
 
-from ..core.errors import TaskError
 from ..core.messages import Message, Task, TaskResult
-from ..core.tasks import Deliver, Fail, Retire, TaskAction, TaskBook
+from ..core.tasks import Deliver, Fail, Retire, TaskAction, TaskBook, no_result
 from ..shared.ipc import HARD_LIMIT
 from ..shared.taskload import TaskLoad
 
@@ -152,7 +150,7 @@ class TaskRelay:
     def _fail(self, task: Task, reason: str) -> None:
         self.failed += 1
         self._complete(task.slot)
-        self._reply(task, _error(task.task_id, task.src_pid, task.slot, reason))
+        self._reply(task, no_result(task.task_id, task.src_pid, task.slot, reason))
 
     def _complete(self, index: int) -> None:
         if self.load is not None:
@@ -204,15 +202,8 @@ class TaskRelay:
             task_id, index = owed[at], owed[at + 1]
             if index < 0:
                 continue
-            if not self._send(pid, _error(task_id, pid, index, reason), True):
+            if not self._send(pid, no_result(task_id, pid, index, reason), True):
                 self.owed[pid] = owed[at:]
                 if not self._when_drained(pid, lambda: self._settle(pid)):
                     del self.owed[pid]  # the sender is gone: nobody waits any more
                 return
-
-
-def _error(task_id: int, src_pid: int, index: int, reason: str) -> TaskResult:
-    """The answer of a task that got no result, for its sender to raise."""
-    error = TaskError(f"task {task_id} got no result: {reason}")
-    payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
-    return TaskResult(task_id, src_pid, index, False, payload)

@@ -260,6 +260,11 @@ class RegionWriter:
         """Connections this worker holds (its region's ``live`` word)."""
         return len(self.slots)
 
+    @property
+    def serving(self) -> bool:
+        """Whether this worker's region says it takes new clients."""
+        return bool(self.words[self._header + H_SERVING])
+
     def set_serving(self, serving: bool) -> None:
         """Say whether this worker takes new clients (it stops for good when it drains)."""
         self.words[self._header + H_SERVING] = int(serving)

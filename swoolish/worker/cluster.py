@@ -643,6 +643,5 @@ class Cluster:
 
 _FOR_SESSIONS = frozenset((bus.PUSH, bus.MULTI_PUSH, bus.BROADCAST, bus.DISCONNECT))
 _IN_ORDER = _FOR_SESSIONS | {bus.PIPE}  # the rest is applied first (see classify)
-_DROPPABLE = frozenset(
-    (bus.PUSH, bus.MULTI_PUSH, bus.BROADCAST, bus.PIPE, bus.EXISTS_QUESTION, bus.EXISTS_ANSWER)
-)
+# what may be dropped when too much waits: all but a disconnect (see essential)
+_DROPPABLE = (_IN_ORDER - {bus.DISCONNECT}) | {bus.EXISTS_QUESTION, bus.EXISTS_ANSWER}

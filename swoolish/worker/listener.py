@@ -110,7 +110,6 @@ class Listener:
         self._check: asyncio.TimerHandle | None = None
         self._reopening: asyncio.Task[None] | None = None
         self._failing = False  # starting to accept again failed (and was logged)
-        self._serving = False  # our region says we take new clients (paused or not)
         # No balance without a region of the table, or with a queue nobody can see.
         self.balanced = (
             table is not None and writer is not None and queued_connections(sock) is not None
@@ -131,7 +130,6 @@ class Listener:
         self.server = server
         if self._writer is not None:
             self._writer.set_serving(True)
-            self._serving = True
 
     def close(self) -> None:
         """Stop accepting for good: this worker drains. Connections queued from now on
@@ -139,7 +137,6 @@ class Listener:
         self.closed = True
         if self._writer is not None:
             self._writer.set_serving(False)
-            self._serving = False
         if self._check is not None:
             self._check.cancel()
             self._check = None
@@ -163,7 +160,7 @@ class Listener:
         if self._table is None or self._writer is None:
             return False
         workers, connections = self._table.serving_load()
-        if self._serving:
+        if self._writer.serving:  # counted in serving_load: take ourselves out
             workers, connections = workers - 1, connections - self._writer.live
         return workers > 0 and connections < workers * limit
 

@@ -44,6 +44,7 @@ from typing import Any
 
 from ..core.errors import TaskError
 from ..core.messages import Exiting, Task, TaskResult, WorkerFigures
+from ..core.tasks import no_result
 from ..shared import ipc
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from . import timers
@@ -397,14 +398,11 @@ class TaskWorker(Worker):
                 self.worker_id,
                 ipc.HARD_LIMIT,
             )
-        error = TaskError(
-            f"task {task.id} got no result: task worker {self.worker_id} (pid {os.getpid()}) "
-            f"could not queue it for the master, where over {ipc.HARD_LIMIT} bytes waited; "
-            "the result was dropped"
+        reason = (
+            f"task worker {self.worker_id} (pid {os.getpid()}) could not queue it for the "
+            f"master, where over {ipc.HARD_LIMIT} bytes waited; the result was dropped"
         )
-        self._owed.append(
-            TaskResult(task.id, task.src_pid, self.task_index, False, _encode_error(error))
-        )
+        self._owed.append(no_result(task.id, task.src_pid, self.task_index, reason))
         self._wait_for_room()
 
     def _settle(self) -> None:

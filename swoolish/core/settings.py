@@ -331,6 +331,15 @@ SETTINGS: tuple[Setting, ...] = (
         "collections (gc.freeze), so that full collections walk only what came after.",
     ),
     Setting(
+        "memory_trim",
+        16 * 1024 * 1024,
+        _non_negative_int,
+        "Once a worker's resident size grew by this many bytes and as much lies free in "
+        "the C allocator (after large messages), give it back to the system "
+        "(malloc_trim, glibc only); looked at every 10 s. 0: never.",
+        metavar="BYTES",
+    ),
+    Setting(
         "reload_handoff",
         True,
         _bool,

@@ -36,6 +36,8 @@ COUNTERS = (
     "push_too_large",
     "pipe_messages_in",
     "handoff_arrivals_overdue",
+    "heap_trims",  # free heap memory given back to the system (worker/heaptrim.py)
+    "heap_trimmed_bytes",  # ... and how much the resident size went down by it
     # cluster mode (docs/cluster.md)
     "cluster_out",  # messages this worker published on the bus
     "cluster_in",  # messages of other nodes applied (not those for another worker)

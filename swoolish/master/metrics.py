@@ -100,6 +100,11 @@ COUNTER_FAMILIES = (
         "capacity_pauses",
         "Times a worker at max_connections stopped accepting (TLS: handshakes included).",
     ),
+    (
+        "swoolish_heap_trimmed_bytes",
+        "heap_trimmed_bytes",
+        "Bytes of free heap memory workers gave back to the system (memory_trim).",
+    ),
     ("swoolish_cluster_messages_out", "cluster_out", "Messages published on the cluster bus."),
     ("swoolish_cluster_messages_in", "cluster_in", "Messages of other nodes applied."),
     ("swoolish_cluster_link_losses", "cluster_link_losses", "Cluster bus links lost (Redis)."),

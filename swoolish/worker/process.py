@@ -66,6 +66,7 @@ from .boot import BootWatch, boot_failure, stall_delay
 from .cluster import Cluster
 from .connection import Connection
 from .handoff import Adopter, hand_off
+from .heaptrim import HeapTrim
 from .http import HttpConnection
 from .listener import Listener
 from .router import MAX_ROUTED_PAYLOAD, Router, operation_size, routable_payload
@@ -195,6 +196,8 @@ class Worker:
         self._stop_requested: asyncio.Future[int] | None = None
         self._serve_allowed: asyncio.Future[None] = self.loop.create_future()
         self.boot_watch: BootWatch | None = None  # reports where a slow boot is stuck
+        # gives back the free heap memory large messages leave (worker/heaptrim.py)
+        self.heap_trim = HeapTrim(self.loop, self.settings.memory_trim, self.stats)
 
     # -- used by connections and the server facade
 
@@ -347,6 +350,7 @@ class Worker:
             self.adopter = Adopter(self, self.inbox)
         if self.settings.gc_freeze:
             freeze_what_booted()
+        self.heap_trim.start()  # from the size the worker booted to
         self._report_ready()
         if self.channel is None:
             self._serve_allowed.set_result(None)
@@ -423,6 +427,7 @@ class Worker:
         self.draining = True
         self.stop_code = close_code
         self.stop_accepting()
+        self.heap_trim.stop()
         if self.adopter is not None:
             self.adopter.close()
         handing_off = self.handoff_channel is not None and close_code == SERVICE_RESTART

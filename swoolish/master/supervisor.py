@@ -80,6 +80,12 @@ PAUSE_TIMEOUT = 1.0  # seconds old workers get to confirm they stopped accepting
 STATS_TIMEOUT = 1.0  # seconds workers get to answer a status request
 PROGRESS_INTERVAL = 1.0  # seconds between two progress reports of a stopping worker
 LOOP_TICK = 0.5
+#: Seconds the master waits before it calls an exit it did not ask for a death. A stop
+#: signal sent to the whole process group (Ctrl-C in a terminal, ``kill -- -PGID``,
+#: systemd's default KillMode=control-group) reaches the workers too, and on a busy
+#: machine a worker with nothing to drain had exited before the master's own signal
+#: arrived: the master logged it as died and forked a replacement, only to stop it.
+EXIT_GRACE = 0.25
 CHANNEL_BUFFER = 8 * 1024 * 1024  # asked for; the kernel caps it (wmem_max), ipc fragments
 RELOAD_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -166,6 +172,8 @@ class Master:
         self.workers: dict[int, WorkerProcess] = {}  # by pid
         self.failures: dict[int, int] = {}  # slot -> consecutive boot failures
         self.respawn_at: dict[int, float] = {}  # slot -> when to fork it again
+        # exits not asked for, judged once EXIT_GRACE passed: (when, process, status)
+        self._exits_to_judge: list[tuple[float, WorkerProcess, int]] = []
         self.stopping = False
         self.started = time.time()
         self.listen_sock: socket.socket | None = None
@@ -374,6 +382,8 @@ class Master:
                         self._read_channel(key.data)
             self._reap()
             now = time.monotonic()
+            if self._exits_to_judge:
+                self._judge_exits(now)
             self._resume_control(now)
             if self.metrics is not None:
                 self.metrics.expire(now)
@@ -403,6 +413,9 @@ class Master:
             timeout = min(timeout, 0.05)
         if self.switchboard.has_waiting():
             timeout = min(timeout, 0.01)
+        if self._exits_to_judge:
+            first = min(when for when, _, _ in self._exits_to_judge)
+            timeout = min(timeout, max(0.0, first - time.monotonic()))
         return timeout
 
     def _handle_signals(self) -> None:
@@ -1388,10 +1401,52 @@ class Master:
                 "workers_left": self._workers_left(),
             }
         )
+        if (
+            proc.state not in ("stopping", "killed")
+            and not self.stopping
+            and not self.plan.owns(proc.pid)
+        ):
+            # Not asked for: perhaps the stop signal of the whole group, which the master
+            # has not received yet (EXIT_GRACE). No fork for the slot meanwhile; a
+            # reload or recycle under way learns of it now.
+            if proc.kind != "process":
+                self._execute(self.plan.exited(proc.pid, now, describe_status(status)))
+            self._exits_to_judge.append((now + EXIT_GRACE, proc, status))
+            self.respawn_at[proc.slot] = now + EXIT_GRACE
+            return
+        self._judge_exit(proc, status, now)
+
+    def _judge_exits(self, now: float) -> None:
+        """Judge the exits not asked for whose EXIT_GRACE is over, or all of them once
+        the master is stopping (its own stop signal came after theirs)."""
+        due = [e for e in self._exits_to_judge if self.stopping or e[0] <= now]
+        if not due:
+            return
+        self._exits_to_judge = [e for e in self._exits_to_judge if e not in due]
+        for _, proc, status in due:
+            self._judge_exit(proc, status, now, planned=True)
+
+    def _judge_exit(
+        self, proc: WorkerProcess, status: int, now: float, planned: bool = False
+    ) -> None:
+        """What an exit means: the end of a stop, a failed boot of a reload, or a death
+        (logged, the slot forked again with back-off). ``planned``: the reload plan
+        already learnt of it."""
+        how = describe_status(status)
         if proc.kind == "process":
             self._process_exited(proc, status, now)
             return
         expected = proc.state in ("stopping", "killed")
+        if not expected and self.stopping and not self.plan.owns(proc.pid):
+            log.info(
+                "worker %d gen %d (pid %d) exited (%s) as the server stopped: the stop "
+                "signal reached it before the master",
+                proc.slot,
+                proc.generation,
+                proc.pid,
+                how,
+            )
+            return
         if not expected:
             cause = f", failed to boot: {proc.boot_error}" if proc.boot_error else ""
             log.error(
@@ -1406,7 +1461,8 @@ class Master:
             self._fire("worker_error", proc.slot, proc.pid, exit_code, max(0, -exit_code))
             self.tally.worker_restarts += 1
         in_reload = self.plan.owns(proc.pid)
-        self._execute(self.plan.exited(proc.pid, now, how))
+        if not planned:
+            self._execute(self.plan.exited(proc.pid, now, how))
         if expected or in_reload or self.stopping:
             return
         exit_code = os.waitstatus_to_exitcode(status)

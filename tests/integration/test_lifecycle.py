@@ -180,6 +180,45 @@ def test_sigquit_is_immediate(tmp_path):
         assert alive == []
 
 
+def test_a_stop_signal_that_reaches_the_workers_first_is_no_death(tmp_path):
+    """Ctrl-C, ``kill -- -PGID`` and systemd's default KillMode=control-group signal every
+    process of the group, and a worker with nothing to drain may exit before the master
+    has its own signal. Made certain here: 1. the master is frozen (SIGSTOP)  2. both
+    workers get SIGINT and exit  3. the master resumes and reaps them, then gets its
+    SIGINT  4. nothing logged as died, no replacement forked, exit 0, and one line per
+    worker saying the signal reached it first."""
+
+    def exited(proc: psutil.Process) -> bool:
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    def reaped(proc: psutil.Process) -> bool:
+        try:
+            proc.status()
+        except psutil.NoSuchProcess:
+            return True
+        return False
+
+    with serving("tests/apps/echo_app.py:server", tmp_path, workers=2) as server:
+        workers = server.workers()
+        server.signal(signal.SIGSTOP)
+        try:
+            for worker in workers:
+                worker.send_signal(signal.SIGINT)
+            wait_until(lambda: all(exited(w) for w in workers), 10, what="the workers' exits")
+        finally:
+            server.signal(signal.SIGCONT)
+        wait_until(lambda: all(reaped(w) for w in workers), 10, interval=0.002, what="reaped")
+        server.signal(signal.SIGINT)
+        assert server.wait_exit() == 0
+        log = server.log()
+    assert "died" not in log
+    assert log.count(") serving") == 2, log
+    assert log.count("as the server stopped: the stop signal reached it before the master") == 2
+
+
 def test_script_with_start_at_the_bottom_serves(tmp_path):
     """``python app.py`` with ``server.start()`` unguarded at module level."""
     port = free_port()

@@ -72,6 +72,11 @@ PONG_HEAD = bytes((0x80 | Opcode.PONG,))  # a server's pong frame starts so (RFC
 PING = encode_frame(Opcode.PING, b"")  # the heartbeat's ping (RFC 6455 §5.5.2)
 
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the client's half of a closing handshake
+#: Bytes every fragment that does not end its message counts, at least, against
+#: max_message_size: empty continuation frames add nothing to a message, so a client could
+#: stream them for ever, never reaching the limit, at some 4 µs of the worker each
+#: (docs/security.md). 16,384 such fragments fill the default 1 MiB.
+FRAGMENT_CHARGE = 64
 ABNORMAL_CLOSURE = 1006  # closed without a close frame (RFC 6455 §7.1.5); never sent
 #: Bytes of a frame in progress kept for a hand-off (worker/handoff.py moves at most
 #: 256 KiB of unsent and unparsed bytes per session); a session reading a larger frame
@@ -663,6 +668,16 @@ class WsConnection(Connection, asyncio.Protocol):
         if fin:
             self._fragments = None
             self._message_received(fragments.opcode, fragments.data)
+        elif len(payload) < FRAGMENT_CHARGE and self.ws is not None:
+            self._charge_fragment(self.ws, len(payload))
+
+    @staticmethod
+    def _charge_fragment(ws: ServerProtocol, size: int) -> None:
+        """Count a short fragment as FRAGMENT_CHARGE bytes of its message: the protocol
+        object then refuses the message with 1009 once the charges and the payloads
+        reach max_message_size, as it refuses a long one."""
+        if ws.current_size is not None:
+            ws.current_size += FRAGMENT_CHARGE - size
 
     def _message_received(self, kind: int, data: bytes | bytearray) -> None:
         """Deliver one whole message that came through the protocol object."""

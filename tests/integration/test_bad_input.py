@@ -155,6 +155,35 @@ def test_message_over_max_message_size_closes_1009_and_other_clients_still_echo(
             assert_echoes(bystander)
 
 
+def test_a_message_of_empty_fragments_ends_with_1009(tmp_path):
+    """1. a client opens a fragmented message and streams empty continuation frames
+    (nothing adds to the message's size, so before it never ended, at some 4 µs of the
+    worker per frame)  2. each short fragment counts 64 bytes against max_message_size:
+    the message is refused with 1009, here after some 16 KiB of frames  3. a bystander
+    echoes. A message in 1-byte fragments under the limit still arrives whole."""
+    empty = masked_frame(0x0, b"", fin=False, mask=b"\0\0\0\0")
+    with serving(limits_app(tmp_path, max_message_size=16384), tmp_path) as server:
+        with server.connect() as bystander:
+            sock, _ = raw_handshake(server.port)
+            with sock:
+                sock.sendall(masked_frame(0x2, b"x", fin=False))
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    for _ in range(100):  # 100,000 frames at most; the limit is 256
+                        sock.sendall(empty * 1000)
+                assert read_close_code(sock) == 1009
+
+            sock, _ = raw_handshake(server.port)
+            with sock:
+                text = "fragments of one byte"
+                sock.sendall(masked_frame(0x1, text[:1].encode(), fin=False))
+                for char in text[1:-1]:
+                    sock.sendall(masked_frame(0x0, char.encode(), fin=False))
+                sock.sendall(masked_frame(0x0, text[-1:].encode()))
+                assert FrameReader(sock).frame() == (0x1, True, text.encode())
+
+            assert_echoes(bystander)
+
+
 PROTOCOL_ERRORS = {
     "unmasked client frame": bytes([0x81, 0x02]) + b"hi",
     "reserved opcode 0x3": masked_frame(0x3, b"x"),

@@ -751,12 +751,13 @@ def test_sessions_in_the_middle_of_large_messages_cannot_sink_a_reload_for_the_o
 
 def test_a_message_of_tiny_fragments_costs_the_worker_about_its_size(tmp_path):
     """1. 8 clients each send 1 MiB, the most max_message_size allows, as a text message
-    of two-byte fragments (7 MiB of frames each), and never its last fragment  2. the
-    worker has read it all and holds each message in one buffer: it grew by far less than
-    one object per fragment would take (some 40 MiB per client before)  3. one more
-    fragment past max_message_size closes 1009  4. others are still served."""
-    first = client_frame(0x1, b"ab", fin=False)
-    fragments = first + client_frame(0x0, b"ab", fin=False) * (MiB // 2 - 1)
+    of 64-byte fragments, the shortest that count no more than their size (shorter ones
+    count 64 bytes each: FRAGMENT_CHARGE), and never its last fragment  2. the worker has
+    read it all and holds each message in one buffer: it grew by far less than one object
+    per fragment would take  3. one more fragment past max_message_size closes 1009
+    4. others are still served."""
+    first = client_frame(0x1, b"ab" * 32, fin=False)
+    fragments = first + client_frame(0x0, b"ab" * 32, fin=False) * (MiB // 64 - 1)
     with serving(app_target(tmp_path), tmp_path) as server:
         (worker,) = server.workers()
         rss_before = worker.memory_info().rss

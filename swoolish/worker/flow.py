@@ -11,9 +11,16 @@ one cause ending (the client catching up) can never resume reading that another 
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+import socket
+import sys
+from typing import Any, Protocol
 
-__all__ = ["FlowControl", "Reason"]
+__all__ = ["FlowControl", "Reason", "bytes_acked"]
+
+#: ``struct tcp_info`` (linux/tcp.h): ``tcpi_bytes_acked`` is the u64 at offset 120
+#: (Linux 4.1 on), after the fields of 32 bits and the two pacing rates.
+_TCP_INFO_SIZE = 128
+_BYTES_ACKED = slice(120, 128)
 
 
 class Reason(enum.IntEnum):
@@ -70,3 +77,24 @@ class FlowControl:
     def __repr__(self) -> str:
         held = "|".join(reason.name for reason in self.reasons) or "reading"
         return f"<FlowControl {held}>"
+
+
+def bytes_acked(transport: Any) -> int | None:
+    """How many bytes of this connection the client's TCP has acknowledged so far
+    (``tcpi_bytes_acked``), or None where the kernel does not say (a Unix socket,
+    another system).
+
+    A sign of life that needs nothing from the client but reading: while the server
+    holds bytes for a client it has stopped reading from (``BACKPRESSURE``), the client
+    shows it is there by taking them, not by what it sends.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, AttributeError):
+        return None
+    if len(info) < _TCP_INFO_SIZE:
+        return None
+    return int.from_bytes(info[_BYTES_ACKED], sys.byteorder)

@@ -59,7 +59,7 @@ from ..core.messages import MovingSession
 from ..core.timerwheel import is_plain_data, resolve_callback
 from .access import client_address, log_close, log_open, request_client
 from .connection import Connection, high_water
-from .flow import FlowControl, Reason
+from .flow import FlowControl, Reason, bytes_acked
 from .fragments import Fragments
 from .handshake import Opening
 from .host import WorkerHost
@@ -179,6 +179,7 @@ class WsConnection(Connection, asyncio.Protocol):
         "_rx",
         "_stash",
         "_subprotocol",
+        "_taking",
         "_track",
         "_tx_bytes",
         "_tx_log",
@@ -208,6 +209,9 @@ class WsConnection(Connection, asyncio.Protocol):
         self._inflate_bits = 0  # the fast path inflates with this window; 0: it does not
         self._fragments: Fragments | None = None  # made by a message's first fragment
         self._close_when_idle: tuple[int, str] | None = None
+        # (when the client was last seen taking our output, its acknowledged bytes or,
+        # without them, our unsent bytes then): only once the heartbeat found it behind
+        self._taking: tuple[float, int] | None = None
         # hand-off records, kept only while hand-off is enabled and possible (a TLS
         # connection never moves: its TLS state lives in this process)
         settings = worker.settings
@@ -877,12 +881,46 @@ class WsConnection(Connection, asyncio.Protocol):
             return
         if flow is not None and (flow.holds(Reason.HANDLERS) or flow.holds(Reason.MOVING)):
             return
-        quiet = now - self.last_time
+        budget = self._worker.settings.buffer_output_size
+        behind = transport.get_write_buffer_size() >= high_water(budget)
+        if behind or (flow is not None and flow.holds(Reason.BACKPRESSURE)):
+            self._judge_by_output(transport, flow, now, idle_time)
+            return
+        alive_at = self.last_time if self._taking is None else max(self.last_time, self._taking[0])
+        quiet = now - alive_at
         if quiet >= idle_time:
             self._worker.stats["closed_idle"] += 1
             self.disconnect(GOING_AWAY, "idle")
         elif quiet >= idle_time / 2:
             self._write(PING)
+
+    def _judge_by_output(
+        self, transport: asyncio.Transport, flow: FlowControl | None, now: float, idle: float
+    ) -> None:
+        """The heartbeat of a client behind on its output: alive while it takes it.
+
+        This worker stopped reading from it (``BACKPRESSURE``), so whatever it sends,
+        pongs included, waits unread, and a ping would only queue behind the backlog
+        (over ``buffer_output_size``, closing it as not reading). An app that pushes
+        until ``push`` returns False keeps a slow but steady reader there for good: it
+        was closed at the first ``heartbeat_idle_time``. So its TCP acknowledgements
+        tell (``bytes_acked``; elsewhere, its unsent bytes going down): taking output,
+        it is alive, and it is read again (what it sends counts, the budget still
+        bounds what it can make us hold); taking nothing for ``idle`` seconds, it is
+        reset, as an HTTP client that takes none of its answers."""
+        acked = bytes_acked(transport)
+        mark = -transport.get_write_buffer_size() if acked is None else acked
+        if self._taking is None:  # a first look: nothing to compare with yet
+            self._taking = (now, mark)
+            return
+        if mark > self._taking[1]:
+            self._taking = (now, mark)
+            if flow is not None:
+                flow.resume(Reason.BACKPRESSURE)
+            return
+        if now - max(self.last_time, self._taking[0]) >= idle:
+            self._worker.stats["closed_idle"] += 1
+            self.abort()
 
     def drain(self, code: int, reason: str = "") -> None:
         """Close with ``code`` once this connection's handlers in flight are done."""

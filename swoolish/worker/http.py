@@ -575,7 +575,9 @@ class HttpConnection(Connection, asyncio.Protocol):
 
     def _on_upgrade(self, rest: bytes) -> None:
         last = self._requests[-1] if self._requests else None
-        websocket = last is not None and offers_websocket(last.headers)
+        # RFC 9110 §7.8: an Upgrade of an HTTP/1.0 request is ignored (and RFC 6455 §4.1
+        # asks HTTP/1.1 of a handshake): it is a plain request, answered as such.
+        websocket = last is not None and last.version != "1.0" and offers_websocket(last.headers)
         if (
             last is not None
             and last.method != "CONNECT"

@@ -578,6 +578,20 @@ def test_request_offering_an_unsupported_upgrade_is_answered_as_plain_http(http_
     assert status_of(http_exchange(server.port, connect)) == 400
 
 
+def test_a_websocket_handshake_over_http_1_0_is_a_plain_request(http_server):
+    """RFC 9110 §7.8: an Upgrade in an HTTP/1.0 request is ignored (RFC 6455 §4.1 asks
+    HTTP/1.1): 1. a complete WebSocket handshake, but HTTP/1.0  2. no 101: the request
+    handler answers it as the plain GET it is, and the connection closes (HTTP/1.0)."""
+    server, _ = http_server
+    answer = http_exchange(
+        server.port,
+        b"GET /info HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    assert status_of(answer) == 200
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["query"] == {}
+
+
 def test_repeated_connection_and_upgrade_fields_get_answers_not_errors(http_server):
     """1. a keep-alive request repeating ``Connection`` (keep-alive, then close)  2. it
     is answered, and the connection closes, as the lines joined say (RFC 9110 §5.3)

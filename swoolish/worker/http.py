@@ -56,6 +56,8 @@ _BACKPRESSURE = Reason.BACKPRESSURE
 _PIPELINE = Reason.PIPELINE
 #: The methods as text, decoded once (httptools gives bytes).
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+#: What a client gets for a response its handler built that cannot be sent.
+_SERVER_ERROR = b"Internal Server Error\n"
 
 
 class HttpConnection(Connection, asyncio.Protocol):
@@ -508,17 +510,12 @@ class HttpConnection(Connection, asyncio.Protocol):
         head = self._head
         try:
             wire = resp.wire(body, keep_alive, head)
-        except Exception as exc:  # Response checks values at the call; this is the last guard
-            worker.stats["handler_errors"] += 1
-            worker.log.error(
-                "session %d: the response cannot be sent (%s: %s); answering 500 instead",
-                self.sid,
-                type(exc).__name__,
-                exc,
-            )
-            self._access = access
-            self._reject(500, "Internal Server Error\n")
-            return
+        except Exception as exc:  # a Content-Length that is not the body's (or worse)
+            self._report_unsendable(exc)
+            # Nothing of it was sent and the request was read whole: the client gets a
+            # 500 in the server's framing, and its next request its own answer.
+            resp, body = Response(self._send_response).status(500), _SERVER_ERROR
+            wire = resp.wire(body, keep_alive, head)
         unsent = transport.get_write_buffer_size()
         if unsent > worker.settings.buffer_output_size:
             # The budget's rule (docs/quickstart.md, "Bad input"). _pump starts an answer
@@ -539,6 +536,17 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._arm_timer(worker.settings.keepalive_timeout, self._on_idle_timeout)
         if not self._pumping:
             self._pump()  # the next request (a handler that answered late)
+
+    def _report_unsendable(self, exc: Exception) -> None:
+        """Log a response the handler built that cannot be sent as it is (a 500 goes
+        instead); counted as a handler error."""
+        self._worker.stats["handler_errors"] += 1
+        self._worker.log.error(
+            "session %d: the response cannot be sent (%s: %s); answering 500 instead",
+            self.sid,
+            type(exc).__name__,
+            exc,
+        )
 
     def _reject(self, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> None:
         access, self._access = self._access, None
@@ -643,7 +651,12 @@ class HttpConnection(Connection, asyncio.Protocol):
             (result and result[0] is False) or (custom.ended and custom.status_code != 101)
         ):
             status = custom.status_code if custom.status_code != 200 else 403
-            transport.write(render_response(status, custom.headers, b"", False, custom.reason))
+            try:
+                wire = render_response(status, custom.headers, b"", False, custom.reason)
+            except ValueError as exc:  # a Content-Length that is not 0: no body goes
+                self._report_unsendable(exc)
+                status, wire = 500, simple_response(500, "Internal Server Error\n")
+            transport.write(wire)
             access, self._access = self._access, None
             if access is not None:
                 self._log_access(access, status, 0)

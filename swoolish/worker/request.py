@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a field name (RFC 9110 �
 # What a field value or reason phrase may not hold: CR, LF, NUL (RFC 9110 §5.5), nor a
 # character outside latin-1, the octets HTTP/1.1 carries (RFC 9112 §5).
 _BAD_TEXT = re.compile(r"[\r\n\x00]|[^\x00-\xff]")
+_DECIMAL = re.compile(r"[0-9]+")  # a Content-Length value (RFC 9110 §8.6)
+
+log = logging.getLogger("swoolish.worker")
 
 
 @functools.lru_cache(maxsize=256)
@@ -44,10 +48,29 @@ def is_token(text: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def is_valid_field(name: str, value: str) -> bool:
-    """Whether a response may carry the field ``name: value`` (a token, and latin-1 text
-    without CR, LF or NUL); remembered, as an app sends the same few fields again and
-    again (a field that changes per response costs one check and one entry)."""
-    return is_token(name) and _BAD_TEXT.search(value) is None
+    """Whether a response may carry the field ``name: value`` (see :func:`field_error`);
+    remembered, as an app sends the same few fields again and again (a field that
+    changes per response costs one check and one entry)."""
+    return field_error(name, value) is None
+
+
+def field_error(name: str, value: str) -> str | None:
+    """Why a response may not carry the field ``name: value``, or None if it may.
+
+    The name is a token and the value latin-1 text without CR, LF or NUL (RFC 9110
+    §5.1, §5.5). The framing is the server's (:func:`render_response`): an app's
+    Transfer-Encoding would announce a coding the body does not have, so it is refused
+    here, at the call; an app's Content-Length must be a decimal number, and is checked
+    against the body when the response is sent.
+    """
+    if not is_token(name) or _BAD_TEXT.search(value):
+        return "the name is a token, the value latin-1 text without CR, LF or NUL"
+    low = name.lower()
+    if low == "transfer-encoding":
+        return "the server frames every response with Content-Length itself"
+    if low == "content-length" and _DECIMAL.fullmatch(value) is None:
+        return "Content-Length is a decimal number of bytes"
+    return None
 
 
 def parsed_headers(fields: list[tuple[str, str]]) -> Headers:
@@ -230,12 +253,21 @@ class Response:
     def header(self, name: str, value: str) -> Response:
         """Add a response header; raises ``ValueError`` here, at the call, for a name
         that is not a token or a value that HTTP/1.1 cannot carry (a CR or LF would split
-        the response; a character outside latin-1 cannot be sent)."""
+        the response; a character outside latin-1 cannot be sent), for
+        ``Transfer-Encoding``, and for a ``Content-Length`` that is not a decimal number.
+
+        The server frames the response: it sends ``Content-Length``, the length of the
+        body given to :meth:`end`. An app may set it too, as uvicorn and hypercorn let
+        an ASGI app do: then it must be that length, or the client gets a 500 instead
+        and the worker logs why (:func:`render_response`), since a wrong length would
+        make a keep-alive client read the rest of the body as the next response. For
+        ``HEAD``, the app may set the length of the body a ``GET`` would get and end
+        with no body.
+        """
         name, value = str(name), str(value)
         if not is_valid_field(name, value):
             raise ValueError(
-                f"invalid HTTP header {name!r}: {value!r} (the name is a token, the value "
-                "latin-1 text without CR, LF or NUL)"
+                f"invalid HTTP header {name!r}: {value!r} ({field_error(name, value)})"
             )
         self._headers.append((name, value))
         return self
@@ -266,6 +298,10 @@ class Response:
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in http.HTTPStatus}
 #: The fields render_response adds unless the handler set them, lower-case.
 _ADDED_FIELDS = frozenset(("content-length", "content-type", "date", "server"))
+#: The statuses whose responses have no content (RFC 9110 §6.4.1): 1xx, 204, 304.
+_NO_CONTENT = frozenset((*range(100, 200), 204, 304))
+#: Those of _NO_CONTENT of which a body was dropped and logged (once each per worker).
+_bodies_dropped: set[int] = set()
 
 
 class _HttpDate:
@@ -300,10 +336,18 @@ def render_response(
 ) -> bytes:
     """Serialize a response, adding Content-Length, Connection, Date and Server.
 
+    The framing is the server's: Content-Length is the length of ``body`` (sent unless
+    ``head``). A Content-Length the handler set must say the same (for ``head`` with no
+    body, any one value: the length a GET would get), else ``ValueError``: a keep-alive
+    client would read the bytes past it as the next response, or wait for bytes that
+    never come. A 1xx, 204 or 304 goes without body (:func:`_render_no_content`).
+
     Built by appending to one string (CPython extends it in place): on the keep-alive
     path this runs once per request, and a list of parts and a set of names cost a
     third more (docs/performance.md, "HTTP").
     """
+    if status in _NO_CONTENT:
+        return _render_no_content(status, headers, body, keep_alive, reason)
     if reason:
         text = f"HTTP/1.1 {status} {reason}\r\n"
     else:
@@ -316,6 +360,8 @@ def render_response(
             names += (low,)
     if "content-length" not in names:
         text += f"Content-Length: {len(body)}\r\n"
+    else:
+        _check_length(headers, body, head)
     if body and "content-type" not in names:
         text += "Content-Type: text/plain; charset=utf-8\r\n"
     if "date" not in names:
@@ -325,6 +371,70 @@ def render_response(
     text += "Connection: keep-alive\r\n\r\n" if keep_alive else "Connection: close\r\n\r\n"
     wire = text.encode("latin-1")
     return wire if head else wire + body
+
+
+def _app_length(headers: list[tuple[str, str]]) -> str:
+    """The one Content-Length the handler set (``ValueError`` if it set several: a client
+    may refuse a response that repeats it, RFC 9110 §8.6)."""
+    values = [value for name, value in headers if name.lower() == "content-length"]
+    if len(values) > 1:
+        raise ValueError(f"the handler set Content-Length {len(values)} times: {values}")
+    return values[0]
+
+
+def _check_length(headers: list[tuple[str, str]], body: bytes, head: bool) -> None:
+    """``ValueError`` unless the handler's Content-Length is the length of ``body``."""
+    value = _app_length(headers)
+    if int(value) != len(body) and not (head and not body):
+        raise ValueError(
+            f"the handler set Content-Length: {value}, but its body is {len(body)} bytes "
+            "(a str body is sent in UTF-8: its length is len(text.encode()); or leave "
+            "Content-Length to the server)"
+        )
+
+
+def _render_no_content(
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    keep_alive: bool,
+    reason: str | None,
+) -> bytes:
+    """A 1xx, 204 or 304 response: no body, whatever the handler gave (logged once per
+    worker and status), and no Content-Length but a 304's own.
+
+    RFC 9110 §15.3.5 and §15.4.5: these responses end with their header section, so a
+    body sent would be read by a keep-alive client as the next response. §8.6: a 1xx
+    or 204 must not carry Content-Length (the handler's is left out); a 304 may carry
+    the one its 200 would have, which only the handler knows (kept, and none added).
+    """
+    if body and status not in _bodies_dropped:
+        _bodies_dropped.add(status)
+        log.warning(
+            "a %d response has no body (RFC 9110 §6.4.1): the %d bytes its handler "
+            "gave were not sent (logged once per status and worker)",
+            status,
+            len(body),
+        )
+    if status == 304:
+        if any(name.lower() == "content-length" for name, _ in headers):
+            _app_length(headers)
+    else:
+        headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
+    if reason:
+        text = f"HTTP/1.1 {status} {reason}\r\n"
+    else:
+        text = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"
+    names = set()
+    for name, value in headers:
+        text += f"{name}: {value}\r\n"
+        names.add(name.lower())
+    if "date" not in names:
+        text += f"Date: {_http_date.now()}\r\n"
+    if "server" not in names:
+        text += "Server: swoolish\r\n"
+    text += "Connection: keep-alive\r\n\r\n" if keep_alive else "Connection: close\r\n\r\n"
+    return text.encode("latin-1")
 
 
 def simple_response(status: int, text: str, extra: list[tuple[str, str]] | None = None) -> bytes:

@@ -110,3 +110,45 @@ def test_header_checks_are_remembered_but_bad_fields_always_raise():
         response.header("X-Request-Id", str(n))
     assert is_valid_field.cache_info().currsize <= is_valid_field.cache_info().maxsize
     assert response.headers[:3] == [("X-A", "1")] * 3
+
+
+def test_framing_fields_are_the_servers():
+    """Transfer-Encoding and a Content-Length that is not a decimal number raise at the
+    call, in any case; a decimal Content-Length is accepted (checked at render)."""
+    response = Response(lambda resp, body: None)
+    for name, value in [
+        ("Transfer-Encoding", "chunked"),
+        ("transfer-encoding", "identity"),
+        ("Content-Length", "abc"),
+        ("content-length", "-1"),
+        ("Content-Length", "5 "),
+        ("Content-Length", "\u00b2"),
+    ]:
+        with pytest.raises(ValueError, match="Content-Length"):
+            response.header(name, value)
+    response.header("Content-Length", "5")
+    assert response.headers == [("Content-Length", "5")]
+
+
+def test_render_response_checks_the_handlers_content_length_against_the_body():
+    raw = render_response(200, [("content-length", "5")], b"hello", keep_alive=True)
+    assert raw.count(b"ength: 5") == 1 and raw.endswith(b"\r\n\r\nhello")
+    with pytest.raises(ValueError, match="Content-Length: 4, but its body is 5 bytes"):
+        render_response(200, [("Content-Length", "4")], b"hello", keep_alive=True)
+    with pytest.raises(ValueError, match="2 times"):
+        render_response(200, [("Content-Length", "5")] * 2, b"hello", keep_alive=True)
+    # HEAD: the length a GET would get, no body; a HEAD body that disagrees still raises
+    raw = render_response(200, [("Content-Length", "1234")], b"", keep_alive=True, head=True)
+    assert b"Content-Length: 1234\r\n" in raw and raw.endswith(b"\r\n\r\n")
+    with pytest.raises(ValueError):
+        render_response(200, [("Content-Length", "3")], b"hello", keep_alive=True, head=True)
+
+
+@pytest.mark.parametrize("status", [100, 103, 204, 304])
+def test_render_response_sends_no_body_on_1xx_204_and_304(status):
+    raw = render_response(status, [("Content-Length", "18"), ("X-A", "1")], b"x" * 18, True)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert body == b"" and b"Content-Type" not in head and b"X-A: 1\r\n" in head
+    # RFC 9110 §8.6: a 304 may carry its 200's length, a 1xx or 204 none
+    assert (b"Content-Length: 18" in head) == (status == 304)
+    assert b"Content-Length: 0" not in render_response(status, [], b"", True)

@@ -1,0 +1,164 @@
+"""HTTP/1.1 framing and request rules (RFC 9110, RFC 9112) against a real `swoolish serve`.
+
+The app below misbehaves on cue: a Content-Length that is not its body's, a body on a
+204 or 304, a Transfer-Encoding of its own. Clients are real (``http.client``, raw
+sockets where the exact bytes matter) and keep their connection, so that a response
+framed wrongly shows up as the next request getting the wrong answer.
+"""
+
+from __future__ import annotations
+
+import http.client
+
+import pytest
+from support import raw_connect, read_to_eof, serving, timeout, write_app
+
+APP = """
+import asyncio
+
+from swoolish import WebSocketServer
+
+server = WebSocketServer(**SETTINGS)
+
+
+@server.on("request")
+def on_request(request, response):
+    path = request.path
+    if path == "/wrong-length":  # the length of the str, not of its UTF-8 bytes
+        text = "h\\u00e9llo w\\u00f6rld"
+        response.header("Content-Length", str(len(text)))
+        response.end(text)
+    elif path == "/right-length":
+        text = "h\\u00e9llo w\\u00f6rld"
+        response.header("Content-Length", str(len(text.encode())))
+        response.end(text)
+    elif path == "/announced":  # HEAD: the length a GET would get, and no body
+        response.header("Content-Length", "1234")
+        response.end()
+    elif path in ("/204", "/304"):
+        response.status(int(path[1:]))
+        response.end("should not be sent")
+    elif path == "/te":
+        response.header("Transfer-Encoding", "chunked")
+        response.end("hello")
+    elif path == "/slow":
+        return answer_later(response)
+    else:
+        response.end(f"{request.method} {path} {len(request.body)}\\n")
+    return None
+
+
+async def answer_later(response):
+    await asyncio.sleep(0.3)
+    response.end("slow\\n")
+"""
+
+
+def app(tmp_path, **settings) -> str:
+    return f"{write_app(tmp_path, APP.replace('**SETTINGS', f'**{settings!r}'))}:server"
+
+
+@pytest.fixture
+def server(tmp_path):
+    with serving(app(tmp_path), tmp_path) as server:
+        yield server
+
+
+def heads_and_bodies(answer: bytes) -> list[bytes]:
+    """The parts of ``answer`` between blank lines: a head, then its body if any."""
+    return answer.split(b"\r\n\r\n")
+
+
+def fields(head: bytes) -> dict[str, str]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return {name.lower(): value.strip() for name, _, value in (h.partition(":") for h in lines)}
+
+
+# ---------------------------------------------------------------------- response framing
+
+
+def test_content_length_unlike_the_body_gets_500_and_the_connection_stays_in_step(server):
+    """1. one keep-alive HTTPConnection  2. GET a handler that sets Content-Length to the
+    length of a non-ASCII str (11) and sends its 13 UTF-8 bytes  3. the client gets a
+    500 whose framing is the server's, the log says why  4. the next request on the same
+    TCP connection gets its own answer (before, it read the last 2 bytes of the body as
+    its status line)  5. a Content-Length that is right is sent as the handler set it."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout(5))
+    try:
+        conn.request("GET", "/wrong-length")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (500, b"Internal Server Error\n")
+        assert response.getheader("Connection") == "keep-alive"
+        first_sock = conn.sock
+
+        conn.request("GET", "/next")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"GET /next 0\n")
+        assert conn.sock is first_sock, "the connection was not kept"
+
+        conn.request("GET", "/right-length")
+        response = conn.getresponse()
+        assert response.status == 200 and response.getheader("Content-Length") == "13"
+        assert response.read() == "héllo wörld".encode()
+    finally:
+        conn.close()
+    server.wait_for_log(r"set Content-Length: 11, but its body is 13 bytes")
+
+
+def test_head_may_announce_the_length_of_a_get_without_a_body(server):
+    """1. HEAD of a handler that sets Content-Length: 1234 and ends with no body, then a
+    pipelined GET /next  2. the HEAD answer carries 1234 and no body  3. the GET gets its
+    own answer right after the HEAD's head."""
+    with raw_connect(server.port) as sock:
+        sock.sendall(
+            b"HEAD /announced HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        head, second, body = heads_and_bodies(read_to_eof(sock))
+    assert head.startswith(b"HTTP/1.1 200 ") and fields(head)["content-length"] == "1234"
+    assert second.startswith(b"HTTP/1.1 200 ") and body == b"GET /next 0\n"
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_204_and_304_go_without_body_or_content_length(server, status):
+    """1. a handler answers ``status`` with a body (18 bytes); a GET /next is pipelined
+    behind it on the same socket  2. the answer is a head alone, without Content-Length
+    or Content-Type (RFC 9110 §6.4.1, §8.6)  3. the next bytes are the GET's own
+    answer  4. one warning in the log says the body was dropped  5. http.client on a
+    keep-alive connection gets both answers too."""
+    with raw_connect(server.port) as sock:
+        sock.sendall(
+            f"GET /{status} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            + b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        first, second, body = heads_and_bodies(read_to_eof(sock))
+    assert first.startswith(f"HTTP/1.1 {status} ".encode())
+    assert "content-length" not in fields(first) and "content-type" not in fields(first)
+    assert second.startswith(b"HTTP/1.1 200 ") and body == b"GET /next 0\n"
+    server.wait_for_log(rf"WARNING .*a {status} response has no body")
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout(5))
+    try:
+        conn.request("GET", f"/{status}")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (status, b"")
+        conn.request("GET", "/next")
+        assert conn.getresponse().read() == b"GET /next 0\n"
+    finally:
+        conn.close()
+
+
+def test_transfer_encoding_from_the_app_is_refused_at_the_call(server):
+    """1. a handler calls ``response.header("Transfer-Encoding", "chunked")``  2. the
+    call raises ValueError naming the reason, the handler fails: the client gets a 500
+    framed by Content-Length, and no Transfer-Encoding (before: both, with a body that
+    was not chunked)  3. the worker serves the next client."""
+    with raw_connect(server.port) as sock:
+        sock.sendall(b"GET /te HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = heads_and_bodies(read_to_eof(sock))
+    assert head.startswith(b"HTTP/1.1 500 ") and "transfer-encoding" not in fields(head)
+    assert int(fields(head)["content-length"]) == len(body)
+    server.wait_for_log(r"ValueError: invalid HTTP header 'Transfer-Encoding'.*frames every")
+    with raw_connect(server.port) as sock:
+        sock.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_to_eof(sock).endswith(b"\r\n\r\nGET /next 0\n")

@@ -58,6 +58,11 @@ _PIPELINE = Reason.PIPELINE
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 #: What a client gets for a response its handler built that cannot be sent.
 _SERVER_ERROR = b"Internal Server Error\n"
+#: The interim answer a client sending ``Expect: 100-continue`` waits for (RFC 9110 §15.2.1).
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: _head_fed when a request's head has just been read, its Expect not looked at yet
+#: (_answer_expectation); -1 when no head is being read, and it was or need not be.
+_HEAD_READ = -2
 
 
 class HttpConnection(Connection, asyncio.Protocol):
@@ -100,7 +105,8 @@ class HttpConnection(Connection, asyncio.Protocol):
         # stays with the session.
         self._url = b""
         self._headers: list[tuple[str, str]] = _NO_ITEMS
-        self._head_fed = -1  # bytes fed while a request's head is incomplete; -1: none is
+        # bytes fed while a request's head is incomplete; -1: none is (_HEAD_READ: see there)
+        self._head_fed = -1
         self._body: bytes | bytearray = b""  # see on_body
         self._began = False  # a request began in the feed being parsed, not complete yet
         self._requests: list[Request] = []  # at most MAX_PIPELINED: a list beats a deque here
@@ -322,13 +328,18 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._unfed, self._fed = b"", 0
             self._on_upgrade(unfed[start + upgrade.args[0] :])
         except httptools.HttpParserError:
-            self._parser = None
-            self._unfed, self._fed = b"", 0
             status, text = self._rejection or (
                 400,
                 "Bad Request: the request is not valid HTTP/1.1.\n",
             )
-            self._reject(status, text)
+            self._refuse(status, text)
+
+    def _refuse(self, status: int, text: str) -> None:
+        """Refuse the request being parsed: nothing more is parsed, ``status`` is sent,
+        and the connection closed."""
+        self._parser = None
+        self._unfed, self._fed = b"", 0
+        self._reject(status, text)
 
     # httptools callbacks, in the order it calls them
     def on_message_begin(self) -> None:
@@ -339,13 +350,50 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._began = True
 
     def _time_partial_request(self) -> None:
-        """After a feed: a request that began in it and is not complete yet gets
-        handshake_timeout to finish, counted from now, if nothing is answered before it.
-        A request complete within one feed (the rule) needs no deadline of its own."""
+        """After a feed that left a request partly received: if it began in this feed,
+        it gets handshake_timeout to finish, counted from now, and once its head is read
+        the answer to its ``Expect`` (_answer_expectation), if nothing is answered before
+        it. A request complete within one feed (the rule) needs neither."""
+        if self._headers is _NO_ITEMS:
+            return  # the feed ended between two requests
         if self._began:
             self._began = False
             if not self._in_flight and not self._requests:
                 self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
+        if self._head_fed == _HEAD_READ and not self._in_flight and not self._requests:
+            self._answer_expectation()
+
+    def _answer_expectation(self) -> None:
+        """Answer the ``Expect: 100-continue`` of the request partly received, the next
+        to be answered, whose head is read and whose body has not begun (RFC 9110
+        §10.1.1): ``100 Continue``, so that a client that waits for it sends the body;
+        or 413 at once for a Content-Length over max_request_size, before the client
+        sends any of it. Any other expectation is ignored, as uvicorn does (417 is a
+        "MAY"), and so is one of an HTTP/1.0 request (a "MUST").
+
+        Looked at once per request (_HEAD_READ), and only for a request still arriving
+        when its turn comes: one complete within a feed needs no interim answer. With
+        requests before it, the 100 waits for their answers (_send_response): it must
+        not come before theirs on the wire.
+        """
+        self._head_fed = -1
+        parser = self._parser
+        if self._body or parser is None or parser.get_http_version() != "1.1":
+            return  # the body has begun: the client did not wait (a 100 "MAY" be omitted)
+        headers = self._headers
+        expected = [value for name, value in headers if name.lower() == "expect"]
+        if not expected or all(
+            member.strip(" \t").lower() != "100-continue"
+            for value in expected
+            for member in value.split(",")
+        ):
+            return
+        limit = self._worker.settings.max_request_size
+        length = next((v for n, v in headers if n.lower() == "content-length"), "")
+        if length and int(length) > limit:  # llhttp took it: digits, one value
+            self._refuse(*_too_large(limit))
+        elif self.transport is not None and not self.closing:
+            self.transport.write(_CONTINUE)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -366,7 +414,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        self._head_fed = -1
+        self._head_fed = _HEAD_READ
 
     # A chunked body's last chunk may carry trailer fields (RFC 9112 §7.1.2), which
     # httptools keeps as it keeps header fields: from a chunk's header to its data or its
@@ -411,8 +459,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         held = self._body
         limit = self._worker.settings.max_request_size
         if len(held) + len(body) > limit:
-            # RFC 9110 §15.5.14: 413, not a generic 400, so the client knows what to fix
-            self._rejection = (413, f"Payload Too Large: the body may be {limit} bytes at most.\n")
+            self._rejection = _too_large(limit)
             raise httptools.HttpParserError("request body too large")
         if not held:
             self._body = body
@@ -534,6 +581,8 @@ class HttpConnection(Connection, asyncio.Protocol):
             return
         if not self._requests:
             self._arm_timer(worker.settings.keepalive_timeout, self._on_idle_timeout)
+            if self._headers is not _NO_ITEMS and self._head_fed == _HEAD_READ:
+                self._answer_expectation()  # its turn, now that those before it are answered
         if not self._pumping:
             self._pump()  # the next request (a handler that answered late)
 
@@ -714,6 +763,12 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._pending_upgrade_bytes = None
         flow.resume(Reason.PIPELINE)  # held while the handshake handler decided
         ws.upgraded(transport, flow, opening, request, rest)
+
+
+def _too_large(limit: int) -> tuple[int, str]:
+    """The refusal of a body over max_request_size: RFC 9110 §15.5.14's 413, not a
+    generic 400, so the client knows what to fix."""
+    return 413, f"Payload Too Large: the body may be {limit} bytes at most.\n"
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,9 +9,18 @@ framed wrongly shows up as the next request getting the wrong answer.
 from __future__ import annotations
 
 import http.client
+import socket
 
 import pytest
-from support import raw_connect, read_to_eof, serving, timeout, write_app
+from support import (
+    raw_connect,
+    read_to_eof,
+    server_has_read_everything,
+    serving,
+    timeout,
+    wait_until,
+    write_app,
+)
 
 APP = """
 import asyncio
@@ -60,13 +69,25 @@ def app(tmp_path, **settings) -> str:
 
 @pytest.fixture
 def server(tmp_path):
-    with serving(app(tmp_path), tmp_path) as server:
+    with serving(app(tmp_path, max_request_size=10_000), tmp_path) as server:
         yield server
 
 
 def heads_and_bodies(answer: bytes) -> list[bytes]:
     """The parts of ``answer`` between blank lines: a head, then its body if any."""
     return answer.split(b"\r\n\r\n")
+
+
+def read_until(sock: socket.socket, end: bytes) -> bytes:
+    """What the server sends up to and including ``end`` (fails if it closes first, or
+    sends nothing for 5 s)."""
+    sock.settimeout(timeout(5))
+    data = b""
+    while end not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {end!r}: {data!r}"
+        data += chunk
+    return data
 
 
 def fields(head: bytes) -> dict[str, str]:
@@ -162,3 +183,63 @@ def test_transfer_encoding_from_the_app_is_refused_at_the_call(server):
     with raw_connect(server.port) as sock:
         sock.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert read_to_eof(sock).endswith(b"\r\n\r\nGET /next 0\n")
+
+
+# ---------------------------------------------------------------------- Expect: 100-continue
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def upload_head(length: int, version: str = "1.1") -> bytes:
+    return (
+        f"POST /upload HTTP/{version}\r\nHost: x\r\nContent-Length: {length}\r\n"
+        "Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(server):
+    """1. a raw client sends only the head of a 5,000-byte POST with ``Expect:
+    100-continue`` and waits, as curl and aiohttp do  2. it gets ``100 Continue``
+    (before: nothing, until a 408 at handshake_timeout)  3. it sends the body and gets
+    the final answer, which saw the whole body."""
+    with raw_connect(server.port) as sock:
+        sock.sendall(upload_head(5000))
+        assert read_until(sock, b"\r\n\r\n") == CONTINUE
+        sock.sendall(b"x" * 5000)
+        final = read_to_eof(sock)
+    assert final.startswith(b"HTTP/1.1 200 ") and final.endswith(b"POST /upload 5000\n")
+
+
+def test_expect_with_a_body_over_max_request_size_gets_413_without_sending_it(server):
+    """1. the head of a POST of 100 MB (max_request_size is 10,000) with ``Expect:
+    100-continue``, and no body  2. 413 at once, and the server closes: the client
+    need not send the 100 MB to learn it (before: nothing, until handshake_timeout)."""
+    with raw_connect(server.port) as sock:
+        sock.sendall(upload_head(100_000_000))
+        answer = read_to_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 413 ") and CONTINUE not in answer
+
+
+def test_100_continue_comes_after_the_answers_of_requests_before_it(server):
+    """1. a GET to a coroutine handler that answers after 0.3 s, and behind it on the
+    same socket the head of a POST with ``Expect: 100-continue``  2. the GET's answer
+    comes first, then ``100 Continue`` (an interim answer must not cut into another
+    response)  3. the body, then the POST's answer."""
+    with raw_connect(server.port) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + upload_head(10))
+        got = read_until(sock, CONTINUE)
+        assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\nslow\n" + CONTINUE)
+        sock.sendall(b"y" * 10)
+        assert read_to_eof(sock).endswith(b"POST /upload 10\n")
+
+
+def test_expect_of_an_http_1_0_request_is_ignored(server):
+    """RFC 9110 §10.1.1: an HTTP/1.0 client knows no 100. 1. its head with ``Expect:
+    100-continue``  2. once the worker has read it, the body  3. the only answer is
+    the final one."""
+    with raw_connect(server.port) as sock:
+        sock.sendall(upload_head(5, "1.0"))
+        wait_until(lambda: server_has_read_everything(server.port, sock), what="head read")
+        sock.sendall(b"12345")
+        answer = read_to_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"POST /upload 5\n")

@@ -350,17 +350,29 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._began = True
 
     def _time_partial_request(self) -> None:
-        """After a feed that left a request partly received: if it began in this feed,
-        it gets handshake_timeout to finish, counted from now, and once its head is read
-        the answer to its ``Expect`` (_answer_expectation), if nothing is answered before
-        it. A request complete within one feed (the rule) needs neither."""
-        if self._headers is _NO_ITEMS:
-            return  # the feed ended between two requests
+        """After a feed that left a request partly received, with nothing to answer
+        before it: if it began in this feed, it gets handshake_timeout to finish, counted
+        from now, and once its head is read the answer to its ``Expect``
+        (_answer_expectation). With requests before it, both wait for their answers
+        (_await_rest_of_request). A request complete within one feed (the rule) needs
+        neither."""
+        if self._headers is _NO_ITEMS or self._in_flight or self._requests:
+            return
         if self._began:
             self._began = False
-            if not self._in_flight and not self._requests:
-                self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
-        if self._head_fed == _HEAD_READ and not self._in_flight and not self._requests:
+            self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
+        if self._head_fed == _HEAD_READ:
+            self._answer_expectation()
+
+    def _await_rest_of_request(self) -> None:
+        """The request partly received is the next to answer, now that those before it
+        are: it gets handshake_timeout to finish, from now, and 408 past it, as a lone
+        slow request does; not keepalive_timeout and a close without an answer, as if
+        the connection were idle while its client is sending. Its ``Expect`` is
+        answered now if its head is read, else when it is."""
+        self._began = False
+        self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
+        if self._head_fed == _HEAD_READ:
             self._answer_expectation()
 
     def _answer_expectation(self) -> None:
@@ -373,8 +385,8 @@ class HttpConnection(Connection, asyncio.Protocol):
 
         Looked at once per request (_HEAD_READ), and only for a request still arriving
         when its turn comes: one complete within a feed needs no interim answer. With
-        requests before it, the 100 waits for their answers (_send_response): it must
-        not come before theirs on the wire.
+        requests before it, the 100 waits for their answers (_await_rest_of_request): it
+        must not come before theirs on the wire.
         """
         self._head_fed = -1
         parser = self._parser
@@ -580,9 +592,10 @@ class HttpConnection(Connection, asyncio.Protocol):
             transport.close()
             return
         if not self._requests:
-            self._arm_timer(worker.settings.keepalive_timeout, self._on_idle_timeout)
-            if self._headers is not _NO_ITEMS and self._head_fed == _HEAD_READ:
-                self._answer_expectation()  # its turn, now that those before it are answered
+            if self._headers is _NO_ITEMS:
+                self._arm_timer(worker.settings.keepalive_timeout, self._on_idle_timeout)
+            else:
+                self._await_rest_of_request()  # one is arriving: not idle
         if not self._pumping:
             self._pump()  # the next request (a handler that answered late)
 

@@ -9,7 +9,9 @@ framed wrongly shows up as the next request getting the wrong answer.
 from __future__ import annotations
 
 import http.client
+import select
 import socket
+import time
 
 import pytest
 from support import (
@@ -243,3 +245,49 @@ def test_expect_of_an_http_1_0_request_is_ignored(server):
         sock.sendall(b"12345")
         answer = read_to_eof(sock)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"POST /upload 5\n")
+
+
+# ---------------------------------------------------------------------- a request still arriving
+
+
+def trickle(sock: socket.socket, start: bytes, seconds: float = 15.0) -> bytes:
+    """Send ``start``, then one more header byte whenever the server has sent nothing
+    for 0.2 s (a client still sending, slowly); return what the server sent until it
+    closed."""
+    sock.sendall(start)
+    data = b""
+    deadline = time.monotonic() + timeout(seconds)
+    while time.monotonic() < deadline:
+        if select.select([sock], [], [], 0.2)[0]:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+        else:
+            try:
+                sock.sendall(b"y")
+            except OSError:
+                return data
+    raise AssertionError(f"still open after {seconds} s: {data!r}")
+
+
+@pytest.mark.parametrize("first", ["/a", "/slow"])
+def test_request_arriving_behind_an_answered_one_gets_408_at_handshake_timeout(tmp_path, first):
+    """keepalive_timeout 0.5 s, handshake_timeout 2 s. 1. one write: a GET (answered
+    at once, or by a coroutine after 0.3 s), then the start of a second GET  2. the
+    second's header line goes on, one byte at a time  3. the first is answered, and
+    the second gets 408 when its time is up, as a lone slow request does (before: the
+    connection was closed without a word at keepalive_timeout, as if idle)."""
+    target = app(tmp_path, keepalive_timeout=0.5, handshake_timeout=2.0)
+    with serving(target, tmp_path) as server, raw_connect(server.port) as sock:
+        answer = trickle(
+            sock,
+            f"GET {first} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            + b"GET /b HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        )
+    answered, _, rest = answer.partition(b"\r\n\r\n")
+    assert answered.startswith(b"HTTP/1.1 200 ")
+    assert b"\nHTTP/1.1 408 Request Timeout\r\n" in rest, answer

@@ -425,7 +425,7 @@ def _render_no_content(
         text = f"HTTP/1.1 {status} {reason}\r\n"
     else:
         text = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"
-    names = set()
+    names: set[str] = set()  # lower-case
     for name, value in headers:
         text += f"{name}: {value}\r\n"
         names.add(name.lower())

@@ -221,7 +221,7 @@ class Response:
     waiting.
     """
 
-    __slots__ = ("_headers", "_send", "_status", "ended", "reason")
+    __slots__ = ("_auto_ended", "_headers", "_send", "_status", "ended", "reason")
 
     def __init__(self, send: Callable[[Response, bytes], None]) -> None:
         self._send = send
@@ -229,6 +229,7 @@ class Response:
         self.reason: str | None = None
         self._headers: list[tuple[str, str]] = []
         self.ended = False
+        self._auto_ended = False  # ended for its handler, which returned without end()
 
     @property
     def status_code(self) -> int:
@@ -275,6 +276,8 @@ class Response:
     def end(self, body: str | bytes = b"") -> bool:
         """Send the response; a second call returns ``False`` and sends nothing."""
         if self.ended:
+            if self._auto_ended:
+                _warn_late_end()
             return False
         if isinstance(body, str):
             body = body.encode()
@@ -288,10 +291,30 @@ class Response:
         """End the response a handler returned without ending (status as set, no body)."""
         if not self.ended:
             self.end()
+            self._auto_ended = True
 
     def wire(self, body: bytes, keep_alive: bool, head: bool = False) -> bytes:
         """The response as sent (:func:`render_response`), body included unless ``head``."""
         return render_response(self._status, self._headers, body, keep_alive, self.reason, head)
+
+
+_late_end_logged = False
+
+
+def _warn_late_end() -> None:
+    """Once per worker: an ``end()`` after the handler returned, which Swoole apps do
+    from a timer (``$response`` lives on there), sends nothing here."""
+    global _late_end_logged
+    if _late_end_logged:
+        return
+    _late_end_logged = True
+    log.warning(
+        "response.end() was called after its request handler returned: the response "
+        "had been sent then, with its status and no body, and this end() sends "
+        "nothing. End it within the handler; an async handler may await its work "
+        'first (docs/porting.md, "A response ends with its handler"). Logged once '
+        "per worker"
+    )
 
 
 #: The status line of each registered code with its reason phrase (RFC 9110 §15).

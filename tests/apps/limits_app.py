@@ -24,7 +24,7 @@ import asyncio
 import json
 from typing import Any
 
-from swoolish import WebSocketServer
+from swoolish import Timer, WebSocketServer
 
 flood_result: dict[str, Any] = {"accepted": 0, "refused": 0, "done": False}
 
@@ -61,13 +61,17 @@ def on_message(server: WebSocketServer, frame: Any) -> Any:
     return None
 
 
+late_ends: list[bool] = []  # what end() returned when /late-end's timers called it
+
+
 def on_request(request: Any, response: Any) -> Any:
     """Plain HTTP, by path.
 
     ``/info``: JSON of what the request carried; ``/echo``: the body back;
     ``/missing``: 404 with a custom header; ``/no-end``: 202 and a header, never
-    calls ``end()``; ``/raise``: raises; ``/async``, ``/async-raise``: the same from a
-    coroutine; anything else: ``hello``.
+    calls ``end()``; ``/late-end``: calls it from a timer, after returning
+    (``/late-ends``: what those calls returned); ``/raise``: raises; ``/async``,
+    ``/async-raise``: the same from a coroutine; anything else: ``hello``.
     """
     path = request.path
     if path == "/info":
@@ -95,6 +99,10 @@ def on_request(request: Any, response: Any) -> Any:
     elif path == "/no-end":
         response.status(202)
         response.header("X-Handled", "yes")
+    elif path == "/late-end":  # Swoole's habit: end it later, from a timer
+        Timer.after(20, lambda: late_ends.append(response.end("late\n")))
+    elif path == "/late-ends":
+        response.end(json.dumps(late_ends))
     elif path == "/raise":
         raise RuntimeError("request handler failed on purpose")
     elif path in ("/async", "/async-raise"):

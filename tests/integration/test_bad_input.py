@@ -526,6 +526,25 @@ def test_http_status_headers_and_a_handler_without_end_are_honoured(http_server)
     assert (response.status, response.read()) == (200, b"later\n")
 
 
+def test_an_end_after_the_handler_returned_is_logged_once(http_server):
+    """Swoole apps end a response from a timer: 1. GET /late-end twice: the handler
+    returns, the client gets its empty 200 at once  2. the timer's end() sends nothing,
+    and the worker says so once, naming the way out."""
+    server, conn = http_server
+    for _ in range(2):
+        conn.request("GET", "/late-end")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"")
+
+    def late_ends() -> list[bool]:
+        conn.request("GET", "/late-ends")
+        return json.loads(conn.getresponse().read())
+
+    assert wait_until(lambda: len(late_ends()) == 2 and late_ends()) == [False, False]
+    server.wait_for_log(r"response\.end\(\) was called after its request handler returned")
+    assert server.log().count("was called after its request handler returned") == 1
+
+
 @pytest.mark.parametrize("path", ["/raise", "/async-raise"])
 def test_http_handler_that_raises_gets_500_and_a_logged_traceback(http_server, path):
     """1. GET a path whose handler (plain or coroutine) raises  2. the answer is 500 and

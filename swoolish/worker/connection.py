@@ -47,6 +47,7 @@ class Connection:
 
     __slots__ = (
         "_handler_queue",
+        "_lingering",
         "_outliving",
         "_queued_bytes",
         "_timer",
@@ -79,6 +80,7 @@ class Connection:
         self._handler_queue: deque[tuple[Callable[..., Any], tuple[Any, ...], int]] | None = None
         self._queued_bytes = 0  # the sizes of the messages in _handler_queue
         self._outliving = False  # lost, its handlers still working: see _count_if_outliving
+        self._lingering = False  # closed by us, output still unsent: see _bound_unsent
         # The connection's one timer (a request, idle or closing deadline); see _arm_timer
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when the loop's handle fires
@@ -162,6 +164,39 @@ class Connection:
         worker.connections.closing(self.sid)
         if self.sid:
             worker.clear_bound_timers(self.sid)
+
+    def _close_transport(self, transport: asyncio.Transport) -> None:
+        """The server's end of a connection: the session ends, and the transport closes
+        once what is unsent is sent (``_bound_unsent`` limits how long)."""
+        self._begin_close()
+        transport.close()
+        self._bound_unsent(transport)
+
+    def _bound_unsent(self, transport: asyncio.Transport) -> None:
+        """A closing transport still holding output keeps the connection, and those
+        bytes, for as long as its client takes nothing: a client that asked for an
+        answer (or sent a close frame) and never reads would hold them for ever. Such a
+        connection counts against max_connections until it is lost, and ``_linger``
+        arms the deadline past which it is reset (docs/quickstart.md, "Bad input"). One
+        size check: a connection closing with nothing unsent costs nothing more."""
+        if self._lingering or not transport.get_write_buffer_size():
+            return
+        self._lingering = True
+        self._worker.closing_with_output += 1
+        self._linger(transport)
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Arm the deadline of a connection closed with output unsent (the subclass's)."""
+        raise NotImplementedError
+
+    def _count_lost(self) -> None:
+        """At connection_lost: a connection that lingered with output holds its place
+        in max_connections no more (_bound_unsent); a closed one whose handlers still
+        work takes it on (_count_if_outliving)."""
+        if self._lingering:
+            self._lingering = False
+            self._worker.closing_with_output -= 1
+        self._count_if_outliving()
 
     def _dispatch(
         self,

@@ -67,6 +67,7 @@ class WorkerHost(Protocol):
     draining: bool
     handled_left: int = -1  # requests and messages before max_request (below 0: never)
     outliving_handlers: int = 0  # lost connections whose coroutine handlers still work
+    closing_with_output: int = 0  # closed by the server, output still unsent
     tls_handshakes: TlsHandshakes  # accepted on a TLS listener, handshake under way
 
     @property

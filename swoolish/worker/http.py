@@ -153,9 +153,11 @@ class HttpConnection(Connection, asyncio.Protocol):
         if self._secure:
             worker.tls_handshakes.completed(self)  # counted since the accept
         self._direct_client = Client(self.peer[0], self._secure)
-        if len(worker.connections) + worker.outliving_handlers >= worker.settings.max_connections:
+        held = len(worker.connections) + worker.outliving_handlers + worker.closing_with_output
+        if held >= worker.settings.max_connections:
             # More clients than max_connections are refused cleanly (docs/quickstart.md);
-            # closed ones whose handlers still work count (Connection._count_if_outliving).
+            # closed ones whose handlers still work count (Connection._count_if_outliving),
+            # and so do closed ones whose output is still unsent (_bound_unsent).
             worker.stats["refused"] += 1
             self.closing = True
             transport.write(simple_response(503, "Server is at max_connections, retry later.\n"))
@@ -192,6 +194,8 @@ class HttpConnection(Connection, asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._begin_close()
+        if self.transport is not None:
+            self._bound_unsent(self.transport)  # answers written before the client's EOF
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -200,7 +204,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._cancel_timer()
         self._begin_close()
         worker.stats["closed"] += 1
-        self._count_if_outliving()
+        self._count_lost()
         self.transport = None
         # Nothing is parsed or answered from here on (every path checks the transport):
         # let go of the parser, which holds this object's callbacks (a cycle that only a
@@ -232,8 +236,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             # request is still on its way: answer it (Connection: close), then close.
             self._close_after_response = True
         else:
-            self._begin_close()
-            self.transport.close()
+            self._close_transport(self.transport)
 
     def awaiting_first_request(self) -> bool:
         """Accepted, and neither answered nor upgraded yet: its first request (perhaps a
@@ -254,6 +257,25 @@ class HttpConnection(Connection, asyncio.Protocol):
         if unsent and now - self._stall_since >= idle_time:
             self._worker.stats["closed_idle"] += 1
             self.abort()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Closed with an answer unsent (``Connection: close``, HTTP/1.0, a refusal, the
+        end of keep-alive): the heartbeat's rule goes on, on this connection's own timer.
+        It is reset once heartbeat_idle_time passes in which its client took none of
+        what waits, and a slow client that reads still gets all of a large answer."""
+        self._stall_size = transport.get_write_buffer_size()
+        self._arm_timer(self._worker.settings.heartbeat_idle_time, self._check_lingering)
+
+    def _check_lingering(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        unsent = transport.get_write_buffer_size()
+        if unsent and unsent >= self._stall_size:
+            self._worker.stats["closed_idle"] += 1
+            self.abort()
+        else:
+            self._linger(transport)  # it took some: another heartbeat_idle_time
 
     # ------------------------------------------------------------------ parsing
 
@@ -588,8 +610,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         if access is not None:
             self._log_access(access, resp.status_code, 0 if head else len(body))
         if not keep_alive:
-            self._begin_close()
-            transport.close()
+            self._close_transport(transport)
             return
         if not self._requests:
             if self._headers is _NO_ITEMS:
@@ -616,8 +637,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             self.transport.write(simple_response(status, text, headers))
             if access is not None:
                 self._log_access(access, status, len(text.encode()))
-            self._begin_close()
-            self.transport.close()
+            self._close_transport(self.transport)
 
     def _log_access(self, access: tuple[Request, float], status: int, size: int) -> None:
         """The access log's line for a request answered (access_log on only)."""
@@ -638,8 +658,7 @@ class HttpConnection(Connection, asyncio.Protocol):
 
     def _on_idle_timeout(self) -> None:
         if self.transport is not None and not self._in_flight and not self._requests:
-            self._begin_close()
-            self.transport.close()
+            self._close_transport(self.transport)
 
     # ------------------------------------------------------------------ WebSocket handshake
 
@@ -722,8 +741,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             access, self._access = self._access, None
             if access is not None:
                 self._log_access(access, status, 0)
-            self._begin_close()
-            transport.close()
+            self._close_transport(transport)
             return
         opening = open_handshake(
             request,
@@ -737,8 +755,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             transport.write(opening.wire)
             if access is not None:
                 self._log_access(access, opening.status, opening.body_size)
-            self._begin_close()
-            transport.close()
+            self._close_transport(transport)
             return
         self._cancel_timer()
         self._upgrade(opening, request)

@@ -134,6 +134,7 @@ class Worker:
         self._request_ids = 0
         self.live: set[Connection] = set()  # every transport, closing ones included
         self.outliving_handlers = 0  # lost connections whose coroutine handlers still work
+        self.closing_with_output = 0  # closed by the server, output still unsent
         self.stats = Counts.zeroed()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
@@ -399,9 +400,14 @@ class Worker:
         return conn
 
     def _at_capacity(self) -> bool:
-        """Sessions, lost connections whose handlers still work, and TLS handshakes under
-        way fill max_connections."""
-        held = len(self.connections) + self.outliving_handlers + len(self.tls_handshakes)
+        """Sessions, lost connections whose handlers still work, closed ones whose output
+        is still unsent, and TLS handshakes under way fill max_connections."""
+        held = (
+            len(self.connections)
+            + self.outliving_handlers
+            + self.closing_with_output
+            + len(self.tls_handshakes)
+        )
         return held >= self.settings.max_connections
 
     async def _boot_failed(self, exc: BaseException) -> None:

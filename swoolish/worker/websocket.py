@@ -357,12 +357,15 @@ class WsConnection(Connection, asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # Without a protocol object the session was OPEN between frames, where EOF
-        # leaves nothing to send: the transport closes (RFC 6455 §7.1.5: 1006).
+        # leaves no frame to send: the transport closes (RFC 6455 §7.1.5: 1006), once
+        # what was written before is sent (_bound_unsent).
+        self._cancel_timer()
         if self.ws is not None and self.ws.state is not CLOSED:
             self.ws.receive_eof()
             self._flush_protocol()
-        self._cancel_timer()
         self._begin_close()
+        if self.transport is not None:
+            self._bound_unsent(self.transport)  # what it was sent before its EOF
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -383,7 +386,7 @@ class WsConnection(Connection, asyncio.Protocol):
                 client = client_address(self.peer)
                 log_close(client, self.path, self._close_code(), self.connect_time)
             self._dispatch(worker.handler("close"), (worker.server, self.sid))
-        self._count_if_outliving()
+        self._count_lost()
         self.transport = None
 
     def _close_code(self) -> int:
@@ -713,8 +716,7 @@ class WsConnection(Connection, asyncio.Protocol):
             # yet. The first error wins (§7.1.7): send this close, drop the queued one.
             self.transport.write(encode_close(code, reason))
             self._cancel_timer()
-            self._begin_close()
-            self.transport.close()
+            self._close_transport(self.transport)
             return
         self._begin_close()
         self._flush_protocol()
@@ -736,8 +738,7 @@ class WsConnection(Connection, asyncio.Protocol):
                 # websockets' SEND_EOF: the closing handshake is over (RFC 6455 §7.1.1),
                 # the server closes the TCP connection first.
                 self._cancel_timer()
-                self._begin_close()
-                transport.close()
+                self._close_transport(transport)
                 return
 
     def _write(self, data: bytes) -> None:
@@ -765,6 +766,12 @@ class WsConnection(Connection, asyncio.Protocol):
             unsent = transport.get_write_buffer_size()
             if unsent or self._tx_log is not None:
                 self._note_written(data, unsent)
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Closed with output unsent (the closing handshake done, the client's EOF, a
+        failure): reset if the client has not taken it within CLOSE_TIMEOUT, the bound
+        of a close the server starts (disconnect, _close_over_budget)."""
+        self._arm_timer(CLOSE_TIMEOUT, self.abort)
 
     def _close_over_budget(self, unsent: int) -> None:
         """The client lets more than buffer_output_size pile up: close it with 1008, and

@@ -12,8 +12,8 @@ COUNTERS = (
     "accepted",
     "accept_pauses",  # the accept balance stopped this worker accepting (worker/listener.py)
     "capacity_pauses",  # at max_connections (TLS: handshakes in): stopped accepting
-    "closed",
-    "refused",
+    "closed",  # of those accepted: accepted - closed is what this worker holds open
+    "refused",  # at max_connections: 503, neither accepted nor closed
     "requests",
     "websocket_opened",
     "messages_in",

@@ -157,7 +157,8 @@ class HttpConnection(Connection, asyncio.Protocol):
         if held >= worker.settings.max_connections:
             # More clients than max_connections are refused cleanly (docs/quickstart.md);
             # closed ones whose handlers still work count (Connection._count_if_outliving),
-            # and so do closed ones whose output is still unsent (_bound_unsent).
+            # and so do closed ones whose output is still unsent (_bound_unsent). A refused
+            # connection is counted as such, never as accepted nor closed (no session id).
             worker.stats["refused"] += 1
             self.closing = True
             transport.write(simple_response(503, "Server is at max_connections, retry later.\n"))
@@ -203,7 +204,8 @@ class HttpConnection(Connection, asyncio.Protocol):
         worker.live.discard(self)
         self._cancel_timer()
         self._begin_close()
-        worker.stats["closed"] += 1
+        if self.sid:  # refused (503) ones were never accepted: see connection_made
+            worker.stats["closed"] += 1
         self._count_lost()
         self.transport = None
         # Nothing is parsed or answered from here on (every path checks the transport):

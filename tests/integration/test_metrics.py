@@ -122,6 +122,44 @@ def test_connections_messages_and_generation_are_counted(tmp_path):
         )
 
 
+def test_connections_refused_at_max_connections_are_neither_opened_nor_closed(tmp_path):
+    """1. max_connections 3, one worker: three WebSockets open  2. five more clients get
+    503  3. the scrape counts three open connections, and opened minus closed says three
+    too (the refused ones were counted closed, never opened: it said -2)."""
+    with metrics_serving(tmp_path, "--max-connections", "3") as (server, port):
+        wait_until(
+            lambda: value(scrape(port), "swoolish_connections") == 0,
+            what="the readiness probe gone",
+        )
+        with contextlib.ExitStack() as stack:
+            clients = [stack.enter_context(server.connect()) for _ in range(3)]
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", server.port), timeout(10)) as sock:
+                    # answered as it is accepted (sent a request, it may be reset unread)
+                    assert raw_answer(sock).startswith(b"HTTP/1.1 503 ")
+            for client in clients:
+                client.send("still here")
+                assert client.recv(timeout=timeout(5)) == "still here"
+
+            def settled():
+                samples = scrape(port)
+                opened = value(samples, "swoolish_connections_opened_total")
+                closed = value(samples, "swoolish_connections_closed_total")
+                return samples if opened - closed == 3 else None
+
+            samples = wait_until(settled, what="opened minus closed to be 3")
+            assert value(samples, "swoolish_connections") == 3
+
+
+def raw_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends on ``sock`` until it closes the connection."""
+    sock.settimeout(timeout(10))
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
 def test_totals_never_go_down_across_a_reload(tmp_path):
     """Three messages, then a reload (the WebSocket moves to the new worker): every
     scrape during it shows messages_in_total >= 3, and once the old worker is gone,

@@ -994,6 +994,10 @@ class WsConnection(Connection, asyncio.Protocol):
             return "busy past the bound"
         if ws is not None and ws.expect_continuation_frame:
             return "sending a fragmented message"
+        if self._deflate is not None and self._deflate.decode_cont_data:
+            # Between the fragments of a compressed message the decompressor is in the
+            # middle of its stream (RFC 7692 §6.2); only the negotiated parameters move.
+            return "receiving a compressed message"
         if export_extensions(self._extensions) is None:
             return "compression context"
         worker = self._worker

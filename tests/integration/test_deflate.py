@@ -8,7 +8,16 @@ import signal
 import socket
 import zlib
 
-from support import masked_frame, raw_connect, serving, timeout, upgrade_with, write_app
+from support import (
+    masked_frame,
+    raw_connect,
+    server_has_read_everything,
+    serving,
+    timeout,
+    upgrade_with,
+    wait_until,
+    write_app,
+)
 
 TARGET = "tests/apps/echo_app.py:server"
 OFFER = "permessage-deflate; client_max_window_bits"  # what a browser sends
@@ -25,10 +34,10 @@ def on_message(server, frame):
 """
 
 
-def deflate_handshake(port: int) -> tuple[socket.socket, str, bytes]:
+def deflate_handshake(port: int, offer: str = OFFER) -> tuple[socket.socket, str, bytes]:
     """A raw connection that offered permessage-deflate: socket, extension answer, rest."""
     sock = raw_connect(port)
-    head, rest = upgrade_with(sock, headers=f"Sec-WebSocket-Extensions: {OFFER}\r\n")
+    head, rest = upgrade_with(sock, headers=f"Sec-WebSocket-Extensions: {offer}\r\n")
     extension = ""
     for line in head.decode("latin-1").split("\r\n"):
         name, _, value = line.partition(":")
@@ -111,6 +120,46 @@ def test_compressed_connection_survives_a_reload(tmp_path):
             for message in ("b", large):
                 ws.send(message)
                 assert ws.recv(timeout=timeout(5)) == "v2:" + message
+
+
+def test_a_compressed_message_in_fragments_is_never_corrupted_by_a_reload(tmp_path):
+    """1. two clients that keep no compression context (what the server asks for with
+    hand-off on): one has sent the first fragment of a compressed message, the other
+    has exchanged compressed messages both ways and is between messages  2. SIGUSR1
+    3. the first sends the last fragment: it gets its message back intact or the 1012
+    of a reload, never a 1007 or a corrupted message (the decompressor is in the middle
+    of the message's stream, which cannot move); the second moves and carries on with
+    the new code, compressed both ways."""
+    target = write_app(tmp_path, APP.format(version="v1"), "deflate_app.py")
+    offer = "permessage-deflate; client_no_context_takeover"
+    head, tail = "compressed " * 100, "tail"
+    stream = zlib.compressobj(wbits=-15)
+    first = stream.compress(head.encode()) + stream.flush(zlib.Z_SYNC_FLUSH)
+    last = (stream.compress(tail.encode()) + stream.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    opening = bytearray(masked_frame(1, first, fin=False))
+    opening[0] |= 0x40  # RSV1 on the first fragment only (RFC 7692 §6.1)
+    with serving(f"{target}:server", tmp_path) as server:
+        midway, extension, midway_rest = deflate_handshake(server.port, offer)
+        idle, _, idle_rest = deflate_handshake(server.port, offer)
+        with midway, idle:
+            assert "client_no_context_takeover" in extension
+            idle.sendall(compressed_frame(head.encode()))
+            assert read_frames(idle, 1, idle_rest) == [(0xC1, f"v1:{head}".encode())]
+            midway.sendall(bytes(opening))
+            wait_until(lambda: server_has_read_everything(server.port, midway), 10)
+            write_app(tmp_path, APP.format(version="v2"), "deflate_app.py")
+            server.signal(signal.SIGUSR1)
+            server.wait_for_log(r"reload to generation 2 complete", 20)
+            server.wait_for_log(r"moved to the new worker", 20)
+            midway.sendall(masked_frame(0, last))
+            [(b0, payload)] = read_frames(midway, 1, midway_rest)
+            if b0 & 0x0F == 8:
+                assert int.from_bytes(payload[:2], "big") == 1012, payload
+                server.wait_for_log(r"fell back to a 1012 close .*receiving a compressed", 10)
+            else:
+                assert payload.partition(b":")[2] == (head + tail).encode()
+            idle.sendall(compressed_frame(tail.encode() + head.encode()))
+            assert read_frames(idle, 1, b"") == [(0xC1, f"v2:{tail}{head}".encode())]
 
 
 BROADCAST_APP = """

@@ -523,14 +523,23 @@ class WsConnection(Connection, asyncio.Protocol):
             and ws.current_size is None
             and self._fragments is None
         )
-        if self._fast and (self._deflate is None or self._inflate_bits):
-            # Nothing in the protocol object is needed any more (no message in progress,
-            # no compression window of the client's): let it go, as if never made. Its
-            # parser, a generator suspended between frames, holds the last frame parsed
-            # (up to max_message_size, inflated) and the object itself: closed, it lets
-            # both go now rather than at the next full garbage collection.
+        if self._fast:
+            # Between messages nothing in the protocol object is needed: a client's
+            # compression window is its extension's (self._extensions), which any
+            # protocol object made later takes on. Its parser, a generator suspended
+            # between frames, holds the last frame parsed (up to max_message_size,
+            # inflated) and the object itself: closed, it lets both go now, not at the
+            # next full garbage collection or, were the object kept, the session's end.
             ws.parser.close()
-            self.ws = None
+            if self._deflate is None or self._inflate_bits:
+                self.ws = None  # as if never made
+            else:
+                # The client keeps its compression context: its compressed messages all
+                # come this way, so keep the object (made anew per message it would
+                # cost about 6 µs), with a parser started afresh at this frame boundary,
+                # the way websockets swaps in its own parsers.
+                ws.parser = ws.parse()
+                next(ws.parser)
 
     def _fast_frames(self, data: bytes, pos: int, share_end: int) -> int:
         """Handle the common case without the protocol object, from ``data[pos]`` (a

@@ -21,6 +21,7 @@ from support import (
 
 TARGET = "tests/apps/echo_app.py:server"
 OFFER = "permessage-deflate; client_max_window_bits"  # what a browser sends
+TAIL = b"\x00\x00\xff\xff"  # the end of a compressed message, left off on the wire
 
 APP = """
 from swoolish import WebSocketServer
@@ -101,6 +102,57 @@ def test_websockets_client_with_compression_both_ways(tmp_path):
         for message in ("hi", "é" * 3000, b"\x00" * 10, bytes(range(256)) * 40):
             ws.send(message)
             assert ws.recv(timeout=timeout(5)) == message
+
+
+def test_a_client_that_keeps_its_compression_context_is_understood_message_after_message(
+    tmp_path,
+):
+    """1. without hand-off the server lets a browser keep its compression context: the
+    client compresses every message with one stream, each referring back to earlier
+    ones  2. it sends messages small and large, whole and in fragments, one per write
+    and several in one, with pings between them  3. every echo is what was sent: the
+    session's decompressor follows the client's stream from message to message."""
+    block = random.Random(7).randbytes(2000).hex()  # 4,000 characters, incompressible alone
+    messages = [block, "hi", block, block[:100] + "é" * 50, block * 20, "x" * 70_000, block]
+    stream = zlib.compressobj(wbits=-15)
+
+    def frames(message: str, fragments: int = 1) -> bytes:
+        data = stream.compress(message.encode()) + stream.flush(zlib.Z_SYNC_FLUSH)
+        data = data[:-4]
+        cut = [
+            data[i * len(data) // fragments : (i + 1) * len(data) // fragments]
+            for i in range(fragments)
+        ]
+        wire = bytearray()
+        for i, part in enumerate(cut):
+            frame = bytearray(masked_frame(0 if i else 1, part, fin=i == fragments - 1))
+            if i == 0:
+                frame[0] |= 0x40  # RSV1 on the first frame of the message (RFC 7692 §6.1)
+            wire += frame + (masked_frame(9, b"ping") if i < fragments - 1 else b"")
+        return bytes(wire)
+
+    with serving(TARGET, tmp_path, "--no-reload-handoff") as server:
+        sock, extension, rest = deflate_handshake(server.port)
+        with sock:
+            assert extension and "client_no_context_takeover" not in extension, extension
+            first = frames(messages[0])
+            again = frames(messages[0])  # the same block: only a reference back
+            assert len(again) < len(first) // 10
+            sock.sendall(first + again)
+            sent = [messages[0], messages[0]]
+            for i, message in enumerate(messages):
+                sock.sendall(frames(message, fragments=1 + i % 3) + masked_frame(9, b"p"))
+                sent.append(message)
+            sock.sendall(b"".join(frames(message) for message in messages))
+            sent += messages
+            echoed = []
+            while len(echoed) < len(sent):
+                b0, payload, rest = raw_frame(sock, rest)
+                if b0 & 0x40:
+                    payload = zlib.decompressobj(wbits=-15).decompress(payload + TAIL)
+                if b0 & 0x0F == 1:
+                    echoed.append(payload.decode())
+            assert echoed == sent
 
 
 def test_compressed_connection_survives_a_reload(tmp_path):

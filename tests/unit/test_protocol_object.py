@@ -3,8 +3,9 @@
 The fast path serves whole messages, pings and pongs without it; it is made for the
 first frame the fast path does not take (a fragment, a close, a larger frame) or when
 the server closes, and let go once the session is back between messages, unless the
-client's compression window lives in it. An idle session, one answering heartbeat
-pings included, keeps none (docs/performance.md, "Reconnect storm").
+client keeps its compression window (its compressed messages all go that way). An idle
+session, one answering heartbeat pings included, keeps none (docs/performance.md,
+"Reconnect storm"), and one that keeps it holds no message in it.
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ def test_a_fragmented_message_borrows_it_and_gives_it_back() -> None:
 
 def test_a_client_keeping_its_compression_context_keeps_it() -> None:
     """Without live hand-off the client may keep its deflate window (RFC 7692 §7.1.1.2),
-    which the protocol object's decompressor holds between messages."""
+    which the session's extension holds between messages; the protocol object its
+    compressed messages go through stays, its parser holding no frame (the last
+    message, inflated, up to max_message_size)."""
     _, transport, conn = open_session(reload_handoff=False)
     head = bytes(transport.out).partition(b"\r\n\r\n")[0]
     assert b"client_no_context_takeover" not in head
     conn.data_received(compressed_client_frame(TEXT, b"hello hello hello"))
     assert conn.ws is not None
     assert conn.messages_in == 1
+    parsing = conn.ws.parser.gi_frame
+    assert parsing is not None and "frame" not in parsing.f_locals
 
 
 def test_a_server_close_makes_it_and_a_client_close_is_answered() -> None:

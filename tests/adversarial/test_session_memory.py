@@ -1,0 +1,117 @@
+"""What a session costs a worker's memory besides what it is owed, on real processes.
+
+- A client that keeps its compression context (RFC 7692 §7.1.1.1: what browsers offer;
+  the server allows it with ``--no-reload-handoff`` and on every TLS connection) sends
+  its compressed messages through websockets' protocol object, which the session keeps.
+  A message of 1 KiB on the wire may inflate to max_message_size: once handled, it must
+  not stay with the idle session.
+
+The worker's Python heap is read with tracemalloc (``PYTHONTRACEMALLOC``), which
+glibc's keeping of freed memory does not blur.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import zlib
+from collections.abc import Iterator
+
+from support import masked_frame, raw_connect, serving, timeout, upgrade_with, write_app
+
+KiB, MiB = 1024, 1024 * 1024
+OFFER = "permessage-deflate; client_max_window_bits"  # a browser's: it keeps its context
+SESSIONS = 20
+TRACED = {"PYTHONTRACEMALLOC": "1"}
+
+APP = """
+import gc
+import tracemalloc
+
+from swoolish import WebSocketServer
+
+server = WebSocketServer(buffer_output_size={buffer_output_size})
+
+@server.on("message")
+def on_message(server, frame):
+    server.push(frame.fd, str(len(frame.data)))
+
+@server.on("request")
+def on_request(request, response):
+    gc.collect()
+    response.end(str(tracemalloc.get_traced_memory()[0]))
+"""
+
+
+def app_target(tmp_path, buffer_output_size: int = 2 * MiB) -> str:
+    source = APP.format(buffer_output_size=buffer_output_size)
+    return f"{write_app(tmp_path, source, 'session_memory_app.py')}:server"
+
+
+def compressed_message(payload: bytes) -> bytes:
+    """A binary message compressed as a stream of its own (RFC 7692 §7.2.1)."""
+    stream = zlib.compressobj(wbits=-15)
+    frame = bytearray(
+        masked_frame(2, (stream.compress(payload) + stream.flush(zlib.Z_SYNC_FLUSH))[:-4])
+    )
+    frame[0] |= 0x40  # RSV1: compressed (RFC 7692 §6)
+    return bytes(frame)
+
+
+def traced_heap(port: int) -> int:
+    """The worker's Python heap in bytes, after a full garbage collection."""
+    with raw_connect(port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.settimeout(timeout(10))
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.partition(b"\r\n\r\n")[2])
+
+
+def answered(sock: socket.socket, rest: bytes) -> bytes:
+    """The payload of the server's next frame (a short text one)."""
+    sock.settimeout(timeout(10))
+    data = rest
+    while len(data) < 2 or len(data) < 2 + (data[1] & 0x7F):
+        chunk = sock.recv(4096)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    assert data[0] == 0x81, data
+    return data[2 : 2 + data[1]]
+
+
+@contextlib.contextmanager
+def sessions(port: int, message: bytes, expected: int) -> Iterator[list[socket.socket]]:
+    """SESSIONS clients that keep their compression context, each of which sent
+    ``message`` and was answered (its inflated size, ``expected``); closed on the way
+    out."""
+    with contextlib.ExitStack() as stack:
+        socks = []
+        for _ in range(SESSIONS):
+            sock = stack.enter_context(raw_connect(port))
+            head, rest = upgrade_with(sock, headers=f"Sec-WebSocket-Extensions: {OFFER}\r\n")
+            assert b"permessage-deflate" in head and b"client_no_context" not in head, head
+            sock.sendall(message)
+            assert answered(sock, rest) == str(expected).encode()
+            socks.append(sock)
+        yield socks
+
+
+def test_idle_sessions_keep_no_message_they_were_sent(tmp_path):
+    """1. 20 sessions that keep their compression context each send one small
+    compressed message and sit idle: what an idle such session costs  2. 20 more each
+    send one message of 1 KiB on the wire that inflates to 1 MB, handled at once, and
+    sit idle  3. they cost the worker about what the first 20 do, not 1 MB each (about
+    20 MiB in all before: the parser kept the last message, inflated)."""
+    big, small = b"A" * 1_000_000, b"hello"
+    with serving(app_target(tmp_path), tmp_path, "--no-reload-handoff", env=TRACED) as server:
+        before = traced_heap(server.port)
+        with sessions(server.port, compressed_message(small), len(small)):
+            idle = traced_heap(server.port) - before
+            with sessions(server.port, compressed_message(big), len(big)):
+                after_big = traced_heap(server.port) - before - idle
+        assert after_big < idle + SESSIONS * 64 * KiB, (
+            f"{SESSIONS} sessions that were sent 1 MB each hold {after_big / MiB:.1f} MiB, "
+            f"{SESSIONS} idle ones {idle / MiB:.1f} MiB"
+        )

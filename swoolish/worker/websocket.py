@@ -791,7 +791,13 @@ class WsConnection(Connection, asyncio.Protocol):
             self._arm_timer(CLOSE_TIMEOUT, self.abort)
 
     def _note_written(self, data: bytes, unsent: int) -> None:
-        """Record ``data`` among what may still be owed, ``unsent`` bytes being queued."""
+        """Record ``data`` among what may still be owed, ``unsent`` bytes being queued.
+
+        Only the newest writes that cover those ``unsent`` bytes are kept: the transport
+        only sends from here on until the next write, and a move takes just the bytes it
+        still holds (``_moved_lost``). So the record costs at most the part of one write
+        already sent more than the transport holds, within buffer_output_size.
+        """
         if not unsent:
             self._tx_log = None  # the client caught up: nothing is owed, free the log
             self._tx_bytes = 0
@@ -801,9 +807,8 @@ class WsConnection(Connection, asyncio.Protocol):
             tx_log = self._tx_log = deque()
         tx_log.append(data)
         self._tx_bytes += len(data)
-        limit = 2 * self._worker.settings.buffer_output_size
-        while self._tx_bytes > limit and len(tx_log) > 1:
-            self._tx_bytes -= len(tx_log.popleft())
+        while self._tx_bytes - len(tx_log[0]) >= unsent:
+            self._tx_bytes -= len(tx_log.popleft())  # sent in full
 
     # ------------------------------------------------------------------ server-side API
 

@@ -5,6 +5,9 @@
   its compressed messages through websockets' protocol object, which the session keeps.
   A message of 1 KiB on the wire may inflate to max_message_size: once handled, it must
   not stay with the idle session.
+- A client that reads slowly costs about ``buffer_output_size``, the bytes that may
+  wait unsent for it, whether live hand-off (which keeps a record of what is unsent, to
+  move it) is on or not.
 
 The worker's Python heap is read with tracemalloc (``PYTHONTRACEMALLOC``), which
 glibc's keeping of freed memory does not blur.
@@ -26,18 +29,39 @@ TRACED = {"PYTHONTRACEMALLOC": "1"}
 
 APP = """
 import gc
+import socket
 import tracemalloc
 
 from swoolish import WebSocketServer
 
 server = WebSocketServer(buffer_output_size={buffer_output_size})
+flooded = set()
+
+def fill(fd):  # push until push() says no: the output budget is full
+    while server.push(fd, bytes(65536)):  # a new object each time, as an app's messages
+        pass
 
 @server.on("message")
 def on_message(server, frame):
-    server.push(frame.fd, str(len(frame.data)))
+    if frame.data == "flood":  # filled from now on, at every HTTP request
+        # the worker's own socket: a small kernel buffer, so that what the client reads
+        # comes out of the transport's (the one buffer_output_size bounds)
+        conn = server._require_worker("flood").connections.get(frame.fd)
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        flooded.add(frame.fd)
+        fill(frame.fd)
+    else:
+        server.push(frame.fd, str(len(frame.data)))
+
+@server.on("close")
+def on_close(server, fd):
+    flooded.discard(fd)
 
 @server.on("request")
 def on_request(request, response):
+    for fd in flooded:  # as an app pushing at them as fast as push() takes it
+        fill(fd)
     gc.collect()
     response.end(str(tracemalloc.get_traced_memory()[0]))
 """
@@ -59,7 +83,8 @@ def compressed_message(payload: bytes) -> bytes:
 
 
 def traced_heap(port: int) -> int:
-    """The worker's Python heap in bytes, after a full garbage collection."""
+    """The worker's Python heap in bytes, after a full garbage collection (and after
+    the app filled the output budget of the sessions that asked it to flood them)."""
     with raw_connect(port) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         sock.settimeout(timeout(10))
@@ -115,3 +140,48 @@ def test_idle_sessions_keep_no_message_they_were_sent(tmp_path):
             f"{SESSIONS} sessions that were sent 1 MB each hold {after_big / MiB:.1f} MiB, "
             f"{SESSIONS} idle ones {idle / MiB:.1f} MiB"
         )
+
+
+def read_bytes(sock: socket.socket, count: int) -> None:
+    """Take ``count`` bytes of what the server sent, whatever they are."""
+    sock.settimeout(timeout(10))
+    while count > 0:
+        chunk = sock.recv(min(count, 65536))
+        assert chunk, "the server closed the connection"
+        count -= len(chunk)
+
+
+def slow_readers_cost(tmp_path, limit: int, *options: str) -> int:
+    """Heap bytes per session of SESSIONS clients that read slowly while the app keeps
+    their output budget full: in turns, each reads 64 KiB and the app fills the budgets
+    again, until each has read six budgets' worth."""
+    with serving(app_target(tmp_path, limit), tmp_path, *options, env=TRACED) as server:
+        before = traced_heap(server.port)
+        with contextlib.ExitStack() as stack:
+            socks = []
+            for _ in range(SESSIONS):
+                sock = stack.enter_context(raw_connect(server.port))
+                upgrade_with(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+                sock.sendall(masked_frame(1, b"flood"))
+                socks.append(sock)
+            for _ in range(6 * limit // (64 * KiB)):
+                for sock in socks:
+                    read_bytes(sock, 64 * KiB)
+                traced_heap(server.port)  # fills every budget again
+            return (traced_heap(server.port) - before) // SESSIONS
+
+
+def test_a_slow_reader_costs_about_its_output_budget_with_hand_off_as_without(tmp_path):
+    """1. buffer_output_size 512 KiB; 20 clients read slowly what the app pushes at them
+    as fast as push() takes it, then stop  2. with live hand-off on (the default)
+    each costs the worker's heap about what it costs with hand-off off, not one more
+    budget (the record of what a move would have to carry kept up to twice the budget
+    of what was written, most of it long sent)."""
+    limit = 512 * KiB
+    with_handoff = slow_readers_cost(tmp_path, limit)
+    without = slow_readers_cost(tmp_path, limit, "--no-reload-handoff")
+    assert with_handoff < without + limit // 4, (
+        f"a slow reader costs {with_handoff / KiB:.0f} KiB with hand-off, "
+        f"{without / KiB:.0f} KiB without (buffer_output_size {limit // KiB} KiB)"
+    )

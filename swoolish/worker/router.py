@@ -167,6 +167,7 @@ class Router:
         self.seen: dict[int, set[int]] = {}
         self._broadcasts = 0
         self._overdue = 0  # arrivals overdue since the last log line
+        self._held_bytes: dict[int, int] = {}  # arriving sid -> bytes of the pushes held
         self._pid = os.getpid()
         # what apply() was given and has not applied yet, from _next on
         self._ops: list[Operation] = _NO_OPS
@@ -393,9 +394,21 @@ class Router:
         return True
 
     def hold(self, conn: WsConnection, sid: int, data: Any, opcode: Any) -> bool:
-        """A push to a session that just arrived waits for what was routed to it before."""
+        """A push to a session that just arrived waits for what was routed to it before.
+
+        As ``push`` would (``server.push`` checked ``data`` and ``opcode``): past
+        ``buffer_output_size``, what waits here and what the transport holds, it is
+        refused, ``False`` and counted. The wait lasts until the arrival marker, up to
+        PARK_TIMEOUT, and an app pushing meanwhile grew this list without a bound."""
         if conn.closing or not conn.established:
             return conn.push(data, opcode)  # False, counted
+        held = self._held_bytes.get(sid, 0) + len(data)
+        transport = conn.transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        if held + unsent > self.worker.settings.buffer_output_size:
+            self.worker.stats["push_over_buffer"] += 1
+            return False
+        self._held_bytes[sid] = held
         self.worker.connections.arriving[sid].append(Push(sid, data, opcode))
         return True
 
@@ -457,6 +470,7 @@ class Router:
         to it, held meanwhile, go out now, in order."""
         waiting = self.worker.connections.arriving.pop(sid, None)
         self.seen.pop(sid, None)
+        self._held_bytes.pop(sid, None)
         if not waiting:
             return
         conn = self.worker.connections.get(sid)

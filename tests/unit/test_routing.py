@@ -34,6 +34,7 @@ class FakeConnection:
         self.calls = []
         self.closing = False
         self.established = True
+        self.transport = None  # nothing written yet: a held push counts what waits held
 
     def push(self, data, opcode):
         """Recorded as the message it carries (a broadcast hands over UTF-8 text)."""
@@ -83,6 +84,20 @@ def test_operations_for_a_session_gone_before_arrival_are_counted_not_applied(ro
     router.arrived(7)
     assert conn.calls == []
     assert router.worker.stats["push_to_closed"] == 1
+
+
+def test_pushes_held_for_an_arriving_session_are_bounded_by_its_output_budget(router_and_conn):
+    """An app pushing to a session still arriving (up to PARK_TIMEOUT) grew the held list
+    without a bound: now, as push does, past buffer_output_size (1 MiB here) a push is
+    refused and counted, and what was held goes out at the arrival."""
+    router, conn = router_and_conn
+    quarter = "x" * (256 * 1024)
+    assert [router.hold(conn, 7, quarter, None) for _ in range(6)] == [True] * 4 + [False] * 2
+    assert router.worker.stats["push_over_buffer"] == 2
+    router.arrived(7)
+    assert conn.calls == [("push", quarter)] * 4
+    router.worker.connections.arriving[7] = []  # arriving again (another hand-off)
+    assert router.hold(conn, 7, quarter, None)  # the budget starts afresh
 
 
 # ---------------------------------------------------------------- the master's side

@@ -362,6 +362,21 @@ def server_has_read_everything(port: int, sock: socket.socket) -> bool:
     )
 
 
+def next_frame(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """(opcode, payload, rest) of the first whole unmasked server frame in ``data``
+    (RFC 6455 §5.2), or None while it is not all there."""
+    if len(data) < 2:
+        return None
+    length, offset = data[1] & 0x7F, 2
+    if length == 126:
+        length, offset = int.from_bytes(data[2:4], "big"), 4
+    elif length == 127:
+        length, offset = int.from_bytes(data[2:10], "big"), 10
+    if len(data) < offset + length:
+        return None
+    return data[0] & 0x0F, data[offset : offset + length], data[offset + length :]
+
+
 def read_close_code(sock: socket.socket, seconds: float = 5.0) -> int | None:
     """Read frames until a close frame; return its code (None if the TCP closed first)."""
     sock.settimeout(timeout(seconds))

@@ -1419,10 +1419,11 @@ class Master:
     def _judge_exits(self, now: float) -> None:
         """Judge the exits not asked for whose EXIT_GRACE is over, or all of them once
         the master is stopping (its own stop signal came after theirs)."""
-        due = [e for e in self._exits_to_judge if self.stopping or e[0] <= now]
-        if not due:
-            return
-        self._exits_to_judge = [e for e in self._exits_to_judge if e not in due]
+        due: list[tuple[float, WorkerProcess, int]] = []
+        waiting: list[tuple[float, WorkerProcess, int]] = []
+        for entry in self._exits_to_judge:
+            (due if self.stopping or entry[0] <= now else waiting).append(entry)
+        self._exits_to_judge = waiting
         for _, proc, status in due:
             self._judge_exit(proc, status, now, planned=True)
 

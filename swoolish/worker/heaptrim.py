@@ -9,7 +9,7 @@ per session for as long as it lived, all of it free inside the allocator
 reuses it. But a worker's resident size then says what its busiest moment needed, not
 what it holds, and that is what an operator (and the kernel's OOM killer) goes by.
 
-So every CHECK_INTERVAL a worker looks at its resident size (one read of
+So every CHECK_INTERVAL a worker looks at its resident size (psutil: one read of
 ``/proc/self/statm``). When it has grown by ``memory_trim`` bytes since the last time
 memory was given back, and the allocator holds at least that much free
 (``mallinfo2``), it calls ``malloc_trim(0)``, which returns the free pages inside the
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
-import os
+
+import psutil
 
 from ..core.stats import Counts
 
@@ -35,8 +35,6 @@ __all__ = ["CHECK_INTERVAL", "HeapTrim", "resident_bytes"]
 
 #: Seconds between two looks at the worker's resident size.
 CHECK_INTERVAL = 10.0
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 log = logging.getLogger("swoolish.worker")
 
@@ -64,7 +62,7 @@ class _MallInfo2(ctypes.Structure):
 def _glibc() -> ctypes.CDLL | None:
     """The C library if it has ``malloc_trim`` and ``mallinfo2``, else None."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # this process's own C library, as worker/process.py
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
         libc.malloc_trim.restype = ctypes.c_int
         libc.mallinfo2.argtypes = []
@@ -75,12 +73,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def resident_bytes() -> int:
-    """This process's resident size (``/proc/self/statm``'s second field), 0 if unknown."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
+    """This process's resident size (psutil reads ``/proc/self/statm``)."""
+    return int(psutil.Process().memory_info().rss)
 
 
 class HeapTrim:

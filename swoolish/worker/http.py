@@ -30,6 +30,7 @@ from .request import (
     Request,
     Response,
     field,
+    list_members,
     offers_websocket,
     parsed_headers,
     render_response,
@@ -57,7 +58,7 @@ _PIPELINE = Reason.PIPELINE
 #: The methods as text, decoded once (httptools gives bytes).
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 #: What a client gets for a response its handler built that cannot be sent.
-_SERVER_ERROR = b"Internal Server Error\n"
+_SERVER_ERROR = "Internal Server Error\n"
 #: The interim answer a client sending ``Expect: 100-continue`` waits for (RFC 9110 §15.2.1).
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: _head_fed when a request's head has just been read, its Expect not looked at yet
@@ -383,9 +384,8 @@ class HttpConnection(Connection, asyncio.Protocol):
         if self._headers is _NO_ITEMS or self._in_flight or self._requests:
             return
         if self._began:
-            self._began = False
-            self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
-        if self._head_fed == _HEAD_READ:
+            self._await_rest_of_request()
+        elif self._head_fed == _HEAD_READ:
             self._answer_expectation()
 
     def _await_rest_of_request(self) -> None:
@@ -417,12 +417,8 @@ class HttpConnection(Connection, asyncio.Protocol):
         if self._body or parser is None or parser.get_http_version() != "1.1":
             return  # the body has begun: the client did not wait (a 100 "MAY" be omitted)
         headers = self._headers
-        expected = [value for name, value in headers if name.lower() == "expect"]
-        if not expected or all(
-            member.strip(" \t").lower() != "100-continue"
-            for value in expected
-            for member in value.split(",")
-        ):
+        expected = ", ".join(value for name, value in headers if name.lower() == "expect")
+        if "100-continue" not in list_members(expected):
             return
         limit = self._worker.settings.max_request_size
         length = next((v for n, v in headers if n.lower() == "content-length"), "")
@@ -597,7 +593,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._report_unsendable(exc)
             # Nothing of it was sent and the request was read whole: the client gets a
             # 500 in the server's framing, and its next request its own answer.
-            resp, body = Response(self._send_response).status(500), _SERVER_ERROR
+            resp, body = Response(self._send_response).status(500), _SERVER_ERROR.encode()
             wire = resp.wire(body, keep_alive, head)
         unsent = transport.get_write_buffer_size()
         if unsent > worker.settings.buffer_output_size:
@@ -650,7 +646,7 @@ class HttpConnection(Connection, asyncio.Protocol):
     def _fail_after_handler_error(self) -> None:
         if self.transport is not None:
             self._in_flight = False
-            self._reject(500, "Internal Server Error\n")
+            self._reject(500, _SERVER_ERROR)
 
     def _on_request_timeout(self) -> None:
         # A client that never finishes its request or handshake is dropped
@@ -738,7 +734,7 @@ class HttpConnection(Connection, asyncio.Protocol):
                 wire = render_response(status, custom.headers, b"", False, custom.reason)
             except ValueError as exc:  # a Content-Length that is not 0: no body goes
                 self._report_unsendable(exc)
-                status, wire = 500, simple_response(500, "Internal Server Error\n")
+                status, wire = 500, simple_response(500, _SERVER_ERROR)
             transport.write(wire)
             access, self._access = self._access, None
             if access is not None:

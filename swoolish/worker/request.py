@@ -25,6 +25,7 @@ __all__ = [
     "Request",
     "Response",
     "field",
+    "list_members",
     "offers_websocket",
     "parsed_headers",
     "render_response",
@@ -109,13 +110,19 @@ def field(headers: Headers, name: str) -> str:
     return values[0] if len(values) == 1 else ", ".join(values)
 
 
+def list_members(value: str) -> set[str]:
+    """The members of a comma-separated field value (RFC 9110 §5.6.1), in lower case,
+    without the spaces and tabs around them."""
+    return {member.strip(" \t").lower() for member in value.split(",")}
+
+
 def offers_websocket(headers: Headers) -> bool:
     """Whether ``Upgrade`` names websocket among the protocols offered (RFC 9110 §7.8),
     however many times and in whatever case: a WebSocket handshake, valid or not."""
     offered = field(headers, "Upgrade")
     if offered.lower() == "websocket":
         return True  # what every WebSocket client sends
-    return any(p.strip(" \t").lower() == "websocket" for p in offered.split(","))
+    return "websocket" in list_members(offered)
 
 
 class Request:
@@ -201,7 +208,7 @@ class Request:
         question, read from the Connection header's tokens."""
         if self._keep_alive is not None:
             return self._keep_alive
-        options = {o.strip(" \t").lower() for o in field(self.headers, "Connection").split(",")}
+        options = list_members(field(self.headers, "Connection"))
         if self.version == "1.0":
             return "keep-alive" in options
         return "close" not in options
@@ -363,14 +370,15 @@ def render_response(
     ``head``). A Content-Length the handler set must say the same (for ``head`` with no
     body, any one value: the length a GET would get), else ``ValueError``: a keep-alive
     client would read the bytes past it as the next response, or wait for bytes that
-    never come. A 1xx, 204 or 304 goes without body (:func:`_render_no_content`).
+    never come. A 1xx, 204 or 304 goes without body (:func:`_without_content`).
 
     Built by appending to one string (CPython extends it in place): on the keep-alive
     path this runs once per request, and a list of parts and a set of names cost a
     third more (docs/performance.md, "HTTP").
     """
-    if status in _NO_CONTENT:
-        return _render_no_content(status, headers, body, keep_alive, reason)
+    no_content = status in _NO_CONTENT
+    if no_content:
+        headers, body = _without_content(status, headers, body), b""
     if reason:
         text = f"HTTP/1.1 {status} {reason}\r\n"
     else:
@@ -381,10 +389,11 @@ def render_response(
         low = name.lower()
         if low in _ADDED_FIELDS:
             names += (low,)
-    if "content-length" not in names:
-        text += f"Content-Length: {len(body)}\r\n"
-    else:
-        _check_length(headers, body, head)
+    if not no_content:  # none added to a 1xx, 204 or 304; a 304's own stays
+        if "content-length" not in names:
+            text += f"Content-Length: {len(body)}\r\n"
+        else:
+            _check_length(headers, body, head)
     if body and "content-type" not in names:
         text += "Content-Type: text/plain; charset=utf-8\r\n"
     if "date" not in names:
@@ -416,15 +425,12 @@ def _check_length(headers: list[tuple[str, str]], body: bytes, head: bool) -> No
         )
 
 
-def _render_no_content(
-    status: int,
-    headers: list[tuple[str, str]],
-    body: bytes,
-    keep_alive: bool,
-    reason: str | None,
-) -> bytes:
-    """A 1xx, 204 or 304 response: no body, whatever the handler gave (logged once per
-    worker and status), and no Content-Length but a 304's own.
+def _without_content(
+    status: int, headers: list[tuple[str, str]], body: bytes
+) -> list[tuple[str, str]]:
+    """The headers of a 1xx, 204 or 304 response, which goes without body whatever the
+    handler gave (logged once per worker and status), and with no Content-Length but a
+    304's own.
 
     RFC 9110 §15.3.5 and §15.4.5: these responses end with their header section, so a
     body sent would be read by a keep-alive client as the next response. §8.6: a 1xx
@@ -439,25 +445,11 @@ def _render_no_content(
             status,
             len(body),
         )
-    if status == 304:
-        if any(name.lower() == "content-length" for name, _ in headers):
-            _app_length(headers)
-    else:
-        headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
-    if reason:
-        text = f"HTTP/1.1 {status} {reason}\r\n"
-    else:
-        text = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"
-    names: set[str] = set()  # lower-case
-    for name, value in headers:
-        text += f"{name}: {value}\r\n"
-        names.add(name.lower())
-    if "date" not in names:
-        text += f"Date: {_http_date.now()}\r\n"
-    if "server" not in names:
-        text += "Server: swoolish\r\n"
-    text += "Connection: keep-alive\r\n\r\n" if keep_alive else "Connection: close\r\n\r\n"
-    return text.encode("latin-1")
+    if status != 304:
+        return [(name, value) for name, value in headers if name.lower() != "content-length"]
+    if any(name.lower() == "content-length" for name, _ in headers):
+        _app_length(headers)  # one, at most
+    return headers
 
 
 def simple_response(status: int, text: str, extra: list[tuple[str, str]] | None = None) -> bytes:

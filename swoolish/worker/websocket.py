@@ -907,8 +907,7 @@ class WsConnection(Connection, asyncio.Protocol):
         if behind or (flow is not None and flow.holds(Reason.BACKPRESSURE)):
             self._judge_by_output(transport, flow, now, idle_time)
             return
-        alive_at = self.last_time if self._taking is None else max(self.last_time, self._taking[0])
-        quiet = now - alive_at
+        quiet = now - self._alive_since()
         if quiet >= idle_time:
             self._worker.stats["closed_idle"] += 1
             self.disconnect(GOING_AWAY, "idle")
@@ -939,9 +938,15 @@ class WsConnection(Connection, asyncio.Protocol):
             if flow is not None:
                 flow.resume(Reason.BACKPRESSURE)
             return
-        if now - max(self.last_time, self._taking[0]) >= idle:
+        if now - self._alive_since() >= idle:
             self._worker.stats["closed_idle"] += 1
             self.abort()
+
+    def _alive_since(self) -> float:
+        """When the client last showed it is there: it sent something, or (once the
+        heartbeat found it behind, _judge_by_output) it was seen taking its output."""
+        taking = self._taking
+        return self.last_time if taking is None else max(self.last_time, taking[0])
 
     def drain(self, code: int, reason: str = "") -> None:
         """Close with ``code`` once this connection's handlers in flight are done."""

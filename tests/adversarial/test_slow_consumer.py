@@ -17,7 +17,15 @@ import json
 import socket
 import time
 
-from support import masked_frame, raw_handshake, serving, timeout, wait_until, write_app
+from support import (
+    masked_frame,
+    next_frame,
+    raw_handshake,
+    serving,
+    timeout,
+    wait_until,
+    write_app,
+)
 
 APP = """
     import json
@@ -52,7 +60,7 @@ class Reader:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buffer = bytearray()
+        self.buffer = b""
         self.texts: list[str] = []
         self.binary = 0
         self.closed = False
@@ -68,29 +76,14 @@ class Reader:
             self.closed = True
             return
         self.buffer += chunk
-        while (frame := self._frame()) is not None:
-            opcode, payload = frame
+        while (frame := next_frame(self.buffer)) is not None:
+            opcode, payload, self.buffer = frame
             if opcode == 0x1:
                 self.texts.append(payload.decode())
             elif opcode == 0x2:
                 self.binary += 1
             elif opcode == 0x8:
                 self.closed = True
-
-    def _frame(self) -> tuple[int, bytes] | None:
-        buf = self.buffer
-        if len(buf) < 2:
-            return None
-        length, offset = buf[1] & 0x7F, 2
-        if length == 126:
-            length, offset = int.from_bytes(buf[2:4], "big"), 4
-        elif length == 127:
-            length, offset = int.from_bytes(buf[2:10], "big"), 10
-        if len(buf) < offset + length:
-            return None
-        opcode, payload = buf[0] & 0x0F, bytes(buf[offset : offset + length])
-        del buf[: offset + length]
-        return opcode, payload
 
 
 def _feed_client(port: int) -> tuple[socket.socket, Reader]:

@@ -77,6 +77,25 @@ def answer_arriving(port: int, sock: socket.socket) -> bool:
     return row is not None and int(row[4].split(":")[1], 16) > 0
 
 
+def stalled_clients(
+    server, stack: contextlib.ExitStack, requests: list[bytes], websocket: bool = False
+) -> list[socket.socket]:
+    """One non-reader per request (a WebSocket first, with ``websocket``), each having
+    sent its request, returned once the server's answers have reached them all."""
+    socks = []
+    for request in requests:
+        sock = stack.enter_context(non_reader(server.port))
+        if websocket:
+            upgrade(sock)
+        sock.sendall(request)
+        socks.append(sock)
+    wait_until(
+        lambda: all(answer_arriving(server.port, s) for s in socks),
+        what="the answers to reach the clients",
+    )
+    return socks
+
+
 def held_by(worker: psutil.Process, socks: list[socket.socket]) -> int:
     """How many of ``socks`` the worker still has a socket for."""
     ports = {s.getsockname()[1] for s in socks}
@@ -99,16 +118,8 @@ def test_websocket_that_closes_after_a_burst_and_never_reads_is_reset(tmp_path):
         contextlib.ExitStack() as stack,
     ):
         worker = only_worker(server)
-        socks = []
-        for _ in range(5):
-            sock = stack.enter_context(non_reader(server.port))
-            upgrade(sock)
-            sock.sendall(masked_frame(0x1, b"dump") + CLOSE_1000)
-            socks.append(sock)
-        wait_until(
-            lambda: all(answer_arriving(server.port, s) for s in socks),
-            what="the pushes to reach the clients",
-        )
+        dump = masked_frame(0x1, b"dump") + CLOSE_1000
+        socks = stalled_clients(server, stack, [dump] * 5, websocket=True)
 
         wait_until(lambda: held_by(worker, socks) == 0, what="the non-readers to be reset")
 
@@ -138,15 +149,7 @@ def test_http_answer_never_taken_after_connection_close_is_reset(tmp_path):
         contextlib.ExitStack() as stack,
     ):
         worker = only_worker(server)
-        socks = []
-        for request in requests * 3:
-            sock = stack.enter_context(non_reader(server.port))
-            sock.sendall(request)
-            socks.append(sock)
-        wait_until(
-            lambda: all(answer_arriving(server.port, s) for s in socks),
-            what="the answers to reach the clients",
-        )
+        socks = stalled_clients(server, stack, requests * 3)
 
         wait_until(lambda: held_by(worker, socks) == 0, what="the non-readers to be reset")
 
@@ -178,15 +181,8 @@ def test_closed_connections_owing_output_hold_their_max_connections_slots(tmp_pa
             lambda: not [c for c in worker.net_connections(kind="tcp") if c.raddr],
             what="the readiness probe gone",
         )
-        socks = []
-        for _ in range(3):
-            sock = stack.enter_context(non_reader(server.port))
-            sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            socks.append(sock)
-        wait_until(
-            lambda: all(answer_arriving(server.port, s) for s in socks),
-            what="the answers to reach the clients",
-        )
+        big = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        socks = stalled_clients(server, stack, [big] * 3)
         for sock in socks:
             assert sock.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 200"
 

@@ -18,6 +18,7 @@ import trustme
 from support import (
     free_port,
     masked_frame,
+    next_frame,
     run_cli,
     serving,
     tcp_rows,
@@ -346,7 +347,7 @@ def _close_codes(sock: ssl.SSLSocket, data: bytes) -> list[int]:
     codes: list[int] = []
     sock.settimeout(timeout(15))
     while True:
-        while (frame := _next_frame(data)) is not None:
+        while (frame := next_frame(data)) is not None:
             opcode, payload, data = frame
             if opcode == 8:
                 codes.append(int.from_bytes(payload[:2], "big") if payload else 1005)
@@ -359,20 +360,6 @@ def _close_codes(sock: ssl.SSLSocket, data: bytes) -> list[int]:
         if not chunk:
             return codes
         data += chunk
-
-
-def _next_frame(data: bytes) -> tuple[int, bytes, bytes] | None:
-    """(opcode, payload, rest) of the first whole unmasked frame in ``data``, or None."""
-    if len(data) < 2:
-        return None
-    length, offset = data[1] & 0x7F, 2
-    if length == 126:
-        length, offset = int.from_bytes(data[2:4], "big"), 4
-    elif length == 127:
-        length, offset = int.from_bytes(data[2:10], "big"), 10
-    if len(data) < offset + length:
-        return None
-    return data[0] & 0x0F, data[offset : offset + length], data[offset + length :]
 
 
 def _read_to_eof(sock: ssl.SSLSocket) -> bytes:

@@ -21,7 +21,7 @@ COUNTERS = (
     "push_to_closed",
     "push_over_buffer",
     "closed_over_buffer",  # more than buffer_output_size waited unsent (1008 / reset)
-    "closed_idle",  # silent past heartbeat_idle_time (1001), or an HTTP client stuck
+    "closed_idle",  # silent past heartbeat_idle_time (1001), or a client not taking output
     "origin_refused",  # a WebSocket handshake from an origin not in websocket_origins (403)
     "handler_errors",
     "handshake_timeouts",

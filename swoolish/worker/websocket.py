@@ -780,7 +780,14 @@ class WsConnection(Connection, asyncio.Protocol):
         """Closed with output unsent (the closing handshake done, the client's EOF, a
         failure): reset if the client has not taken it within CLOSE_TIMEOUT, the bound
         of a close the server starts (disconnect, _close_over_budget)."""
-        self._arm_timer(CLOSE_TIMEOUT, self.abort)
+        self._arm_timer(CLOSE_TIMEOUT, self._reset_lingering)
+
+    def _reset_lingering(self) -> None:
+        """CLOSE_TIMEOUT passed and the client has still not taken what it is owed:
+        reset, counted in closed_idle as an HTTP client that takes none of its answer."""
+        if self.transport is not None:
+            self._worker.stats["closed_idle"] += 1
+            self.abort()
 
     def _close_over_budget(self, unsent: int) -> None:
         """The client lets more than buffer_output_size pile up: close it with 1008, and

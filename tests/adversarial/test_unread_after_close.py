@@ -13,6 +13,7 @@ sees them.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 
@@ -34,6 +35,8 @@ MB = 1_000_000
 BIG = 4 * MB  # an answer much larger than what the kernel's buffers take for the client
 
 APP = f"""
+    import json
+
     from swoolish import WebSocketServer
 
     server = WebSocketServer()
@@ -45,6 +48,8 @@ APP = f"""
             n = 0
             while n < 20 and server.push(frame.fd, MEG):
                 n += 1
+        elif frame.data == "stats":
+            server.push(frame.fd, json.dumps(server.stats()))
         else:
             server.push(frame.fd, frame.data)
 
@@ -111,8 +116,9 @@ def test_websocket_that_closes_after_a_burst_and_never_reads_is_reset(tmp_path):
     """1. five clients each send, in one write, a request for about 2 MB of pushes and a
     close frame, then never read  2. the server echoes each close and closes with the
     pushes unsent  3. the worker lets go of all five within the closing handshake's
-    bound (CLOSE_TIMEOUT), with the heartbeat off  4. a client that sends the same and
-    reads gets every push, then the echo of its close."""
+    bound (CLOSE_TIMEOUT), with the heartbeat off, and counts them in closed_idle
+    4. a client that sends the same and reads gets every push, then the echo of its
+    close."""
     with (
         serving(app(tmp_path), tmp_path, "--heartbeat-check-interval", "0") as server,
         contextlib.ExitStack() as stack,
@@ -122,6 +128,9 @@ def test_websocket_that_closes_after_a_burst_and_never_reads_is_reset(tmp_path):
         socks = stalled_clients(server, stack, [dump] * 5, websocket=True)
 
         wait_until(lambda: held_by(worker, socks) == 0, what="the non-readers to be reset")
+        with server.connect() as ws:
+            ws.send("stats")
+            assert json.loads(ws.recv(timeout=timeout(5)))["closed_idle"] == 5
 
         with raw_connect(server.port) as reader:
             rest = upgrade(reader)

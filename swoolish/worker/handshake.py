@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 from typing import Any, NamedTuple
 
 from websockets.datastructures import Headers
@@ -43,6 +44,17 @@ __all__ = ["HandshakeConfig", "Opening", "open_handshake"]
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: How many different extension offers (per configuration) are remembered.
 MAX_LEARNT_OFFERS = 64
+#: Fields the server's answer to a handshake carries itself (RFC 6455 §4.2.2), and
+#: Content-Length, which a 101 never has (RFC 9110 §8.6): a handshake handler's are not
+#: sent, where a client would read two of them (``Connection`` never gets here: it is
+#: the server's on every response, ``Response.header``).
+SERVER_FIELDS = frozenset(
+    ("upgrade", "sec-websocket-accept", "sec-websocket-extensions", "content-length", "date")
+)
+
+log = logging.getLogger("swoolish.worker")
+#: The SERVER_FIELDS a handshake handler set that were logged (once each per worker).
+_dropped_logged: set[str] = set()
 
 
 class Opening(NamedTuple):
@@ -78,7 +90,9 @@ def open_handshake(
     quiet_log: Any,
 ) -> Opening:
     """Answer ``request``'s opening handshake, adding ``extra_headers`` (the app's
-    handshake handler's) to a 101."""
+    handshake handler's) to a 101, but those of SERVER_FIELDS."""
+    if extra_headers:
+        extra_headers = _app_fields(extra_headers)
     offer = tuple(request.headers.get_all("Sec-WebSocket-Extensions"))
     learnt = _learnt.get((config, offer))
     accept = _plain_accept(request) if learnt is not None else None
@@ -99,6 +113,24 @@ def open_handshake(
     lines.append("\r\n")
     extensions = [] if deflate_args is None else [PerMessageDeflate(*deflate_args)]
     return Opening(101, "".join(lines).encode("latin-1"), extensions, None, 0)
+
+
+def _app_fields(extra_headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The handshake handler's fields without SERVER_FIELDS; one warning per field name
+    and worker for those left out, which the app might otherwise look for in vain."""
+    kept = []
+    for name, value in extra_headers:
+        low = name.lower()
+        if low not in SERVER_FIELDS:
+            kept.append((name, value))
+        elif low not in _dropped_logged:
+            _dropped_logged.add(low)
+            log.warning(
+                "the handshake handler set %s, which the server's answer to a handshake "
+                "sets itself (or a 101 never has): it was not sent. Logged once per worker",
+                name,
+            )
+    return kept
 
 
 def _plain_accept(request: Request) -> str | None:
@@ -132,9 +164,7 @@ def _names_upgrade(value: str) -> bool:
     if value.lower() == "upgrade":
         return True
     options = [option.strip(" \t") for option in value.split(",")]
-    return all(is_token(o) for o in options) and any(
-        o.lower() == "upgrade" for o in options
-    )
+    return all(is_token(o) for o in options) and any(o.lower() == "upgrade" for o in options)
 
 
 def _websockets_answer(

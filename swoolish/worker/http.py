@@ -585,7 +585,12 @@ class HttpConnection(Connection, asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         worker = self._worker
-        keep_alive = self._keep_alive and not self._close_after_response and not worker.draining
+        keep_alive = (
+            self._keep_alive
+            and not self._close_after_response
+            and not worker.draining
+            and not resp.closes
+        )
         head = self._head
         try:
             wire = resp.wire(body, keep_alive, head)

@@ -228,7 +228,7 @@ class Response:
     waiting.
     """
 
-    __slots__ = ("_auto_ended", "_headers", "_send", "_status", "ended", "reason")
+    __slots__ = ("_auto_ended", "_headers", "_send", "_status", "closes", "ended", "reason")
 
     def __init__(self, send: Callable[[Response, bytes], None]) -> None:
         self._send = send
@@ -237,6 +237,7 @@ class Response:
         self._headers: list[tuple[str, str]] = []
         self.ended = False
         self._auto_ended = False  # ended for its handler, which returned without end()
+        self.closes = False  # the handler set Connection: close (see header)
 
     @property
     def status_code(self) -> int:
@@ -271,12 +272,20 @@ class Response:
         make a keep-alive client read the rest of the body as the next response. For
         ``HEAD``, the app may set the length of the body a ``GET`` would get and end
         with no body.
+
+        ``Connection`` is the server's too (RFC 9112 §9.6): it sends its own, keep-alive
+        or close, on every response, so an app's is not sent beside it, where a client
+        would read both. ``Connection: close`` is honoured: the server closes the
+        connection once this response is sent; other options are dropped.
         """
         name, value = str(name), str(value)
         if not is_valid_field(name, value):
             raise ValueError(
                 f"invalid HTTP header {name!r}: {value!r} ({field_error(name, value)})"
             )
+        if len(name) == 10 and name.lower() == "connection":
+            self.closes = self.closes or "close" in list_members(value)
+            return self
         self._headers.append((name, value))
         return self
 

@@ -15,11 +15,13 @@ import time
 
 import pytest
 from support import (
+    masked_frame,
     raw_connect,
     read_to_eof,
     server_has_read_everything,
     serving,
     timeout,
+    upgrade_with,
     wait_until,
     write_app,
 )
@@ -54,9 +56,24 @@ def on_request(request, response):
         response.end("hello")
     elif path == "/slow":
         return answer_later(response)
+    elif path == "/connection-close":  # Swoole apps close a connection this way
+        response.header("Connection", "close")
+        response.end("bye\\n")
+    elif path == "/connection-keep-alive":
+        response.header("Connection", "keep-alive")
+        response.end("kept\\n")
     else:
         response.end(f"{request.method} {path} {len(request.body)}\\n")
     return None
+
+
+@server.on("handshake")
+def on_handshake(request, response):
+    if request.path == "/app-fields":  # fields the server's 101 carries, and one of its own
+        response.header("Connection", "Upgrade")
+        response.header("Upgrade", "websocket")
+        response.header("Content-Length", "0")
+        response.header("X-App", "yes")
 
 
 async def answer_later(response):
@@ -185,6 +202,58 @@ def test_transfer_encoding_from_the_app_is_refused_at_the_call(server):
     with raw_connect(server.port) as sock:
         sock.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert read_to_eof(sock).endswith(b"\r\n\r\nGET /next 0\n")
+
+
+def field_lines(head: bytes, name: str) -> list[bytes]:
+    """The lines of ``head`` that carry the field ``name`` (however spelled)."""
+    return [line for line in head.split(b"\r\n") if line.lower().startswith(name + b":")]
+
+
+def test_connection_close_from_the_app_is_honoured_and_sent_once(server):
+    """1. a keep-alive request to a handler that sets ``Connection: close``, then a
+    pipelined request  2. the answer carries one Connection field, ``close`` (before:
+    the app's and the server's ``keep-alive``, both), and the server closes the
+    connection after it: the pipelined request is not answered."""
+    with raw_connect(server.port) as sock:
+        sock.sendall(
+            b"GET /connection-close HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        head, body = heads_and_bodies(read_to_eof(sock))
+    assert field_lines(head, b"connection") == [b"Connection: close"]
+    assert body == b"bye\n"
+
+
+def test_connection_keep_alive_from_the_app_is_not_sent_twice(server):
+    """1. a handler sets ``Connection: keep-alive`` on a keep-alive connection  2. the
+    answer has one Connection field, and the connection serves the next request."""
+    with raw_connect(server.port) as sock:
+        sock.sendall(
+            b"GET /connection-keep-alive HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        head, first_body_and_second_head, body = heads_and_bodies(read_to_eof(sock))
+    assert field_lines(head, b"connection") == [b"Connection: keep-alive"]
+    assert first_body_and_second_head.startswith(b"kept\nHTTP/1.1 200 ")
+    assert body == b"GET /next 0\n"
+
+
+def test_handshake_handler_fields_the_101_carries_itself_are_not_repeated(server):
+    """1. a handshake handler sets Connection, Upgrade and Content-Length (which a 101
+    never has), and a field of its own  2. the 101 carries one Connection and one
+    Upgrade, the server's, no Content-Length, and the app's own field  3. one warning
+    per field name in the log  4. the session works: a ping is answered."""
+    with raw_connect(server.port) as sock:
+        head, rest = upgrade_with(sock, "/app-fields")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert field_lines(head, b"connection") == [b"Connection: Upgrade"]
+        assert field_lines(head, b"upgrade") == [b"Upgrade: websocket"]
+        assert field_lines(head, b"content-length") == []
+        assert field_lines(head, b"x-app") == [b"X-App: yes"]
+        sock.sendall(masked_frame(0x9, b"hi"))
+        assert rest + read_until(sock, b"hi") == b"\x8a\x02hi"
+    server.wait_for_log(r"WARNING .*handshake handler set Upgrade")
+    server.wait_for_log(r"WARNING .*handshake handler set Content-Length")
 
 
 # ---------------------------------------------------------------------- Expect: 100-continue

@@ -130,6 +130,18 @@ def test_framing_fields_are_the_servers():
     assert response.headers == [("Content-Length", "5")]
 
 
+def test_connection_is_the_servers_and_close_among_its_options_is_kept():
+    """An app's Connection field is not kept among the headers (the server sends its
+    own); ``close`` among its options, in any case, marks the response as closing."""
+    response = Response(lambda resp, body: None)
+    response.header("Connection", "keep-alive")
+    assert response.headers == [] and not response.closes
+    response.header("connection", "Keep-Alive, CLOSE")
+    assert response.headers == [] and response.closes
+    response.header("Connection", "keep-alive")
+    assert response.closes  # once asked, closing stays
+
+
 def test_render_response_checks_the_handlers_content_length_against_the_body():
     raw = render_response(200, [("content-length", "5")], b"hello", keep_alive=True)
     assert raw.count(b"ength: 5") == 1 and raw.endswith(b"\r\n\r\nhello")

@@ -7,7 +7,14 @@ the old worker's "N moved to the new worker in X s" log line, checks every idle
 connection still answers (from generation 2), and reports the longest gap between two
 consecutive echoes of the busy client.
 
-    python benchmarks/handoff_bench.py --conns 1000 10000 [--busy-first]
+    python benchmarks/handoff_bench.py --conns 1000 10000 [--busy-first] [--flood echo|quiet]
+
+``--flood`` adds a client in a process of its own that sends 64-byte messages as fast as
+it can from before the reload to after it, reading and dropping what comes back: each
+answered (``echo``: while the session moves, the new worker holds those answers until
+its arrival) or not (``quiet``: nothing holds the flooder back but the worker's fair
+share). The busy client's longest gap before the reload is then what the flood costs
+it outside a reload.
 
 Loopback only; the server is stopped by pid (and its children through psutil).
 """
@@ -40,6 +47,8 @@ server = WebSocketServer(max_connections=30000, max_wait_time=5)
 
 @server.on("message")
 def on_message(server, frame):
+    if frame.data[:1] == "q":  # the quiet flood: not answered
+        return
     if frame.data == "who":
         server.push(frame.fd, json.dumps({"gen": server.generation, "fd": frame.fd}))
     else:
@@ -76,6 +85,45 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(length)
 
 
+FLOOD_SECONDS = 6.0  # the flood runs from 2 s before the reload to its end and beyond
+
+
+def flood(port: int, letter: str, seconds: float) -> None:
+    """The flooder's process: ``letter`` * 64 messages, as fast as the socket takes them."""
+    import select
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(HANDSHAKE)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    batch = bytes([0x81, 0x80 | 64]) + b"\0\0\0\0" + letter.encode() * 64
+    batch *= 64
+    sock.setblocking(False)
+    end = time.monotonic() + seconds
+    with sock:
+        while time.monotonic() < end:
+            readable, writable, _ = select.select([sock], [sock], [], 0.1)
+            try:
+                if readable and not sock.recv(1 << 20):
+                    return
+                if writable:
+                    sock.send(batch)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+
+
+def start_flooder(port: int, kind: str) -> subprocess.Popen:
+    letter = "f" if kind == "echo" else "q"
+    code = f"import handoff_bench as h; h.flood({port}, {letter!r}, {FLOOD_SECONDS})"
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parent, env=dict(os.environ)
+    )
+
+
 async def busy_client(port: int, stop: asyncio.Event, gaps: list[float]) -> None:
     reader, writer = await open_conn(port)
     frame = masked(b"busy")
@@ -90,7 +138,9 @@ async def busy_client(port: int, stop: asyncio.Event, gaps: list[float]) -> None
     writer.close()
 
 
-async def scenario(port: int, count: int, busy_first: bool, master: int, log: Path) -> dict:
+async def scenario(
+    port: int, count: int, busy_first: bool, master: int, log: Path, flood_kind: str | None
+) -> dict:
     stop = asyncio.Event()
     gaps: list[float] = []
     busy = None
@@ -103,6 +153,10 @@ async def scenario(port: int, count: int, busy_first: bool, master: int, log: Pa
         busy = asyncio.create_task(busy_client(port, stop, gaps))
     while len(gaps) < 50:
         await asyncio.sleep(0.01)
+    flooder = None
+    if flood_kind is not None:
+        flooder = start_flooder(port, flood_kind)
+        await asyncio.sleep(2.0)  # the flood under way, and measured, before the reload
     before = len(gaps)
     os.kill(master, signal.SIGUSR1)
     moved_line = await wait_for_log(log, r"(\d+) moved to the new worker in ([\d.]+)s")
@@ -110,6 +164,8 @@ async def scenario(port: int, count: int, busy_first: bool, master: int, log: Pa
     await asyncio.sleep(0.3)
     stop.set()
     await busy
+    if flooder is not None:
+        flooder.wait(FLOOD_SECONDS + 10)
     answers = []
     for start in range(0, count, 500):
         chunk = conns[start : start + 500]
@@ -121,6 +177,7 @@ async def scenario(port: int, count: int, busy_first: bool, master: int, log: Pa
     return {
         "connections": count,
         "busy_client": "first" if busy_first else "last",
+        "flood": flood_kind or "none",
         "moved": int(moved_line[0]),
         "handoff_seconds": float(moved_line[1]),
         "reload_seconds": float(reload_line[0]),
@@ -140,7 +197,7 @@ async def wait_for_log(log: Path, pattern: str, seconds: float = 60) -> tuple[st
     raise TimeoutError(f"no /{pattern}/ in {log}")
 
 
-def run_one(count: int, busy_first: bool) -> dict:
+def run_one(count: int, busy_first: bool, flood_kind: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         app = Path(tmp) / "handoff_bench_app.py"
         app.write_text(APP)
@@ -161,7 +218,7 @@ def run_one(count: int, busy_first: bool) -> dict:
                     raise TimeoutError("server did not start")
                 time.sleep(0.02)
             known.update(c.pid for c in psutil.Process(proc.pid).children())
-            return uvloop.run(scenario(port, count, busy_first, proc.pid, log))
+            return uvloop.run(scenario(port, count, busy_first, proc.pid, log, flood_kind))
         finally:
             with contextlib.suppress(psutil.Error):
                 known.update(c.pid for c in psutil.Process(proc.pid).children())
@@ -175,11 +232,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conns", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--busy-first", action="store_true")
+    parser.add_argument("--flood", choices=["echo", "quiet"])
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     for count in args.conns:
-        print(json.dumps(run_one(count, args.busy_first)), flush=True)
+        print(json.dumps(run_one(count, args.busy_first, args.flood)), flush=True)
 
 
 if __name__ == "__main__":

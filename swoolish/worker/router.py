@@ -93,6 +93,7 @@ log = logging.getLogger("swoolish.routing")
 CHUNK_BYTES = 256 * 1024  # one routed message: a bounded unit of work for the master
 MAX_ROUTED_PAYLOAD = 1024 * 1024  # a bigger push to another worker's session is refused
 APPLY_SLICE = 0.005  # seconds of routed operations applied before the loop serves others
+ARRIVAL_SHARE = 1024  # held operations sent per turn to an arriving session: some 4 ms
 MAX_PIPE_TASKS = 1024  # coroutine pipe_message handlers running at once
 #: The resting value of what is left to apply (never mutated).
 _NO_OPS: list[Operation] = []
@@ -168,6 +169,7 @@ class Router:
         self._broadcasts = 0
         self._overdue = 0  # arrivals overdue since the last log line
         self._held_bytes: dict[int, int] = {}  # arriving sid -> bytes of the pushes held
+        self._draining: set[int] = set()  # arrived sids whose held operations still go
         self._pid = os.getpid()
         # what apply() was given and has not applied yet, from _next on
         self._ops: list[Operation] = _NO_OPS
@@ -436,7 +438,7 @@ class Router:
         """No ``Arrived`` within PARK_TIMEOUT (a stalled worker or master): our own held
         operations go now, perhaps ahead of ones routed before the move. Counted, and
         logged once per batch of overdue sessions, never silently."""
-        if sid not in self.worker.connections.arriving:
+        if sid not in self.worker.connections.arriving or sid in self._draining:
             return  # arrived in time
         self.worker.stats["handoff_arrivals_overdue"] += 1
         self._overdue += 1
@@ -467,14 +469,34 @@ class Router:
 
     def arrived(self, sid: int) -> None:
         """Everything routed to this session before it moved was applied: our own pushes
-        to it, held meanwhile, go out now, in order."""
-        waiting = self.worker.connections.arriving.pop(sid, None)
-        self.seen.pop(sid, None)
-        self._held_bytes.pop(sid, None)
-        if not waiting:
+        to it, held meanwhile, go out now, in order, ARRIVAL_SHARE at a time."""
+        if sid not in self._draining:
+            self._send_held(sid)
+
+    def _send_held(self, sid: int) -> None:
+        """Send ARRIVAL_SHARE of the operations held for ``sid``; with more held, the rest
+        goes in the next turns of the loop, the session still counted as arriving, so
+        that what the app pushes meanwhile queues behind them. In one go, the 32,768
+        pushes held for a client flooding the worker during its hand-off (its echoes,
+        up to buffer_output_size) held the loop for 100-150 ms."""
+        arriving = self.worker.connections.arriving
+        waiting = arriving.get(sid)
+        if waiting is None:
+            self._draining.discard(sid)
             return
+        if len(waiting) > ARRIVAL_SHARE:
+            share, arriving[sid] = waiting[:ARRIVAL_SHARE], waiting[ARRIVAL_SHARE:]
+            self._draining.add(sid)
+            self.worker.loop.call_soon(self._send_held, sid)
+            self._unhold(sid, share)
+        else:
+            del arriving[sid]
+            self._draining.discard(sid)
+            self.seen.pop(sid, None)
+            self._held_bytes.pop(sid, None)
+            share = waiting
         conn = self.worker.connections.get(sid)
-        for op in waiting:
+        for op in share:
             if conn is None:
                 if type(op) is Push:
                     self.worker.stats["push_to_closed"] += 1
@@ -482,6 +504,12 @@ class Router:
                 conn.push(op.data, op.opcode)
             else:
                 conn.disconnect(op.code, op.reason)
+
+    def _unhold(self, sid: int, ops: list[Push | Disconnect]) -> None:
+        """The pushes of ``ops`` that ``hold`` counted are held no more."""
+        sent = sum(len(op.data) for op in ops if type(op) is Push and op.broadcast is None)
+        if sent:
+            self._held_bytes[sid] = max(0, self._held_bytes.get(sid, 0) - sent)
 
     def _keep(self, op: Push | Disconnect | Close) -> bool:
         """An operation on a session we handed off waits for the release (see above)."""

@@ -177,6 +177,7 @@ class WsConnection(Connection, asyncio.Protocol):
         "_inflate_bits",
         "_moved_timers",
         "_rx",
+        "_share_began",
         "_stash",
         "_subprotocol",
         "_taking",
@@ -220,6 +221,7 @@ class WsConnection(Connection, asyncio.Protocol):
         self._rx = FrameCursor(MAX_UNPARSED_KEPT if self._track else 0)
         self._stash = b""  # a small frame cut by the read, kept for the fast path
         self._held = False  # _stash is the rest of a read, held while handlers are behind
+        self._share_began = 0.0  # when this turn of the loop began for us (_share_spent)
         self._tx_log: deque[bytes] | None = None  # created on the first write left buffered
         self._tx_bytes = 0
         self._unsent = b""
@@ -413,7 +415,8 @@ class WsConnection(Connection, asyncio.Protocol):
         handlers are queued, or when more than a share is left; otherwise the whole read.
 
         And the frames of one read are handled a share at a time (SHARE_BYTES): once
-        they have held the loop for SHARE_SECONDS, the rest waits for the next loop
+        they, and the reads of this connection before them in the same turn of the
+        loop, have held it for SHARE_SECONDS, the rest waits for the next loop
         iteration (``_share_spent``), so that one client's burst of messages, each
         costing the app's handler or an inflation, cannot keep the worker's other
         clients (and its heartbeats, its cluster bus) waiting for seconds.
@@ -457,19 +460,34 @@ class WsConnection(Connection, asyncio.Protocol):
                 share_end = pos + SHARE_BYTES
 
     def _share_spent(self, data: bytes, pos: int) -> bool:
-        """After a share of a read: if handling it has kept the loop for SHARE_SECONDS
-        (since data_received began: ``last_time``), let the worker's other connections
-        have their turn, and go on with ``data[pos:]`` in the next loop iteration
-        (reading paused meanwhile). Handled in one go, the tiny messages of one 256 KiB
-        read (some 37,000) held another client of the worker for seconds behind an app
-        handler of 50 µs."""
-        if time.time() - self.last_time <= SHARE_SECONDS:
+        """After a share of a read: if this connection has kept the loop for
+        SHARE_SECONDS in this turn, let the worker's other connections have theirs,
+        and go on with ``data[pos:]`` in the next loop iteration (reading paused
+        meanwhile). Handled in one go, the tiny messages of one 256 KiB read (some
+        37,000) held another client of the worker for seconds behind an app handler of
+        50 µs.
+
+        The time counts from the start of the first read of this turn that needed a
+        share check, not of each read: libuv reads a stream up to 32 times in a row
+        while it has data, so a client sending faster than it is handled (and not held
+        back by its own output: an app that does not answer each message, or pushes
+        held during a hand-off) had 32 reads of up to a share each per turn, and kept
+        another client of the worker waiting 120-200 ms for each answer. ``_end_turn``,
+        queued when the turn's count starts, runs before the loop reads again."""
+        began = self._share_began
+        if not began:
+            began = self._share_began = self.last_time  # this read's start
+            self._worker.loop.call_soon(self._end_turn)
+        if time.time() - began <= SHARE_SECONDS:
             return False
         self._hold(data[pos:])
         if self.flow is not None:
             self.flow.pause(Reason.SHARE)
         self._worker.loop.call_soon(self._next_share)
         return True
+
+    def _end_turn(self) -> None:
+        self._share_began = 0.0
 
     def _next_share(self) -> None:
         if self.transport is None:

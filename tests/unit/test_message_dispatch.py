@@ -122,13 +122,8 @@ def test_a_handler_that_raises_closes_its_session_with_1011_and_is_counted() -> 
     assert out[0] == 0x88 and out[2:4] == (1011).to_bytes(2, "big")  # a close, 1011
 
 
-def test_a_long_read_of_slow_messages_is_handled_a_share_at_a_time() -> None:
-    """1. one read brings 400 tiny messages whose handler takes a millisecond each
-    2. the read's data_received returns once its frames have held the loop for
-    SHARE_SECONDS and the share under way: the rest waits, reading paused, for the next
-    loop iteration (the worker's other clients get theirs in between; before, all 400
-    went in one go)
-    3. the next iterations handle the rest, in order."""
+def slow_session() -> tuple[StubWorker, FakeTransport, list[str]]:
+    """A session whose message handler takes a millisecond, and the messages it saw."""
     worker = StubWorker(compression=False)
     seen: list[str] = []
 
@@ -137,7 +132,17 @@ def test_a_long_read_of_slow_messages_is_handled_a_share_at_a_time() -> None:
         seen.append(frame.data)
 
     worker._handlers["message"] = on_message
-    transport = open_session(worker)
+    return worker, open_session(worker), seen
+
+
+def test_a_long_read_of_slow_messages_is_handled_a_share_at_a_time() -> None:
+    """1. one read brings 400 tiny messages whose handler takes a millisecond each
+    2. the read's data_received returns once its frames have held the loop for
+    SHARE_SECONDS and the share under way: the rest waits, reading paused, for the next
+    loop iteration (the worker's other clients get theirs in between; before, all 400
+    went in one go)
+    3. the next iterations handle the rest, in order."""
+    worker, transport, seen = slow_session()
     sent = [str(n % 10) for n in range(400)]
     frame_size = len(client_frame(1, b"0"))
     assert 400 * frame_size > 4 * SHARE_BYTES  # several shares
@@ -146,6 +151,32 @@ def test_a_long_read_of_slow_messages_is_handled_a_share_at_a_time() -> None:
     assert len(seen) <= SHARE_SECONDS / 0.001 + SHARE_BYTES // frame_size + 1
     assert transport.paused and transport.protocol.flow.holds(Reason.SHARE)
     worker.loop.fire_all()
+    while worker.loop.pending():
+        worker.loop.fire_all()
+    assert seen == sent
+    assert not transport.paused
+
+
+def test_reads_in_one_turn_of_the_loop_are_timed_together() -> None:
+    """1. the loop hands a session two reads in a row, as libuv does (up to 32 reads of a
+    stream per turn while it has data), each of four 200-byte messages whose handler
+    takes a millisecond: one read alone stays within SHARE_SECONDS
+    2. the second read stops once the two together have held the loop for
+    SHARE_SECONDS: the rest waits, reading paused (before, each read was timed from its
+    own start, so every read of the turn was handled whole: a client sending faster than
+    the worker answered kept the worker's other clients waiting 120-200 ms)
+    3. the next turns handle the rest, in order, each timed afresh."""
+    worker, transport, seen = slow_session()
+    sent = [str(n) * 200 for n in range(8)]
+    reads = [b"".join(client_frame(1, m.encode()) for m in sent[i : i + 4]) for i in (0, 4)]
+    assert all(len(read) > SHARE_BYTES for read in reads)  # each read is checked
+    assert 4 * 0.001 < SHARE_SECONDS < 8 * 0.001
+    for read in reads:
+        if transport.paused:
+            break  # libuv reads no more of a paused stream
+        transport.protocol.data_received(read)
+    assert transport.paused and transport.protocol.flow.holds(Reason.SHARE)
+    assert len(seen) < len(sent)
     while worker.loop.pending():
         worker.loop.fire_all()
     assert seen == sent

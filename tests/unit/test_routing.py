@@ -21,7 +21,7 @@ from swoolish.core.messages import (
     ToRegion,
 )
 from swoolish.core.switchboard import PARK_TIMEOUT, Switchboard
-from swoolish.worker.router import Router
+from swoolish.worker.router import ARRIVAL_SHARE, Router
 from swoolish.worker.sessions import SessionMap
 
 SETTINGS = SimpleNamespace(  # what a broadcast's fan-out reads
@@ -436,3 +436,34 @@ def test_a_broadcast_leaves_for_the_other_workers_before_this_one_writes_to_its_
     assert [type(op) for op in route.ops] == [Broadcast]
     assert route.ops[0].data == "b"
     assert router.outbox == {}
+
+
+def test_many_held_operations_go_a_share_per_turn_and_later_pushes_queue_behind(
+    router_and_conn,
+):
+    """1. 3,000 pushes are held for an arriving session (a client flooding the worker
+    while it moved, each of its messages answered)  2. at the arrival marker,
+    ARRIVAL_SHARE of them go in this turn of the loop (before: all in one callback, which
+    held the loop for 100-150 ms)  3. a push the app makes meanwhile is held behind the
+    rest, and a second marker (an overdue one) neither sends twice nor is counted
+    4. the next turns send the rest, then the late push, in order; the session is
+    settled."""
+    router, conn = router_and_conn
+    loop = asyncio.new_event_loop()
+    router.worker.loop = loop
+    try:
+        for n in range(3000):
+            assert router.hold(conn, 7, str(n), None)
+        router.arrived(7)
+        assert len(conn.calls) == ARRIVAL_SHARE
+        assert router.hold(conn, 7, "later", None)
+        router.arrived(7)
+        router._arrival_overdue(7)
+        assert len(conn.calls) == ARRIVAL_SHARE
+        assert router.worker.stats["handoff_arrivals_overdue"] == 0
+        for _ in range(10):
+            loop.run_until_complete(asyncio.sleep(0))
+        assert conn.calls == [("push", str(n)) for n in range(3000)] + [("push", "later")]
+        assert 7 not in router.worker.connections.arriving
+    finally:
+        loop.close()

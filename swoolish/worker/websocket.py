@@ -832,7 +832,19 @@ class WsConnection(Connection, asyncio.Protocol):
             tx_log = self._tx_log = deque()
         tx_log.append(data)
         self._tx_bytes += len(data)
-        while self._tx_bytes - len(tx_log[0]) >= unsent:
+        self._forget_sent(unsent)
+
+    def _forget_sent(self, unsent: int) -> None:
+        """Drop the recorded writes the transport has sent in full, ``unsent`` bytes being
+        queued. Also at each heartbeat sweep: a client that catches up while nothing is
+        written to it (an app that does not answer its messages) kept a record of up to
+        buffer_output_size, 2.9 MiB a session, until the next write."""
+        tx_log = self._tx_log
+        if not unsent or tx_log is None:
+            self._tx_log = None
+            self._tx_bytes = 0
+            return
+        while len(tx_log) > 1 and self._tx_bytes - len(tx_log[0]) >= unsent:
             self._tx_bytes -= len(tx_log.popleft())  # sent in full
 
     # ------------------------------------------------------------------ server-side API
@@ -923,6 +935,8 @@ class WsConnection(Connection, asyncio.Protocol):
         transport, ws, flow = self.transport, self.ws, self.flow
         if self.closing or self.moving or transport is None:
             return
+        if self._tx_log is not None:
+            self._forget_sent(transport.get_write_buffer_size())
         if ws is not None and ws.state is not OPEN:
             return
         if flow is not None and (flow.holds(Reason.HANDLERS) or flow.holds(Reason.MOVING)):

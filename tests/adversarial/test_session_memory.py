@@ -20,7 +20,15 @@ import socket
 import zlib
 from collections.abc import Iterator
 
-from support import masked_frame, raw_connect, serving, timeout, upgrade_with, write_app
+from support import (
+    masked_frame,
+    raw_connect,
+    serving,
+    timeout,
+    upgrade_with,
+    wait_until,
+    write_app,
+)
 
 KiB, MiB = 1024, 1024 * 1024
 OFFER = "permessage-deflate; client_max_window_bits"  # a browser's: it keeps its context
@@ -41,16 +49,23 @@ def fill(fd):  # push until push() says no: the output budget is full
     while server.push(fd, bytes(65536)):  # a new object each time, as an app's messages
         pass
 
+def small_send_buffer(fd):
+    # the worker's own socket: a small kernel buffer, so that what the client reads
+    # comes out of the transport's (the one buffer_output_size bounds)
+    conn = server._require_worker("memory").connections.get(fd)
+    conn.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+
 @server.on("message")
 def on_message(server, frame):
     if frame.data == "flood":  # filled from now on, at every HTTP request
-        # the worker's own socket: a small kernel buffer, so that what the client reads
-        # comes out of the transport's (the one buffer_output_size bounds)
-        conn = server._require_worker("flood").connections.get(frame.fd)
-        conn.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        small_send_buffer(frame.fd)
         flooded.add(frame.fd)
         fill(frame.fd)
+    elif frame.data == "burst":  # 2 MiB at once, then nothing more is written to it
+        small_send_buffer(frame.fd)
+        for _ in range(16):
+            server.push(frame.fd, bytes(131072))
     else:
         server.push(frame.fd, str(len(frame.data)))
 
@@ -185,3 +200,31 @@ def test_a_slow_reader_costs_about_its_output_budget_with_hand_off_as_without(tm
         f"a slow reader costs {with_handoff / KiB:.0f} KiB with hand-off, "
         f"{without / KiB:.0f} KiB without (buffer_output_size {limit // KiB} KiB)"
     )
+
+
+def test_a_client_that_caught_up_leaves_no_record_of_what_it_was_sent(tmp_path):
+    """1. 20 clients each ask for 2 MiB at once (16 pushes of 128 KiB, more than the
+    kernel's buffers take) and read all of it; nothing more is written to them
+    2. within a heartbeat sweep (every second here) the worker's heap is back near what
+    it was: before, with live hand-off on (the default), each session kept the record
+    of those writes that a move would carry, up to buffer_output_size, until its next
+    write (the heartbeat's ping, after half of heartbeat_idle_time; never, for a client
+    that keeps talking to an app that does not answer)."""
+    with serving(
+        app_target(tmp_path), tmp_path, "--heartbeat-check-interval", "1", env=TRACED
+    ) as server:
+        before = traced_heap(server.port)
+        with contextlib.ExitStack() as stack:
+            for _ in range(SESSIONS):
+                sock = stack.enter_context(socket.socket())
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+                sock.settimeout(timeout(5))
+                sock.connect(("127.0.0.1", server.port))
+                rest = upgrade_with(sock)[1]
+                assert rest == b""
+                sock.sendall(masked_frame(1, b"burst"))
+                read_bytes(sock, 16 * (10 + 128 * KiB))  # each frame: a 10-byte head
+            wait_until(
+                lambda: traced_heap(server.port) - before < SESSIONS * 128 * KiB,
+                what="the records of what was sent to be let go",
+            )

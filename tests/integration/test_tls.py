@@ -55,6 +55,10 @@ APP = """
             server.push(frame.fd, str(server.generation))
         elif frame.data == "big":
             server.push(frame.fd, bytes(1 << 20))
+        elif frame.data == "broadcast":
+            server.broadcast("x" * 100)
+        elif frame.data == "sessions":
+            server.push(frame.fd, str(len(list(server.connections))))
         else:
             server.push(frame.fd, frame.data)
 
@@ -484,3 +488,34 @@ def _accept_queue(port: int) -> int:
     local = f"0100007F:{port:04X}"
     (row,) = [r for r in tcp_rows() if r[1] == local and r[3] == "0A"]  # 0A: LISTEN
     return int(row[4].split(":")[1], 16)  # a listener's rx_queue: its accept queue
+
+
+def test_a_fin_without_close_notify_ends_the_session_and_floods_no_log(tmp_path, certs, app):
+    """1. a wss client asks for 3 MiB, reads none of it, and closes its side of the TCP
+    connection without TLS's close_notify  2. another client makes the app broadcast 50
+    times  3. the session of the first is over for the app (before: it stayed in
+    server.connections, each broadcast counted it and logged 'SSL connection is closed',
+    for as long as the heartbeat allowed)  4. the log has no such flood."""
+    with serving(app, tmp_path, *certs.options()) as server:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes little of it
+        raw.settimeout(timeout(5))
+        raw.connect(("127.0.0.1", server.port))
+        gone = certs.client_context().wrap_socket(raw, server_hostname="127.0.0.1")
+        with gone, wss(server, certs) as ws:
+            assert upgrade(gone) == b""
+            gone.sendall(masked_frame(0x1, b"big") * 3)
+            gone.shutdown(socket.SHUT_WR)  # drops TLS first: a FIN, no close_notify
+
+            def sessions_after_broadcasts() -> bool:
+                for _ in range(10):
+                    ws.send("broadcast")
+                    assert ws.recv(timeout=timeout(5)) == "x" * 100
+                ws.send("sessions")
+                return ws.recv(timeout=timeout(5)) == "1"
+
+            wait_until(sessions_after_broadcasts, what="the half-closed session to end")
+            for _ in range(40):
+                ws.send("broadcast")
+                assert ws.recv(timeout=timeout(5)) == "x" * 100
+        assert server.log().count("SSL connection is closed") < 5

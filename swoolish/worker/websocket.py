@@ -87,6 +87,10 @@ MAX_UNPARSED_KEPT = 256 * 1024
 #: waits for the next loop iteration (data_received, _share_spent).
 SHARE_BYTES = 512
 SHARE_SECONDS = 0.005
+#: A read this large is timed even without a frame boundary in it (data_received): the
+#: pieces of one large message, which over TLS may each have cost uvloop milliseconds
+#: of decryption before the read reached us.
+LARGE_READ = 8 * 1024
 
 log = logging.getLogger("swoolish.handoff")
 
@@ -419,12 +423,17 @@ class WsConnection(Connection, asyncio.Protocol):
         loop, have held it for SHARE_SECONDS, the rest waits for the next loop
         iteration (``_share_spent``), so that one client's burst of messages, each
         costing the app's handler or an inflation, cannot keep the worker's other
-        clients (and its heartbeats, its cluster bus) waiting for seconds.
+        clients (and its heartbeats, its cluster bus) waiting for seconds. A read of
+        LARGE_READ or more waits for the next turn, whole, if the turn's share is
+        spent already.
         """
-        self.last_time = time.time()
+        now = self.last_time = time.time()
         if self._stash:
             data, self._stash = self._stash + data, b""
         n = len(data)
+        if n >= LARGE_READ and now - self._turn_began(now) > SHARE_SECONDS:
+            self._wait_next_turn(data)
+            return
         pos = 0  # where the bytes not handled yet begin: only the part handed on is copied
         share_end = SHARE_BYTES  # the frames that begin before it are one share
         while True:
@@ -472,19 +481,27 @@ class WsConnection(Connection, asyncio.Protocol):
         while it has data, so a client sending faster than it is handled (and not held
         back by its own output: an app that does not answer each message, or pushes
         held during a hand-off) had 32 reads of up to a share each per turn, and kept
-        another client of the worker waiting 120-200 ms for each answer. ``_end_turn``,
-        queued when the turn's count starts, runs before the loop reads again."""
+        another client of the worker waiting 120-200 ms for each answer."""
+        if time.time() - self._turn_began(self.last_time) <= SHARE_SECONDS:
+            return False
+        self._wait_next_turn(data[pos:])
+        return True
+
+    def _turn_began(self, now: float) -> float:
+        """When this connection's count of the loop's present turn began: ``now`` if it
+        begins here. ``_end_turn``, queued then, runs before the loop reads again."""
         began = self._share_began
         if not began:
-            began = self._share_began = self.last_time  # this read's start
+            began = self._share_began = now
             self._worker.loop.call_soon(self._end_turn)
-        if time.time() - began <= SHARE_SECONDS:
-            return False
-        self._hold(data[pos:])
+        return began
+
+    def _wait_next_turn(self, rest: bytes) -> None:
+        """Hold ``rest``, unparsed, and stop reading until the loop's next turn."""
+        self._hold(rest)
         if self.flow is not None:
             self.flow.pause(Reason.SHARE)
         self._worker.loop.call_soon(self._next_share)
-        return True
 
     def _end_turn(self) -> None:
         self._share_began = 0.0

@@ -15,6 +15,7 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 from unit.test_connection_fuzz import (  # fast_path: both fast paths, compiled and Python
+    MAX_MESSAGE,
     FakeTransport,
     StubWorker,
     client_frame,
@@ -22,9 +23,10 @@ from unit.test_connection_fuzz import (  # fast_path: both fast paths, compiled 
     handshake,
 )
 
+from swoolish.core.settings import Settings
 from swoolish.worker.flow import Reason
 from swoolish.worker.http import HttpConnection
-from swoolish.worker.websocket import SHARE_BYTES, SHARE_SECONDS
+from swoolish.worker.websocket import LARGE_READ, SHARE_BYTES, SHARE_SECONDS
 
 
 class Gate:
@@ -122,9 +124,12 @@ def test_a_handler_that_raises_closes_its_session_with_1011_and_is_counted() -> 
     assert out[0] == 0x88 and out[2:4] == (1011).to_bytes(2, "big")  # a close, 1011
 
 
-def slow_session() -> tuple[StubWorker, FakeTransport, list[str]]:
-    """A session whose message handler takes a millisecond, and the messages it saw."""
+def slow_session(**settings: Any) -> tuple[StubWorker, FakeTransport, list[str]]:
+    """A session whose message handler takes a millisecond, and the messages it saw;
+    ``settings`` over the worker double's."""
     worker = StubWorker(compression=False)
+    if settings:
+        worker.settings = Settings({"max_message_size": MAX_MESSAGE, **settings})
     seen: list[str] = []
 
     def on_message(server: Any, frame: Any) -> None:
@@ -181,3 +186,28 @@ def test_reads_in_one_turn_of_the_loop_are_timed_together() -> None:
         worker.loop.fire_all()
     assert seen == sent
     assert not transport.paused
+
+
+def test_a_large_read_waits_for_the_next_turn_once_the_turn_is_spent() -> None:
+    """1. the pieces of one 64 KiB message come in reads of 16 KiB, as uvloop hands over
+    what it decrypted from a TLS client's 1-byte records, each read costing it
+    milliseconds first  2. the first read opens the turn's count; a read that comes
+    once SHARE_SECONDS have passed in the same turn waits, whole, for the next turn,
+    reading paused (before: no frame ended in those reads, nothing was timed, and one
+    such client stalled the worker's other clients 250 ms per turn)  3. the next turn
+    takes it, the rest follows, and the message arrives whole."""
+    worker, transport, seen = slow_session(max_message_size=1 << 20)
+    frame = client_frame(2, bytes(64 * 1024))
+    pieces = [frame[i : i + 16 * 1024] for i in range(0, len(frame), 16 * 1024)]
+    assert all(len(piece) >= LARGE_READ for piece in pieces[:2])
+    transport.protocol.data_received(pieces[0])
+    assert not transport.paused
+    time.sleep(SHARE_SECONDS * 1.2)  # what uvloop spent on the next read
+    transport.protocol.data_received(pieces[1])
+    assert transport.paused and transport.protocol.flow.holds(Reason.SHARE)
+    while worker.loop.pending():
+        worker.loop.fire_all()
+    assert not transport.paused
+    for piece in pieces[2:]:
+        transport.protocol.data_received(piece)
+    assert seen == [bytes(64 * 1024)]

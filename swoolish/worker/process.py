@@ -394,6 +394,7 @@ class Worker:
         its handshake runs (swoolish.worker.tlshandshakes), and the last one before
         max_connections stops the accepting."""
         conn = HttpConnection(self)
+        conn.tls_began = self.loop.time()
         self.tls_handshakes.begun(conn)
         if self._at_capacity():
             self.listener.full()

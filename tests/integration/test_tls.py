@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -519,3 +520,38 @@ def test_a_fin_without_close_notify_ends_the_session_and_floods_no_log(tmp_path,
                 ws.send("broadcast")
                 assert ws.recv(timeout=timeout(5)) == "x" * 100
         assert server.log().count("SSL connection is closed") < 5
+
+
+def test_the_tls_handshake_and_the_request_share_one_handshake_timeout(tmp_path, certs, app):
+    """1. handshake_timeout 3 s; a client sends all of its ClientHello but the last byte,
+    the last 2 s later, completes the TLS handshake, then sends half a request
+    2. the 408 comes within the 1 s left of the one handshake_timeout (waited for up to
+    2 s here); before, the request had a handshake_timeout of its own: the 408 came 3 s
+    after the TLS handshake, 6 s in all (20 s at the defaults)."""
+    with serving(app, tmp_path, *certs.options(), "--handshake-timeout", "3") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=timeout(5)) as sock:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = certs.client_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.do_handshake()
+            hello = outgoing.read()
+            sock.sendall(hello[:-1])
+            time.sleep(2)  # the client's own pace: its ClientHello's last byte comes late
+            sock.sendall(hello[-1:])
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    sock.sendall(outgoing.read())
+                    incoming.write(sock.recv(65536))
+            tls.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and no end of the head
+            sock.sendall(outgoing.read())
+            sock.settimeout(2)
+            answer = b""
+            while b"\r\n" not in answer:
+                try:
+                    answer += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    incoming.write(sock.recv(65536))
+            assert answer.startswith(b"HTTP/1.1 408 ")

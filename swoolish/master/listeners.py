@@ -17,7 +17,15 @@ from collections.abc import Callable
 
 from ..core.errors import SettingError
 
-__all__ = ["BACKLOG", "UDS_MODE", "AcceptFailures", "bind", "bind_unix", "unlink_unix"]
+__all__ = [
+    "BACKLOG",
+    "UDS_MODE",
+    "AcceptFailures",
+    "ClientFaults",
+    "bind",
+    "bind_unix",
+    "unlink_unix",
+]
 
 log = logging.getLogger("swoolish.master")
 
@@ -62,6 +70,35 @@ class AcceptFailures:
         if exc.errno in RESOURCE_ERRORS and make_room():
             return None
         return now + ACCEPT_PAUSE
+
+
+class ClientFaults:
+    """What the master's own listeners do when serving one client raises something
+    unexpected (a bug its input reached): that client is hung up on by the caller and
+    the master serves on, since the master going down takes every worker with it
+    (docs/security.md). The first fault of an episode is logged with its traceback,
+    the rest of the episode not at all, so that a client repeating it cannot flood
+    the log."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what  # "control socket", "metrics": who logs
+        self.count = 0  # faults over the master's life
+        self._last_fault = float("-inf")
+
+    def failed(self, exc: BaseException) -> None:
+        """Count ``exc``; log it when it starts an episode."""
+        now = time.monotonic()
+        self.count += 1
+        if now - self._last_fault > EPISODE_GAP:
+            log.error(
+                "%s: serving a client failed (%s: %s); hung up on that client, the master "
+                "keeps running (logged once per episode)",
+                self.what,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+        self._last_fault = now
 
 
 def bind(

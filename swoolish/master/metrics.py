@@ -11,8 +11,9 @@ never lets a client take it down: sockets are non-blocking and every answer is
 written as the client takes it; a client that does not send its request within
 ``REQUEST_TIMEOUT`` seconds, or does not take its answer within ``ANSWER_TIMEOUT``, is
 dropped; a request over ``MAX_REQUEST`` bytes or malformed gets a 400 and a hang-up;
-``accept`` errors are survived as the control socket survives them. Every answer
-closes the connection.
+``accept`` errors are survived as the control socket survives them; anything else
+that goes wrong with one client is logged (listeners.ClientFaults) and that client hung
+up on. Every answer closes the connection.
 
 Clients are held in two bounded groups, so that connections that send nothing never
 keep a scrape out. At most ``MAX_READERS`` connections whose request has not come yet:
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import selectors
 import socket
 from collections import Counter
@@ -60,6 +62,7 @@ __all__ = [
     "Snapshot",
     "Tally",
     "WorkerSample",
+    "head_end",
     "listen",
     "parse_request",
     "render",
@@ -75,6 +78,8 @@ READ_SIZE = 16 * 1024  # bytes read at once: more than MAX_REQUEST, so one read 
 ANSWER_TIMEOUT = 10.0  # seconds a client gets, after its request, to take the answer
 ACCEPTS_PER_PASS = 16  # connections taken per readable event, so the loop moves on
 BACKLOG = 64
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")  # the empty line that ends a request head
 
 REASONS = {
     200: "OK",
@@ -311,7 +316,9 @@ def parse_request(head: bytes) -> tuple[str, str] | None:
         text = head.decode("ascii")
     except UnicodeDecodeError:
         return None
-    request_line, *fields = text.split("\r\n")
+    request_line, *fields = _lines(text)
+    if "\r" in text.replace("\r\n", "\n"):
+        return None  # a bare CR is invalid (RFC 9112 §2.2)
     parts = request_line.split(" ")
     if len(parts) != 3:
         return None
@@ -321,10 +328,26 @@ def parse_request(head: bytes) -> tuple[str, str] | None:
     if any(":" not in line for line in fields):
         return None
     if target.startswith(("http://", "https://")):  # absolute-form (RFC 9112 §3.2.2)
-        target = urlsplit(target).path or "/"
+        try:
+            target = urlsplit(target).path or "/"
+        except ValueError:  # e.g. "http://[": an authority urlsplit cannot parse
+            return None
     if not target.startswith("/"):
         return None
     return method, target.partition("?")[0]
+
+
+def _lines(head: str) -> list[str]:
+    """The lines of a request head, each ended by CRLF or by a bare LF, which RFC 9112
+    §2.2 lets a recipient take as a line terminator (docs/deployment.md)."""
+    return [line.removesuffix("\r") for line in head.split("\n")]
+
+
+def head_end(buffer: bytes) -> tuple[int, int] | None:
+    """Where the head of the request in ``buffer`` ends and its blank line ends, or
+    None while the blank line has not come; CRLF or bare LF alike (RFC 9112 §2.2)."""
+    found = _HEAD_END.search(buffer)
+    return None if found is None else found.span()
 
 
 def response(status: int, body: bytes, content_type: str, head_only: bool = False) -> bytes:
@@ -385,6 +408,7 @@ class MetricsServer:
         self.waiting: list[MetricsClient] = []  # scrapes waiting for the workers' figures
         self.paused_until: float | None = None
         self._failures = listeners.AcceptFailures("metrics")
+        self._faults = listeners.ClientFaults("metrics")
         selector.register(self.sock, selectors.EVENT_READ, self)
 
     @property
@@ -498,6 +522,16 @@ class MetricsServer:
     # -- one client
 
     def _read(self, client: MetricsClient, now: float) -> None:
+        """Read from ``client`` and answer it once its request has come. Whatever goes
+        wrong with one client is that client's fault: it is logged and the client hung
+        up on, and the master serves on (docs/deployment.md)."""
+        try:
+            self._read_request(client, now)
+        except Exception as exc:
+            self._faults.failed(exc)
+            self._drop(client)
+
+    def _read_request(self, client: MetricsClient, now: float) -> None:
         try:
             chunk = client.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -508,11 +542,12 @@ class MetricsServer:
             self._drop(client)
             return
         client.buffer += chunk
-        head, found, _ = client.buffer.partition(b"\r\n\r\n")
-        if not found:
+        end = head_end(client.buffer)
+        if end is None:
             if len(client.buffer) > MAX_REQUEST:
                 self._answer(client, 400, b"request too large\n")
             return
+        head = client.buffer[: end[0]]
         if len(head) > MAX_REQUEST:
             self._answer(client, 400, b"request too large\n")
             return
@@ -559,7 +594,11 @@ class MetricsServer:
                 self._answer(client, 503, b"could not render the figures\n")
             return
         for client in live:
-            self._answer(client, 200, body, content_type)
+            try:
+                self._answer(client, 200, body, content_type)
+            except Exception as exc:  # one client's fault, as in _read
+                self._faults.failed(exc)
+                self._drop(client)
 
     def _answer(
         self,

@@ -237,6 +237,37 @@ def test_other_paths_methods_and_bad_requests(tmp_path):
             assert client.recv(timeout=timeout(5)) == "still serving"
 
 
+def test_a_target_urlsplit_cannot_parse_gets_a_400_and_the_master_serves_on(tmp_path):
+    """An absolute-form target with a broken IPv6 literal (``http://[``) made urlsplit
+    raise in the master's loop: the master exited and took every worker with it. It is
+    a malformed request: a 400, and the master, its workers and its scrapes go on."""
+    with metrics_serving(tmp_path) as (server, port):
+        with server.connect() as held:  # a WebSocket open across the bad requests
+            for target in (b"http://[", b"http://[/metrics", b"https://[::1/healthz"):
+                answer = raw_request(port, b"GET " + target + b" HTTP/1.1\r\n\r\n")
+                assert answer.startswith(b"HTTP/1.1 400 "), (target, answer)
+            assert server.proc.poll() is None, server.log()[-3000:]
+            held.send("still open")
+            assert held.recv(timeout=timeout(5)) == "still open"
+        assert get(port, "/healthz")[0] == 200
+        assert value(scrape(port), "swoolish_generation") == 1
+        assert "Traceback" not in server.log()
+
+
+def test_a_request_with_bare_lf_line_endings_is_answered(tmp_path):
+    """RFC 9112 §2.2 lets a recipient take a bare LF as a line terminator: such a
+    request is answered like its CRLF twin (it went unanswered, then was hung up on
+    after the request timeout); a bare CR is still a malformed request."""
+    with metrics_serving(tmp_path) as (server, port):
+        health = raw_request(port, b"GET /healthz HTTP/1.1\nHost: x\n\n")
+        assert health.startswith(b"HTTP/1.1 200 ") and health.endswith(b"\r\n\r\nok\n"), health
+        mixed = raw_request(port, b"GET /metrics HTTP/1.1\r\nHost: x\n\r\n")
+        assert mixed.startswith(b"HTTP/1.1 200 ") and b"swoolish_generation 1" in mixed, mixed
+        bare_cr = raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\ry: z\r\n\r\n")
+        assert bare_cr.startswith(b"HTTP/1.1 400 "), bare_cr
+        assert server.proc.poll() is None
+
+
 def answer_or_reset(sock: socket.socket, seconds: float = 15) -> bytes | None:
     """Everything the master sends until it hangs up; None if it reset the connection."""
     sock.settimeout(timeout(seconds))

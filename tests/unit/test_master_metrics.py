@@ -11,6 +11,7 @@ from swoolish.master.metrics import (
     Snapshot,
     Tally,
     WorkerSample,
+    head_end,
     parse_request,
     registry_for,
     render,
@@ -33,10 +34,31 @@ from swoolish.master.notify import Notifier, address_of
         (b"GET /metrics HTTP/1.1\r\nno colon here", None),
         (b"GET /m\xe9trics HTTP/1.1", None),
         (b"", None),
+        (b"GET http://[/metrics HTTP/1.1", None),  # urlsplit: "Invalid IPv6 URL"
+        (b"GET https://[::1/healthz HTTP/1.1", None),
+        (b"GET http://[::1]:9109/healthz HTTP/1.1", ("GET", "/healthz")),
+        (b"GET /metrics HTTP/1.1\nHost: x", ("GET", "/metrics")),  # bare LF (RFC 9112 §2.2)
+        (b"GET /metrics HTTP/1.1\r\nHost: x\ny: z", ("GET", "/metrics")),
+        (b"GET /metrics HTTP/1.1\rHost: x", None),  # a bare CR is invalid
+        (b"GET /metrics HTTP/1.1\r\nHost: x\ry", None),
     ],
 )
 def test_parse_request(head, expected):
     assert parse_request(head) == expected
+
+
+@pytest.mark.parametrize(
+    ("buffer", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest", (23, 27)),
+        (b"GET / HTTP/1.1\nHost: x\n\nrest", (22, 24)),
+        (b"GET / HTTP/1.1\r\nHost: x\n\r\n", (23, 26)),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", None),
+        (b"GET / HTTP/1.1\r\n\r", None),
+    ],
+)
+def test_head_end_takes_crlf_and_bare_lf(buffer, expected):
+    assert head_end(buffer) == expected
 
 
 def test_totals_keep_exited_workers_and_never_go_down():

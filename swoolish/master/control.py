@@ -18,7 +18,11 @@ The master never lets the socket take it down: at most ``MAX_CLIENTS`` clients a
 connections cannot lock the operator out), and ``accept`` errors are survived: out of
 descriptors, an idle client is dropped to free one, or, with none to drop, the master
 stops polling the socket for ``ACCEPT_PAUSE`` seconds instead of spinning on it. Each
-episode of failures is logged once.
+episode of failures is logged once. A client socket leaves the master's selector
+whenever it is closed (ControlClient.close), so its descriptor number can be reused
+safely; a request line that does not parse, nested too deep included, gets an error
+line; anything else one client's request raises is logged (listeners.ClientFaults) and
+that client hung up on.
 
 Requests and replies are JSON, one object per line; a reply stream ends when the
 master closes the connection.
@@ -39,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..core.errors import SettingError
-from .listeners import AcceptFailures
+from .listeners import AcceptFailures, ClientFaults
 
 __all__ = [
     "ControlClient",
@@ -183,10 +187,17 @@ def locate(master_pid: int, uid: int, environs: Iterable[Mapping[str, str]]) -> 
 
 
 class ControlClient:
-    """One connected CLI, as the master sees it."""
+    """One connected CLI, as the master sees it.
 
-    def __init__(self, sock: socket.socket) -> None:
+    ``unregister`` takes its socket out of the master's selector. It is called before
+    every close: a closed socket left registered keeps its descriptor number in the
+    selector, and the next socket the kernel gives that number could not be
+    registered (a ``KeyError`` that ended the master).
+    """
+
+    def __init__(self, sock: socket.socket, unregister: Callable[[socket.socket], None]) -> None:
         self.sock = sock
+        self.unregister = unregister
         self.buffer = b""
         self.closed = False
         self.requested = False  # sent a request; only clients that have not may be dropped
@@ -203,8 +214,11 @@ class ControlClient:
             self.close()
 
     def close(self) -> None:
+        """Take the socket out of the master's selector, then close it."""
         if not self.closed:
             self.closed = True
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.unregister(self.sock)
             with contextlib.suppress(OSError):
                 self.sock.close()
 
@@ -212,18 +226,18 @@ class ControlClient:
 class ControlServer:
     """Accepts CLI connections; hands each complete request to ``on_request``.
 
-    ``drop`` is how the master forgets a client (unregister, close); the server calls
-    it for an idle client it hangs up on to make room.
+    ``unregister`` takes a client's socket out of the master's selector (ControlClient).
     """
 
     def __init__(
         self,
         on_request: Callable[[ControlClient, dict[str, Any]], None],
-        drop: Callable[[ControlClient], None],
+        unregister: Callable[[socket.socket], None],
         directory: str | None = None,
     ) -> None:
         self.on_request = on_request
-        self.drop = drop
+        self.unregister = unregister
+        self.faults = ClientFaults("control socket")
         self.pid = os.getpid()
         self.uid = os.geteuid()
         self.directory = directory or runtime_dir(self.uid, os.environ)
@@ -272,9 +286,9 @@ class ControlServer:
             if idle is None:
                 _reject(conn, f"busy: {MAX_CLIENTS} control clients connected; try again")
                 return None
-            self.drop(idle)
+            idle.close()
             self.clients.remove(idle)
-        client = ControlClient(conn)
+        client = ControlClient(conn, self.unregister)
         self.clients.append(client)
         return client
 
@@ -290,7 +304,7 @@ class ControlServer:
         idle = self._oldest_idle()
         if idle is None:
             return False
-        self.drop(idle)
+        idle.close()
         self.clients.remove(idle)
         return True
 
@@ -312,7 +326,7 @@ class ControlServer:
         )
 
     def readable(self, client: ControlClient) -> bool:
-        """Read from a client; returns False when it should be unregistered."""
+        """Read from a client; returns False when it should be hung up on."""
         try:
             chunk = client.sock.recv(4096)
         except (BlockingIOError, InterruptedError):
@@ -320,24 +334,18 @@ class ControlServer:
         except OSError:
             chunk = b""
         if not chunk:
-            client.close()
             return False
         client.buffer += chunk
         if b"\n" not in client.buffer:
             if len(client.buffer) > MAX_REQUEST:
                 client.send({"error": "request too large"})
-                client.close()
                 return False
             return True
         line, _, client.buffer = client.buffer.partition(b"\n")
         client.requested = True
-        try:
-            message = json.loads(line)
-            if not isinstance(message, dict):
-                raise ValueError("not an object")
-        except ValueError:
+        message = _parse(line)
+        if message is None:
             client.send({"error": "a request is one JSON object per line"})
-            client.close()
             return False
         self.on_request(client, message)
         return not client.closed
@@ -351,6 +359,17 @@ class ControlServer:
         with contextlib.suppress(OSError):
             if _identity(os.lstat(self.path)) == self._identity:
                 os.unlink(self.path)
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """The request object of one line, or None. A line is at most ``MAX_REQUEST`` plus
+    one read long, but its nesting is not bounded: json raises RecursionError, no
+    ValueError, on a deep one (1,000 ``[`` are enough)."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

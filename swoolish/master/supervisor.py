@@ -251,7 +251,7 @@ class Master:
             if self.settings.redis_url:  # cluster mode: a fresh node number (docs/cluster.md)
                 self.node = claim_node(self.settings.redis_url, self.settings.cluster_name)
             self.metrics = self._start_metrics()
-            self.control = ControlServer(self._on_control_request, self._drop_control)
+            self.control = ControlServer(self._on_control_request, self._forget)
         except BaseException:
             if self.metrics is not None:
                 self.metrics.close()
@@ -1521,13 +1521,24 @@ class Master:
                 self.selector.register(control.sock, selectors.EVENT_READ, "control")
 
     def _read_control(self, client: ControlClient) -> None:
+        """Read from a control client and act on its request. Whatever that raises is
+        this client's fault: it is hung up on and the master serves on, since the
+        master's end is every worker's (docs/security.md)."""
         assert self.control is not None
-        if not self.control.readable(client):
+        try:
+            keep = self.control.readable(client)
+        except Exception as exc:
+            self.control.faults.failed(exc)
+            keep = False
+        if not keep:
             self._drop_control(client)
 
+    def _forget(self, sock: socket.socket) -> None:
+        """Take a control client's socket out of the selector (before it is closed)."""
+        self.selector.unregister(sock)
+
     def _drop_control(self, client: ControlClient) -> None:
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self.selector.unregister(client.sock)
+        """Hang up on a control client (ControlClient.close unregisters it first)."""
         client.close()
 
     def _on_control_request(self, client: ControlClient, request: dict[str, Any]) -> None:

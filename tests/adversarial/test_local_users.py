@@ -3,9 +3,10 @@
 What must hold (docs/security.md, docs/cli.md): another local user can neither reload
 nor stop a master, through its control socket or the CLI, and a refused CLI says so in
 one line; no number of control clients takes the master down, whatever its descriptor
-limit; a pid file is never followed through a symlink, never shared by two live
-masters, replaced when stale and removed only while it is still the master's; serving
-on anything but Linux is refused in one line.
+limit, nor does what one client sends or fails to read; a pid file is never followed
+through a symlink, never shared by two live masters, replaced when stale and removed
+only while it is still the master's; serving on anything but Linux is refused in one
+line.
 
 Real ``swoolish serve`` processes; the other user is ``nobody``, reached by a forked
 child of this test that drops to it (the tests run as root; without root or without
@@ -45,6 +46,7 @@ from support import (
     serving,
     timeout,
     wait_until,
+    write_app,
 )
 
 APP = "tests/apps/echo_app.py:server"
@@ -384,6 +386,110 @@ def assert_still_serving(server: ServerProcess, pid_file: Path) -> None:
     report = json.loads(result.stdout)
     assert report["master"]["pid"] == server.pid
     assert [w["pid"] for w in report["workers"]] == [worker.pid]
+
+
+# ---------------------------------------------------------------------- one client's conduct
+
+# A handler held in flight until the test creates RELEASE: the old worker of a reload
+# drains until then. It creates HELD once it holds.
+HOLD_APP = """
+    import asyncio, os
+    from swoolish import WebSocketServer
+
+    HELD, RELEASE = {held!r}, {release!r}
+    server = WebSocketServer(reload_handoff=False, max_wait_time=30)
+
+    @server.on("message")
+    async def on_message(server, frame):
+        open(HELD, "w").close()
+        while not os.path.exists(RELEASE):
+            await asyncio.sleep(0.02)
+        server.push(frame.fd, "released")
+"""
+NOT_ONE_OBJECT = {"error": "a request is one JSON object per line"}
+
+
+def exchange(address: str, data: bytes) -> list[dict[str, Any]]:
+    """Send ``data`` and collect the reply lines until the master hangs up."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout(15))
+        sock.connect(address)
+        sock.sendall(data)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return [json.loads(line) for line in received.splitlines()]
+
+
+def read_line(sock: socket.socket) -> dict[str, Any]:
+    """One reply line (the socket's timeout is the deadline)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(1)
+        assert chunk, f"hung up after {line!r}"
+        line += chunk
+    return json.loads(line)
+
+
+def held_reload(tmp_path: Path) -> tuple[Path, Path, str]:
+    """The hold app's path, its HELD and RELEASE files, as (app target, held, release)."""
+    held, release = tmp_path / "held", tmp_path / "release"
+    app = write_app(tmp_path, HOLD_APP.format(held=str(held), release=str(release)))
+    return held, release, f"{app}:server"
+
+
+def test_a_client_whose_reply_fails_leaves_the_selector_with_its_socket(tmp_path):
+    """1. a handler in flight keeps a reload's old worker draining  2. a `reload` client
+    reads `started`, then shuts its reading side: the master's next reply to it fails
+    (EPIPE) and it is hung up on  3. a dozen control clients connect; the master gives
+    them the lowest free descriptors, the failed client's among them. Before, the
+    failed client was closed but left in the master's selector until the drain ended,
+    and the master died registering the newcomer that got its number ("already
+    registered"), and all its workers with it. Now it serves on: status answers, the
+    held handler completes, the old worker drains."""
+    held, release, target = held_reload(tmp_path)
+    pid_file = tmp_path / "master.pid"
+    idle: list[socket.socket] = []
+    with (
+        serving(target, tmp_path, "--pid-file", str(pid_file)) as server,
+        server.connect() as ws,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiter,
+    ):
+        ws.send("hold")
+        wait_until(held.exists, 10, what="the handler holding")
+        (address,) = control_addresses(server.pid)
+        waiter.settimeout(timeout(15))
+        waiter.connect(address)
+        waiter.sendall(b'{"command": "reload"}\n')
+        assert read_line(waiter) == {"event": "started", "generation": 2}
+        waiter.shutdown(socket.SHUT_RD)
+        server.wait_for_log(r"reload to generation 2 complete")  # after its failed reply
+        try:
+            flood(address, 12, idle)
+            (report,) = exchange(address, b'{"command": "status"}\n')
+        finally:
+            close_all(idle)
+        assert server.proc.poll() is None, "the master died:\n" + server.log()[-3000:]
+        assert report["master"]["generation"] == 2
+        release.touch()
+        assert ws.recv(timeout=timeout(10)) == "released"
+        server.wait_for_log(r"worker 0 gen 1 \(pid \d+\) drained")
+        assert server.proc.poll() is None
+        assert "already registered" not in server.log()
+
+
+def test_a_request_line_nested_too_deep_is_refused_in_one_line(tmp_path):
+    """A line of a thousand `[` made json raise RecursionError, which is no ValueError:
+    the master died. Lines nested too deep, up to the size limit, get the error line
+    every malformed request gets; the master serves on."""
+    with serving(APP, tmp_path) as server:
+        (address,) = control_addresses(server.pid)
+        for line in (b"[" * 1000, b'{"a": ' * 1000, b"[" * 60_000):
+            assert exchange(address, line + b"\n") == [NOT_ONE_OBJECT], line[:10]
+        assert server.proc.poll() is None, "the master died:\n" + server.log()[-3000:]
+        (report,) = exchange(address, b'{"command": "status"}\n')
+        assert report["master"]["pid"] == server.pid
 
 
 # ---------------------------------------------------------------------- item 8: pid file

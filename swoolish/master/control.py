@@ -24,8 +24,10 @@ safely; a request line that does not parse, nested too deep included, gets an er
 line; anything else one client's request raises is logged (listeners.ClientFaults) and
 that client hung up on.
 
-Requests and replies are JSON, one object per line; a reply stream ends when the
-master closes the connection.
+Requests and replies are JSON, one object per line, one request per connection (what
+follows it is ignored, and past ``MAX_REQUEST`` bytes no longer read); a reply stream
+ends when the master closes the connection. A client that half-closes after its
+request still gets every reply.
 """
 
 from __future__ import annotations
@@ -201,17 +203,28 @@ class ControlClient:
         self.buffer = b""
         self.closed = False
         self.requested = False  # sent a request; only clients that have not may be dropped
+        self.ignored = 0  # bytes it sent after its request
 
     def send(self, message: dict[str, Any]) -> None:
-        """Send one JSON line; a CLI that went away is simply dropped."""
+        """Send one JSON line without ever waiting for the client: the master serves
+        everything from one loop (docs/security.md). What the client has not read yet
+        waits in its socket's buffer; a client that lets that fill up, or that went
+        away, is hung up on."""
         if self.closed:
             return
+        line = json.dumps(message).encode() + b"\n"
         try:
-            self.sock.setblocking(True)
-            self.sock.settimeout(1.0)
-            self.sock.sendall(json.dumps(message).encode() + b"\n")
-        except OSError:
+            sent = self.sock.send(line)
+        except OSError:  # BlockingIOError (the buffer is full) included
+            sent = 0
+        if sent < len(line):
             self.close()
+
+    def stop_reading(self) -> None:
+        """The client half-closed after its request, or sends on after it: it still
+        gets its replies, but its socket, readable for good, leaves the selector."""
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.unregister(self.sock)
 
     def close(self) -> None:
         """Take the socket out of the master's selector, then close it."""
@@ -334,14 +347,17 @@ class ControlServer:
         except OSError:
             chunk = b""
         if not chunk:
-            return False
+            return self._ended(client)
+        if client.requested:
+            return self._ignore(client, len(chunk))
         client.buffer += chunk
         if b"\n" not in client.buffer:
             if len(client.buffer) > MAX_REQUEST:
                 client.send({"error": "request too large"})
                 return False
             return True
-        line, _, client.buffer = client.buffer.partition(b"\n")
+        line = client.buffer.partition(b"\n")[0]
+        client.buffer = b""
         client.requested = True
         message = _parse(line)
         if message is None:
@@ -349,6 +365,36 @@ class ControlServer:
             return False
         self.on_request(client, message)
         return not client.closed
+
+    @staticmethod
+    def _ignore(client: ControlClient, size: int) -> bool:
+        """One request per connection: what follows it is read and ignored, up to
+        ``MAX_REQUEST`` bytes; past that the client is no longer read, so a stream of
+        them costs the master nothing."""
+        client.ignored += size
+        if client.ignored > MAX_REQUEST:
+            client.stop_reading()
+        return True
+
+    @staticmethod
+    def _ended(client: ControlClient) -> bool:
+        """EOF: a client that made its request only half-closed (``nc -N``, socat) and
+        is answered, then hung up on, like any other; one that made none is done."""
+        if not client.requested or client.closed:
+            return False
+        client.stop_reading()
+        return True
+
+    def forget(self) -> None:
+        """Close every socket without touching the selector, in a forked worker: a CLI
+        must see EOF when the master hangs up, and a client that half-closed is held
+        out of the selector (ControlClient.stop_reading), so the selector does not list
+        every client."""
+        for client in self.clients:
+            with contextlib.suppress(OSError):
+                client.sock.close()
+        self.clients = []
+        self.sock.close()
 
     def close(self) -> None:
         """Close the socket; the master (not a forked worker) also removes its file, if

@@ -885,15 +885,12 @@ class Master:
             # even before the worker's loop takes it (_stop_worker)
             signal.signal(STOP_NUDGE, signal.SIG_IGN)
             # A CLI connected to the master must see EOF when the master hangs up, so
-            # no worker may keep a copy of its socket.
-            for key in list(self.selector.get_map().values()):
-                if isinstance(key.data, ControlClient):
-                    key.data.sock.close()
+            # no worker may keep a copy of its socket (ControlServer.forget).
+            if self.control is not None:
+                self.control.forget()
             self.selector.close()
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
-            if self.control is not None:
-                self.control.close()
             if self.metrics is not None:
                 self.metrics.forget()
             self.notifier.close()  # only the master notifies (NotifyAccess=main)

@@ -409,12 +409,15 @@ HOLD_APP = """
 NOT_ONE_OBJECT = {"error": "a request is one JSON object per line"}
 
 
-def exchange(address: str, data: bytes) -> list[dict[str, Any]]:
-    """Send ``data`` and collect the reply lines until the master hangs up."""
+def exchange(address: str, data: bytes, half_close: bool = False) -> list[dict[str, Any]]:
+    """Send ``data`` (shutting the writing side after it when ``half_close``, as
+    ``nc -N`` does) and collect the reply lines until the master hangs up."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout(15))
         sock.connect(address)
         sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         received = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(65536):
@@ -490,6 +493,101 @@ def test_a_request_line_nested_too_deep_is_refused_in_one_line(tmp_path):
         assert server.proc.poll() is None, "the master died:\n" + server.log()[-3000:]
         (report,) = exchange(address, b'{"command": "status"}\n')
         assert report["master"]["pid"] == server.pid
+
+
+def test_a_request_followed_by_a_half_close_is_answered_in_full(tmp_path):
+    """A request, then a half-close (`nc -N`, socat): the client still gets every
+    reply, then the hang-up. Before, the EOF dropped it: no status at all, a reload's
+    `started` alone."""
+    with serving(APP, tmp_path) as server:
+        (address,) = control_addresses(server.pid)
+        status = exchange(address, b'{"command": "status"}\n', half_close=True)
+        assert [r["master"]["pid"] for r in status] == [server.pid], status
+        reload = exchange(address, b'{"command": "reload"}\n', half_close=True)
+        events = [r["event"] for r in reload]
+        assert events == ["started", "ready", "finished", "drained"], reload
+        assert reload[2]["ok"] is True, reload
+        assert server.proc.poll() is None
+
+
+def test_a_half_closed_client_sees_the_hang_up_after_a_worker_was_forked(tmp_path):
+    """1. a handler in flight keeps a reload's old worker draining  2. a `reload`
+    client half-closes after its request: the master keeps it, out of its selector,
+    to send the drain  3. a second reload forks a worker  4. the handler is released:
+    the drain ends and the master hangs up. The client sees the hang-up only if the
+    forked worker kept no copy of its socket."""
+    held, release, target = held_reload(tmp_path)
+    pid_file = tmp_path / "master.pid"
+    with (
+        serving(target, tmp_path, "--pid-file", str(pid_file)) as server,
+        server.connect() as ws,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
+    ):
+        ws.send("hold")
+        wait_until(held.exists, 10, what="the handler holding")
+        (address,) = control_addresses(server.pid)
+        client.settimeout(timeout(15))
+        client.connect(address)
+        client.sendall(b'{"command": "reload"}\n')
+        client.shutdown(socket.SHUT_WR)
+        assert read_line(client)["event"] == "started"
+        server.wait_for_log(r"reload to generation 2 complete")
+        wait_until(
+            lambda: not accepted_fds(server.pid, address) & polled_fds(server.pid),
+            10,
+            what="the half-closed client out of the master's selector",
+        )
+        assert run_cli("reload", "--pid-file", str(pid_file), "--wait").returncode == 0
+        release.touch()
+        assert ws.recv(timeout=timeout(10)) == "released"
+        rest = b""
+        while chunk := client.recv(65536):  # the socket's timeout is the deadline
+            rest += chunk
+        assert json.loads(rest.splitlines()[-1])["event"] == "drained", rest
+
+
+def accepted_fds(pid: int, address: str) -> set[int]:
+    """The master's descriptors of clients connected to its control socket."""
+    listening = [c.fd for c in psutil.Process(pid).net_connections("unix") if c.laddr == address]
+    return set(listening) - {min(listening)}
+
+
+def test_one_connection_is_one_request(tmp_path):
+    """1. a handler in flight keeps a reload from ending  2. one connection sends
+    `reload`, then `reload` again on the same connection. Before, each line was a
+    request: the second was queued (a reload to generation 3), and a client that sent
+    many lines and read nothing got every event once per line until its socket was
+    full, while the master waited up to 1 s on each write. Now what follows the first
+    line is ignored: one reload, one stream of events."""
+    held, release, target = held_reload(tmp_path)
+    pid_file = tmp_path / "master.pid"
+    with (
+        serving(target, tmp_path, "--pid-file", str(pid_file)) as server,
+        server.connect() as ws,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
+    ):
+        ws.send("hold")
+        wait_until(held.exists, 10, what="the handler holding")
+        (address,) = control_addresses(server.pid)
+        client.settimeout(timeout(15))
+        client.connect(address)
+        client.sendall(b'{"command": "reload"}\n')
+        assert read_line(client) == {"event": "started", "generation": 2}
+        client.sendall(b'{"command": "reload"}\n' * 50)
+        server.wait_for_log(r"reload to generation 2 complete")
+        (report,) = exchange(address, b'{"command": "status"}\n')  # after the lines above
+        assert report["master"]["reloading"] is False
+        release.touch()
+        assert ws.recv(timeout=timeout(10)) == "released"
+        rest = b""
+        while chunk := client.recv(65536):  # until the hang-up, once the old worker left
+            rest += chunk
+        events = [json.loads(line)["event"] for line in rest.splitlines()]
+        assert events[0] == "ready" and events.count("finished") == 1, events
+        assert "queued" not in events and events[-1] == "drained", events
+        assert "during a reload" not in server.log()
+        result = run_cli("status", "--pid-file", str(pid_file), "--json")
+        assert json.loads(result.stdout)["master"]["generation"] == 2, result.stderr
 
 
 # ---------------------------------------------------------------------- item 8: pid file

@@ -78,6 +78,9 @@ READ_SIZE = 16 * 1024  # bytes read at once: more than MAX_REQUEST, so one read 
 ANSWER_TIMEOUT = 10.0  # seconds a client gets, after its request, to take the answer
 ACCEPTS_PER_PASS = 16  # connections taken per readable event, so the loop moves on
 BACKLOG = 64
+#: A worker process's states as the master tracks them (master/supervisor.py), each
+#: reported in ``swoolish_workers{state}`` whether or not a worker is in it.
+WORKER_STATES = ("booting", "serving", "paused", "stopping", "killed")
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")  # the empty line that ends a request head
 
@@ -161,11 +164,17 @@ class Tally:
     recycles: Counter[str] = dataclasses.field(default_factory=Counter)  # max_request: ok / …
 
     def retire(self, figures: Mapping[str, Any]) -> None:
-        """Keep an exited worker's final counters, so the totals never go down."""
+        """Keep an exited worker's final counters, so the totals never go down.
+
+        The connections it still held by those figures went with it: they count as
+        closed, so that opened minus closed stays what the workers hold. A worker that
+        exits cleanly reports none; one killed between two polls held some, and after
+        three kill -9 the difference stayed at 7 with no connection open."""
         for name in COUNTERS:
-            value = figures.get(name)
-            if isinstance(value, int) and not isinstance(value, bool):
+            value = _int(figures.get(name))
+            if value:
                 self.retired[name] += value
+        self.retired["closed"] += max(0, _int(figures.get("connections")))
 
     def handed_off(self, handoff: Mapping[str, Any] | None) -> None:
         """Add the hand-off figures of an old worker's ``Exiting`` message."""
@@ -215,8 +224,11 @@ class _SnapshotCollector:
         states = GaugeMetricFamily(
             "swoolish_workers", "Worker processes by state.", labels=["state"]
         )
-        for state, count in sorted(Counter(w.state for w in snap.workers).items()):
-            states.add_metric([state], count)
+        counts = Counter(w.state for w in snap.workers)
+        # Every state, 0 included: a series that vanished while no worker is serving (a
+        # crash loop) would never fire an alert on serving < 1 (docs/deployment.md).
+        for state in (*WORKER_STATES, *sorted(set(counts) - set(WORKER_STATES))):
+            states.add_metric([state], counts[state])
         yield states
         for name, figure, text in GAUGE_FAMILIES:
             yield GaugeMetricFamily(name, text, value=snap.now(figure))

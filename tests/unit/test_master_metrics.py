@@ -8,6 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from swoolish.master.metrics import (
+    WORKER_STATES,
     Snapshot,
     Tally,
     WorkerSample,
@@ -110,3 +111,29 @@ def test_notifier_takes_the_variable_out_of_the_environment():
     silent = Notifier.from_environ({})
     assert not silent.active
     silent.ready("nothing to tell")  # no socket: a no-op
+
+
+def test_a_worker_gone_with_connections_counts_them_closed():
+    """A worker killed between two polls held connections by its last figures: they
+    went with it, so opened minus closed stays what the live workers hold (before, it
+    stayed off by them for good)."""
+    tally = Tally()
+    killed = WorkerSample(0, 10, 1, "serving", {"accepted": 10, "closed": 7, "connections": 3})
+    tally.retire(killed.figures)
+    snap = Snapshot(1, (), tally, 0)
+    assert snap.total("accepted") - snap.total("closed") == 0
+
+
+def test_every_worker_state_is_reported_even_at_zero():
+    """``swoolish_workers{state}`` has a sample for every state, 0 where no worker is in
+    it: with the only worker killed, serving reads 0 (before: the series vanished, and
+    an alert on serving < 1 never fired)."""
+    snap = Snapshot(1, (WorkerSample(0, 1, 1, "booting", {}),), Tally(), 0)
+    body, _ = render(registry_for(lambda: snap))
+    workers = {
+        s.labels["state"]: s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name == "swoolish_workers"
+    }
+    assert workers == {state: 0 for state in WORKER_STATES} | {"booting": 1}

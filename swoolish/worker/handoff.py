@@ -62,6 +62,7 @@ MAX_BATCH_BYTES = 2 * 1024 * 1024  # one message (ipc cuts it into packets that 
 FIRST_SLICE = 16  # connections in the first batch: the most recently active ones
 QUIET_SECONDS = 0.1  # a session without a message for this long is quiet
 FIRST_RELEASE_WAIT = 0.25  # seconds the rest waits for the first batch's release round trip
+ADOPT_SLICE = 64  # sessions of a batch the new worker adopts side by side (Adopter._adopt)
 
 
 class HandoffReport:
@@ -490,11 +491,13 @@ class Adopter:
         would each be announced (and their clients released) only when the last is done,
         so the first batch, the busiest clients, would wait for all of them.
 
-        The sessions of a batch are adopted side by side, in their order: the batch
-        takes a few turns of the loop, not two per session. Every turn also gives each
-        busy client its share (up to SHARE_SECONDS, worker/websocket.py): with one
-        client flooding the worker, one at a time, the first batch of 16 took 160 ms,
-        and its clients' answers waited for it (docs/reload.md, "Live hand-off")."""
+        The sessions of a batch are adopted side by side, in their order, ADOPT_SLICE
+        at a time: a slice takes a few turns of the loop, not two per session. Every
+        turn also gives each busy client its share (up to SHARE_SECONDS,
+        worker/websocket.py): with one client flooding the worker, one at a time, the
+        first batch of 16 took 160 ms, and its clients' answers waited for it
+        (docs/reload.md, "Live hand-off"). A slice's sessions are all made in one turn
+        (some 30 µs each): slices keep that turn short for the clients adopted before."""
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         worker = self.worker
@@ -502,9 +505,13 @@ class Adopter:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            await asyncio.gather(
-                *(self._adopt_one(state, descriptor, bus_marks) for state, descriptor in taken)
-            )
+            for start in range(0, len(taken), ADOPT_SLICE):
+                await asyncio.gather(
+                    *(
+                        self._adopt_one(state, descriptor, bus_marks)
+                        for state, descriptor in taken[start : start + ADOPT_SLICE]
+                    )
+                )
         finally:
             worker.router.announce()
             if gc_was_enabled:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -19,15 +20,15 @@ import uvloop
 from swoolish.core.messages import MovingSession
 from swoolish.shared import ipc
 from swoolish.worker import handoff
-from swoolish.worker.handoff import Adopter
-
-BATCH = 16
+from swoolish.worker.handoff import ADOPT_SLICE, Adopter
 
 
 class Session(asyncio.Protocol):
     """Stands for WsConnection.adopting's session: what it is made with, and when."""
 
     made: list[int] = []
+    turn_of: dict[int, int] = {}  # sid -> the turn of the loop it was made in
+    turn = 0
 
     def __init__(self, sid: int) -> None:
         self.sid = sid
@@ -38,6 +39,7 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         Session.made.append(self.sid)
+        Session.turn_of[self.sid] = Session.turn
         self.transport = transport
 
 
@@ -73,7 +75,7 @@ def session(sid: int) -> MovingSession:
 @pytest.fixture
 def adopter(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(handoff, "WsConnection", Session)
-    Session.made = []
+    Session.made, Session.turn_of, Session.turn = [], {}, 0
     loop = uvloop.new_event_loop()
     ours, theirs = ipc.channel_pair()
     adopter = Adopter(Host(loop), theirs)
@@ -84,17 +86,18 @@ def adopter(monkeypatch: pytest.MonkeyPatch):
     loop.close()
 
 
-def test_a_batch_is_adopted_in_a_few_turns_of_the_loop_in_its_order(adopter) -> None:
-    """1. a batch of 16 sessions on real sockets  2. adopting it takes a handful of turns
-    of the loop, 7 here, whatever the batch's size (before: two per session, 34 here)
-    3. every session is made in the batch's order, and the batch is announced once."""
+@pytest.mark.parametrize("size", [16, 200])
+def test_a_batch_is_adopted_in_a_few_turns_of_the_loop_in_its_order(adopter, size) -> None:
+    """1. a batch of 16 (then 200) sessions on real sockets  2. adopting it takes a
+    handful of turns of the loop per ADOPT_SLICE sessions, 7 for 16 here (before: two
+    per session, 34 for 16), and no turn makes more than ADOPT_SLICE of them, so that
+    the clients adopted before get theirs in between  3. every session is made in the
+    batch's order, and the batch is announced once."""
     loop = adopter.worker.loop
-    pairs = [socket.socketpair() for _ in range(BATCH)]
-    turns = 0
+    pairs = [socket.socketpair() for _ in range(size)]
 
     def count_turn() -> None:
-        nonlocal turns
-        turns += 1
+        Session.turn += 1
         loop.call_soon(count_turn)
 
     async def adopt() -> None:
@@ -104,9 +107,12 @@ def test_a_batch_is_adopted_in_a_few_turns_of_the_loop_in_its_order(adopter) -> 
 
     try:
         loop.run_until_complete(adopt())
-        assert Session.made == list(range(1, BATCH + 1))
-        assert adopter.adopted == BATCH and adopter.worker.router.announced == 1
-        assert turns <= 8, f"{turns} turns of the loop for a batch of {BATCH}"
+        assert Session.made == list(range(1, size + 1))
+        assert adopter.adopted == size and adopter.worker.router.announced == 1
+        slices = -(-size // ADOPT_SLICE)
+        assert Session.turn <= 8 * slices, f"{Session.turn} turns for a batch of {size}"
+        per_turn = Counter(Session.turn_of.values())
+        assert max(per_turn.values()) <= ADOPT_SLICE
     finally:
         for ours, _theirs in pairs:
             ours.close()

@@ -55,6 +55,7 @@ __all__ = ["TaskRequest", "TaskWorker"]
 
 DRAIN_POLL = 0.01  # seconds between two looks at the tasks a stopping task worker holds
 EXIT_FLUSH_TIMEOUT = 2.0  # seconds an exiting task worker waits for the master to read it
+MAX_ERROR_MESSAGE = 64 * 1024  # characters of an error message a TaskError carries
 #: Bytes waiting in the channel to the master past which no next task starts until they
 #: have gone. One answer is at most MAX_TASK_PAYLOAD, so a plain-function handler's
 #: answer always fits under ipc.HARD_LIMIT, the bound of essential messages. Without
@@ -443,7 +444,18 @@ def _encode_error(error: BaseException) -> bytes:
         pickle.loads(payload)
         if len(payload) <= MAX_TASK_PAYLOAD:
             return payload
-    return pickle.dumps(TaskError(f"{type(error).__name__}: {error}"))
+    return pickle.dumps(TaskError(f"{type(error).__name__}: {_message_of(error)}"))
+
+
+def _message_of(error: BaseException) -> str:
+    """``str(error)``, which the app's exception may fail to give: the task must still
+    be answered. Before, such an error (neither picklable nor printable) was never
+    answered: its sender's taskwait waited for its timeout, and its place in the task
+    worker's queue stayed taken for as long as the task worker lived."""
+    try:
+        return str(error)[:MAX_ERROR_MESSAGE]
+    except Exception as exc:
+        return f"(its message could not be read: {type(exc).__name__})"
 
 
 #: What the handler thread returns for a task it did not run (see _unpickled).

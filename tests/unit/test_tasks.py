@@ -4,13 +4,17 @@ which task, and the shared task load."""
 from __future__ import annotations
 
 import os
+import pickle
+import threading
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from swoolish.core.errors import TaskError
 from swoolish.core.messages import Task
 from swoolish.core.tasks import Deliver, Fail, Retire, TaskBook, choose_slot
 from swoolish.shared.taskload import TaskLoad
+from swoolish.worker.taskworker import _encode_error
 
 
 def task(n: int, slot: int = 0, sender: int = 100) -> Task:
@@ -176,3 +180,24 @@ def test_the_load_is_shared_with_forked_processes():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert load.loads() == [1]
+
+
+class _Unprintable(Exception):
+    """An app's exception that can be neither pickled nor turned into a string."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()  # not picklable
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def test_an_error_that_cannot_be_pickled_nor_printed_is_still_answered():
+    """The task's answer is a TaskError naming the exception's type (before: encoding
+    it raised, the task was never answered, and its queue place stayed taken)."""
+    error = pickle.loads(_encode_error(_Unprintable()))
+    assert isinstance(error, TaskError)
+    assert str(error).startswith("_Unprintable: (its message could not be read")
+    long = pickle.loads(_encode_error(ValueError("x" * 10_000_000, threading.Lock())))
+    assert len(str(long)) < 100_000

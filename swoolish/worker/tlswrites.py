@@ -48,7 +48,7 @@ class _SlicedWrites:
         if self._socket is not None and self._peer_closed():
             self._socket = None  # once
             protocol = self._transport.get_protocol()
-            asyncio.get_running_loop().call_soon(_end_of_input, protocol)
+            asyncio.get_running_loop().call_soon(_end_of_input, protocol, self._transport)
         write = self._transport.write
         size = len(data)
         if size <= TLS_SLICE:
@@ -70,11 +70,15 @@ class _SlicedWrites:
         return getattr(self._transport, name)
 
 
-def _end_of_input(protocol: Any) -> None:
-    """The client's FIN, as plain TCP would have reported it; nothing if its connection
-    is closing already (a close_notify, which uvloop does report, or our own close)."""
-    if not getattr(protocol, "closing", True) and getattr(protocol, "transport", None):
-        protocol.eof_received()
+def _end_of_input(protocol: Any, transport: asyncio.Transport) -> None:
+    """The client's FIN, as plain TCP would have reported it: the protocol's
+    ``eof_received``, then, unless it asks to keep it open, the transport's close (what
+    asyncio does on a plain socket). Nothing if the connection is closing already (a
+    close_notify, which uvloop does report, or our own close)."""
+    if getattr(protocol, "closing", True) or not getattr(protocol, "transport", None):
+        return
+    if not protocol.eof_received():
+        transport.close()
 
 
 def sliced_writes(transport: asyncio.Transport) -> asyncio.Transport:

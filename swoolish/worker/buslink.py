@@ -188,6 +188,12 @@ class BusLink:
         # above in _unanswered_bytes, so max_pending bounds it.
         self._pub._writer.writelines(buffer)
 
+    def catch_up(self) -> None:
+        """Apply the control messages the subscriber read and the loop has not applied
+        yet (heartbeats among them): before judging who is silent."""
+        if self._subscriber is not None:
+            self._subscriber.apply_urgent()
+
     @property
     def behind(self) -> int:
         """Bytes the subscriber read and the worker has not applied yet."""

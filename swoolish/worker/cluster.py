@@ -186,6 +186,9 @@ class Cluster:
             self._unread_bytes = 0
 
     def _beat(self) -> None:
+        # What the subscriber read first: after a blocked loop, this timer may run
+        # before the heartbeats read meanwhile are applied (docs/cluster.md, "Liveness").
+        self.link.catch_up()
         now = self.loop.time()
         if self.link.up:
             self._send(

@@ -200,12 +200,8 @@ class Subscriber:
         self._woken = False
         if self._stopping:
             return  # read by a link that is gone: the next one starts afresh
+        self.apply_urgent()
         apply = self.reader.apply
-        urgent = self._urgent
-        while urgent:
-            data = urgent.popleft()
-            self._urgent_taken += len(data)
-            self._safely(apply, data)
         in_order = self._in_order
         clock = time.perf_counter
         deadline = clock() + READ_SHARE
@@ -219,6 +215,21 @@ class Subscriber:
         if in_order and not self._woken:
             self._woken = True
             self.loop.call_soon(self._deliver)
+
+    def apply_urgent(self) -> None:
+        """Apply the control messages read so far, now. Also called before the worker
+        judges the other nodes' silence: after the loop was blocked, uvloop runs a timer
+        that came due before the callbacks the thread scheduled meanwhile, and a worker
+        declared healthy nodes down whose heartbeats it had read (docs/cluster.md,
+        "Liveness")."""
+        if self._stopping:
+            return
+        apply = self.reader.apply
+        urgent = self._urgent
+        while urgent:
+            data = urgent.popleft()
+            self._urgent_taken += len(data)
+            self._safely(apply, data)
 
     @staticmethod
     def _safely(apply: Callable[[bytes], None], data: bytes) -> None:

@@ -439,3 +439,31 @@ def test_a_malformed_message_on_the_bus_is_counted_and_dropped(tmp_path, redis_s
         finally:
             a1.close()
         no_tracebacks(a)
+
+
+def test_a_node_blocked_for_seconds_does_not_declare_the_others_down(tmp_path, redis_server):
+    """1. two nodes; B's only worker runs a handler that blocks its loop until a file
+    exists  2. A declares B silent (B was blocked for 3 s at least, and A kept beating:
+    B's reader thread read those heartbeats meanwhile)  3. the handler returns: B's
+    first push to A right after is handed and arrives, and B never logged A silent
+    (its late health round applied what was read before judging)  4. A hears B again."""
+    with nodes(tmp_path, redis_server.url, workers=1) as (a, b):
+        a1, b1 = Client(a), Client(b)
+        flag = tmp_path / "unblock"
+        try:
+            wait_visible(a1, [b1.fd])
+            wait_visible(b1, [a1.fd])
+            b1.send(f"block:{flag}")
+            assert b1.take(1, 5) == ["blocking"]
+            a.wait_for_log(rf"node {b1.node} silent", 8)
+            flag.touch()
+            assert b1.take(1, 5) == ["unblocked"]
+            assert pushed(b1, a1.fd, "right-after") is True
+            received(a1, "right-after")
+            assert f"node {a1.node} silent" not in b.log()
+            wait_visible(a1, [b1.fd], 8)
+        finally:
+            flag.touch()
+            a1.close()
+            b1.close()
+        no_tracebacks(a, b)

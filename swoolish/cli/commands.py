@@ -472,6 +472,11 @@ def render_cluster(cluster: dict[str, Any]) -> list[str]:
         f"subscriber restarts {cluster['subscriber_restarts']}, "
         f"unanswered {cluster['pending_bytes']} bytes",
     ]
+    if cluster.get("refusing"):
+        lines.append(
+            f"  Redis refuses {', '.join(cluster['refusing'])} "
+            f"({cluster['refused_commands']} refused)"
+        )
     if not cluster["nodes"]:
         lines.append("  no other node heard")
     for node, seen in cluster["nodes"].items():

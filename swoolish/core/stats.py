@@ -121,5 +121,7 @@ def cluster_summary(figures: list[dict[str, Any]], name: str) -> dict[str, Any] 
         ),
         "link_losses": sum(f.get("cluster_link_losses", 0) for f in figures),
         "subscriber_restarts": sum(v.get("subscriber_restarts", 0) for v in views),
+        "refused_commands": sum(v.get("refused_commands", 0) for v in views),
+        "refusing": sorted({name for v in views for name in v.get("refusing", {})}),
         "pending_bytes": sum(v.get("pending_bytes", 0) for v in views),
     }

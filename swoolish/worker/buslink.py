@@ -19,6 +19,14 @@ fire-and-forget publishes and their order (docs/cluster.md, "Why two connections
   drops both, and the link reconnects every ``retry`` seconds (with jitter, growing to
   ``retry_cap``). ``on_state`` hears each change once: one log line per change, never
   one per publish.
+* **A refused command is that command's failure, not the link's.** Redis answers an
+  error (over ``maxmemory`` with ``noeviction``, a read-only replica, an ACL) to one
+  command and goes on with the next: the link stays up while Redis answers. Each
+  refusal is counted; ``on_refusal`` hears when Redis starts refusing a command (with
+  its error) and when it took it again and refused none for REFUSAL_QUIET seconds: one
+  log line each per episode. Dropping the link instead resent the refused command on
+  every reconnection, and every worker flapped twice a second (docs/cluster.md,
+  "Failures").
 * **The subscriber** is read by a thread of its own, whatever the loop is doing, and
   what it reads is applied on the loop, bounded (swoolish.worker.subscriber). If Redis
   drops it anyway (``CLIENT KILL TYPE pubsub``, its output buffer limit), the whole
@@ -51,6 +59,7 @@ MAX_PENDING = 16 * 1024 * 1024  # bytes buffered, written and unanswered
 ESSENTIAL_ROOM = 1024 * 1024  # ... and how far past it an essential publish may go
 MAX_BEHIND = 16 * 1024 * 1024  # read and not applied: past it, dropped (worker.subscriber)
 ESSENTIAL_BEHIND = 1024 * 1024  # ... and how far past it a disconnect may still wait
+REFUSAL_QUIET = 5.0  # a refused command taken again and refused no more this long: told
 
 
 class LinkDown(ConnectionError):
@@ -105,11 +114,15 @@ class BusLink:
         loop: asyncio.AbstractEventLoop,
         max_pending: int = MAX_PENDING,
         max_behind: int = MAX_BEHIND,
+        on_refusal: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``on_refusal(command, error)``: Redis started refusing ``command``;
+        ``on_refusal(command, "")``: it takes it again (see module doc)."""
         self.url = url
         self.channels = channels
         self.reader = reader
         self.on_state = on_state
+        self.on_refusal = on_refusal
         self.loop = loop
         self.max_pending = max_pending
         self.up = False
@@ -126,6 +139,11 @@ class BusLink:
         self._commands = 0  # commands in _buffer (each gets one reply)
         self._unanswered: deque[tuple[int, int, float]] = deque()  # (commands, bytes, when)
         self._unanswered_bytes = 0
+        self.refused = 0  # commands Redis answered with an error
+        self.refusing: dict[str, _Refusal] = {}  # command -> its episode of refusals
+        self._sent = 0  # commands packed on this connection (each gets one reply) ...
+        self._replies = 0  # ... and replies read: the next reply answers command number this
+        self._named: deque[tuple[int, str]] = deque()  # (number, name) of non-PUBLISH ones
         self._flush_scheduled = False
         self._settled: list[asyncio.Future[None]] = []
         self._closing = False
@@ -150,6 +168,7 @@ class BusLink:
         self._buffer.append(b"\r\n")
         self._buffered += size
         self._commands += 1
+        self._sent += 1
         if now:
             self.flush()
         elif not self._flush_scheduled:
@@ -166,6 +185,9 @@ class BusLink:
         self._buffer.extend(packed)
         self._buffered += sum(len(part) for part in packed)
         self._commands += 1
+        name = args[0]
+        self._named.append((self._sent, name.decode() if isinstance(name, bytes) else str(name)))
+        self._sent += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -303,6 +325,8 @@ class BusLink:
         return max(0, self.ups - 1)
 
     def _went_up(self) -> None:
+        self._sent = self._replies = 0  # a new connection: its replies count from 0
+        self._named.clear()
         self.ups += 1
         self._down_told = False
         self.up = True
@@ -325,17 +349,61 @@ class BusLink:
             self.on_state(False, reason)  # once per change, never once per attempt
 
     async def _read_replies(self) -> None:
+        """Every reply, in command order. redis-py raises an error reply (a
+        ``ResponseError``) rather than return it; the reply was read whole, so the
+        connection goes on (see module doc). Anything else breaks the link."""
+        from redis.exceptions import ResponseError  # redis-py: cluster mode only
+
         pub = self._pub
         try:
             while True:
-                reply = await pub.read_response(disconnect_on_error=False)
-                if isinstance(reply, Exception):
-                    log.warning("Redis refused a command of the cluster bus: %s", reply)
+                try:
+                    await pub.read_response(disconnect_on_error=False)
+                    error = ""
+                except ResponseError as exc:
+                    error = describe_error(exc)
+                self._replied(error)
                 self._answered()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._lose(f"publisher connection: {describe_error(exc)}")
+
+    def _replied(self, error: str) -> None:
+        """The reply to the next command: ``error`` if Redis refused it."""
+        number = self._replies
+        self._replies = number + 1
+        named = self._named
+        name = named.popleft()[1] if named and named[0][0] == number else "PUBLISH"
+        if error:
+            self._refused(name, error)
+        elif self.refusing:
+            episode = self.refusing.get(name)
+            if episode is not None:
+                episode.taken = True
+
+    def _refused(self, name: str, error: str) -> None:
+        """Counted each time; told once, when an episode starts."""
+        self.refused += 1
+        episode = self.refusing.get(name)
+        if episode is not None:
+            episode.last = self.loop.time()
+            episode.taken = False
+            return
+        self.refusing[name] = _Refusal(error, self.loop.time())
+        if self.on_refusal is not None:
+            self.on_refusal(name, error)
+
+    def _end_refusals(self) -> None:
+        """An episode ends once its command was taken again and none was refused for
+        REFUSAL_QUIET seconds (a command refused on some channels and taken on others
+        stays one episode, not a line per message)."""
+        now = self.loop.time()
+        for name, episode in list(self.refusing.items()):
+            if episode.taken and now - episode.last >= REFUSAL_QUIET:
+                del self.refusing[name]
+                if self.on_refusal is not None:
+                    self.on_refusal(name, "")
 
     def _answered(self) -> None:
         unanswered = self._unanswered
@@ -374,9 +442,22 @@ class BusLink:
             await asyncio.sleep(pause)
             if self.loop.time() - woke > pause:
                 continue  # late: let the reply reader have its turn first
+            if self.refusing:
+                self._end_refusals()
             unanswered = self._unanswered
             if unanswered and self.loop.time() - unanswered[0][2] > LINK_TIMEOUT:
                 self._lose(f"no answer from Redis within {LINK_TIMEOUT:g}s")
                 return
             if not unanswered or self.loop.time() - unanswered[-1][2] >= HEALTH_INTERVAL:
                 self.command("PING")
+
+
+class _Refusal:
+    """One episode of Redis refusing one command."""
+
+    __slots__ = ("error", "last", "taken")
+
+    def __init__(self, error: str, last: float) -> None:
+        self.error = error  # the first refusal's error
+        self.last = last  # when it was last refused
+        self.taken = False  # taken since then

@@ -108,6 +108,7 @@ class Cluster:
             self,
             self._on_link_state,
             loop,
+            on_refusal=self._on_refusal,
         )
         self._appliers: dict[int, Callable[[Header, bytes], None]] = {
             bus.PUSH: self._on_push,
@@ -168,8 +169,8 @@ class Cluster:
             self.view.clear()
             # Our own claim and the node counter first, then our sessions for every
             # node, and theirs for us (a snapshot request answered by every worker).
-            self._refresh_claim()
-            self.link.command("EVAL", REPAIR_EPOCH, 1, self.names.epoch_key, self.node)
+            self._claim_key()
+            self._repair_epoch()
             self._send_snapshot()
             self._send(self.names.ctl, bus.SNAPSHOT_REQUEST)
         else:
@@ -184,6 +185,21 @@ class Cluster:
             self._fail_questions(None)
             self._unread.clear()  # lost with the link: they will not come back
             self._unread_bytes = 0
+
+    def _on_refusal(self, command: str, error: str) -> None:
+        """One line when Redis starts refusing a command of ours, one when it takes it
+        again (swoolish.worker.buslink); the link stays up meanwhile."""
+        worker_id = self.worker.worker_id
+        if not error:
+            log.info("worker %d: Redis takes %s from the cluster bus again", worker_id, command)
+            return
+        log.warning(
+            "worker %d: Redis refuses %s from the cluster bus (%s); %s, until it takes it again",
+            worker_id,
+            command,
+            error,
+            _REFUSED.get(command, "counted in refused_commands"),
+        )
 
     def _beat(self) -> None:
         # What the subscriber read first: after a blocked loop, this timer may run
@@ -209,8 +225,19 @@ class Cluster:
         self._heartbeat = self.loop.call_later(HEARTBEAT_INTERVAL, self._beat)
 
     def _refresh_claim(self) -> None:
+        """Keep our node key alive; while Redis refuses it, tried again each beat (the
+        key expires meanwhile: liveness is judged by heartbeats, not by the key), and
+        so is a refused repair of the node counter."""
+        self._claim_key()
+        if "EVAL" in self.link.refusing:
+            self._repair_epoch()
+
+    def _claim_key(self) -> None:
         info = f"pid={os.getppid()};host={os.uname().nodename}"
         self.link.command("SET", self.names.node_key(self.node), info, "PX", NODE_KEY_TTL_MS)
+
+    def _repair_epoch(self) -> None:
+        self.link.command("EVAL", REPAIR_EPOCH, 1, self.names.epoch_key, self.node)
 
     # ------------------------------------------------------------------ sending
 
@@ -640,9 +667,19 @@ class Cluster:
             "pending_bytes": link.pending,
             "behind_bytes": link.behind,
             "unread_bytes": self._unread_bytes,
+            "refused_commands": link.refused,
+            "refusing": {name: episode.error for name, episode in link.refusing.items()},
             "nodes": {str(n): v for n, v in self.view.describe(now).items()},
         }
 
+
+# What fails while Redis refuses a command of ours (docs/cluster.md, "Failures").
+_REFUSED = {
+    "SET": "this node's key is not refreshed and expires (liveness is judged by "
+    "heartbeats, which still go out)",
+    "EVAL": "the node counter is not repaired",
+    "PUBLISH": "messages to other nodes are lost",
+}
 
 _FOR_SESSIONS = frozenset((bus.PUSH, bus.MULTI_PUSH, bus.BROADCAST, bus.DISCONNECT))
 _IN_ORDER = _FOR_SESSIONS | {bus.PIPE}  # the rest is applied first (see classify)

@@ -441,6 +441,68 @@ def test_a_malformed_message_on_the_bus_is_counted_and_dropped(tmp_path, redis_s
         no_tracebacks(a)
 
 
+def over_maxmemory(redis) -> None:
+    """Fill ``redis`` as another client would, then set its maxmemory under what it
+    uses (noeviction): every command that needs memory is refused with an OOM error
+    from now on; PUBLISH, which needs none, is still taken."""
+    for i in range(1500):
+        redis.set(f"fill:{i}", "x" * 1000)
+    used = redis.info("memory")["used_memory"]
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", str(used - 300_000))
+    from redis.exceptions import OutOfMemoryError
+
+    with pytest.raises(OutOfMemoryError):
+        redis.set("one-more", "x")
+
+
+def test_redis_refusing_a_command_keeps_the_link(tmp_path, redis_server):
+    """1. two linked nodes; Redis goes over its maxmemory (noeviction): the node-key
+    refresh (SET) is refused with OOM, PUBLISH is not  2. the node keys expire (3 s of
+    refused refreshes)  3. meanwhile no link goes down: no "cluster bus down" line, no
+    reconnect, no node declared silent; pushes and a broadcast cross both ways and
+    arrive, remote sessions exist; one "refuses SET" line per worker; the refusals are
+    counted  4. memory freed: the node keys are back, one "takes SET … again" line per
+    worker, no refusal left in the worker's view."""
+    with nodes(tmp_path, redis_server.url, workers=1) as (a, b):
+        a1, b1 = Client(a), Client(b)
+        try:
+            wait_visible(a1, [b1.fd])
+            wait_visible(b1, [a1.fd])
+            redis = redis_server.client()
+            keys = [f"sw:swoolish:node:{c.node}" for c in (a1, b1)]
+            over_maxmemory(redis)
+            wait_until(lambda: redis.exists(*keys) == 0, 10, what="both node keys expired")
+
+            assert pushed(a1, b1.fd, "a-to-b") is True
+            received(b1, "a-to-b")
+            assert pushed(b1, a1.fd, "b-to-a") is True
+            received(a1, "b-to-a")
+            a1.send("broadcast:to-all")
+            received(a1, "to-all")
+            received(b1, "to-all")
+            assert exists(a1, b1.fd) == [True, True] and exists(b1, a1.fd) == [True, True]
+            for node, mine in ((a, a1), (b, b1)):
+                assert log_count(node, DOWN) == 0, node.log()[-2000:]
+                assert "silent" not in node.log()
+                assert log_count(node, "Redis refuses SET from the cluster bus (OutOfMemory") == 1
+                figures = worker_cluster(mine)
+                assert figures["link"] == "up" and figures["reconnects"] == 0
+                assert figures["refused_commands"] >= 3  # a refresh a second, 3 s
+                assert "OutOfMemoryError" in figures["refusing"]["SET"]
+
+            redis.config_set("maxmemory", "0")
+            wait_until(lambda: redis.exists(*keys) == 2, 5, what="both node keys back")
+            for node, mine in ((a, a1), (b, b1)):
+                node.wait_for_log("Redis takes SET from the cluster bus again", 10)
+                assert worker_cluster(mine)["refusing"] == {}
+                assert log_count(node, DOWN) == 0
+        finally:
+            a1.close()
+            b1.close()
+        no_tracebacks(a, b)
+
+
 def test_a_node_blocked_for_seconds_does_not_declare_the_others_down(tmp_path, redis_server):
     """1. two nodes; B's only worker runs a handler that blocks its loop until a file
     exists  2. A declares B silent (B was blocked for 3 s at least, and A kept beating:

@@ -18,6 +18,7 @@ from swoolish.worker.buslink import (
     ESSENTIAL_ROOM,
     HEALTH_INTERVAL,
     LINK_TIMEOUT,
+    REFUSAL_QUIET,
     RETRY,
     RETRY_CAP,
     RETRY_STEADY,
@@ -624,3 +625,45 @@ def test_a_health_check_that_wakes_late_does_not_judge_the_link():
         return [*late, "then", *lost]
 
     assert asyncio.run(scenario()) == ["then", f"no answer from Redis within {LINK_TIMEOUT:g}s"]
+
+
+def test_an_error_reply_is_told_as_its_own_commands_refusal_once_per_episode():
+    """1. replies come in command order: an error reply is blamed on the command it
+    answers (a SET between publishes), a PUBLISH's on PUBLISH  2. told once when the
+    refusals start, however many follow  3. the episode ends (told again) only once the
+    command was taken again and none was refused for REFUSAL_QUIET seconds."""
+    loop = asyncio.new_event_loop()
+    told: list[tuple[str, str]] = []
+    try:
+        link = BusLink(
+            "redis://127.0.0.1:1/0",
+            [b"c"],
+            lambda data: None,
+            lambda up, why: None,
+            loop,
+            on_refusal=lambda *t: told.append(t),
+        )
+        link._pub = type("Pub", (), {"pack_command": lambda self, *a: [b"x"]})()
+        link._went_up()
+        oom = "OutOfMemoryError: command not allowed"
+        for _ in range(3):
+            link.publish(b"sw:t:ctl", b"beat")
+            link.command("SET", "sw:t:node:1", "x", "PX", 3000)
+            link.publish(b"sw:t:ctl", b"event")
+            for error in ("", oom, ""):
+                link._replied(error)
+        assert told == [("SET", oom)] and link.refused == 3
+        link.command("PING")
+        link.publish(b"sw:t:ctl", b"beat")
+        link._replied("")
+        link._replied("NOPERM no permission")
+        assert told[-1] == ("PUBLISH", "NOPERM no permission") and link.refused == 4
+        link.command("SET", "sw:t:node:1", "x", "PX", 3000)
+        link._replied("")  # taken again
+        link._end_refusals()
+        assert "SET" in link.refusing  # not quiet for long enough yet
+        link.refusing["SET"].last -= REFUSAL_QUIET
+        link._end_refusals()
+        assert told[-1] == ("SET", "") and list(link.refusing) == ["PUBLISH"]
+    finally:
+        loop.close()

@@ -114,6 +114,7 @@ class WorkerProcess:
     dropped: int = 0  # routed operations dropped because its queue was full
     congested: bool = False  # its queue is full now (logged once per episode)
     kind: str = "event"  # "event", "task" (master/tasks.py) or "process" (add_process)
+    task_row: int | None = None  # an event worker's row of claims in the task load
 
 
 @dataclasses.dataclass
@@ -835,6 +836,7 @@ class Master:
                 slot,
                 generation,
             )
+        task_row = self._task_row(slot, generation, task)
         others_serving = self._healthy()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
@@ -845,6 +847,8 @@ class Master:
             parent.close()
             if inbox is not None:
                 inbox.close()
+            if self.relay.load is not None:
+                self.relay.load.row = task_row
             self._become_worker(slot, generation, child, inbox_child, master_pid, region)
         if region is not None:
             self.table.set_pid(region, pid)
@@ -854,7 +858,14 @@ class Master:
             inbox_child.close()
         channel = ipc.Channel(parent, name=f"the channel of worker {slot} (pid {pid})")
         proc = WorkerProcess(
-            pid, slot, generation, channel, time.monotonic(), inbox=inbox, region=region
+            pid,
+            slot,
+            generation,
+            channel,
+            time.monotonic(),
+            inbox=inbox,
+            region=region,
+            task_row=task_row,
         )
         if index is not None:
             proc.kind = "process"
@@ -866,6 +877,22 @@ class Master:
         self.workers[pid] = proc
         self.selector.register(channel, selectors.EVENT_READ, proc)
         return proc
+
+    def _task_row(self, slot: int, generation: int, task: bool) -> int | None:
+        """An event worker's row of claims in the task load, so what it sent and the
+        master never got is counted off when it dies (docs/tasks.md, "Faults")."""
+        load = self.relay.load
+        if task or load is None:
+            return None
+        row = load.take_row()
+        if row is None:
+            log.warning(
+                "worker %d gen %d: no free row in the task load; tasks it loses in its "
+                "channel if it dies stay counted until a restart",
+                slot,
+                generation,
+            )
+        return row
 
     def _become_worker(
         self,
@@ -1389,6 +1416,8 @@ class Master:
         if proc.kind == "task":
             self.relay.gone(proc.pid, proc.slot, f"exited ({how})")
             self._release_retiring(proc)
+        elif proc.kind == "event":
+            self.relay.sender_gone(proc.pid, proc.slot, proc.task_row)
         self._tell_stop_waiters(
             {
                 "event": "exited",
@@ -1724,6 +1753,7 @@ class Master:
                 "worker_restarts": self.tally.worker_restarts,
                 "task_results_dropped": self.relay.results_dropped,
                 "task_results_refused": self.relay.results_refused,
+                "tasks_lost_in_transit": self.relay.lost,
                 "tasks_failed": self.relay.failed,
                 "recycles": self.plan.recycles,
                 "recycles_total": dict(self.tally.recycles),

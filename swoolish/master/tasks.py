@@ -69,7 +69,9 @@ class TaskRelay:
         ``when_drained`` calls back once the queue for a worker has emptied."""
         self.first = first
         self.count = count
-        self.load = TaskLoad(count) if count else None
+        # Rows of claims for two generations of event workers plus crash replacements,
+        # as the session table's regions (master/supervisor.py).
+        self.load = TaskLoad(count, 4 * first) if count else None
         self.book = TaskBook(count)
         self._send = send
         self._retire = retire
@@ -78,6 +80,9 @@ class TaskRelay:
         self.results_dropped = 0  # answers whose sender had exited
         self.results_refused = 0  # answers a live sender's full queue refused
         self.failed = 0  # tasks the master answered with an error
+        self.lost = 0  # tasks their sender died with, in its channel: never reached here
+        # sender pid -> tasks received from it, per slot (what its claims are checked against)
+        self.received: dict[int, array[int]] = {}
         # sender pid -> (task id, task index) pairs, flat, owed a TaskError once it reads
         self.owed: dict[int, array[int]] = {}
 
@@ -95,7 +100,30 @@ class TaskRelay:
     # -- events
 
     def submitted(self, task: Task) -> None:
+        if 0 <= task.slot < self.count:
+            received = self.received.get(task.src_pid)
+            if received is None:
+                received = self.received[task.src_pid] = array("q", bytes(8 * self.count))
+            received[task.slot] += 1
         self._run(self.book.submit(task))
+
+    def sender_gone(self, pid: int, worker_id: int, row: int | None) -> None:
+        """Event worker ``pid`` was reaped, its channel read to the end: the tasks it
+        claimed in the load (its ``row``) that never reached the master are counted off,
+        or every task worker would look that much fuller for the master's life."""
+        received = self.received.pop(pid, None) or array("q", bytes(8 * self.count))
+        if self.load is None or row is None:
+            return
+        lost = sum(self.load.sender_gone(row, received))
+        if lost:
+            self.lost += lost
+            log.warning(
+                "worker %d (pid %d) exited with %d tasks it sent still in its channel: they "
+                "never reached a task worker (nobody waits for them now)",
+                worker_id,
+                pid,
+                lost,
+            )
 
     def answered(self, pid: int, result: TaskResult) -> None:
         task = self.book.answered(pid, result.src_pid, result.task_id)

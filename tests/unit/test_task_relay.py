@@ -122,3 +122,19 @@ def test_past_the_limit_refused_results_get_no_error(relay_and_channels, monkeyp
     assert len([r for r in caplog.records if "the next ones get no error" in r.message]) == 1
     channels.drain(SENDER)
     assert [n for n, _ in answers(channels)] == [1, 2]
+
+
+def test_a_reaped_sender_gives_back_the_load_of_tasks_lost_in_its_channel(relay_and_channels):
+    """Two tasks claimed, one received and held by the task worker: the reap counts the
+    other off, and the load is what the task worker holds."""
+    relay, _ = relay_and_channels
+    load = relay.load
+    assert load is not None
+    row = load.take_row()
+    load.row = row  # as in the forked event worker
+    assert load.claim(1024) == 0 and load.claim(1024) == 0
+    load.row = None
+    relay.submitted(Task(1, 0, SENDER, 0, b""))
+    relay.sender_gone(SENDER, 0, row)
+    assert relay.lost == 1 and load.loads() == [1] and relay.received == {}
+    assert relay.book.holding(TASK_WORKER) == 1

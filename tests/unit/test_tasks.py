@@ -201,3 +201,23 @@ def test_an_error_that_cannot_be_pickled_nor_printed_is_still_answered():
     assert str(error).startswith("_Unprintable: (its message could not be read")
     long = pickle.loads(_encode_error(ValueError("x" * 10_000_000, threading.Lock())))
     assert len(str(long)) < 100_000
+
+
+def test_a_dead_senders_claims_that_never_arrived_are_counted_off():
+    """The master reaps a sender: what it claimed beyond what reached the master
+    completes, and its row is free (and cleared) for the next sender."""
+    load = TaskLoad(2, senders=1)
+    row = load.take_row()
+    assert row == 0 and load.take_row() is None
+    load.row = row  # as in the forked event worker
+    for _ in range(3):
+        assert load.claim(bound=4, dst=0) == 0
+    assert load.claim(bound=4, dst=1) == 1
+    load.claim(bound=4, dst=1)
+    load.unclaim(1)  # never left the sender: not in transit either
+    load.row = None
+    # one task of slot 0 reached the master (and is still held); the rest never will
+    assert load.sender_gone(row, [1, 0]) == [2, 1]
+    assert load.loads() == [1, 0]
+    assert load.take_row() == 0
+    assert load.sender_gone(0, [0, 0]) == [0, 0], "the row was not cleared"

@@ -37,19 +37,38 @@ __all__ = [
 TaskKey = tuple[int, int]
 
 
-def choose_slot(loads: Sequence[int], bound: int, dst: int = -1, start: int = 0) -> int | None:
+def choose_slot(
+    loads: Sequence[int],
+    bound: int,
+    dst: int = -1,
+    start: int = 0,
+    live: Sequence[bool] = (),
+) -> int | None:
     """The task worker slot to take a task, or None when it (``dst`` ≥ 0) or every one
     holds ``bound`` tasks already.
 
     The least loaded slot wins; among equals the first from ``start`` on, so a sender
     that rotates ``start`` spreads tasks that finish at once over every task worker.
+    A slot ``live`` says has no task worker up (crashed, its replacement not ready) is
+    chosen only when no slot with one has room: a task waits there for the replacement.
     """
     if dst >= 0:
         return dst if dst < len(loads) and loads[dst] < bound else None
+    if any(live):
+        best = _least_loaded(loads, bound, start, live)
+        if best is not None:
+            return best
+    return _least_loaded(loads, bound, start, ())
+
+
+def _least_loaded(loads: Sequence[int], bound: int, start: int, live: Sequence[bool]) -> int | None:
+    """The least loaded slot with room (among the ``live`` ones, when given)."""
     best: int | None = None
     count = len(loads)
     for step in range(count):
         slot = (start + step) % count
+        if live and not live[slot]:
+            continue
         if loads[slot] < bound and (best is None or loads[slot] < loads[best]):
             best = slot
     return best
@@ -114,6 +133,15 @@ class TaskBook:
         # task_queue_size payloads of 1 MiB per task worker otherwise)
         self.held.setdefault(pid, {})[task_key(task)] = task._replace(payload=b"")
         return [Deliver(pid, task)]
+
+    def empty_slots(self) -> list[int]:
+        """The slots no task worker takes new tasks for (crashed, not ready yet)."""
+        return [slot for slot in range(self.slots) if slot not in self.accepting]
+
+    def expire(self, slot: int, reason: str) -> list[TaskAction]:
+        """The tasks waiting for ``slot``'s task worker fail: it did not come back in time."""
+        waiting, self.pending[slot] = self.pending[slot], []
+        return [Fail(task, reason) for task in waiting]
 
     def undeliverable(self, pid: int, task: Task, reason: str) -> list[TaskAction]:
         """The master could not queue ``task`` for ``pid`` (its channel is full)."""

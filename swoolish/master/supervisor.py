@@ -389,6 +389,7 @@ class Master:
             if self.metrics is not None:
                 self.metrics.expire(now)
             self._execute(self.plan.tick(now))
+            self.relay.expire(now)
             self._answer_status_requests(now)
             self._poll_progress(now)
             if self.switchboard.waiting:

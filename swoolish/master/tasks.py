@@ -26,7 +26,7 @@ from ..core.tasks import Deliver, Fail, Retire, TaskAction, TaskBook, no_result
 from ..shared.ipc import HARD_LIMIT
 from ..shared.taskload import TaskLoad
 
-__all__ = ["OWED_LIMIT", "TaskRelay"]
+__all__ = ["OWED_LIMIT", "SLOT_WAIT", "TaskRelay"]
 
 log = logging.getLogger("swoolish.master")
 
@@ -39,6 +39,11 @@ WhenDrained = Callable[[int, Callable[[], None]], bool]
 #: each (1 MiB). Tasks in flight are bounded by the shared task load, but a sender whose
 #: loop runs while it does not read (its routed operations behind) may send more.
 OWED_LIMIT = 65536
+
+#: Seconds a task worker slot may be without a task worker (crashed, its replacement
+#: backing off or failing to boot) before the tasks waiting for it fail: a plain crash
+#: is replaced well within it (docs/tasks.md, "Faults").
+SLOT_WAIT = 5.0
 
 
 class TaskRelay:
@@ -83,6 +88,8 @@ class TaskRelay:
         self.lost = 0  # tasks their sender died with, in its channel: never reached here
         # sender pid -> tasks received from it, per slot (what its claims are checked against)
         self.received: dict[int, array[int]] = {}
+        self.empty_since: dict[int, float] = {}  # task index -> seen without a task worker
+        self.expired: set[int] = set()  # task indexes whose waiting tasks failed (logged)
         # sender pid -> (task id, task index) pairs, flat, owed a TaskError once it reads
         self.owed: dict[int, array[int]] = {}
 
@@ -139,12 +146,15 @@ class TaskRelay:
             self._retire(pid)
             return
         self._run(self.book.ready(index, pid))
+        self._publish_live()
 
     def stopping(self, pid: int) -> None:
         self.book.stopped(pid)
+        self._publish_live()
 
     def gone(self, pid: int, slot: int, how: str) -> None:
         fails = self.book.gone(pid, f"task worker {slot} (pid {pid}) {how}")
+        self._publish_live()
         if fails:
             log.warning(
                 "task worker %d (pid %d) %s holding %d tasks; their senders got an error",
@@ -158,6 +168,38 @@ class TaskRelay:
     def close(self) -> None:
         """Shutting down: tasks waiting for a task worker fail now."""
         self._run(self.book.close())
+
+    def expire(self, now: float) -> None:
+        """The master's tick: a slot without a task worker for SLOT_WAIT fails the tasks
+        waiting for it (and, on later ticks, the ones that still come for it): its
+        senders hear at once instead of never, should it not come back."""
+        empty = self.book.empty_slots()
+        for index in list(self.empty_since):
+            if index not in empty:
+                del self.empty_since[index]
+                self.expired.discard(index)
+        for index in empty:
+            since = self.empty_since.setdefault(index, now)
+            if now - since >= SLOT_WAIT and self.book.pending[index]:
+                reason = f"task worker {self.first + index} is not up (for {now - since:.1f}s)"
+                fails = self.book.expire(index, reason)
+                if index not in self.expired:  # once per episode
+                    self.expired.add(index)
+                    log.warning(
+                        "task worker %d has not been up for %.1fs: the %d tasks waiting for "
+                        "it failed, and the ones sent to it fail until it is back",
+                        self.first + index,
+                        now - since,
+                        len(fails),
+                    )
+                self._run(fails)
+
+    def _publish_live(self) -> None:
+        """Tell the senders which slots have a task worker taking new tasks."""
+        if self.load is None:
+            return
+        for index in range(self.count):
+            self.load.set_live(index, index in self.book.accepting)
 
     # -- actions
 

@@ -9,7 +9,9 @@ per task worker slot in an anonymous shared mapping (a memfd, as swoolish.shared
   bound in the same critical section, so the bound holds across every event worker;
 * ``completed``: the master alone adds one per task that ended (answered, or failed
   back to its sender). One writer per word and aligned 8-byte stores: readers never see
-  half a value (the x86-64 ordering docs/design.md relies on for the session table).
+  half a value (the x86-64 ordering docs/design.md relies on for the session table);
+* ``live``: the master alone sets it while a task worker of the slot takes new tasks, so
+  senders pass over a slot whose task worker crashed and is not back (docs/tasks.md).
 
 A slot's load is ``submitted - completed``: tasks sent and not yet over, in transit
 included. During a reload it counts what the slot's old and new task workers hold.
@@ -50,12 +52,12 @@ class TaskLoad:
         if slots < 1:
             raise ValueError("a task load needs at least one slot")
         self.slots = slots
-        size = (2 + senders) * slots * _WORD
+        size = (3 + senders) * slots * _WORD
         # Inherited across fork (not across exec: workers are forked, never exec'd).
         self._fd = os.memfd_create("swoolish-task-load", os.MFD_CLOEXEC)
         os.ftruncate(self._fd, size)
         self._memory = mmap.mmap(self._fd, size, mmap.MAP_SHARED)
-        # [submitted..., completed..., claimed of row 0..., claimed of row 1..., ...]
+        # [submitted..., completed..., live..., claimed of row 0..., of row 1..., ...]
         self._words = memoryview(self._memory).cast("q")
         self._thread_lock = threading.Lock()
         self._cursor = 0  # where this process's next tie-break starts
@@ -74,7 +76,7 @@ class TaskLoad:
         """Count one more task for the least busy slot with room (or ``dst``); its slot,
         or None when none has room (nothing is counted then)."""
         with self._locked():
-            slot = choose_slot(self.loads(), bound, dst, self._cursor)
+            slot = choose_slot(self.loads(), bound, dst, self._cursor, self.live())
             if slot is not None:
                 self._count(slot, 1)
                 self._cursor = slot + 1
@@ -97,9 +99,18 @@ class TaskLoad:
             self._words[mine] += step
 
     def _claimed(self, row: int) -> int:
-        return (2 + row) * self.slots
+        return (3 + row) * self.slots
+
+    def live(self) -> list[bool]:
+        """Which slots have a task worker taking new tasks, as the master last said."""
+        words, slots = self._words, self.slots
+        return [words[2 * slots + slot] != 0 for slot in range(slots)]
 
     # -- the master's
+
+    def set_live(self, slot: int, up: bool) -> None:
+        """Whether ``slot`` has a task worker taking new tasks now."""
+        self._words[2 * self.slots + slot] = int(up)
 
     def take_row(self) -> int | None:
         """A row for an event worker about to be forked (cleared); None if all taken."""

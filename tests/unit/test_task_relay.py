@@ -138,3 +138,29 @@ def test_a_reaped_sender_gives_back_the_load_of_tasks_lost_in_its_channel(relay_
     relay.sender_gone(SENDER, 0, row)
     assert relay.lost == 1 and load.loads() == [1] and relay.received == {}
     assert relay.book.holding(TASK_WORKER) == 1
+
+
+def test_tasks_waiting_for_a_slot_without_a_task_worker_fail_after_slot_wait(
+    relay_and_channels, caplog
+):
+    """The task worker is gone and no successor is ready: the load says so to senders,
+    and what waits for the slot fails once it has been empty for SLOT_WAIT (logged once
+    per episode); a ready successor ends the episode."""
+    relay, channels = relay_and_channels
+    assert relay.load is not None and relay.load.live() == [True]
+    relay.gone(TASK_WORKER, 1, "exited (killed by SIGKILL)")
+    assert relay.load.live() == [False]
+    relay.submitted(Task(1, 0, SENDER, 0, b""))
+    relay.expire(100.0)
+    relay.expire(100.0 + relay_module.SLOT_WAIT - 0.1)
+    assert answers(channels) == []
+    relay.expire(100.0 + relay_module.SLOT_WAIT)
+    relay.submitted(Task(2, 0, SENDER, 0, b""))
+    relay.expire(100.0 + relay_module.SLOT_WAIT + 0.5)
+    got = answers(channels)
+    assert [n for n, _ in got] == [1, 2]
+    assert all(isinstance(e, TaskError) and "task worker 1 is not up" in str(e) for _, e in got)
+    assert len([r for r in caplog.records if "has not been up" in r.message]) == 1
+    relay.ready(TASK_WORKER + 1, 1, 1)
+    relay.expire(200.0)
+    assert relay.load.live() == [True] and relay.empty_since == {} and relay.expired == set()

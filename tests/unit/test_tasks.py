@@ -45,6 +45,13 @@ def test_a_named_slot_is_taken_only_with_room():
     assert choose_slot([0, 5], bound=5, dst=7) is None
 
 
+def test_a_slot_without_a_task_worker_is_passed_over_while_one_with_a_worker_has_room():
+    assert choose_slot([0, 3], bound=4, live=[False, True]) == 1
+    assert choose_slot([0, 4], bound=4, live=[False, True]) == 0  # it waits there, bounded
+    assert choose_slot([0, 3], bound=4, dst=0, live=[False, True]) == 0  # asked for
+    assert choose_slot([2, 1], bound=4, live=[False, False]) == 1  # none up: by load
+
+
 @given(st.lists(st.integers(0, 5), min_size=1, max_size=8), st.integers(1, 6), st.integers(0, 20))
 def test_the_choice_is_never_fuller_than_another_with_room(loads, bound, start):
     slot = choose_slot(loads, bound, start=start)

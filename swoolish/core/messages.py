@@ -297,6 +297,7 @@ class Stop(NamedTuple):
 
     code: int
     handoff: bool = False
+    node_stopping: bool = False  # the whole node stops, not a reload or recycle of one worker
 
 
 class StatsPoll(NamedTuple):

@@ -19,8 +19,10 @@ So a session that leaves a list without a ``closed`` event stays *in transit* fo
 closes; pushes sent to it then reach the node, whose owner applies them.
 
 A node is down when none of its workers was heard for ``silence`` seconds, or at once
-when it says it leaves; its sessions then read as gone. Node numbers are never reused
-(they come from a counter in Redis), so a node that left never comes back.
+when it says the whole node leaves (a stop); its sessions then read as gone. A worker
+that leaves alone (a reload or a recycle replaces it) never takes its node down, even
+when its successor has not been heard yet (docs/cluster.md, "Reloads"): the node stays
+up until the silence says otherwise.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class PublisherView:
     worker_id: int = -1
     sessions: set[int] = field(default_factory=set)
     complete: bool = False  # its snapshot arrived: ``sessions`` is its whole list
+    departed: bool = False  # it left alone, its node's last word: kept until the silence
 
 
 class ClusterView:
@@ -66,6 +69,7 @@ class ClusterView:
             workers = self.nodes[node] = {}
         view = workers.get(publisher)
         if view is None:
+            self._drop_departed(workers)
             workers[publisher] = PublisherView(now)
             return True
         view.last_heard = now
@@ -117,16 +121,31 @@ class ClusterView:
             view.worker_id = worker_id
 
     def leaving(self, node: int, publisher: int, node_leaving: bool, now: float) -> None:
-        """A worker stops (a reload replaces it: its sessions may be moving to its
-        successor) or the whole node stops."""
+        """A worker stops (a reload or a recycle replaces it: its sessions may be moving
+        to its successor) or the whole node stops."""
         workers = self.nodes.get(node)
         if workers is None:
             return
-        view = workers.pop(publisher, None)
-        if node_leaving or not workers:
+        if node_leaving:
             self._down(node, clean=True)
-        elif view is not None:
-            self._in_transit(node, view.sessions, now)
+            return
+        view = workers.get(publisher)
+        if view is None:
+            return
+        self._in_transit(node, view.sessions, now)
+        if len(workers) > 1:
+            del workers[publisher]
+        else:
+            # Its successor may not be heard yet (it could not reach Redis in time, say):
+            # the node stays up, as after any last word, until ``silence`` says it is down.
+            view.sessions = set()
+            view.departed = True
+
+    @staticmethod
+    def _drop_departed(workers: dict[int, PublisherView]) -> None:
+        """A worker of the node is heard: one that left alone no longer stands in for it."""
+        for publisher in [p for p, v in workers.items() if v.departed]:
+            del workers[publisher]
 
     def expire(self, now: float) -> list[int]:
         """Drop workers silent for ``silence`` seconds; returns the nodes now down."""
@@ -207,7 +226,7 @@ class ClusterView:
         for node, workers in sorted(self.nodes.items()):
             last = max(view.last_heard for view in workers.values())
             out[node] = {
-                "workers": len(workers),
+                "workers": sum(not view.departed for view in workers.values()),
                 "sessions": len(self._node_sessions(node, workers)),
                 "heard_ago": round(max(0.0, now - last), 3),
             }

@@ -736,7 +736,7 @@ class Master:
         self.relay.close()
         deadline = self._stop_deadline()
         for proc in list(self.workers.values()):
-            self._stop_worker(proc, 1001, deadline)
+            self._stop_worker(proc, 1001, deadline, node_stopping=True)
 
     def _stop_deadline(self) -> float:
         return time.monotonic() + self.settings.max_wait_time + SHUTDOWN_GRACE
@@ -762,6 +762,7 @@ class Master:
         code: int,
         deadline: float,
         successor: WorkerProcess | None = None,
+        node_stopping: bool = False,
     ) -> None:
         if proc.state in ("stopping", "killed"):
             return
@@ -771,7 +772,7 @@ class Master:
         fds: tuple[int, ...] = ()
         if successor is not None and successor.inbox is not None:
             fds = (successor.inbox.fileno(),)
-        sent = self._send(proc.pid, msg.Stop(code, handoff=bool(fds)), fds)
+        sent = self._send(proc.pid, msg.Stop(code, bool(fds), node_stopping), fds)
         if sent and proc.channel.queued:
             # The worker does not keep up with its channel (its relays wait behind
             # handlers that never end, say): tell it a Stop is there, so that it reads

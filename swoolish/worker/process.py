@@ -140,6 +140,9 @@ class Worker:
         self.draining = False
         self.paused = False  # a reload's new worker serves this slot now (Pause)
         self.stop_code = GOING_AWAY  # the close code of the drain, once stopping
+        # The whole node stops (the master said so, or it is gone), not only this worker:
+        # what the other nodes of a cluster hear as we leave (docs/cluster.md, "Reloads").
+        self.node_stopping = False
         self.late_movers: list[WsConnection] | None = None  # see established_while_draining
         # max_request: requests and messages left before this worker asks to be recycled
         # (connections count it down; -1 and below: never). Its grace is drawn once here.
@@ -486,8 +489,11 @@ class Worker:
                 self.router.give_up_releases()  # hand over what we kept, never drop it
         self.router.flush()
         if self.cluster is not None:
-            # The other nodes hear at once: a stop takes the node away, a reload only us.
-            await self.cluster.leave(node_leaving=close_code != SERVICE_RESTART)
+            # The other nodes hear at once: a stop takes the node away; a reload, a
+            # recycle or a signal to this worker alone (the master replaces it) only us.
+            # (A master killed sends us SIGTERM, see _watch_master: it is gone too.)
+            gone = os.getppid() != self.master_pid
+            await self.cluster.leave(node_leaving=self.node_stopping or gone)
         # Our final counters: the master keeps them once we are gone, so server-wide
         # totals (its metrics) never go down when a worker exits (docs/deployment.md).
         self.report(WorkerFigures(self.snapshot()))
@@ -595,6 +601,7 @@ class Worker:
         def check() -> None:
             if os.getppid() != self.master_pid:
                 self.log.warning("worker %d: master is gone, shutting down", self.worker_id)
+                self.node_stopping = True
                 self.request_stop(GOING_AWAY)
             else:
                 self.loop.call_later(MASTER_CHECK_INTERVAL, check)
@@ -621,6 +628,7 @@ class Worker:
             messages = self.channel.receive()
         except (OSError, EOFError):
             self.loop.remove_reader(self.channel.fileno())
+            self.node_stopping = True  # the master is gone: so is the node
             self.request_stop(GOING_AWAY)
             return
         self._handle_messages(messages)
@@ -704,6 +712,8 @@ class Worker:
 
     def _on_stop(self, message: Stop) -> None:
         self._stop_coming = False
+        # (also when this worker was already stopping, on a SIGINT to its process group)
+        self.node_stopping = self.node_stopping or message.node_stopping
         self.request_stop(message.code)
 
     def _on_routed(self, message: Routed) -> None:

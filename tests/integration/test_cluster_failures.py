@@ -529,3 +529,77 @@ def test_a_node_blocked_for_seconds_does_not_declare_the_others_down(tmp_path, r
             a1.close()
             b1.close()
         no_tracebacks(a, b)
+
+
+def test_a_reload_whose_new_worker_links_late_keeps_its_node_up(tmp_path, redis_server):
+    """1. two 1-worker nodes fill Redis's maxclients (two connections per worker)
+    2. B reloads: its new worker cannot link at boot and serves without the bus; its old
+    worker says it leaves (only itself) and exits, which frees the slots  3. the new
+    worker links: from A, B's session (moved to it) is reached again; A never logged that
+    node B left. Before, A took the worker's leave for the whole node's, for good: 40 of
+    40 pushes refused over 20 s (docs/cluster.md, "Reloads")."""
+    with nodes(tmp_path, redis_server.url, workers=1) as (a, b):
+        a1, b1 = Client(a), Client(b)
+        try:
+            wait_visible(a1, [b1.fd])
+            admin = redis_server.client()
+            admin.config_set("maxclients", 4)  # the four links; this one is over it
+            admin.close()
+            wait_until(
+                lambda: "max number of clients" in redis_refusal(redis_server),
+                5,
+                what="Redis full with the nodes' links",
+            )
+            b.signal(signal.SIGUSR1)
+            b.wait_for_log(r"cluster bus not reachable yet \(MaxClients", 20)
+            b.wait_for_log(r"reload to generation 2 complete", 20)
+            b.wait_for_log(CONNECTED, 10, count=2)  # the new worker, once the old one left
+            wait_until(lambda: pushed(a1, b1.fd, "after"), 10, what="A reaching B again")
+            received(b1, "after")
+            assert f"node {b1.node} left" not in a.log()
+        finally:
+            a1.close()
+            b1.close()
+        no_tracebacks(a, b)
+
+
+def redis_refusal(redis_server) -> str:
+    """What Redis answers a new connection's PING ("" when it is accepted)."""
+    client = redis_server.client()
+    try:
+        client.ping()
+        return ""
+    except Exception as exc:  # redis.ConnectionError: refused at maxclients
+        return str(exc)
+    finally:
+        client.close()
+
+
+def test_a_worker_stopped_alone_leaves_alone(tmp_path, redis_server):
+    """1. node B has two workers, a session on each  2. B's worker 1 alone gets SIGTERM
+    (the master replaces it): it says it leaves, only itself  3. from A, B's session on
+    worker 0 stays live and is reached throughout; A never logs that node B left. Before,
+    any stop that was not a reload said the whole node leaves (and deleted its node key):
+    A refused every push to B's sessions for good."""
+    with (
+        nodes(tmp_path, redis_server.url, count=1, workers=1) as (a,),
+        nodes(tmp_path, redis_server.url, count=1, workers=2) as (b,),
+    ):
+        a1 = Client(a)
+        stays, goes = client_on(b, 0), client_on(b, 1)
+        try:
+            wait_visible(a1, [stays.fd, goes.fd])
+            (pid,) = b.wait_for_log(r"\[(\d+)\] \S+ swoolish.cluster: worker 1: cluster bus con", 1)
+            os.kill(int(pid), signal.SIGTERM)
+            wait_until(lambda: goes.closed is not None, 10, what="worker 1's session closed")
+            b.wait_for_log(CONNECTED, 10, count=3)  # its replacement linked
+            for i in range(3):
+                assert pushed(a1, stays.fd, f"still{i}") is True
+                received(stays, f"still{i}")
+            assert redis_server.client().exists(f"sw:swoolish:node:{stays.node}") == 1
+            assert f"node {stays.node} left" not in a.log()
+        finally:
+            a1.close()
+            stays.close()
+            goes.close()
+        no_tracebacks(a, b)

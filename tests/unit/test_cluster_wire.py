@@ -67,8 +67,11 @@ def test_bus_error_is_a_value_error():
 
 
 def test_kinds_are_distinct_ascii_letters():
-    kinds = [getattr(bus, name) for name in bus.__all__ if name.isupper() and name not in
-             ("VERSION", "CLOSE_CODE")]
+    kinds = [
+        getattr(bus, name)
+        for name in bus.__all__
+        if name.isupper() and name not in ("VERSION", "CLOSE_CODE")
+    ]
     assert len(kinds) == len(set(kinds)) == 13
     assert all(chr(k).isalpha() and chr(k).isupper() for k in kinds)
 
@@ -381,12 +384,32 @@ def test_a_session_in_transit_that_closes_or_is_forgotten_is_gone_at_once():
     assert list(view.sessions()) == []
 
 
-def test_the_last_worker_leaving_takes_its_node_down():
-    view = view_of()
+def test_the_last_worker_leaving_alone_keeps_its_node_up_until_the_silence():
+    """A reload whose new worker is not heard yet (it could not reach Redis in time):
+    the node stays up, its sessions in transit; its successor is heard and the node is
+    its; or nobody is heard for ``silence`` seconds and the node is down, not gone for
+    good (before, it counted as a whole node's clean leave, never heard again)."""
+    view = ClusterView(silence=3.0, transit=3.0)
     view.heard(2, 100, 0.0)
     view.opened(2, 100, [7])
+    view.heard(2, 100, 0.5)
     view.leaving(2, 100, node_leaving=False, now=0.5)
-    assert not view.is_up(2) and not view.exists(7, 2)
+    assert view.is_up(2) and view.exists(7, 2)
+    assert view.describe(0.5)[2]["workers"] == 0
+    assert view.heard(2, 101, 1.0) is True  # its successor
+    assert list(view.nodes[2]) == [101]
+    view.snapshot(2, 101, 0, [7], 1.0)
+    assert view.expire(10.0) == [2]  # then silent: down
+    assert view.heard(2, 101, 11.0) is True and view.is_up(2)  # and back
+
+
+def test_the_last_worker_leaving_alone_with_no_successor_is_down_after_the_silence():
+    view = ClusterView(silence=3.0, transit=3.0)
+    view.heard(2, 100, 0.0)
+    view.opened(2, 100, [7])
+    view.leaving(2, 100, node_leaving=False, now=0.0)
+    assert view.expire(3.0) == [] and view.is_up(2)
+    assert view.expire(3.01) == [2] and not view.exists(7, 2)
 
 
 def test_a_node_that_left_cleanly_is_not_resurrected_by_a_late_message():
@@ -560,8 +583,14 @@ def test_publishes_past_the_bound_are_refused_until_redis_answers():
     answers them: room again  3. a link that is down refuses at once."""
     loop = asyncio.new_event_loop()
     try:
-        link = BusLink("redis://127.0.0.1:1/0", [b"c"], lambda data: None,
-                       lambda up, why: None, loop, max_pending=10_000)
+        link = BusLink(
+            "redis://127.0.0.1:1/0",
+            [b"c"],
+            lambda data: None,
+            lambda up, why: None,
+            loop,
+            max_pending=10_000,
+        )
         writer = _Writer()
         link._pub = type("Pub", (), {"_writer": writer})()
         link.up = True
@@ -589,8 +618,14 @@ def test_an_essential_publish_goes_past_the_bound_that_refuses_app_messages():
     session event was lost for good and the other nodes' view stayed wrong."""
     loop = asyncio.new_event_loop()
     try:
-        link = BusLink("redis://127.0.0.1:1/0", [b"c"], lambda data: None,
-                       lambda up, why: None, loop, max_pending=10_000)
+        link = BusLink(
+            "redis://127.0.0.1:1/0",
+            [b"c"],
+            lambda data: None,
+            lambda up, why: None,
+            loop,
+            max_pending=10_000,
+        )
         link._pub = type("Pub", (), {"_writer": _Writer()})()
         link.up = True
         for size in (1000, 40):  # full, to the byte
@@ -611,8 +646,9 @@ def test_a_health_check_that_wakes_late_does_not_judge_the_link():
     async def scenario() -> list[str]:
         loop = asyncio.get_running_loop()
         lost: list[str] = []
-        link = BusLink("redis://127.0.0.1:1/0", [b"c"], lambda data: None,
-                       lambda up, why: None, loop)
+        link = BusLink(
+            "redis://127.0.0.1:1/0", [b"c"], lambda data: None, lambda up, why: None, loop
+        )
         link._lose = lost.append  # type: ignore[method-assign]
         link.command = lambda *args: True  # type: ignore[method-assign]
         link._unanswered.append((1, 10, loop.time()))

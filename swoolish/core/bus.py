@@ -19,6 +19,7 @@ replicated session lists; ``sw:{c}:epoch`` is the node-number counter and
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
@@ -55,8 +56,8 @@ MULTI_PUSH = ord("M")  # count:u32 fd:u64[count] opcode:u8 payload
 DISCONNECT = ord("D")  # fd:u64 code:u16 reason (code CLOSE_CODE: server.close())
 OPENED = ord("O")  # fd:u64[] established on the publisher since its last event
 CLOSED = ord("C")  # fd:u64[] ended on the publisher
-HEARTBEAT = ord("H")  # worker_id:u16 sessions:u32
-LEAVING = ord("X")  # node_leaving:u8 (0: only this worker, a reload replaces it)
+HEARTBEAT = ord("H")  # worker_id:u16 sessions:u32 token:u64 (the node's, see claim_value)
+LEAVING = ord("X")  # node_leaving:u8 (0: only this worker, a reload replaces it) token:u64
 SNAPSHOT_REQUEST = ord("S")  # (empty): every worker answers with SNAPSHOT to the origin
 SNAPSHOT = ord("R")  # worker_id:u16 fd:u64[] the publisher's sessions now
 EXISTS_QUESTION = ord("Q")  # fd:u64 request:u32 (answered on the origin's node channel)
@@ -70,6 +71,7 @@ _FD = struct.Struct("!QB")  # PUSH: fd, opcode
 _DISCONNECT = struct.Struct("!QH")
 _COUNT = struct.Struct("!I")
 _HEARTBEAT = struct.Struct("!HI")
+_TOKEN = struct.Struct("!Q")  # the node's token, after a heartbeat's or a leave's fields
 _WORKER = struct.Struct("!H")
 _QUESTION = struct.Struct("!QI")
 _ANSWER = struct.Struct("!IIB")
@@ -203,13 +205,41 @@ def read_ids(data: bytes, offset: int = 0) -> list[int]:
     return list(struct.unpack_from(f"!{count}Q", data, start))
 
 
-def heartbeat_body(worker_id: int, sessions: int) -> bytes:
-    return _HEARTBEAT.pack(worker_id, min(sessions, 0xFFFFFFFF))
+def heartbeat_body(worker_id: int, sessions: int, token: int = 0) -> bytes:
+    return _HEARTBEAT.pack(worker_id, min(sessions, 0xFFFFFFFF)) + _TOKEN.pack(token)
 
 
-def read_heartbeat(data: bytes) -> tuple[int, int]:
+def read_heartbeat(data: bytes) -> tuple[int, int, int]:
+    """worker id, sessions, and the node's token (0 from a node that sends none)."""
     worker_id, sessions = _unpack(_HEARTBEAT, data)
-    return worker_id, sessions
+    return worker_id, sessions, _read_token(data, HEADER_SIZE + _HEARTBEAT.size)
+
+
+def _read_token(data: bytes, offset: int) -> int:
+    """The token at ``offset``, 0 when the body ends before it (an older node); a token
+    cut short is a :class:`BusError`."""
+    if len(data) <= offset:
+        return 0
+    (token,) = _unpack(_TOKEN, data, offset)
+    return int(token)
+
+
+def claim_value(token: int, master_pid: int) -> str:
+    """What a node's key holds: its token first (docs/cluster.md, "Node numbers"), then
+    where it runs, for whoever reads Redis."""
+    return f"token={token:016x};pid={master_pid};host={os.uname().nodename}"
+
+
+def claim_token(value: bytes | str | None) -> int:
+    """The token in a node key's value (0: none, or not one of ours)."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value or ""
+    head = text.split(";", 1)[0]
+    if not head.startswith("token="):
+        return 0
+    try:
+        return int(head[6:], 16)
+    except ValueError:
+        return 0
 
 
 def snapshot_body(worker_id: int, fds: list[int]) -> bytes:
@@ -248,12 +278,14 @@ def read_pipe(data: bytes) -> tuple[int, int, bytes]:
     return target, source, data[HEADER_SIZE + _PIPE.size :]
 
 
-def leaving_body(node_leaving: bool) -> bytes:
-    return bytes((1 if node_leaving else 0,))
+def leaving_body(node_leaving: bool, token: int = 0) -> bytes:
+    return bytes((1 if node_leaving else 0,)) + _TOKEN.pack(token)
 
 
-def read_leaving(data: bytes) -> bool:
-    return len(data) > HEADER_SIZE and data[HEADER_SIZE] == 1
+def read_leaving(data: bytes) -> tuple[bool, int]:
+    """Whether the whole node leaves, and its token (0 from a node that sends none)."""
+    node_leaving = len(data) > HEADER_SIZE and data[HEADER_SIZE] == 1
+    return node_leaving, _read_token(data, HEADER_SIZE + 1)
 
 
 class Marks(dict[tuple[int, int], int]):

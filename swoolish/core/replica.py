@@ -55,7 +55,8 @@ class ClusterView:
         self.transit = transit
         self.nodes: dict[int, dict[int, PublisherView]] = {}
         self.moving: dict[int, dict[int, float]] = {}  # node -> {fd: until} (see above)
-        self.left: set[int] = set()  # nodes that said they leave: never back
+        # nodes that said they leave, with their token: the same start is never back
+        self.left: dict[int, int] = {}
 
     # -- what the bus says
 
@@ -120,14 +121,17 @@ class ClusterView:
         if view is not None:
             view.worker_id = worker_id
 
-    def leaving(self, node: int, publisher: int, node_leaving: bool, now: float) -> None:
+    def leaving(
+        self, node: int, publisher: int, node_leaving: bool, now: float, token: int = 0
+    ) -> None:
         """A worker stops (a reload or a recycle replaces it: its sessions may be moving
-        to its successor) or the whole node stops."""
+        to its successor) or the whole node stops (``token`` names that start of it)."""
         workers = self.nodes.get(node)
         if workers is None:
             return
         if node_leaving:
-            self._down(node, clean=True)
+            self._down(node)
+            self.left[node] = token
             return
         view = workers.get(publisher)
         if view is None:
@@ -159,7 +163,7 @@ class ClusterView:
                 if now - view.last_heard > self.silence:
                     del workers[publisher]
             if not workers:
-                self._down(node, clean=False)  # heard again: it is back
+                self._down(node)  # heard again: it is back
                 down.append(node)
         return down
 
@@ -175,11 +179,20 @@ class ClusterView:
         self.nodes.clear()
         self.moving.clear()
 
-    def _down(self, node: int, clean: bool) -> None:
+    def _down(self, node: int) -> None:
         self.nodes.pop(node, None)
         self.moving.pop(node, None)
-        if clean:
-            self.left.add(node)
+
+    def met(self, node: int, token: int) -> bool:
+        """A heartbeat of ``node`` names its start by ``token``: True when the node had
+        left with another token, so this is a new node given the same number (a Redis
+        that lost its data hands numbers out again, docs/cluster.md "Failures"), no
+        longer to be ignored. The same token is a word in flight of the one that left."""
+        left = self.left.get(node)
+        if left is None or left == token or not token:
+            return False
+        del self.left[node]
+        return True
 
     def _view(self, node: int, publisher: int) -> PublisherView | None:
         workers = self.nodes.get(node)

@@ -6,19 +6,25 @@ A node number is never given twice (docs/cluster.md, "Node numbers"): it comes f
 while a node holding that number lives) takes the next number. Every session id of
 this node carries the number (swoolish.shared.ids), so a restarted node's ids never
 collide with the ids its previous run handed out.
+
+A node is also named by a random *token*, drawn at each start: its node key holds it,
+and its workers' heartbeats and leave messages carry it. A Redis that lost its data can
+hand a number out again; the token tells the other nodes that a number heard again is a
+new node, not the one that left (docs/cluster.md, "Failures").
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 
-from ..core.bus import Channels
+from ..core.bus import Channels, claim_value
 from ..core.errors import SettingError
 from ..shared.ids import MAX_NODE
 
-__all__ = ["claim_node"]
+__all__ = ["claim_node", "new_token"]
 
 log = logging.getLogger("swoolish.cluster")
 
@@ -26,7 +32,12 @@ CLAIM_TIMEOUT = 5.0  # seconds the master tries to reach Redis at start
 CLAIM_ATTEMPTS = 16  # numbers tried before giving up (each taken by a live node)
 
 
-def claim_node(url: str, cluster_name: str, timeout: float = CLAIM_TIMEOUT) -> int:
+def new_token() -> int:
+    """A node start's token: random, never 0 (0 reads as "no token", an older node)."""
+    return secrets.randbits(64) or 1
+
+
+def claim_node(url: str, cluster_name: str, token: int, timeout: float = CLAIM_TIMEOUT) -> int:
     """This node's number, fresh from Redis; a ``SettingError`` (one line, exit 2) when
     Redis cannot be reached within ``timeout`` seconds or refuses."""
     try:
@@ -41,7 +52,7 @@ def claim_node(url: str, cluster_name: str, timeout: float = CLAIM_TIMEOUT) -> i
     try:
         while True:
             try:
-                return _claim(client, names)
+                return _claim(client, names, token)
             except redis.ConnectionError as exc:
                 if time.monotonic() >= deadline:
                     raise SettingError(f"cannot reach Redis at {url}: {exc}") from None
@@ -52,8 +63,8 @@ def claim_node(url: str, cluster_name: str, timeout: float = CLAIM_TIMEOUT) -> i
         client.close()
 
 
-def _claim(client: object, names: Channels) -> int:
-    info = f"pid={os.getpid()};host={os.uname().nodename}"
+def _claim(client: object, names: Channels, token: int) -> int:
+    info = claim_value(token, os.getpid())
     for _ in range(CLAIM_ATTEMPTS):
         node = int(client.incr(names.epoch_key))  # type: ignore[attr-defined]
         if node > MAX_NODE:

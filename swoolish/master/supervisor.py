@@ -59,7 +59,7 @@ from ..shared import ipc, priority, tls
 from ..shared.ids import SharedIdSource
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
 from ..shared.table import SessionTable
-from .cluster import claim_node
+from .cluster import claim_node, new_token
 from .control import ControlClient, ControlServer
 from .listeners import bind, bind_unix, unlink_unix
 from .metrics import MetricsServer, Snapshot, Tally, WorkerSample
@@ -181,6 +181,7 @@ class Master:
         self._uds_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self.ids = SharedIdSource()
         self.node = 0  # cluster mode: this node's number (master/cluster.py)
+        self.node_token = 0  # and this start's token
         # Two generations plus crash replacements: 4 regions per slot.
         self.table = SessionTable(4 * self.settings.worker_num, self.settings.max_connections)
         self.switchboard = Switchboard(self.table.region_of)
@@ -250,7 +251,10 @@ class Master:
         try:
             self.listen_sock = self._bind()
             if self.settings.redis_url:  # cluster mode: a fresh node number (docs/cluster.md)
-                self.node = claim_node(self.settings.redis_url, self.settings.cluster_name)
+                self.node_token = new_token()
+                self.node = claim_node(
+                    self.settings.redis_url, self.settings.cluster_name, self.node_token
+                )
             self.metrics = self._start_metrics()
             self.control = ControlServer(self._on_control_request, self._forget)
         except BaseException:
@@ -952,6 +956,7 @@ class Master:
                 process_index=index,
                 process_name=self.process_names[index] if index is not None else "",
                 node=self.node,
+                node_token=self.node_token,
             )
             code = self.worker_main(setup)
         except BaseException:

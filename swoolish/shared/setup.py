@@ -34,3 +34,4 @@ class WorkerSetup:
     process_index: int | None = None  # this is user process n (server.add_process)
     process_name: str = ""  # its name, to find its target again in the fresh app
     node: int = 0  # cluster mode: this node's number, taken from Redis by the master
+    node_token: int = 0  # and the token of this start of it (swoolish.master.cluster)

@@ -74,9 +74,10 @@ def node_of(fd: int) -> int:
 class Cluster:
     """This worker's side of the cluster: sending, receiving, the replica."""
 
-    def __init__(self, worker: WorkerHost, url: str, name: str, node: int) -> None:
+    def __init__(self, worker: WorkerHost, url: str, name: str, node: int, token: int = 0) -> None:
         self.worker = worker
         self.node = node
+        self.token = token  # this start of our node (swoolish.master.cluster)
         self.names = Channels(name)
         self.pid = os.getpid()
         self.seq = 0
@@ -148,7 +149,7 @@ class Cluster:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._flush_events()
-        self._send(self.names.ctl, bus.LEAVING, bus.leaving_body(node_leaving))
+        self._send(self.names.ctl, bus.LEAVING, bus.leaving_body(node_leaving, self.token))
         if node_leaving:
             self.link.command("DEL", self.names.node_key(self.node))
         await self.link.settled(SETTLE_TIMEOUT)
@@ -210,7 +211,7 @@ class Cluster:
             self._send(
                 self.names.ctl,
                 bus.HEARTBEAT,
-                bus.heartbeat_body(self.worker.worker_id, len(self.worker.connections)),
+                bus.heartbeat_body(self.worker.worker_id, len(self.worker.connections), self.token),
             )
             self._refresh_claim()
         for node in self.view.expire(now):
@@ -233,7 +234,7 @@ class Cluster:
             self._repair_epoch()
 
     def _claim_key(self) -> None:
-        info = f"pid={os.getppid()};host={os.uname().nodename}"
+        info = bus.claim_value(self.token, os.getppid())
         self.link.command("SET", self.names.node_key(self.node), info, "PX", NODE_KEY_TTL_MS)
 
     def _repair_epoch(self) -> None:
@@ -525,13 +526,18 @@ class Cluster:
         self.view.closed(header.node, header.publisher, bus.read_ids(data))
 
     def _on_heartbeat(self, header: Header, data: bytes) -> None:
-        worker_id, _ = bus.read_heartbeat(data)
+        worker_id, _, token = bus.read_heartbeat(data)
+        if self.view.met(header.node, token):
+            # its number was handed out again (a Redis that lost its data): a new node
+            log.warning("cluster: node %d is heard again, as a new start of it", header.node)
+            self.view.heard(header.node, header.publisher, self.loop.time())
+            self._snapshot_wanted = True
         self.view.heartbeat(header.node, header.publisher, worker_id)
 
     def _on_leaving(self, header: Header, data: bytes) -> None:
-        node_leaving = bus.read_leaving(data)
+        node_leaving, token = bus.read_leaving(data)
         was_up = self.view.is_up(header.node)
-        self.view.leaving(header.node, header.publisher, node_leaving, self.loop.time())
+        self.view.leaving(header.node, header.publisher, node_leaving, self.loop.time(), token)
         if was_up and not self.view.is_up(header.node):
             log.info("cluster: node %d left", header.node)
             self._fail_questions(header.node)

@@ -168,7 +168,11 @@ class Worker:
         event_worker = not setup.task_worker and setup.process_index is None
         if self.settings.redis_url and setup.node and event_worker:
             self.cluster = Cluster(
-                self, self.settings.redis_url, self.settings.cluster_name, setup.node
+                self,
+                self.settings.redis_url,
+                self.settings.cluster_name,
+                setup.node,
+                setup.node_token,
             )
             self.connections.observer = self.cluster
         # this worker's copy of the listening socket, and the accept balance

@@ -603,3 +603,38 @@ def test_a_worker_stopped_alone_leaves_alone(tmp_path, redis_server):
             stays.close()
             goes.close()
         no_tracebacks(a, b)
+
+
+def test_a_node_number_handed_out_again_is_a_new_node(tmp_path, redis_server):
+    """1. nodes A and C; C stops (A hears that it left)  2. Redis loses its data while
+    A's link stays up (FLUSHALL: no reconnection, no repair), A's node key is back
+    3. a new node D starts and is given C's number again  4. from A, D's session is
+    visible and reached: a number heard again with another token is a new node. Before,
+    A ignored that number for good (docs/cluster.md, "Failures")."""
+    with nodes(tmp_path, redis_server.url, workers=1) as (a, c):
+        a1, c1 = Client(a), Client(c)
+        fresh = None
+        again = None
+        try:
+            wait_visible(a1, [c1.fd])
+            c.stop()
+            a.wait_for_log(rf"cluster: node {c1.node} left", 5)
+            redis = redis_server.client()
+            redis.flushall()
+            wait_until(lambda: redis.exists(f"sw:swoolish:node:{a1.node}"), 5, what="A's key back")
+            redis.close()
+            again = start_node(tmp_path, redis_server.url, 1)
+            wait_linked(again, 1)
+            fresh = Client(again)
+            assert fresh.node == c1.node  # the number is handed out again
+            wait_visible(a1, [fresh.fd], 5)
+            assert pushed(a1, fresh.fd, "hello again") is True
+            received(fresh, "hello again")
+            a.wait_for_log(rf"node {c1.node} is heard again, as a new start", 2)
+        finally:
+            for client in (a1, c1, fresh):
+                if client is not None:
+                    client.close()
+            if again is not None:
+                again.stop()
+        no_tracebacks(a, again)

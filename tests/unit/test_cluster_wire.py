@@ -119,11 +119,28 @@ def test_session_lists_round_trip():
 
 
 def test_heartbeat_round_trips_and_clamps_the_session_count():
-    assert bus.read_heartbeat(msg(bus.HEARTBEAT, bus.heartbeat_body(3, 1500))) == (3, 1500)
-    assert bus.read_heartbeat(msg(bus.HEARTBEAT, bus.heartbeat_body(0, 2**40))) == (
+    assert bus.read_heartbeat(msg(bus.HEARTBEAT, bus.heartbeat_body(3, 1500, 7))) == (3, 1500, 7)
+    assert bus.read_heartbeat(msg(bus.HEARTBEAT, bus.heartbeat_body(0, 2**40, 2**64 - 1))) == (
         0,
         0xFFFFFFFF,
+        2**64 - 1,
     )
+
+
+def test_a_heartbeat_without_a_token_reads_token_0():
+    """An older node's heartbeat (worker id and sessions only) still reads."""
+    old = msg(bus.HEARTBEAT, bus.heartbeat_body(3, 9)[:6])
+    assert bus.read_heartbeat(old) == (3, 9, 0)
+    assert bus.read_leaving(msg(bus.LEAVING, b"\x01")) == (True, 0)
+
+
+def test_a_node_key_value_names_its_token():
+    value = bus.claim_value(0xABC, 42)
+    assert value.startswith("token=0000000000000abc;pid=42;host=")
+    assert bus.claim_token(value.encode()) == 0xABC
+    assert bus.claim_token(b"pid=42;host=x") == 0  # an older node's value
+    assert bus.claim_token(None) == 0
+    assert bus.claim_token("token=zz;pid=1") == 0
 
 
 def test_snapshot_round_trips():
@@ -147,9 +164,9 @@ def test_pipe_round_trips():
 
 
 def test_leaving_round_trips():
-    assert bus.read_leaving(msg(bus.LEAVING, bus.leaving_body(True))) is True
-    assert bus.read_leaving(msg(bus.LEAVING, bus.leaving_body(False))) is False
-    assert bus.read_leaving(msg(bus.LEAVING)) is False  # no body: only this worker
+    assert bus.read_leaving(msg(bus.LEAVING, bus.leaving_body(True, 5))) == (True, 5)
+    assert bus.read_leaving(msg(bus.LEAVING, bus.leaving_body(False))) == (False, 0)
+    assert bus.read_leaving(msg(bus.LEAVING)) == (False, 0)  # no body: only this worker
 
 
 # -- what is not a message of this version ------------------------------------------------
@@ -180,7 +197,8 @@ READERS = {
     "push": (bus.read_push, bus.PUSH, bus.push_body(1, 1, b"")),
     "multi_push": (bus.read_multi_push, bus.MULTI_PUSH, bus.multi_push_body([1], 1, b"")),
     "disconnect": (bus.read_disconnect, bus.DISCONNECT, bus.disconnect_body(1, 4000, "")),
-    "heartbeat": (bus.read_heartbeat, bus.HEARTBEAT, bus.heartbeat_body(1, 1)),
+    "heartbeat": (bus.read_heartbeat, bus.HEARTBEAT, bus.heartbeat_body(1, 1, 1)),
+    "leaving": (bus.read_leaving, bus.LEAVING, bus.leaving_body(True, 1)),
     "snapshot": (bus.read_snapshot, bus.SNAPSHOT, bus.snapshot_body(1, [])),
     "question": (bus.read_question, bus.EXISTS_QUESTION, bus.question_body(1, 1)),
     "answer": (bus.read_answer, bus.EXISTS_ANSWER, bus.answer_body(1, 1, True)),
@@ -419,9 +437,10 @@ def test_a_node_that_left_cleanly_is_not_resurrected_by_a_late_message():
     view.heard(2, 100, 0.0)
     view.heard(2, 101, 0.0)
     view.opened(2, 100, [7])
-    view.leaving(2, 100, node_leaving=True, now=0.0)
+    view.leaving(2, 100, node_leaving=True, now=0.0, token=77)
     assert not view.is_up(2) and not view.exists(7, 2)
-    assert view.heard(2, 101, 0.1) is False  # a heartbeat in flight
+    assert view.met(2, 77) is False  # a heartbeat in flight, of the same start
+    assert view.heard(2, 101, 0.1) is False
     view.opened(2, 101, [9])
     view.snapshot(2, 101, 1, [7, 9], 0.1)
     assert not view.is_up(2) and not view.exists(7, 2) and not view.exists(9, 2)
@@ -429,6 +448,22 @@ def test_a_node_that_left_cleanly_is_not_resurrected_by_a_late_message():
     assert view.describe(0.2) == {}
     view.clear()  # a lost link forgets what it heard, not who left
     assert view.heard(2, 101, 0.3) is False and not view.is_up(2)
+
+
+def test_a_node_number_heard_again_with_another_token_is_a_new_node():
+    """A Redis that lost its data hands node 2's number out again: the new node's
+    heartbeat carries another token, so it is a node like any other, not the one that
+    left (before, a number that had left was ignored for good: pushes to the new node
+    refused 5 of 5). A heartbeat without a token (an older node) changes nothing."""
+    view = view_of()
+    view.heard(2, 100, 0.0)
+    view.leaving(2, 100, node_leaving=True, now=0.0, token=77)
+    assert view.met(2, 0) is False and view.heard(2, 300, 1.0) is False
+    assert view.met(2, 78) is True
+    assert view.heard(2, 300, 1.0) is True and view.is_up(2)
+    view.opened(2, 300, [5])
+    assert view.exists(5, 2)
+    assert view.met(2, 78) is False and 2 not in view.left  # met once
 
 
 def test_leaving_of_a_node_never_heard_changes_nothing():

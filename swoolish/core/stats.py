@@ -48,6 +48,7 @@ COUNTERS = (
     "cluster_bad_messages",
     "cluster_handoff_gaps",  # a moved session may have missed bus messages (logged)
     "cluster_settle_timeouts",
+    "cluster_twin_dropped",  # sent to our node number while another node held it too
 )
 
 #: Of COUNTERS, those each session counts for itself; a worker's figure is the sum over

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import pickle
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,7 @@ SETTLE_TIMEOUT = 1.0  # seconds a hand-off waits for Redis to answer our publish
 BOOT_LINK_TIMEOUT = 2.0  # seconds a booting worker waits for its link before serving
 MAX_BUS_PAYLOAD = 1024 * 1024  # a bigger cross-node message is refused (one Redis message)
 MAX_UNREAD = 8 * 1024 * 1024  # our broadcasts not yet read back: past it, refused
+TWIN_HOLD = 3.0  # seconds another start of our number counts as alive after its heartbeat
 
 # Redis script: the node counter never falls below a live node's number (a Redis that
 # lost its data must not hand that number out again, docs/cluster.md "Node numbers").
@@ -99,6 +101,13 @@ class Cluster:
         self._events_scheduled = False
         self._snapshot_wanted = False
         self._heartbeat: asyncio.TimerHandle | None = None
+        # Another start of a node holding our number (see _twin_heartbeat): until when
+        # (time.monotonic()) and its token, written by the subscriber's thread.
+        self._twin_until = 0.0
+        self._twin_token = 0
+        self._twin_dropped = 0  # messages to our number dropped meanwhile (that thread)
+        self._twin_counted = 0  # ... of which the stats have been told
+        self._twin_told_until = 0.0  # the loop's: the episode already logged
         stats = worker.stats
         self.stats = stats
         loop = worker.loop
@@ -174,6 +183,7 @@ class Cluster:
             self._repair_epoch()
             self._send_snapshot()
             self._send(self.names.ctl, bus.SNAPSHOT_REQUEST)
+            self._send_heartbeat()  # now: a node holding our number hears of us at once
         else:
             self.stats["cluster_link_losses"] += 1
             log.warning(
@@ -208,12 +218,9 @@ class Cluster:
         self.link.catch_up()
         now = self.loop.time()
         if self.link.up:
-            self._send(
-                self.names.ctl,
-                bus.HEARTBEAT,
-                bus.heartbeat_body(self.worker.worker_id, len(self.worker.connections), self.token),
-            )
+            self._send_heartbeat()
             self._refresh_claim()
+        self._count_twin_drops()
         for node in self.view.expire(now):
             log.warning(
                 "cluster: node %d silent for %gs, its sessions are gone", node, self.view.silence
@@ -224,6 +231,10 @@ class Cluster:
             self._snapshot_wanted = False
             self._send(self.names.ctl, bus.SNAPSHOT_REQUEST)
         self._heartbeat = self.loop.call_later(HEARTBEAT_INTERVAL, self._beat)
+
+    def _send_heartbeat(self) -> None:
+        body = bus.heartbeat_body(self.worker.worker_id, len(self.worker.connections), self.token)
+        self._send(self.names.ctl, bus.HEARTBEAT, body)
 
     def _refresh_claim(self) -> None:
         """Keep our node key alive; while Redis refuses it, tried again each beat (the
@@ -408,8 +419,15 @@ class Cluster:
         if node == self.node:
             if publisher == self.pid:
                 self._read_back = seq
+            elif data[0] == bus.HEARTBEAT and self._twin_heartbeat(data):
+                return URGENT  # for the loop to log (_on_twin)
+            elif data[0] == bus.SNAPSHOT_REQUEST:
+                return URGENT  # a worker of our number links: answered with a heartbeat
             return SKIP  # our node's own: its sessions are reached through the master
         kind = data[0]
+        if kind in _ADDRESSED and self._twin_until > time.monotonic():
+            self._twin_dropped += 1  # for our number, so maybe for the twin's sessions
+            return SKIP
         if kind in _IN_ORDER:
             return IN_ORDER
         # Every worker of a node reads its channel, but one answers an exists_remote
@@ -419,6 +437,22 @@ class Cluster:
         if kind == bus.EXISTS_ANSWER:
             return URGENT if self._asked(data) else SKIP
         return URGENT
+
+    def _twin_heartbeat(self, data: bytes) -> bool:
+        """In the subscriber's thread: a heartbeat of our number with another token is
+        another node holding our number (a Redis that lost its data gave it out while
+        we could not reach it, docs/cluster.md "Failures"). Session ids of the two
+        collide, so what other nodes send to our number would reach the sessions of both:
+        we apply none of it until that node is silent for TWIN_HOLD seconds."""
+        try:
+            _, _, token = bus.read_heartbeat(data)
+        except bus.BusError:
+            return False
+        if not token or token == self.token:
+            return False
+        self._twin_token = token
+        self._twin_until = time.monotonic() + TWIN_HOLD
+        return True
 
     def _asked(self, data: bytes) -> bool:
         """Whether this worker asked the question ``data`` answers (a body cut short is
@@ -444,6 +478,9 @@ class Cluster:
             header = bus.decode_header(data)
         except bus.BusError:
             self.stats["cluster_bad_messages"] += 1
+            return
+        if header.node == self.node:  # a twin's heartbeat, or a worker linking (classify)
+            self._on_own_number(header.kind)
             return
         self.stats["cluster_in"] += 1
         if self.view.heard(header.node, header.publisher, self.loop.time()):
@@ -590,6 +627,37 @@ class Cluster:
             worker.stats["handler_errors"] += 1
             worker.log.exception("pipe_message handler raised")
 
+    def _on_own_number(self, kind: int) -> None:
+        """A worker of our number links (it asks for snapshots): our heartbeat now, so
+        that if it is another node's, both hear of the clash one round trip after it
+        links, not up to a heartbeat interval later (see _twin_heartbeat)."""
+        if kind == bus.HEARTBEAT:
+            self._on_twin()
+        elif self.link.up:
+            self._send_heartbeat()
+
+    def _on_twin(self) -> None:
+        """One error line per episode of another node holding our number."""
+        now = time.monotonic()
+        if now > self._twin_told_until:
+            log.error(
+                "cluster: node %d is also held by another node (token %016x, ours %016x): "
+                "Redis lost its data and gave our number out again. Messages other nodes "
+                "send to node %d are dropped here while it runs (its session ids are ours "
+                "too); restart one of the two nodes",
+                self.node,
+                self._twin_token,
+                self.token,
+                self.node,
+            )
+        self._twin_told_until = now + TWIN_HOLD
+
+    def _count_twin_drops(self) -> None:
+        dropped = self._twin_dropped
+        if dropped != self._twin_counted:
+            self.stats["cluster_twin_dropped"] += dropped - self._twin_counted
+            self._twin_counted = dropped
+
     def _fail_questions(self, node: int | None) -> None:
         """Pending exists_remote() to ``node`` (None: every node) answer False now."""
         for asked, future in self.questions.values():
@@ -689,5 +757,7 @@ _REFUSED = {
 
 _FOR_SESSIONS = frozenset((bus.PUSH, bus.MULTI_PUSH, bus.BROADCAST, bus.DISCONNECT))
 _IN_ORDER = _FOR_SESSIONS | {bus.PIPE}  # the rest is applied first (see classify)
+# what other nodes send to a node's number (its channel): dropped while a twin holds ours
+_ADDRESSED = (_IN_ORDER - {bus.BROADCAST}) | {bus.EXISTS_QUESTION, bus.EXISTS_ANSWER}
 # what may be dropped when too much waits: all but a disconnect (see essential)
 _DROPPABLE = (_IN_ORDER - {bus.DISCONNECT}) | {bus.EXISTS_QUESTION, bus.EXISTS_ANSWER}

@@ -638,3 +638,55 @@ def test_a_node_number_handed_out_again_is_a_new_node(tmp_path, redis_server):
             if again is not None:
                 again.stop()
         no_tracebacks(a, again)
+
+
+TWIN = "is also held by another node"
+
+
+def test_two_nodes_holding_one_number_take_no_message_sent_to_it(tmp_path, redis_server):
+    """1. nodes A and B; A's worker is SIGSTOPped until its node key expired, and Redis
+    loses its data (FLUSHALL), so a new node C is given A's number while A lives (as
+    when A is still backing off after a Redis restart)  2. A's worker runs again: A and
+    C hear each other's heartbeats (the same number, another token) and each logs one
+    error  3. B pushes to A's session id (C's first id is the same) and then broadcasts
+    a marker: A's and C's clients get the marker, neither gets the push. Before, both
+    got it (docs/cluster.md, "Failures")."""
+    with nodes(tmp_path, redis_server.url, workers=1) as (a, b):
+        a1, b1 = Client(a), Client(b)
+        c = c1 = None
+        (worker,) = a.workers()
+        redis = redis_server.client()
+        try:
+            wait_visible(b1, [a1.fd])
+            worker.send_signal(signal.SIGSTOP)
+            try:
+                wait_until(
+                    lambda: not redis.exists(f"sw:swoolish:node:{a1.node}"), 6, what="A's key gone"
+                )
+                redis.flushall()
+                wait_until(
+                    lambda: redis.exists(f"sw:swoolish:node:{b1.node}"), 5, what="B's key back"
+                )
+                c = start_node(tmp_path, redis_server.url, 1)
+                wait_linked(c, 1)
+            finally:
+                worker.send_signal(signal.SIGCONT)
+            c1 = Client(c)
+            assert c1.node == a1.node  # two live nodes with one number
+            for node in (a, c):
+                node.wait_for_log(TWIN, 5)
+            assert pushed(b1, a1.fd, "secret") in (True, False)  # (B's replica merges both)
+            b1.send("broadcast:marker")
+            assert b1.take(1, 5) == ["marker"]  # B's own copy
+            received(a1, "marker")
+            received(c1, "marker")
+            assert "secret" not in a1.received and "secret" not in c1.received
+            assert log_count(a, TWIN) == 1 and log_count(c, TWIN) == 1
+        finally:
+            redis.close()
+            for client in (a1, b1, c1):
+                if client is not None:
+                    client.close()
+            if c is not None:
+                c.stop()
+        no_tracebacks(a, b, c)

@@ -225,21 +225,9 @@ def _read_token(data: bytes, offset: int) -> int:
 
 
 def claim_value(token: int, master_pid: int) -> str:
-    """What a node's key holds: its token first (docs/cluster.md, "Node numbers"), then
+    """What a node's key holds: its token first (docs/cluster.md, "Liveness"), then
     where it runs, for whoever reads Redis."""
     return f"token={token:016x};pid={master_pid};host={os.uname().nodename}"
-
-
-def claim_token(value: bytes | str | None) -> int:
-    """The token in a node key's value (0: none, or not one of ours)."""
-    text = value.decode("latin-1") if isinstance(value, bytes) else value or ""
-    head = text.split(";", 1)[0]
-    if not head.startswith("token="):
-        return 0
-    try:
-        return int(head[6:], 16)
-    except ValueError:
-        return 0
 
 
 def snapshot_body(worker_id: int, fds: list[int]) -> bytes:

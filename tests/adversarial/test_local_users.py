@@ -442,6 +442,26 @@ def held_reload(tmp_path: Path) -> tuple[Path, Path, str]:
     return held, release, f"{app}:server"
 
 
+@contextlib.contextmanager
+def held_reload_client(tmp_path: Path) -> Iterator[tuple[Any, Any, socket.socket, str, Path]]:
+    """A server whose worker holds a handler in flight (a reload's old worker will
+    drain until ``release`` exists), and a control client connected to its master:
+    (server, the holding WebSocket, the control client, its address, release)."""
+    held, release, target = held_reload(tmp_path)
+    pid_file = tmp_path / "master.pid"
+    with (
+        serving(target, tmp_path, "--pid-file", str(pid_file)) as server,
+        server.connect() as ws,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
+    ):
+        ws.send("hold")
+        wait_until(held.exists, 10, what="the handler holding")
+        (address,) = control_addresses(server.pid)
+        client.settimeout(timeout(15))
+        client.connect(address)
+        yield server, ws, client, address, release
+
+
 def test_a_client_whose_reply_fails_leaves_the_selector_with_its_socket(tmp_path):
     """1. a handler in flight keeps a reload's old worker draining  2. a `reload` client
     reads `started`, then shuts its reading side: the master's next reply to it fails
@@ -451,19 +471,8 @@ def test_a_client_whose_reply_fails_leaves_the_selector_with_its_socket(tmp_path
     and the master died registering the newcomer that got its number ("already
     registered"), and all its workers with it. Now it serves on: status answers, the
     held handler completes, the old worker drains."""
-    held, release, target = held_reload(tmp_path)
-    pid_file = tmp_path / "master.pid"
     idle: list[socket.socket] = []
-    with (
-        serving(target, tmp_path, "--pid-file", str(pid_file)) as server,
-        server.connect() as ws,
-        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiter,
-    ):
-        ws.send("hold")
-        wait_until(held.exists, 10, what="the handler holding")
-        (address,) = control_addresses(server.pid)
-        waiter.settimeout(timeout(15))
-        waiter.connect(address)
+    with held_reload_client(tmp_path) as (server, ws, waiter, address, release):
         waiter.sendall(b'{"command": "reload"}\n')
         assert read_line(waiter) == {"event": "started", "generation": 2}
         waiter.shutdown(socket.SHUT_RD)
@@ -516,18 +525,8 @@ def test_a_half_closed_client_sees_the_hang_up_after_a_worker_was_forked(tmp_pat
     to send the drain  3. a second reload forks a worker  4. the handler is released:
     the drain ends and the master hangs up. The client sees the hang-up only if the
     forked worker kept no copy of its socket."""
-    held, release, target = held_reload(tmp_path)
     pid_file = tmp_path / "master.pid"
-    with (
-        serving(target, tmp_path, "--pid-file", str(pid_file)) as server,
-        server.connect() as ws,
-        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
-    ):
-        ws.send("hold")
-        wait_until(held.exists, 10, what="the handler holding")
-        (address,) = control_addresses(server.pid)
-        client.settimeout(timeout(15))
-        client.connect(address)
+    with held_reload_client(tmp_path) as (server, ws, client, address, release):
         client.sendall(b'{"command": "reload"}\n')
         client.shutdown(socket.SHUT_WR)
         assert read_line(client)["event"] == "started"
@@ -559,18 +558,8 @@ def test_one_connection_is_one_request(tmp_path):
     many lines and read nothing got every event once per line until its socket was
     full, while the master waited up to 1 s on each write. Now what follows the first
     line is ignored: one reload, one stream of events."""
-    held, release, target = held_reload(tmp_path)
     pid_file = tmp_path / "master.pid"
-    with (
-        serving(target, tmp_path, "--pid-file", str(pid_file)) as server,
-        server.connect() as ws,
-        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
-    ):
-        ws.send("hold")
-        wait_until(held.exists, 10, what="the handler holding")
-        (address,) = control_addresses(server.pid)
-        client.settimeout(timeout(15))
-        client.connect(address)
+    with held_reload_client(tmp_path) as (server, ws, client, address, release):
         client.sendall(b'{"command": "reload"}\n')
         assert read_line(client) == {"event": "started", "generation": 2}
         client.sendall(b'{"command": "reload"}\n' * 50)

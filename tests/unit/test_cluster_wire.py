@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -608,20 +609,20 @@ class _Writer:
         self.written.extend(parts)
 
 
+def offline_link(loop: asyncio.AbstractEventLoop, **options: Any) -> BusLink:
+    """A link to no Redis at all: the test plays the connection's part."""
+    return BusLink(
+        "redis://127.0.0.1:1/0", [b"c"], lambda data: None, lambda up, why: None, loop, **options
+    )
+
+
 def test_publishes_past_the_bound_are_refused_until_redis_answers():
     """1. a link whose Redis answers nothing: publishes are written until what waits
     unanswered reaches max_pending, then refused (False), nothing more written  2. Redis
     answers them: room again  3. a link that is down refuses at once."""
     loop = asyncio.new_event_loop()
     try:
-        link = BusLink(
-            "redis://127.0.0.1:1/0",
-            [b"c"],
-            lambda data: None,
-            lambda up, why: None,
-            loop,
-            max_pending=10_000,
-        )
+        link = offline_link(loop, max_pending=10_000)
         writer = _Writer()
         link._pub = type("Pub", (), {"_writer": writer})()
         link.up = True
@@ -649,14 +650,7 @@ def test_an_essential_publish_goes_past_the_bound_that_refuses_app_messages():
     session event was lost for good and the other nodes' view stayed wrong."""
     loop = asyncio.new_event_loop()
     try:
-        link = BusLink(
-            "redis://127.0.0.1:1/0",
-            [b"c"],
-            lambda data: None,
-            lambda up, why: None,
-            loop,
-            max_pending=10_000,
-        )
+        link = offline_link(loop, max_pending=10_000)
         link._pub = type("Pub", (), {"_writer": _Writer()})()
         link.up = True
         for size in (1000, 40):  # full, to the byte
@@ -677,9 +671,7 @@ def test_a_health_check_that_wakes_late_does_not_judge_the_link():
     async def scenario() -> list[str]:
         loop = asyncio.get_running_loop()
         lost: list[str] = []
-        link = BusLink(
-            "redis://127.0.0.1:1/0", [b"c"], lambda data: None, lambda up, why: None, loop
-        )
+        link = offline_link(loop)
         link._lose = lost.append  # type: ignore[method-assign]
         link.command = lambda *args: True  # type: ignore[method-assign]
         link._unanswered.append((1, 10, loop.time()))
@@ -702,14 +694,7 @@ def test_an_error_reply_is_told_as_its_own_commands_refusal_once_per_episode():
     loop = asyncio.new_event_loop()
     told: list[tuple[str, str]] = []
     try:
-        link = BusLink(
-            "redis://127.0.0.1:1/0",
-            [b"c"],
-            lambda data: None,
-            lambda up, why: None,
-            loop,
-            on_refusal=lambda *t: told.append(t),
-        )
+        link = offline_link(loop, on_refusal=lambda *t: told.append(t))
         link._pub = type("Pub", (), {"pack_command": lambda self, *a: [b"x"]})()
         link._went_up()
         oom = "OutOfMemoryError: command not allowed"

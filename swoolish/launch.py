@@ -44,8 +44,8 @@ def unsupported_platform() -> str | None:
 
 def serve(server: App, spec: loader.AppSpec, overrides: dict[str, Any]) -> int:
     """Run a master for ``server`` in this process; returns the exit code."""
-    worker_main = functools.partial(_worker_main, spec, overrides, type(server))
     watch_dirs = _watch_dirs(server, spec)
+    worker_main = functools.partial(_worker_main, spec, overrides, type(server), watch_dirs)
     return Master(server, str(spec), worker_main, watch_dirs).run()
 
 
@@ -66,11 +66,19 @@ def _watch_dirs(server: App, spec: loader.AppSpec) -> tuple[str, ...]:
 
 
 def _worker_main(
-    spec: loader.AppSpec, overrides: dict[str, Any], expected: type[App], setup: WorkerSetup
+    spec: loader.AppSpec,
+    overrides: dict[str, Any],
+    expected: type[App],
+    watch_dirs: tuple[str, ...],
+    setup: WorkerSetup,
 ) -> int:
+    """A forked worker: the app imported afresh, its own modules and those of the
+    directories ``--reload`` watches (``watch_dirs``) purged first, so a save in any
+    of them is what the new worker runs."""
+
     def load_fresh_app() -> App:
         memory.enter_worker()  # the app's Tables and Atomics attach to the master's
-        loader.purge_user_modules(loader.app_directory(spec))
+        loader.purge_user_modules(loader.app_directory(spec), watch_dirs)
         server = loader.load(spec, expected)
         server.settings.update(overrides)
         return server

@@ -15,7 +15,7 @@ import os
 import site
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .core.errors import SettingError, TargetError
@@ -26,6 +26,7 @@ __all__ = ["ANY_SERVER", "AppSpec", "app_directory", "load", "parse_target", "pu
 T = TypeVar("T")
 
 ANY_SERVER = "*"  # AppSpec.attr of a script whose server has no module-level name
+
 
 @dataclasses.dataclass(frozen=True)
 class AppSpec:
@@ -149,10 +150,11 @@ def _directory(path: str) -> str:
     return os.path.join(os.path.realpath(path), "")
 
 
-def _library_dirs(app: str) -> tuple[str, ...]:
+def _library_dirs(roots: Sequence[str]) -> tuple[str, ...]:
     """Where libraries live: the installation's, swoolish's, the user site-packages and
-    every PYTHONPATH entry, except the app's own directory and the directories above it
-    (a PYTHONPATH entry may be the app's directory, or the checkout that holds it)."""
+    every PYTHONPATH entry, except the app's own directories (``roots``) and the
+    directories above them (a PYTHONPATH entry may be the app's directory, or the
+    checkout that holds it)."""
     paths = sysconfig.get_paths()
     dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
     dirs.add(os.path.dirname(os.path.abspath(__file__)))  # swoolish itself
@@ -161,7 +163,7 @@ def _library_dirs(app: str) -> tuple[str, ...]:
         dirs.add(user_site)
     dirs.update(entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry)
     resolved = {_directory(d) for d in dirs}
-    return tuple(d for d in resolved if not app.startswith(d))
+    return tuple(d for d in resolved if not any(root.startswith(d) for root in roots))
 
 
 def _module_paths() -> Callable[[str], str]:
@@ -186,17 +188,21 @@ def _module_paths() -> Callable[[str], str]:
     return resolve
 
 
-def purge_user_modules(app_dir: str) -> int:
+def purge_user_modules(app_dir: str, watched: Sequence[str] = ()) -> int:
     """Forget the app's own modules: those loaded from the app's directory ``app_dir``
-    (:func:`app_directory` of its TARGET).
+    (:func:`app_directory` of its TARGET) or from a directory ``--reload`` watches
+    (``watched``, the ``reload_dirs``).
 
     Run in a freshly forked worker before :func:`load`, so the app and its own modules
-    are imported from disk again. Libraries stay, including those under the app's
-    directory (a virtualenv inside it, a PYTHONPATH entry below it): re-importing a
-    library as app code would give the worker a second copy of its classes and state.
+    are imported from disk again. A watched directory counts as the app's own: a save
+    there starts a reload, which must run the saved code (docs/quickstart.md,
+    "Developing with --reload"), not the copy the master imported at start. Libraries
+    stay, including those under these directories (a virtualenv inside one, a
+    PYTHONPATH entry below one): re-importing a library as app code would give the
+    worker a second copy of its classes and state.
     """
-    app = _directory(app_dir)
-    library = _library_dirs(app)
+    roots = tuple(_directory(d) for d in (app_dir, *watched))
+    library = _library_dirs(roots)
     real_path = _module_paths()
     purged = 0
     for name, module in list(sys.modules.items()):
@@ -204,7 +210,7 @@ def purge_user_modules(app_dir: str) -> int:
         if name == "__main__" or not path:
             continue
         real = real_path(path)
-        if real.startswith(app) and not real.startswith(library):
+        if real.startswith(roots) and not real.startswith(library):
             del sys.modules[name]
             purged += 1
     importlib.invalidate_caches()

@@ -88,7 +88,7 @@ class ServerProcess:
         self.uds: Path | None = None  # set when it listens on a Unix socket (--uds)
         self.log_path = log_path
         self._log = open(log_path, "wb")  # closed in stop()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env or {}))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         command = [str(script)] if script else ["-m", "swoolish", *args]
         self.proc = subprocess.Popen(
             [sys.executable, *command],

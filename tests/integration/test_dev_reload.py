@@ -106,6 +106,51 @@ def test_edit_break_fix_with_a_client_connected(tmp_path):
         assert "reload to generation 7" not in log
 
 
+LIBRARY_APP = """
+    from swoolish import WebSocketServer
+    from common import helper
+
+    server = WebSocketServer()
+
+    @server.on("message")
+    def on_message(server, frame):
+        server.push(frame.fd, f"{helper.VERSION} {frame.fd}")
+"""
+
+
+def test_a_save_in_a_reload_dir_outside_the_apps_directory_is_what_runs(tmp_path):
+    """A project whose app (services/api/app.py) imports a module of another directory
+    on PYTHONPATH (common/helper.py), watched with --reload-dir: a save of the helper
+    starts a reload, and the new worker runs the saved helper. Before, the new worker
+    kept the helper the master had imported at start: "helper.py changed: reload to
+    generation 2 complete", and the client was still answered v1."""
+    (tmp_path / "services" / "api").mkdir(parents=True)
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "__init__.py").write_text("")
+    helper = tmp_path / "common" / "helper.py"
+    helper.write_text("VERSION = 'v1'\n")
+    app = write_app(tmp_path / "services" / "api", LIBRARY_APP)
+    dirs = f"{tmp_path / 'services'},{tmp_path / 'common'}"
+    pythonpath = os.pathsep.join([str(ROOT), str(tmp_path)])
+    with serving(
+        f"{app}:server",
+        tmp_path,
+        "--reload",
+        "--reload-dir",
+        dirs,
+        cwd=tmp_path,
+        env={"PYTHONPATH": pythonpath},
+    ) as server:
+        server.wait_for_log(r"watching .* for changes")
+        with server.connect() as ws:
+            version, sid = ask(ws)
+            assert version == "v1"
+            save_like_an_editor(helper, "VERSION = 'v2'\n")
+            server.wait_for_log(r"helper\.py changed: reload to generation 2 started")
+            server.wait_for_log(r"worker 0 gen 1 \(pid \d+\) drained.* 1 moved to the new worker")
+            assert ask(ws) == ("v2", sid)
+
+
 def watcher_of(server) -> psutil.Process:
     def find():
         return next(

@@ -56,6 +56,18 @@ def test_a_pythonpath_entry_that_is_the_apps_directory_is_still_app_code(tree, m
     assert names["user_site"] in sys.modules
 
 
+def test_a_watched_directory_is_the_apps_own_but_not_the_libraries_in_it(tree, tmp_path):
+    """--reload-dir: modules of a watched directory are purged like the app's (a save
+    there must be what the new worker runs), libraries below it stay."""
+    dirs, names = tree
+    loader.purge_user_modules(str(tmp_path / "elsewhere"), [str(dirs["pythonpath"])])
+    assert names["pythonpath"] not in sys.modules  # a PYTHONPATH entry, watched
+    assert names["app"] in sys.modules  # neither the app directory nor watched
+    loader.purge_user_modules(str(tmp_path / "elsewhere"), [str(dirs["app"])])
+    assert names["app"] not in sys.modules
+    assert names["vendored"] in sys.modules  # a PYTHONPATH entry below the watched one
+
+
 def test_the_apps_directory_of_each_kind_of_target(tmp_path, monkeypatch):
     script = tmp_path / "app.py"
     script.write_text("")

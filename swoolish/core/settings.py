@@ -77,9 +77,13 @@ def _non_negative_number(name: str, value: Any) -> float:
 
 
 def _positive_number(name: str, value: Any) -> float:
+    """Seconds > 0. ``not value > 0`` rather than ``value <= 0``: NaN compares false
+    both ways, and a NaN max_wait_time made every stopping worker skip worker_stop and
+    worker_exit (a timer of NaN seconds cannot be armed), a NaN worker_start_timeout
+    never expired (docs/cli.md, "Environment variables")."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SettingError(f"{name} must be a number of seconds, got {value!r}")
-    if value <= 0:
+    if not value > 0:
         raise SettingError(f"{name} must be > 0 seconds, got {value}")
     return float(value)
 
@@ -477,8 +481,7 @@ SETTINGS: tuple[Setting, ...] = (
         "access_log",
         False,
         _bool,
-        "Log one line per HTTP request and per WebSocket open and close (logger "
-        "swoolish.access).",
+        "Log one line per HTTP request and per WebSocket open and close (logger swoolish.access).",
     ),
     Setting(
         "uds",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from support import ROOT, ServerProcess, free_port, run_cli, write_app
 
 from swoolish import __version__
@@ -70,6 +72,45 @@ def test_a_bad_value_is_one_line_naming_the_variable_and_exit_2():
     (line,) = result.stderr.splitlines()
     assert line.startswith("swoolish: SWOOLISH_PORT='abc': ")
     assert result.stdout == ""
+
+
+NAN_APP = """
+    from swoolish import WebSocketServer
+    server = WebSocketServer()
+    server.set(handshake_timeout=float("nan"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "line"),
+    [
+        ("option", "swoolish: max_wait_time must be > 0 seconds, got nan"),
+        (
+            "environment",
+            "swoolish: SWOOLISH_WORKER_START_TIMEOUT='nan': "
+            "worker_start_timeout must be > 0 seconds, got nan",
+        ),
+        ("code", "swoolish: handshake_timeout must be > 0 seconds, got nan"),
+    ],
+)
+def test_nan_seconds_are_refused_before_anything_is_forked(tmp_path, where, line):
+    """NaN for a number of seconds, from an option, a variable or the app's code: one
+    line, exit status 2, no worker. Before, NaN passed the > 0 check and the server
+    served (a stopping worker then skipped worker_stop and worker_exit)."""
+    target, extra, env = ECHO, [], {}
+    if where == "option":
+        extra = ["--max-wait-time", "nan"]
+    elif where == "environment":
+        env = {"SWOOLISH_WORKER_START_TIMEOUT": "nan"}
+    else:
+        target = f"{write_app(tmp_path, NAN_APP)}:server"
+    with served(target, tmp_path, *extra, **env) as server:
+        try:
+            code = server.wait_exit(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running with {where} nan: {server.log()[-300:]}")
+        assert code == 2
+        assert server.log().splitlines() == [line]
 
 
 def test_an_unknown_variable_is_a_warning_and_the_server_serves(tmp_path):

@@ -64,9 +64,11 @@ def load(spec: AppSpec, expected: type[T]) -> T:
     with loading():
         try:
             module = _import(spec)
-        except (TargetError, SettingError):
-            raise
-        except Exception as exc:
+        except (TargetError, SettingError, KeyboardInterrupt):
+            raise  # a Ctrl-C during a slow import stays a Ctrl-C
+        except BaseException as exc:
+            # SystemExit too (sys.exit() at module level): a bad TARGET is one line and
+            # exit status 2 (docs/cli.md), not a silent exit with the app's own code.
             where = _innermost_frame(exc)
             raise TargetError(
                 f"{spec}: importing the app raised {type(exc).__name__}: {exc}{where}"

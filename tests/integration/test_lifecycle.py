@@ -75,6 +75,25 @@ def test_app_that_fails_to_import_is_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("source", "raised"),
+    [
+        ("import sys\nsys.exit(3)\n", "SystemExit: 3"),
+        ("class Escape(BaseException):\n    pass\nraise Escape('out')\n", "Escape: out"),
+    ],
+    ids=["sys.exit", "BaseException"],
+)
+def test_an_import_that_exits_is_one_line_and_exit_2(tmp_path, source, raised):
+    """An app whose import calls sys.exit() or raises a BaseException that is not an
+    Exception: one line naming it, exit status 2. Before, sys.exit(3) ended swoolish
+    serve with status 3 and printed nothing; the other, a traceback and status 1."""
+    app = write_app(tmp_path, source)
+    result = run_cli("serve", f"{app}:server", "--port", str(free_port()))
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert f"importing the app raised {raised}" in line
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--workers", "0"], "worker_num must be >= 1"),

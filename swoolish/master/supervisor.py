@@ -30,11 +30,12 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from setproctitle import setproctitle
 
 from ..core import messages as msg
+from ..core.errors import SettingError
 from ..core.events import Handlers
 from ..core.frames import SERVICE_RESTART
 from ..core.messages import Message
@@ -58,7 +59,7 @@ from ..core.words import plural
 from ..shared import ipc, priority, tls
 from ..shared.ids import SharedIdSource
 from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
-from ..shared.table import SessionTable
+from ..shared.table import SessionTable, table_bytes
 from .cluster import claim_node, new_token
 from .control import ControlClient, ControlServer
 from .listeners import bind, bind_unix, unlink_unix
@@ -86,6 +87,7 @@ LOOP_TICK = 0.5
 #: machine a worker with nothing to drain had exited before the master's own signal
 #: arrived: the master logged it as died and forked a replacement, only to stop it.
 EXIT_GRACE = 0.25
+_T = TypeVar("_T")
 CHANNEL_BUFFER = 8 * 1024 * 1024  # asked for; the kernel caps it (wmem_max), ipc fragments
 RELOAD_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -182,8 +184,7 @@ class Master:
         self.ids = SharedIdSource()
         self.node = 0  # cluster mode: this node's number (master/cluster.py)
         self.node_token = 0  # and this start's token
-        # Two generations plus crash replacements: 4 regions per slot.
-        self.table = SessionTable(4 * self.settings.worker_num, self.settings.max_connections)
+        self.table = _session_table(self.settings)
         self.switchboard = Switchboard(self.table.region_of)
         self._logged_forced = self._logged_expired = 0  # expiries already logged
         self.selector = selectors.DefaultSelector()
@@ -204,12 +205,16 @@ class Master:
         self._status_requests: list[StatusRequest] = []
         self.reload_history: list[dict[str, Any]] = []
         # Task workers take the worker_ids after the event workers' (docs/tasks.md).
-        self.relay = TaskRelay(
-            self.settings.worker_num,
-            self.settings.task_worker_num,
-            lambda pid, message, essential: self._send(pid, message, essential=essential),
-            self._retire_task_worker,
-            self._when_drained,
+        self.relay = _refused_as_setting(
+            "the task load",
+            "--task-workers (task_worker_num) or --workers (worker_num)",
+            lambda: TaskRelay(
+                self.settings.worker_num,
+                self.settings.task_worker_num,
+                lambda pid, message, essential: self._send(pid, message, essential=essential),
+                self._retire_task_worker,
+                self._when_drained,
+            ),
         )
         # User processes (server.add_process) take the worker_ids after the task workers';
         # their number and names are the master's load of the app: fixed until a restart.
@@ -1792,6 +1797,43 @@ class Master:
                 for proc in sorted(self.workers.values(), key=lambda p: (p.slot, p.generation))
             ],
         }
+
+
+def _session_table(settings: Settings) -> SessionTable:
+    """The shared session table: two generations plus crash replacements, 4 regions per
+    slot. A size the system refuses is a setting to lower, one line and exit 2 before
+    anything is forked (docs/cli.md), not a traceback."""
+    regions = 4 * settings.worker_num
+    try:
+        size = f"{table_bytes(regions, settings.max_connections) / 2**30:.1f} GiB"
+    except OverflowError:
+        size = "more than any system has"
+    return _refused_as_setting(
+        f"the session table ({size}: 4 regions per worker x worker_num "
+        f"{settings.worker_num}, each for max_connections {settings.max_connections})",
+        "--workers (worker_num) or --max-connections (max_connections)",
+        lambda: SessionTable(regions, settings.max_connections),
+    )
+
+
+def _refused_as_setting(what: str, settings: str, make: Callable[[], _T]) -> _T:
+    """``make()``, its shared memory refused by the system (ENOMEM, a size past what
+    mmap takes) turned into a ``SettingError`` naming the ``settings`` that size it."""
+    try:
+        return make()
+    except (OSError, OverflowError, MemoryError) as exc:
+        raise SettingError(
+            f"cannot allocate {what} in shared memory: {_refusal(exc)}; lower {settings}"
+        ) from None
+
+
+def _refusal(exc: BaseException) -> str:
+    """Why the system refused a mapping, in its own words where it has some."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, OverflowError):
+        return "larger than this system can map"
+    return str(exc) or type(exc).__name__
 
 
 def _noop_handler(signum: int, frame: Any) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "RegionWriter",
     "SessionTable",
     "peer_word",
+    "table_bytes",
 ]
 
 OPEN, ESTABLISHED, MOVING = 1, 2, 3  # MOVING: handed to the next worker, still alive
@@ -66,6 +67,11 @@ def _capacity_for(max_connections: int) -> int:
     while capacity < 2 * max_connections:
         capacity *= 2
     return capacity
+
+
+def table_bytes(regions: int, max_connections: int) -> int:
+    """The size of a ``SessionTable``'s mapping, so a refusal can say how much was asked."""
+    return (regions * HEADER_WORDS + regions * 2 * 2 * _capacity_for(max_connections)) * 8
 
 
 def peer_word(peer: tuple[str, int]) -> int:
@@ -100,7 +106,7 @@ class SessionTable:
         self.mask = self.capacity - 1
         self._half_words = self.capacity * 2
         self._tables_at = regions * HEADER_WORDS
-        self.size = (self._tables_at + regions * 2 * self._half_words) * 8
+        self.size = table_bytes(regions, max_connections)
         self._memory = mmap.mmap(-1, self.size)
         self.words = memoryview(self._memory).cast("Q")
         self._free = list(range(regions))  # master-side bookkeeping only

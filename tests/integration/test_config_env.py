@@ -113,6 +113,35 @@ def test_nan_seconds_are_refused_before_anything_is_forked(tmp_path, where, line
         assert server.log().splitlines() == [line]
 
 
+TABLE_HINT = "; lower --workers (worker_num) or --max-connections (max_connections)"
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        # Petabytes: past any machine and x86-64's 128 TiB of user address space.
+        (["--workers", "10000000"], "Cannot allocate memory"),
+        (["--max-connections", "10000000000000"], "Cannot allocate memory"),
+        (["--max-connections", "10" + "0" * 20], "larger than this system can map"),
+    ],
+)
+def test_a_session_table_too_big_is_one_line_and_exit_2(tmp_path, extra, reason):
+    """Settings whose shared session table the system refuses: one line naming the
+    settings that size it, exit status 2, nothing forked (docs/cli.md). Before, a
+    traceback of the mmap's OSError (or OverflowError), exit status 1."""
+    with served(ECHO, tmp_path, *extra) as server:
+        try:
+            code = server.wait_exit(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running with {extra}: {server.log()[-300:]}")
+        (line,) = server.log().splitlines()
+        assert code == 2
+        assert line.startswith("swoolish: cannot allocate the session table (")
+        assert line.endswith(f" in shared memory: {reason}{TABLE_HINT}")
+        setting = {"--workers": "worker_num", "--max-connections": "max_connections"}[extra[0]]
+        assert f"{setting} {extra[1]}" in line  # the value that sized it
+
+
 def test_an_unknown_variable_is_a_warning_and_the_server_serves(tmp_path):
     with served(ECHO, tmp_path, SWOOLISH_WORKERS="2") as server:
         assert_serves(server, 1)

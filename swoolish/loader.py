@@ -8,22 +8,40 @@ code loaded before the fork, which Swoole's and gunicorn's users fall into).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
+import logging
 import os
 import site
 import sys
 import sysconfig
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .core.errors import SettingError, TargetError
 from .core.loading import created_during_load, loading
 
-__all__ = ["ANY_SERVER", "AppSpec", "app_directory", "load", "parse_target", "purge_user_modules"]
+__all__ = [
+    "ANY_SERVER",
+    "AppSpec",
+    "app_directory",
+    "load",
+    "parse_target",
+    "purge_user_modules",
+    "warn_if_import_hangs",
+]
 
 T = TypeVar("T")
+log = logging.getLogger("swoolish.loader")
+
+#: Seconds the master imports the app before it warns that the import may be blocked
+#: (docs/cli.md). Tests only: the environment variable ``SWOOLISH_IMPORT_WARNING_AFTER``
+#: (seconds) shortens it.
+IMPORT_WARNING_AFTER = 10.0
+IMPORT_WARNING_ENV = "SWOOLISH_IMPORT_WARNING_AFTER"
 
 ANY_SERVER = "*"  # AppSpec.attr of a script whose server has no module-level name
 
@@ -89,6 +107,44 @@ def load(spec: AppSpec, expected: type[T]) -> T:
             )
         raise TargetError(_not_a_server(spec, module, expected))
     return server
+
+
+@contextlib.contextmanager
+def warn_if_import_hangs(spec: AppSpec) -> Iterator[None]:
+    """Around the master's import of the app: one warning if it still runs after
+    ``IMPORT_WARNING_AFTER`` seconds, with the line it is at. Module-level code that
+    blocks (a loop, a network call) would otherwise leave ``swoolish serve`` silent
+    forever; the import is left to go on, as a slow one may yet finish."""
+    after = float(os.environ.get(IMPORT_WARNING_ENV) or IMPORT_WARNING_AFTER)
+    importer = threading.get_ident()
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(after):
+            log.warning(
+                "still importing the app %s after %gs; its module-level code may be blocked%s",
+                spec,
+                after,
+                _current_line(importer),
+            )
+
+    watcher = threading.Thread(target=watch, name="swoolish-import-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()  # gone before the master forks: no thread holds a lock then
+
+
+def _current_line(thread_id: int) -> str:
+    """``; now at file:line in function`` of the thread's innermost Python frame (for a
+    blocked call in C, the line that called it), or nothing if it has none."""
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return ""
+    code = frame.f_code
+    return f"; now at {code.co_filename}:{frame.f_lineno} in {code.co_name}"
 
 
 def _not_a_server(spec: AppSpec, module: Any, expected: type) -> str:

@@ -290,7 +290,8 @@ def _serve(args: argparse.Namespace) -> int:
     early = _log_setup(Settings(overrides))
     configure_logging(*early)
     capture_print()
-    server = loader.load(spec, WebSocketServer)
+    with loader.warn_if_import_hangs(spec):
+        server = loader.load(spec, WebSocketServer)
     server.settings.update(overrides)
     if _log_setup(server.settings) != early:  # the app's code chose its own
         configure_logging(*_log_setup(server.settings))

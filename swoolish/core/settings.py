@@ -678,8 +678,11 @@ def unknown_environ_names(environ: Mapping[str, str]) -> list[str]:
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
-#: ``SWOOLISH_`` variables that are no setting: test knobs (shared/ipc.py, tests/).
-_NOT_SETTINGS = frozenset({"SWOOLISH_CHANNEL_BUFFER", "SWOOLISH_TIMEOUT_FACTOR"})
+#: ``SWOOLISH_`` variables that are no setting: test knobs (shared/ipc.py, loader.py,
+#: tests/).
+_NOT_SETTINGS = frozenset(
+    {"SWOOLISH_CHANNEL_BUFFER", "SWOOLISH_IMPORT_WARNING_AFTER", "SWOOLISH_TIMEOUT_FACTOR"}
+)
 
 
 def render_reference() -> str:

@@ -93,6 +93,41 @@ def test_an_import_that_exits_is_one_line_and_exit_2(tmp_path, source, raised):
     assert f"importing the app raised {raised}" in line
 
 
+BLOCKED_IMPORT_APP = """
+    import os, time
+    from swoolish import WebSocketServer
+
+    server = WebSocketServer()
+    deadline = time.monotonic() + 60
+    while not os.access({release!r}, os.F_OK) and time.monotonic() < deadline:
+        time.sleep(0.02)  # module-level code blocked until the test releases it
+"""
+
+
+def test_an_import_still_running_gets_one_warning_and_goes_on(tmp_path):
+    """The master's import of the app still running past the threshold (shortened
+    here through SWOOLISH_IMPORT_WARNING_AFTER): one warning naming the app and the
+    line it is at, and the server starts once the import finishes. Before, nothing
+    was printed for as long as the import blocked."""
+    release = tmp_path / "release"
+    app = write_app(tmp_path, BLOCKED_IMPORT_APP.format(release=str(release)))
+    port = free_port()
+    args = ["serve", f"{app}:server", "--port", str(port)]
+    env = {"SWOOLISH_IMPORT_WARNING_AFTER": "0.2"}
+    server = ServerProcess(args, port, tmp_path, tmp_path / "server.log", env=env)
+    try:
+        (line,) = server.wait_for_log(r".*still importing the app.*")
+        assert f"WARNING swoolish.loader: still importing the app {app}:server after 0.2s; " in line
+        assert "its module-level code may be blocked; now at " in line
+        assert f"{app}:" in line.split("now at ", 1)[1]  # the app's line, not the watcher's
+        assert not server.workers()  # the master is still importing: nothing forked
+        release.touch()
+        server.wait_ready(1)
+        assert server.log().count("still importing") == 1  # the workers' imports: none
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -129,7 +129,7 @@ class Worker:
         self._reading_master = False  # the master's channel is watched (add_reader)
         self.connections.on_adopt = self.router.adopted
         # server.task() and its answers (docs/tasks.md); None load: no task workers
-        self.task_client = TaskClient(self, setup.task_load, self._send_task)
+        self.task_client = TaskClient(self, setup.task_load, self._send_task, self._master_backlog)
         self._requests: dict[int, asyncio.Future[Any]] = {}  # server_stats() answers
         self._request_ids = 0
         self.live: set[Connection] = set()  # every transport, closing ones included
@@ -741,6 +741,14 @@ class Worker:
         """Queue a task for the master; False (the task is refused) once the channel's
         queue is over its bound: tasks are not essential, the sender hears False."""
         return self.channel is not None and self.channel.send(message)
+
+    def _master_backlog(self) -> int | None:
+        """Bytes waiting in the channel to the master, not yet taken by the kernel; None
+        once it is closed or broken (what a refused task's message says)."""
+        channel = self.channel
+        if channel is None or channel.closed or channel.broken:
+            return None
+        return channel.queued
 
     def report(self, message: Message) -> None:
         """Send ``message`` to the master (nothing without one: a test's bare worker).

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..core.errors import TaskError, TaskQueueFull
 from ..core.messages import Message, Task, TaskResult
+from ..shared.ipc import QUEUE_LIMIT
 from ..shared.taskload import TaskLoad
 from .host import WorkerHost
 from .router import MAX_ROUTED_PAYLOAD, routable_payload
@@ -37,15 +38,23 @@ class TaskClient:
     """Sends this event worker's tasks and routes their answers."""
 
     def __init__(
-        self, worker: WorkerHost, load: TaskLoad | None, send: Callable[[Message], bool]
+        self,
+        worker: WorkerHost,
+        load: TaskLoad | None,
+        send: Callable[[Message], bool],
+        backlog: Callable[[], int | None] = lambda: 0,
     ) -> None:
         """``load`` is the shared task load (None without task workers); ``send`` queues
-        a message for the master and says whether it was taken."""
+        a message for the master and says whether it was taken; ``backlog`` is how many
+        bytes wait in this worker's channel to the master (None: the channel is closed),
+        for the refusal's message."""
         self.worker = worker
         self.load = load
         self._send = send
+        self._backlog = backlog
         self._ids = 0
         self.waiting: dict[int, Waiter] = {}  # task id -> what waits for its answer
+        self._channel_refused = False  # why the last submit() gave None: channel or load
 
     # -- sending
 
@@ -59,6 +68,7 @@ class TaskClient:
             f"task data over {MAX_TASK_PAYLOAD} bytes once pickled",
         )
         worker = self.worker
+        self._channel_refused = False
         slot = load.claim(worker.settings.task_queue_size, dst_worker_id)
         if slot is None:
             worker.stats["tasks_refused"] += 1
@@ -68,6 +78,7 @@ class TaskClient:
         if not self._send(Task(task_id, worker.worker_id, os.getpid(), slot, payload)):
             load.unclaim(slot)  # our channel to the master is over its bound
             worker.stats["tasks_refused"] += 1
+            self._channel_refused = True
             return None
         self.waiting[task_id] = waiter
         worker.stats["tasks_sent"] += 1
@@ -87,11 +98,27 @@ class TaskClient:
             )
         return self.load
 
-    def full(self, dst_worker_id: int) -> TaskQueueFull:
+    def refused(self, dst_worker_id: int) -> TaskQueueFull:
+        """What ``taskwait`` raises for the task ``submit()`` just refused. The type is
+        the same whichever refused it, but the message says which: the task workers' load,
+        or this worker's own channel to the master (docs/tasks.md), since the remedies
+        differ (more task workers or a larger queue; smaller or fewer tasks at once)."""
+        if self._channel_refused:
+            return TaskQueueFull(self._channel_problem() + "; the task was not sent")
         bound = self.worker.settings.task_queue_size
         which = "every task worker" if dst_worker_id < 0 else f"task worker {dst_worker_id}"
         return TaskQueueFull(
             f"{which} holds task_queue_size ({bound}) tasks already; the task was not sent"
+        )
+
+    def _channel_problem(self) -> str:
+        queued = self._backlog()
+        if queued is None:
+            return "this worker's channel to the master is closed (the master is gone)"
+        return (
+            f"this worker's channel to the master holds {queued} bytes not yet taken "
+            f"(a task that would take it past {QUEUE_LIMIT} is refused): the master is "
+            f"behind, or large tasks are sent faster than it relays them"
         )
 
     async def wait(self, data: Any, timeout: float, dst_worker_id: int) -> Any:
@@ -99,7 +126,7 @@ class TaskClient:
         future: asyncio.Future[Any] = self.worker.loop.create_future()
         task_id = self.submit(data, dst_worker_id, future)
         if task_id is None:
-            raise self.full(dst_worker_id)
+            raise self.refused(dst_worker_id)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -115,7 +142,7 @@ class TaskClient:
             future: asyncio.Future[Any] = self.worker.loop.create_future()
             task_id = self.submit(data, dst_worker_id, future)
             if task_id is None:
-                future.set_result(self.full(dst_worker_id))
+                future.set_result(self.refused(dst_worker_id))
             futures.append(future)
             ids.append(task_id)
         if futures:

@@ -58,7 +58,7 @@ from ..core.switchboard import PARK_TIMEOUT, Switchboard
 from ..core.words import plural
 from ..shared import ipc, priority, tls
 from ..shared.ids import SharedIdSource
-from ..shared.setup import EXIT_BOOT_ERROR, WorkerSetup
+from ..shared.setup import WorkerSetup
 from ..shared.table import SessionTable, table_bytes
 from .cluster import claim_node, new_token
 from .control import ControlClient, ControlServer
@@ -1216,12 +1216,8 @@ class Master:
             )
             self._watch_drain(keeps.pid, None)
             return
-        exit_code = os.waitstatus_to_exitcode(status)
-        quick = (
-            proc.ready_at is None
-            or exit_code == EXIT_BOOT_ERROR
-            or now - proc.started < PROCESS_STABLE
-        )
+        # Not the exit status: the target may exit with any, EXIT_BOOT_ERROR's 3 included.
+        quick = proc.ready_at is None or now - proc.started < PROCESS_STABLE
         failures = self.failures.get(proc.slot, 0) + 1 if quick else 0
         self.failures[proc.slot] = failures
         delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1)) if failures else 0.0
@@ -1504,8 +1500,9 @@ class Master:
             self._execute(self.plan.exited(proc.pid, now, how))
         if expected or in_reload or self.stopping:
             return
-        exit_code = os.waitstatus_to_exitcode(status)
-        booting = proc.ready_at is None or exit_code == EXIT_BOOT_ERROR
+        # Whether it had reported ready, not its exit status: the app's own code (a task
+        # handler's os._exit(3)) may exit with EXIT_BOOT_ERROR's 3 after the boot.
+        booting = proc.ready_at is None
         failures = self.failures.get(proc.slot, 0) + 1 if booting else 0
         self.failures[proc.slot] = failures
         delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (failures - 1)) if failures else 0.0

@@ -11,7 +11,10 @@ from .taskload import TaskLoad
 
 __all__ = ["EXIT_BOOT_ERROR", "WorkerSetup"]
 
-EXIT_BOOT_ERROR = 3  # the app failed to import or worker_start raised: do not hot-loop
+#: The app failed to import or worker_start raised. For people and logs: the master
+#: judges a failed boot (restarted with back-off, not in a hot loop) by the missing
+#: Ready report, since the app's own code may exit with 3 too.
+EXIT_BOOT_ERROR = 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,8 @@ def on_task(server, task):
         raise AppError(f"boom {data.get('n')}")
     if do == "none":
         return None
+    if do == "exit":  # the app's own code ends the task worker (tests/integration/test_tasks.py)
+        os._exit(data["status"])
     if do == "finish":
         task.finish({"finished": data.get("n")})
         return None

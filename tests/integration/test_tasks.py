@@ -172,6 +172,24 @@ def test_a_task_worker_killed_mid_task_fails_its_task_and_is_replaced(tmp_path):
         assert answer["n"] == 2 and answer["pid"] != victim
 
 
+def test_a_task_that_exits_with_status_3_is_a_death_not_a_failed_boot(tmp_path):
+    """A task handler that ends its task worker with os._exit(3), the status of a failed
+    boot: the task gets its TaskError, the master logs a death and forks a replacement
+    without the boot-failure back-off, as the worker had reported ready. Before, it
+    logged "task worker 1 failed to boot 1 time in a row; next try in 0.1s" and backed
+    off, judging by the status alone."""
+    with serving(TARGET, tmp_path, "--task-workers", "1") as server, client(server) as c:
+        (first,) = server.wait_for_log(r"task worker 1 gen 1 \(pid (\d+)\) ready in")
+        failed = c.ask(cmd="wait", data={"do": "exit", "status": 3}, timeout=30)
+        assert failed["error"] == "TaskError"
+        assert f"task worker 1 (pid {first}) exited (exit status 3)" in failed["message"]
+        server.wait_for_log(rf"worker 1 gen 1 \(pid {first}\) died: exit status 3")
+        ready = server.wait_for_log(r"task worker 1 gen 1 \(pid (\d+)\) ready in", count=2)
+        assert ready[1] != first
+        assert "failed to boot" not in server.log()
+        assert c.ask(cmd="wait", data={"do": "echo", "n": 5})["result"]["n"] == 5
+
+
 def test_a_timeout_stops_waiting_and_the_late_result_is_dropped_and_counted(tmp_path):
     with serving(TARGET, tmp_path, "--task-workers", "1") as server, client(server) as c:
         server.wait_for_log(r"task worker 1 gen 1 \(pid \d+\) ready in")

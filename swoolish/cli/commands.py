@@ -373,9 +373,9 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-def status(
-    pid_file: str | None, as_json: bool, timeout: float, port: int | None = None
-) -> int:
+
+
+def status(pid_file: str | None, as_json: bool, timeout: float, port: int | None = None) -> int:
     master = find_master(pid_file, port)
     try:
         path = _control_path(master)
@@ -468,7 +468,8 @@ def render_cluster(cluster: dict[str, Any]) -> list[str]:
     lines = [
         f"cluster {cluster['name']!r}, this is node {cluster['node']}: {link}",
         f"  bus messages out {cluster['messages_out']}, in {cluster['messages_in']}, "
-        f"dropped {cluster['dropped']}; link losses {cluster['link_losses']}, "
+        f"dropped {cluster['dropped']}, refused {cluster.get('refused', 0)}, "
+        f"to closed {cluster.get('to_closed', 0)}; link losses {cluster['link_losses']}, "
         f"subscriber restarts {cluster['subscriber_restarts']}, "
         f"unanswered {cluster['pending_bytes']} bytes",
     ]

@@ -12,6 +12,7 @@ Settings are validated in the master *before anything is forked*: a bad value is
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,36 @@ def _positive_int(name: str, value: Any) -> int:
         raise SettingError(f"{name} must be a positive integer, got {value!r}")
     if value < 1:
         raise SettingError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+#: Worker processes of one kind (event workers, task workers) per CPU at most.
+PROCESSES_PER_CPU = 1000
+
+
+def _process_limit() -> int:
+    return PROCESSES_PER_CPU * (os.cpu_count() or 1)
+
+
+def _worker_count(name: str, value: Any) -> int:
+    """Event workers: >= 1, and at most PROCESSES_PER_CPU per CPU. A count no machine
+    runs is a setting error at start, one line and exit status 2, where the master
+    went on forking until the system gave out (``--task-workers 10000000``)."""
+    return _at_most_processes(name, _positive_int(name, value))
+
+
+def _task_worker_count(name: str, value: Any) -> int:
+    """Task workers: >= 0, and at most PROCESSES_PER_CPU per CPU (see _worker_count)."""
+    return _at_most_processes(name, _non_negative_int(name, value))
+
+
+def _at_most_processes(name: str, value: int) -> int:
+    limit = _process_limit()
+    if value > limit:
+        raise SettingError(
+            f"{name} must be at most {limit} ({PROCESSES_PER_CPU} per CPU of this "
+            f"machine's {os.cpu_count() or 1}), got {value}"
+        )
     return value
 
 
@@ -313,7 +344,13 @@ SETTINGS: tuple[Setting, ...] = (
         "--port",
         metavar="PORT",
     ),
-    Setting("worker_num", 1, _positive_int, "Number of worker processes.", "--workers"),
+    Setting(
+        "worker_num",
+        1,
+        _worker_count,
+        "Number of worker processes (at most 1000 per CPU).",
+        "--workers",
+    ),
     Setting(
         "max_wait_time",
         3.0,
@@ -552,9 +589,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "task_worker_num",
         0,
-        _non_negative_int,
+        _task_worker_count,
         "Task worker processes next to the event workers, for server.task() and "
-        "taskwait() (0: none).",
+        "taskwait() (0: none; at most 1000 per CPU).",
         "--task-workers",
     ),
     Setting(

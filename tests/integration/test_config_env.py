@@ -120,7 +120,7 @@ TABLE_HINT = "; lower --workers (worker_num) or --max-connections (max_connectio
     ("extra", "reason"),
     [
         # Petabytes: past any machine and x86-64's 128 TiB of user address space.
-        (["--workers", "10000000"], "Cannot allocate memory"),
+        (["--workers", "1000", "--max-connections", "1000000000000"], "Cannot allocate memory"),
         (["--max-connections", "10000000000000"], "Cannot allocate memory"),
         (["--max-connections", "10" + "0" * 20], "larger than this system can map"),
     ],

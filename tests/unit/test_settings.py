@@ -22,6 +22,8 @@ def test_defaults_are_valid_and_documented():
     [
         ("worker_num", 0, "worker_num must be >= 1"),
         ("worker_num", "4", "positive integer"),
+        ("worker_num", 10_000_000, "worker_num must be at most .* per CPU"),
+        ("task_worker_num", 10_000_000, "task_worker_num must be at most .* per CPU"),
         ("port", 70000, "between 0 and 65535"),
         ("max_wait_time", -1, "must be > 0"),
         ("log_level", "loud", "must be one of"),

@@ -425,7 +425,7 @@ class Cluster:
                 return URGENT  # a worker of our number links: answered with a heartbeat
             return SKIP  # our node's own: its sessions are reached through the master
         kind = data[0]
-        if kind in _ADDRESSED and self._twin_until > time.monotonic():
+        if self._twin_until and kind in _ADDRESSED and self._twin_until > time.monotonic():
             self._twin_dropped += 1  # for our number, so maybe for the twin's sessions
             return SKIP
         if kind in _IN_ORDER:

@@ -269,10 +269,34 @@ def _add_pid_file(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The longest --timeout: a socket's timeout past about 9.2e9 s overflows.
+MAX_TIMEOUT = 10**9
+
+
 def _add_timeout(parser: argparse.ArgumentParser, default: float) -> None:
     parser.add_argument(
-        "--timeout", type=float, default=default, help=f"seconds to wait (default {default:g})"
+        "--timeout",
+        type=_timeout_seconds,
+        default=default,
+        metavar="SECONDS",
+        help=f"seconds to wait (default {default:g})",
     )
+
+
+def _timeout_seconds(text: str) -> float:
+    """``--timeout``: seconds > 0, at most MAX_TIMEOUT, checked before any master is
+    asked. ``nan``, ``inf`` and ``1e300`` were tracebacks of the control socket's
+    settimeout after the request had been sent (a ``stop`` then stopped the master all
+    the same), and a negative one reported "no reply within -1s"."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds > 0 and at most {MAX_TIMEOUT} (finite), got {text!r}"
+        )
+    return seconds
 
 
 def _serve(args: argparse.Namespace) -> int:

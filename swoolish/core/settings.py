@@ -12,6 +12,7 @@ Settings are validated in the master *before anything is forked*: a bad value is
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -102,21 +103,39 @@ def _non_negative_int(name: str, value: Any) -> int:
 
 
 def _non_negative_number(name: str, value: Any) -> float:
+    """Seconds >= 0 (NaN refused as in _positive_number), and finite."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise SettingError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
+    return _finite(name, value)
 
 
 def _positive_number(name: str, value: Any) -> float:
     """Seconds > 0. ``not value > 0`` rather than ``value <= 0``: NaN compares false
     both ways, and a NaN max_wait_time made every stopping worker skip worker_stop and
     worker_exit (a timer of NaN seconds cannot be armed), a NaN worker_start_timeout
-    never expired (docs/cli.md, "Environment variables")."""
+    never expired (docs/cli.md, "Environment variables"). Finite too (_finite)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SettingError(f"{name} must be a number of seconds, got {value!r}")
     if not value > 0:
         raise SettingError(f"{name} must be > 0 seconds, got {value}")
-    return float(value)
+    return _finite(name, value)
+
+
+def _finite(name: str, value: int | float) -> float:
+    """Refuse infinite seconds: ``inf`` is a valid float, so ``--max-wait-time inf`` or
+    ``SWOOLISH_HANDSHAKE_TIMEOUT=inf`` passed the checks above and quietly meant
+    "never" (a stopping worker never given up on, a silent client never timed out),
+    where the reader of the setting expects a bound. An int past the largest float
+    (from the app's code) is refused as such, not an OverflowError's traceback."""
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise SettingError(
+            f"{name} must be a finite number of seconds, got an integer past the largest float"
+        ) from None
+    if not math.isfinite(seconds):
+        raise SettingError(f"{name} must be a finite number of seconds, got {value}")
+    return seconds
 
 
 def _port(name: str, value: Any) -> int:

@@ -256,8 +256,7 @@ def test_port_picks_the_master_listening_on_it(tmp_path):
         result = run_cli("status", "--port", str(port))
         assert result.returncode == 1
         assert result.stderr.startswith(
-            f"swoolish: no swoolish master of uid {os.geteuid()} listens on port {port} "
-            "(running: "
+            f"swoolish: no swoolish master of uid {os.geteuid()} listens on port {port} (running: "
         )
 
         result = run_cli("stop", "--port", str(one.port), "--pid-file", "x.pid")
@@ -268,3 +267,33 @@ def test_port_picks_the_master_listening_on_it(tmp_path):
         assert result.stdout.splitlines()[-1] == f"stopped (master pid {one.pid})"
         assert one.wait_exit() == 0
         assert two.accepts()
+
+
+BAD_TIMEOUTS = ["nan", "inf", "1e300", "0", "-1"]
+
+
+def test_a_bad_timeout_is_a_usage_error_and_asks_the_master_nothing(tmp_path):
+    """`status`, `reload --wait` and `stop` with a --timeout that is no number of
+    seconds > 0 (nan, inf, one a socket cannot wait, 0, negative): a usage error, exit
+    status 2, and the master is not asked: it serves on with the same worker, neither
+    reloaded nor stopped. Before, nan, inf and 1e300 were a traceback of the control
+    socket's settimeout after the request was sent (a reload ran, a stop stopped), and
+    -1 was "no reply within -1s", exit 1."""
+    pid_file = tmp_path / "master.pid"
+    with serving(ECHO, tmp_path, "--pid-file", str(pid_file)) as server:
+        (worker,) = server.workers()
+        for command in (["status"], ["reload", "--wait"], ["stop"]):
+            for value in BAD_TIMEOUTS:
+                argv = [*command, "--pid-file", str(pid_file), "--timeout", value]
+                result = run_cli(*argv)
+                prog = f"swoolish {command[0]}"
+                assert (result.returncode, result.stdout) == (2, ""), (argv, result.stderr)
+                assert result.stderr.splitlines() == [
+                    f"{prog}: argument --timeout: must be a number of seconds > 0 and at "
+                    f"most 1000000000 (finite), got {value!r}",
+                    f"run '{prog} --help' for the options",
+                ], argv
+        assert server.proc.poll() is None
+        assert server.workers() == [worker]
+        assert "reload" not in server.log()
+        assert "stopping" not in server.log()

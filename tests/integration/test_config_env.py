@@ -113,6 +113,48 @@ def test_nan_seconds_are_refused_before_anything_is_forked(tmp_path, where, line
         assert server.log().splitlines() == [line]
 
 
+INF_APP = """
+    from swoolish import WebSocketServer
+    server = WebSocketServer()
+    server.set(heartbeat_check_interval=float("inf"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "line"),
+    [
+        ("option", "swoolish: max_wait_time must be a finite number of seconds, got inf"),
+        (
+            "environment",
+            "swoolish: SWOOLISH_HANDSHAKE_TIMEOUT='inf': "
+            "handshake_timeout must be a finite number of seconds, got inf",
+        ),
+        (
+            "code",
+            "swoolish: heartbeat_check_interval must be a finite number of seconds, got inf",
+        ),
+    ],
+)
+def test_infinite_seconds_are_refused_before_anything_is_forked(tmp_path, where, line):
+    """inf for a number of seconds, from an option, a variable or the app's code: one
+    line, exit status 2, no worker, as for NaN. Before, inf passed the >= 0 and > 0
+    checks and the server served with it meaning "never"."""
+    target, extra, env = ECHO, [], {}
+    if where == "option":
+        extra = ["--max-wait-time", "inf"]
+    elif where == "environment":
+        env = {"SWOOLISH_HANDSHAKE_TIMEOUT": "inf"}
+    else:
+        target = f"{write_app(tmp_path, INF_APP)}:server"
+    with served(target, tmp_path, *extra, **env) as server:
+        try:
+            code = server.wait_exit(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running with {where} inf: {server.log()[-300:]}")
+        assert code == 2
+        assert server.log().splitlines() == [line]
+
+
 TABLE_HINT = "; lower --workers (worker_num) or --max-connections (max_connections)"
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,24 @@ def test_defaults_are_valid_and_documented():
 def test_bad_values_say_what_is_wrong(name, value, fragment):
     with pytest.raises(SettingError, match=fragment):
         Settings({name: value})
+
+
+SECONDS = [s.name for s in SETTINGS if s.kind == "seconds"]
+
+
+@pytest.mark.parametrize("name", SECONDS)
+@pytest.mark.parametrize("value", [math.inf, 10**400], ids=["inf", "int-past-float"])
+def test_seconds_must_be_finite(name, value):
+    """Every number-of-seconds setting refuses inf, which had passed its >= 0 / > 0
+    check and meant "never"; an int past the largest float was an OverflowError."""
+    with pytest.raises(SettingError, match=f"^{name} must be a finite number of seconds, got "):
+        Settings({name: value})
+    assert Settings({name: 1e9}).as_dict()[name] == 1e9  # large but finite: taken
+
+
+def test_seconds_settings_are_the_ones_expected():
+    """SECONDS above is not empty by accident (a kind renamed)."""
+    assert {"max_wait_time", "heartbeat_check_interval", "handshake_timeout"} <= set(SECONDS)
 
 
 def test_unknown_setting_lists_known_ones():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .. import __version__, loader
@@ -210,8 +210,26 @@ def _option_spec(setting: Setting) -> dict[str, Any]:
         # No metavar: argparse then lists the choices, as the reader needs them.
         spec.update(type=setting.parse, choices=setting.choices)
     else:
-        spec.update(type=setting.parse, metavar=setting.metavar)
+        spec.update(type=_option_type(setting.parse), metavar=setting.metavar)
     return spec
+
+
+def _option_type(parse: Callable[[str], Any] | None) -> Callable[[str], Any] | None:
+    """``parse`` as an argparse ``type``: its SettingError (an empty item of a list) is
+    the option's usage error in its own words, naming the option and the text given
+    (argparse would say only "invalid _comma_list value"). Other errors keep argparse's
+    "invalid int value: 'abc'", which takes the name of the function."""
+    if parse is None:
+        return None
+
+    def parse_option(text: str) -> Any:
+        try:
+            return parse(text)
+        except SettingError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse_option.__name__ = parse.__name__
+    return parse_option
 
 
 def _help(setting: Setting) -> str:

@@ -41,8 +41,18 @@ CLIENT_CERT_MODES = ("none", "optional", "required")
 
 
 def _comma_list(text: str) -> list[str]:
-    """``a, b,c`` on the command line: the items of a ``list`` setting."""
-    return [item.strip() for item in text.split(",") if item.strip()]
+    """``a, b,c`` on the command line: the items of a ``list`` setting.
+
+    An empty item (``,``, ``a,,b``, ``a,`` or the empty text) is a SettingError, not
+    dropped: ``--reload-dir ,`` had become no directory at all, and --reload then
+    watched the app's directory in silence."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        problem = "has an empty item" if text.strip() else "is empty"
+        raise SettingError(
+            f"{text!r} {problem}; write a comma-separated list without empty items, such as a,b"
+        )
+    return items
 
 
 #: How the command line spells each kind of value: the function that turns the text
@@ -754,7 +764,8 @@ def render_reference() -> str:
         "or `server.set(worker_num=4)`. Every setting also has a `swoolish serve` option",
         "([cli.md](cli.md)) and an environment variable `SWOOLISH_<NAME>`",
         "(`SWOOLISH_WORKER_NUM=4`; a bool is `true`/`false`, `1`/`0`, `yes`/`no` or",
-        "`on`/`off`; a list is comma-separated).",
+        "`on`/`off`; a list is comma-separated, and an empty item such as `a,,b` is",
+        "refused).",
         "",
         "Precedence: **command line > environment > the app's code > default**. A bad value",
         "or an unknown `SWOOLISH_` variable stops the start with one line naming it.",

@@ -196,3 +196,34 @@ def test_without_watchfiles_reload_says_what_to_install(tmp_path):
         "swoolish: --reload needs watchfiles: pip install watchfiles "
         "(or pip install 'swoolish[reload]')"
     ]
+
+
+@pytest.mark.parametrize("given", [",", "a,,b", "a,", ""])
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_an_empty_reload_dir_is_refused_before_anything_is_forked(tmp_path, where, given):
+    """--reload-dir (or SWOOLISH_RELOAD_DIRS) with an empty item, a and b being real
+    directories: one line naming the option (or variable) and the text given, exit
+    status 2, no worker and no watcher. Before, the empty items were dropped and the
+    server served: ',' and '' left no directory, so the app's directory was watched."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    app = write_app(tmp_path, APP.format(version="v1"))
+    problem = "is empty" if given == "" else "has an empty item"
+    error = f"{given!r} {problem}; write a comma-separated list without empty items, such as a,b"
+    if where == "option":
+        extra, env = ["--reload-dir", given], None
+        expected = [
+            f"swoolish serve: argument --reload-dir: {error}",
+            "run 'swoolish serve --help' for the options",
+        ]
+    else:
+        extra, env = [], {"SWOOLISH_RELOAD_DIRS": given}
+        expected = [f"swoolish: SWOOLISH_RELOAD_DIRS={given!r}: {error}"]
+    target = f"{app}:server"
+    with serving(target, tmp_path, "--reload", *extra, cwd=tmp_path, env=env, wait=False) as server:
+        try:
+            code = server.wait_exit(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running with {where} {given!r}: {server.log()[-300:]}")
+        assert code == 2
+        assert server.log().splitlines() == expected

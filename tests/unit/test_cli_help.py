@@ -163,8 +163,7 @@ def test_each_serve_flag_overrides_its_setting_alone(setting):
         ),
         (
             ("--cluster-name", "a b"),
-            "swoolish: cluster_name must be 1 to 64 letters, digits, '_', '.' or '-', "
-            "got 'a b'",
+            "swoolish: cluster_name must be 1 to 64 letters, digits, '_', '.' or '-', got 'a b'",
         ),
     ],
 )
@@ -190,6 +189,31 @@ def test_unparsable_setting_value_is_a_usage_error(options, error, capsys):
     assert first.startswith("swoolish serve: argument ")
     assert error in first
     assert hint == "run 'swoolish serve --help' for the options"
+
+
+LIST_SETTINGS = [s for s in SETTINGS if s.kind == "list"]
+
+
+@pytest.mark.parametrize("setting", LIST_SETTINGS, ids=lambda s: s.cli)
+@pytest.mark.parametrize("given", [",", "x,,y", "x,", ""])
+def test_an_empty_item_of_a_list_option_is_a_usage_error(setting, given, capsys):
+    """Every comma-separated option refuses an empty item, naming the option and the
+    text given; before, empty items were dropped (--reload-dir , was no directory)."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", TARGET, setting.cli, given])
+    assert exited.value.code == 2
+    first, hint = capsys.readouterr().err.splitlines()
+    problem = "is empty" if given == "" else "has an empty item"
+    assert first == (
+        f"swoolish serve: argument {setting.cli}: {given!r} {problem}; write a "
+        "comma-separated list without empty items, such as a,b"
+    )
+    assert hint == "run 'swoolish serve --help' for the options"
+
+
+def test_a_list_option_still_takes_its_items():
+    args = build_parser().parse_args(["serve", TARGET, "--reload-dir", " src, templates "])
+    assert serve_overrides(args) == {"reload_dirs": ("src", "templates")}
 
 
 def test_serve_options_table_in_docs_is_current():

@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from swoolish import SettingError, WebSocketServer
-from swoolish.core.settings import KINDS, SETTINGS, Setting, Settings, render_reference
+from swoolish.core.settings import (
+    KINDS,
+    SETTINGS,
+    Setting,
+    Settings,
+    render_reference,
+    settings_from_environ,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
@@ -52,6 +59,18 @@ def test_seconds_must_be_finite(name, value):
 def test_seconds_settings_are_the_ones_expected():
     """SECONDS above is not empty by accident (a kind renamed)."""
     assert {"max_wait_time", "heartbeat_check_interval", "handshake_timeout"} <= set(SECONDS)
+
+
+@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.kind == "list"], ids=lambda s: s.name)
+def test_an_empty_item_of_a_list_variable_names_the_variable(setting):
+    """SWOOLISH_RELOAD_DIRS=a,,b (any list): one line naming the variable; before, the
+    empty item was dropped."""
+    with pytest.raises(SettingError) as refused:
+        settings_from_environ({setting.env: "a,,b"})
+    assert str(refused.value) == (
+        f"{setting.env}='a,,b': 'a,,b' has an empty item; write a comma-separated list "
+        "without empty items, such as a,b"
+    )
 
 
 def test_unknown_setting_lists_known_ones():

@@ -626,6 +626,21 @@ class RedisServer:
         self.proc.wait(timeout=timeout(5))
 
 
+def over_maxmemory(redis: Any) -> None:
+    """Fill ``redis`` as another client would, then set its maxmemory under what it
+    uses (noeviction): every command that needs memory is refused with an OOM error
+    from now on; PUBLISH, which needs none, is still taken."""
+    for i in range(1500):
+        redis.set(f"fill:{i}", "x" * 1000)
+    used = redis.info("memory")["used_memory"]
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", str(used - 300_000))
+    from redis.exceptions import OutOfMemoryError
+
+    with pytest.raises(OutOfMemoryError):
+        redis.set("one-more", "x")
+
+
 # -- another user of the host (tests/adversarial: test_local_users, test_uds_other_user)
 
 

@@ -45,6 +45,7 @@ COUNTERS = (
     "cluster_to_closed",  # pushes from other nodes to a session no longer here
     "cluster_dropped",  # messages of other nodes dropped: too far behind applying them
     "cluster_link_losses",
+    "cluster_refused_commands",  # commands Redis answered with an error (worker/buslink.py)
     "cluster_bad_messages",
     "cluster_handoff_gaps",  # a moved session may have missed bus messages (logged)
     "cluster_settle_timeouts",

@@ -117,6 +117,12 @@ COUNTER_FAMILIES = (
     ("swoolish_cluster_messages_in", "cluster_in", "Messages of other nodes applied."),
     ("swoolish_cluster_link_losses", "cluster_link_losses", "Cluster bus links lost (Redis)."),
     (
+        "swoolish_cluster_refused_commands",
+        "cluster_refused_commands",
+        "Cluster bus commands Redis answered with an error (OOM, READONLY, an ACL); "
+        "the link stays up.",
+    ),
+    (
         "swoolish_cluster_dropped",
         "cluster_dropped",
         "Messages of other nodes dropped: the worker was too far behind applying them.",

@@ -652,6 +652,13 @@ class Cluster:
             )
         self._twin_told_until = now + TWIN_HOLD
 
+    def count_refusals(self) -> None:
+        """The link's count of commands Redis refused, as the worker counter
+        cluster_refused_commands: a counter the master sums over the workers and keeps
+        for those that exited (its metrics), where the link's own count only reached
+        the worker's view in swoolish status. Called at each snapshot of the figures."""
+        self.stats["cluster_refused_commands"] = self.link.refused
+
     def _count_twin_drops(self) -> None:
         dropped = self._twin_dropped
         if dropped != self._twin_counted:

@@ -304,6 +304,8 @@ class Worker:
 
     def snapshot(self) -> dict[str, Any]:
         """This worker's figures for ``server.stats()`` and ``swoolish status``."""
+        if self.cluster is not None:
+            self.cluster.count_refusals()
         figures: dict[str, Any] = dict(self.stats)
         figures["messages_in"], figures["messages_out"] = self.connections.messages()
         figures.update(

@@ -18,6 +18,7 @@ from support import (
     Client,
     client_on,
     nodes,
+    over_maxmemory,
     run_cli,
     start_node,
     timeout,
@@ -270,9 +271,10 @@ def test_node_stopped_gracefully(tmp_path, redis_server):
     """1. two nodes, B with two workers and a session on each  2. B is stopped (SIGTERM)
     3. from A its sessions read gone at once (well within the 3 s of silence), a push
     returns False  4. A logs that node B left."""
-    with nodes(tmp_path, redis_server.url, count=1, workers=1) as (a,), nodes(
-        tmp_path, redis_server.url, count=1, workers=2
-    ) as (b,):
+    with (
+        nodes(tmp_path, redis_server.url, count=1, workers=1) as (a,),
+        nodes(tmp_path, redis_server.url, count=1, workers=2) as (b,),
+    ):
         a1 = Client(a)
         mine = [client_on(b, 0), client_on(b, 1)]
         try:
@@ -359,8 +361,18 @@ def test_order_of_many_pushes_and_broadcasts_to_another_node(tmp_path, redis_ser
             runs, others = _sequences(got)
             assert others == [] and runs == [list(range(1000))]
 
-            plan = [("b", 0), ("n", 300), ("b", 1), ("b", 2), ("n", 300), ("b", 3),
-                    ("n", 200), ("b", 4), ("n", 1000), ("b", 5)]
+            plan = [
+                ("b", 0),
+                ("n", 300),
+                ("b", 1),
+                ("b", 2),
+                ("n", 300),
+                ("b", 3),
+                ("n", 200),
+                ("b", 4),
+                ("n", 1000),
+                ("b", 5),
+            ]
             expected: list[str] = []
             for kind, arg in plan:
                 if kind == "b":
@@ -398,9 +410,7 @@ def test_node_silent_for_a_while_comes_back(tmp_path, redis_server):
             wait_visible(a1, [b1.fd])
             worker.send_signal(signal.SIGSTOP)
             try:
-                wait_until(
-                    lambda: exists(a1, b1.fd) == [False, False], 5, what="B's session gone"
-                )
+                wait_until(lambda: exists(a1, b1.fd) == [False, False], 5, what="B's session gone")
                 a.wait_for_log(rf"node {b1.node} silent", 2)
             finally:
                 worker.send_signal(signal.SIGCONT)
@@ -439,21 +449,6 @@ def test_a_malformed_message_on_the_bus_is_counted_and_dropped(tmp_path, redis_s
         finally:
             a1.close()
         no_tracebacks(a)
-
-
-def over_maxmemory(redis) -> None:
-    """Fill ``redis`` as another client would, then set its maxmemory under what it
-    uses (noeviction): every command that needs memory is refused with an OOM error
-    from now on; PUBLISH, which needs none, is still taken."""
-    for i in range(1500):
-        redis.set(f"fill:{i}", "x" * 1000)
-    used = redis.info("memory")["used_memory"]
-    redis.config_set("maxmemory-policy", "noeviction")
-    redis.config_set("maxmemory", str(used - 300_000))
-    from redis.exceptions import OutOfMemoryError
-
-    with pytest.raises(OutOfMemoryError):
-        redis.set("one-more", "x")
 
 
 def test_redis_refusing_a_command_keeps_the_link(tmp_path, redis_server):

@@ -15,7 +15,17 @@ import signal
 import socket
 
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, run_cli, serving, timeout, wait_until, write_app
+from support import (
+    free_port,
+    over_maxmemory,
+    run_cli,
+    serving,
+    start_node,
+    timeout,
+    wait_linked,
+    wait_until,
+    write_app,
+)
 
 ECHO = "tests/apps/echo_app.py:server"
 
@@ -416,3 +426,49 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.count("\n") == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
     assert "--metrics-port" in result.stderr
+
+
+REFUSED = "swoolish_cluster_refused_commands_total"
+
+
+def refused_in_status(port: int) -> int:
+    """The commands Redis refused as `swoolish status --json` sums them over the
+    workers' views."""
+    result = run_cli("status", "--port", str(port), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["cluster"]["refused_commands"]
+
+
+def test_commands_redis_refuses_are_a_counter_kept_across_a_reload(tmp_path, redis_server):
+    """1. a cluster node of two workers serving metrics: REFUSED is 0  2. Redis over its
+    maxmemory (noeviction): each worker's node-key refresh (SET) is refused, once a
+    second, and the counter rises past 4  3. memory freed, both workers told it is
+    taken again: the counter is what `swoolish status` shows (the workers' sum)  4. a
+    reload: the new workers refused none, and the counter keeps the old workers'
+    count. Before, the refusals were only in `swoolish status`: no such series."""
+    port = free_port()
+    node = start_node(tmp_path, redis_server.url, 2, "--metrics-port", str(port))
+    try:
+        wait_linked(node, 2)
+        assert value(scrape(port), REFUSED) == 0
+        redis = redis_server.client()
+        over_maxmemory(redis)
+        wait_until(lambda: value(scrape(port), REFUSED) >= 4, 15, what="refused SETs counted")
+        redis.config_set("maxmemory", "0")
+        node.wait_for_log("Redis takes SET from the cluster bus again", 20, count=2)
+        total = value(scrape(port), REFUSED)
+        assert total == refused_in_status(node.port) >= 4
+
+        result = run_cli("reload", "--port", str(node.port), "--wait")
+        assert result.returncode == 0, result.stderr
+
+        def old_workers_gone():
+            samples = scrape(port)
+            workers = sum(v for (name, _), v in samples.items() if name == "swoolish_workers")
+            return samples if value(samples, "swoolish_generation") == 2 and workers == 2 else None
+
+        samples = wait_until(old_workers_gone, 20, what="the old workers gone")
+        assert value(samples, REFUSED) == total
+        assert refused_in_status(node.port) == 0
+    finally:
+        node.stop()

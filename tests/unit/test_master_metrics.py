@@ -95,6 +95,30 @@ def test_exposition_parses_with_prometheus_client():
     assert samples[("swoolish_routed_dropped_total", ())] == 7
 
 
+def test_cluster_refused_commands_are_a_counter_summed_and_kept():
+    """Commands Redis refused (each worker's cluster_refused_commands) are
+    swoolish_cluster_refused_commands_total: the live workers' sum plus those of the
+    workers that exited, with its HELP. Before, the figure was only in swoolish
+    status, and no such series was served."""
+    tally = Tally()
+    tally.retire({"cluster_refused_commands": 4})  # a worker gone in a reload
+    workers = (
+        WorkerSample(0, 1, 2, "serving", {"cluster_refused_commands": 3}),
+        WorkerSample(1, 2, 2, "serving", {"cluster_refused_commands": 2}),
+    )
+    body, _ = render(registry_for(lambda: Snapshot(2, workers, tally, 0)))
+    (family,) = (
+        f
+        for f in text_string_to_metric_families(body.decode())
+        if f.name == "swoolish_cluster_refused_commands"
+    )
+    assert family.type == "counter"
+    assert "Redis answered with an error" in family.documentation
+    assert [(s.name, s.value) for s in family.samples if s.name.endswith("_total")] == [
+        ("swoolish_cluster_refused_commands_total", 9)
+    ]
+
+
 def test_notify_socket_addresses():
     assert address_of("/run/systemd/notify") == "/run/systemd/notify"
     assert address_of("@abstract/name") == b"\0abstract/name"

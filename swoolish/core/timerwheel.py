@@ -121,7 +121,7 @@ def _check_interval(ms: object) -> None:
         )
     elif ms >= 1 and math.isfinite(ms):
         return
-    raise ValueError(f"Timer interval must be >= 1 ms, got {ms!r}")
+    raise ValueError(f"Timer interval must be a finite number of ms >= 1, got {ms!r}")
 
 
 def _check_callback(callback: object) -> None:

@@ -74,83 +74,76 @@ def test_a_bad_value_is_one_line_naming_the_variable_and_exit_2():
     assert result.stdout == ""
 
 
-NAN_APP = """
+BAD_SECONDS_APP = """
     from swoolish import WebSocketServer
     server = WebSocketServer()
-    server.set(handshake_timeout=float("nan"))
+    server.set({name}=float("{value}"))
 """
 
 
 @pytest.mark.parametrize(
-    ("where", "line"),
+    ("value", "where", "given", "line"),
     [
-        ("option", "swoolish: max_wait_time must be > 0 seconds, got nan"),
         (
+            "nan",
+            "option",
+            "max_wait_time",
+            "swoolish: max_wait_time must be > 0 seconds, got nan",
+        ),
+        (
+            "nan",
             "environment",
+            "worker_start_timeout",
             "swoolish: SWOOLISH_WORKER_START_TIMEOUT='nan': "
             "worker_start_timeout must be > 0 seconds, got nan",
         ),
-        ("code", "swoolish: handshake_timeout must be > 0 seconds, got nan"),
-    ],
-)
-def test_nan_seconds_are_refused_before_anything_is_forked(tmp_path, where, line):
-    """NaN for a number of seconds, from an option, a variable or the app's code: one
-    line, exit status 2, no worker. Before, NaN passed the > 0 check and the server
-    served (a stopping worker then skipped worker_stop and worker_exit)."""
-    target, extra, env = ECHO, [], {}
-    if where == "option":
-        extra = ["--max-wait-time", "nan"]
-    elif where == "environment":
-        env = {"SWOOLISH_WORKER_START_TIMEOUT": "nan"}
-    else:
-        target = f"{write_app(tmp_path, NAN_APP)}:server"
-    with served(target, tmp_path, *extra, **env) as server:
-        try:
-            code = server.wait_exit(15)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running with {where} nan: {server.log()[-300:]}")
-        assert code == 2
-        assert server.log().splitlines() == [line]
-
-
-INF_APP = """
-    from swoolish import WebSocketServer
-    server = WebSocketServer()
-    server.set(heartbeat_check_interval=float("inf"))
-"""
-
-
-@pytest.mark.parametrize(
-    ("where", "line"),
-    [
-        ("option", "swoolish: max_wait_time must be a finite number of seconds, got inf"),
         (
+            "nan",
+            "code",
+            "handshake_timeout",
+            "swoolish: handshake_timeout must be > 0 seconds, got nan",
+        ),
+        (
+            "inf",
+            "option",
+            "max_wait_time",
+            "swoolish: max_wait_time must be a finite number of seconds, got inf",
+        ),
+        (
+            "inf",
             "environment",
+            "handshake_timeout",
             "swoolish: SWOOLISH_HANDSHAKE_TIMEOUT='inf': "
             "handshake_timeout must be a finite number of seconds, got inf",
         ),
         (
+            "inf",
             "code",
+            "heartbeat_check_interval",
             "swoolish: heartbeat_check_interval must be a finite number of seconds, got inf",
         ),
     ],
 )
-def test_infinite_seconds_are_refused_before_anything_is_forked(tmp_path, where, line):
-    """inf for a number of seconds, from an option, a variable or the app's code: one
-    line, exit status 2, no worker, as for NaN. Before, inf passed the >= 0 and > 0
-    checks and the server served with it meaning "never"."""
+def test_nan_or_infinite_seconds_are_refused_before_anything_is_forked(
+    tmp_path, value, where, given, line
+):
+    """NaN or inf for a number of seconds (the setting ``given``), from an option, a
+    variable or the app's code: one line, exit status 2, no worker. Before, NaN passed
+    the > 0 check and the server served (a stopping worker then skipped worker_stop and
+    worker_exit); inf passed the >= 0 and > 0 checks and meant "never"."""
     target, extra, env = ECHO, [], {}
     if where == "option":
-        extra = ["--max-wait-time", "inf"]
+        extra = ["--" + given.replace("_", "-"), value]
     elif where == "environment":
-        env = {"SWOOLISH_HANDSHAKE_TIMEOUT": "inf"}
+        env = {"SWOOLISH_" + given.upper(): value}
     else:
-        target = f"{write_app(tmp_path, INF_APP)}:server"
+        app = BAD_SECONDS_APP.format(name=given, value=value)
+        target = f"{write_app(tmp_path, app)}:server"
     with served(target, tmp_path, *extra, **env) as server:
         try:
             code = server.wait_exit(15)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"still running with {where} inf: {server.log()[-300:]}")
+            pytest.fail(f"still running with {where} {value}: {server.log()[-300:]}")
         assert code == 2
         assert server.log().splitlines() == [line]
 

@@ -22,6 +22,7 @@ from support import (
     next_frame,
     run_cli,
     serving,
+    tcp_row,
     tcp_rows,
     timeout,
     upgrade,
@@ -555,3 +556,104 @@ def test_the_tls_handshake_and_the_request_share_one_handshake_timeout(tmp_path,
                 except ssl.SSLWantReadError:
                     incoming.write(sock.recv(65536))
             assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+HELD_ANSWERS_APP = """
+    import asyncio
+    from swoolish import WebSocketServer
+
+    server = WebSocketServer()
+    released = asyncio.Event()  # set by a request for /release
+    unstuck = asyncio.Event()  # set by a request for /unstick
+
+    @server.on("request")
+    async def on_request(request, response):
+        if request.path == "/release":
+            released.set()
+        elif request.path == "/unstick":
+            unstuck.set()
+        elif request.path == "/held":
+            await released.wait()
+        elif request.path == "/stuck":
+            await unstuck.wait()
+        response.end(b"ok")
+"""
+
+
+def _https_get_path(port: int, context: ssl.SSLContext, path: str) -> bytes:
+    """The whole answer to a GET of ``path``, on a connection of its own."""
+    with tls_socket(port, context) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        return _read_to_eof(sock)
+
+
+def _unread_by_server(server_port: int, client_port: int) -> int:
+    """Bytes of the client on ``client_port`` in the server socket's receive queue."""
+    row = tcp_row(server_port, client_port)
+    return int(row[4].split(":")[1], 16) if row else 0
+
+
+def _unacknowledged(client_port: int, server_port: int) -> int:
+    """Bytes the client on ``client_port`` sent that the server's kernel has not taken."""
+    row = tcp_row(client_port, server_port)
+    return int(row[4].split(":")[0], 16) if row else 0
+
+
+def test_a_fin_the_worker_has_not_read_yet_still_lets_its_connection_go(tmp_path, certs):
+    """1. an https client pipelines a request whose handler waits (/held), one whose
+    handler waits longer (/stuck), then more requests, 64 KiB at a time, until the
+    worker stops reading it (16 requests parsed and unanswered, uvloop's TLS input
+    buffer full: bytes stay in the kernel while the worker serves other clients)
+    2. it closes its side of the TCP connection without TLS's close_notify: its FIN
+    waits unread behind those bytes  3. /held is answered: that write sees the FIN,
+    and the connection's eof_received ends the session  4. the worker lets go of the
+    connection within 10 s (heartbeat_idle_time 600 s). Before, nothing closed the
+    transport after eof_received asked for the close, the worker never read the FIN,
+    and it kept the connection in CLOSE_WAIT, owing its answers, for good."""
+    app = str(write_app(tmp_path, HELD_ANSWERS_APP, "held_app.py")) + ":server"
+    with serving(app, tmp_path, *certs.options(), "--heartbeat-idle-time", "600") as server:
+        (worker,) = server.workers()
+        context = certs.client_context()
+        try:
+            with tls_socket(server.port, context) as sock:
+                client_port = sock.getsockname()[1]
+                sock.sendall(
+                    b"GET /held HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                    b"GET /stuck HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                )
+                one = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                for _ in range(64):  # 4 MiB at most
+                    sock.sendall(one * (65536 // len(one)))
+                    wait_until(
+                        lambda: _unacknowledged(client_port, server.port) == 0,
+                        what="the server's kernel to take what the client sent",
+                    )
+                    answer = _https_get_path(server.port, context, "/")
+                    assert answer.startswith(b"HTTP/1.1 200 "), answer  # its loop ran since
+                    if _unread_by_server(server.port, client_port):
+                        break  # the worker has stopped reading this client
+                else:
+                    raise AssertionError("the worker read 4 MiB of pipelined requests")
+                sock.shutdown(socket.SHUT_WR)  # drops TLS first: a FIN, no close_notify
+
+                def held_by_worker() -> list[str]:
+                    return [
+                        c.status
+                        for c in worker.net_connections("tcp")
+                        if c.raddr and c.raddr.port == client_port
+                    ]
+
+                wait_until(lambda: held_by_worker() == ["CLOSE_WAIT"], what="the FIN")
+                assert _unread_by_server(server.port, client_port), "the FIN waits unread"
+                answer = _https_get_path(server.port, context, "/release")
+                assert answer.startswith(b"HTTP/1.1 200 "), answer
+                wait_until(
+                    lambda: not held_by_worker(),
+                    10,
+                    what="the worker to let go of the half-closed connection",
+                )
+        finally:
+            with contextlib.suppress(OSError):
+                _https_get_path(server.port, context, "/unstick")

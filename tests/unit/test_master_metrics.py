@@ -1,14 +1,24 @@
 """The pure parts of the master's metrics endpoint and systemd notifier: request
 parsing, the retired-workers tally, NOTIFY_SOCKET addresses (master/metrics.py,
-master/notify.py). The served endpoint is tested in tests/integration/test_metrics.py."""
+master/notify.py); and the endpoint's catch-alls, on a real loopback socket. The
+served endpoint is tested in tests/integration/test_metrics.py."""
 
 from __future__ import annotations
 
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support import read_to_eof, timeout, wait_until
 
+from swoolish.master import metrics
 from swoolish.master.metrics import (
     WORKER_STATES,
+    MetricsServer,
     Snapshot,
     Tally,
     WorkerSample,
@@ -161,3 +171,109 @@ def test_every_worker_state_is_reported_even_at_zero():
         if s.name == "swoolish_workers"
     }
     assert workers == {state: 0 for state in WORKER_STATES} | {"booting": 1}
+
+
+# -- one scraper's fault (listeners.ClientFaults): on a real socket, with a real selector
+
+
+class Endpoint:
+    """A MetricsServer on a free loopback port, served from a selector the test turns
+    as the master's loop does; the workers' figures it polls for come when the test
+    calls the poll's ``done`` (``polls``)."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.polls: list[Callable[[], None]] = []
+        snapshot = Snapshot(1, (WorkerSample(0, 1, 1, "serving", {"accepted": 3}),), Tally(), 0)
+        self.server = MetricsServer(
+            "127.0.0.1", 0, self.selector, lambda: True, self.polls.append, lambda: snapshot
+        )
+
+    def turn_until(self, predicate: Callable[[], Any], what: str) -> None:
+        """Run the endpoint's part of the master's loop until ``predicate`` holds. What
+        the endpoint raises comes out here, as it would end the master's loop (and the
+        master's end is every worker's)."""
+
+        def turned() -> Any:
+            for key, events in self.selector.select(0.02):
+                self.server.handle(key.data, events, time.monotonic())
+            return predicate()
+
+        wait_until(turned, what=what)
+
+    def scrape(self) -> socket.socket:
+        """A scraper's connection, its request for /metrics sent."""
+        sock = socket.create_connection(self.server.address, timeout=timeout(5))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        return sock
+
+    def close(self) -> None:
+        self.server.close()
+        self.selector.close()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    served = Endpoint()
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+def fail_first_call(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make the first call to master/metrics.py's ``name`` raise RuntimeError, as a bug
+    that one client's request reaches would; later calls do what it does."""
+    original = getattr(metrics, name)
+    calls = 0
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError(f"a fault in {name}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, name, failing_once)
+
+
+FAULT_LOGGED = "metrics: serving a client failed (RuntimeError: a fault in {name})"
+
+
+def test_a_fault_reading_one_scrape_hangs_up_on_that_scraper_alone(endpoint, monkeypatch, caplog):
+    """1. parsing the first scraper's request raises  2. that scraper is hung up on
+    (EOF, no answer) and the fault is logged  3. the endpoint raised nothing out of
+    its loop, and the next scraper gets its figures. Without the catch-all in
+    MetricsServer._read the RuntimeError leaves the master's loop: the master ends,
+    and every worker with it, because of one request."""
+    fail_first_call(monkeypatch, "parse_request")
+    logged = FAULT_LOGGED.format(name="parse_request")
+    with endpoint.scrape() as faulty:
+        endpoint.turn_until(lambda: logged in caplog.text, "the fault to be logged")
+        assert read_to_eof(faulty) == b""
+    assert not endpoint.server.clients
+    with endpoint.scrape() as next_scraper:
+        endpoint.turn_until(lambda: endpoint.polls, "the next scrape to wait for figures")
+        endpoint.polls.pop()()
+        answer = read_to_eof(next_scraper)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"swoolish_generation 1.0" in answer
+
+
+def test_a_fault_answering_one_of_two_waiting_scrapes_spares_the_other(
+    endpoint, monkeypatch, caplog
+):
+    """1. two scrapes wait for one poll of the workers' figures  2. building the first
+    one's answer raises  3. that scraper is hung up on (EOF) and the fault is logged;
+    the other gets its figures from the same poll. Without the catch-all in
+    MetricsServer._figures_in the RuntimeError leaves the master's loop (ending the
+    master), and the second scrape is never answered."""
+    with endpoint.scrape() as first, endpoint.scrape() as second:
+        endpoint.turn_until(lambda: len(endpoint.server.waiting) == 2, "both scrapes waiting")
+        assert len(endpoint.polls) == 1, "one poll serves every scrape waiting"
+        fail_first_call(monkeypatch, "response")
+        endpoint.polls.pop()()
+        assert read_to_eof(first) == b""
+        answer = read_to_eof(second)
+    assert FAULT_LOGGED.format(name="response") in caplog.text
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"swoolish_generation 1.0" in answer
+    assert not endpoint.server.clients

@@ -504,6 +504,52 @@ def test_a_request_line_nested_too_deep_is_refused_in_one_line(tmp_path):
         assert report["master"]["pid"] == server.pid
 
 
+FAULTY_STATUS_APP = """
+    from swoolish import WebSocketServer
+    from swoolish.master import supervisor
+
+    server = WebSocketServer()
+
+    @server.on("message")
+    def on_message(server, frame):
+        server.push(frame.fd, frame.data)
+
+    # Imported by the master too: the first status request of a control client raises
+    # there, as a bug that one client's request reaches would.
+    _request_stats = supervisor.Master._request_stats
+    _faults = [RuntimeError("a fault in _request_stats")]
+
+    def _failing_once(self, client, *args, **kwargs):
+        if client is not None and _faults:
+            raise _faults.pop()
+        return _request_stats(self, client, *args, **kwargs)
+
+    supervisor.Master._request_stats = _failing_once
+"""
+
+
+def test_a_fault_serving_one_control_client_hangs_up_on_it_alone(tmp_path):
+    """1. the master's handling of the first status request raises  2. that client is
+    hung up on without a reply, and the fault is logged  3. the master serves on: the
+    next status request gets the report of the same master, whose worker is the same
+    process. Without the catch-all in Master._read_control the exception ends the
+    master's loop, and the master with every worker, because of one client."""
+    app = write_app(tmp_path, FAULTY_STATUS_APP)
+    with serving(f"{app}:server", tmp_path) as server:
+        workers = {worker.pid for worker in server.workers()}
+        (address,) = control_addresses(server.pid)
+        assert exchange(address, b'{"command": "status"}\n') == []
+        logged = "control socket: serving a client failed (RuntimeError: a fault in _request_stats)"
+        wait_until(
+            lambda: logged in server.log() or server.proc.poll() is not None,
+            what="the fault to be logged",
+        )
+        assert server.proc.poll() is None, "the master died:\n" + server.log()[-3000:]
+        (report,) = exchange(address, b'{"command": "status"}\n')
+        assert report["master"]["pid"] == server.pid
+        assert {worker.pid for worker in server.workers()} == workers
+
+
 def test_a_request_followed_by_a_half_close_is_answered_in_full(tmp_path):
     """A request, then a half-close (`nc -N`, socat): the client still gets every
     reply, then the hang-up. Before, the EOF dropped it: no status at all, a reload's

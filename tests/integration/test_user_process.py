@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 
 import psutil
 import pytest
 from support import alive, run_cli, serving, wait_until, write_app
+
+from swoolish.master.supervisor import PROCESS_STABLE
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")
 
@@ -158,6 +161,70 @@ def test_a_target_that_raises_is_restarted_with_growing_back_off(tmp_path):
         with server.connect() as ws:  # the event worker never noticed
             ws.send("still here")
             assert ws.recv(timeout=10) == "echo still here"
+
+
+# A process that answers a worker's (fd, text) with "<text> from process <pid>", and
+# ends itself with os._exit(3), the exit status of a failed boot, when the text is "exit".
+EXITER = """
+import os
+
+from swoolish import WebSocketServer
+
+server = WebSocketServer()
+
+
+def exiter(process):
+    while (got := process.recv()) is not None:
+        src, (fd, text) = got
+        if text == "exit":
+            os._exit(3)
+        process.send_message((fd, f"{text} from process {os.getpid()}"), src)
+
+
+server.add_process(exiter, name="exiter")
+
+
+@server.on("message")
+def on_message(server, frame):
+    server.send_message((frame.fd, frame.data), server.process_id("exiter"))
+
+
+@server.on("pipe_message")
+def on_pipe_message(server, src_worker_id, message):
+    fd, reply = message
+    server.push(fd, reply)
+"""
+
+
+def test_a_stable_process_that_exits_with_status_3_is_restarted_at_once(tmp_path):
+    """1. a user process runs its target and answers, and has run longer than
+    PROCESS_STABLE  2. its own code calls os._exit(3), the status of a failed boot
+    3. the master logs a death and restarts it now, not with the back-off of a quick
+    death, as the process had reported ready and run past PROCESS_STABLE; the new
+    process answers. Before, the status alone made it a failed start: "restarting in
+    0.1s (1 quick death in a row)", the back-off growing with each such exit."""
+    app = write_app(tmp_path, EXITER)
+    with serving(f"{app}:server", tmp_path) as server, server.connect() as ws:
+        first = started_pid(server, 0, "exiter", 1)
+        ws.send("hello")
+        assert ws.recv(timeout=10) == f"hello from process {first}"
+        began = psutil.Process(first).create_time()  # to the second or so: 1 s to spare
+        wait_until(
+            lambda: time.time() - began > PROCESS_STABLE + 1,
+            PROCESS_STABLE + 10,
+            interval=0.1,
+            what=f"user process {first} to run past PROCESS_STABLE",
+        )
+        ws.send("exit")
+        (restart,) = server.wait_for_log(
+            rf"user process 0 'exiter' gen 1 \(pid {first}\) died: exit status 3; restarting (.*)"
+        )
+        assert restart == "now"
+        second = started_pid(server, 0, "exiter", 1, count=2)
+        assert second != first
+        ws.send("again")
+        assert ws.recv(timeout=10) == f"again from process {second}"
+        assert "quick death" not in server.log()
 
 
 def test_send_message_names_the_process_ids_when_one_is_unknown(tmp_path):

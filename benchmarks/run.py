@@ -37,6 +37,11 @@ client drops connections with a real RST (``loadclient.reset``), leaving no TIME
 and its heap is frozen for the window. Ratios are given to ``websockets`` and to ``picows``
 (the target is stated against picows).
 
+``stormwork`` (run only when named): ``storm5k`` against ``picows``, swoolish and the floor
+(``servers/ws_floor.py``) as is and spending 10, 20 and 30 µs of CPU in each handshake
+(``floor+10``...): the rate a server reaches here for a given amount of work of its own per
+handshake, all else being the least there is.
+
 ``large32m``: one 32 MiB binary message per fresh connection, answered with its length
 (``large_message_bench.py``'s client and swoolish app; the reference servers with
 ``--reply-length``). ``handoff1k``: ``handoff_bench.py`` with 1,000 idle connections.
@@ -160,6 +165,12 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
     # Not a server: the least a WebSocket server on uvloop can do (servers/ws_floor.py).
     # Its figures are what this machine, its kernel and the client allow any server.
     "floor": _script_cmd("ws_floor.py"),
+    # The floor spending 10, 20 or 30 µs of CPU in each handshake (``stormwork``): what a
+    # server's own work per handshake does to a storm's rate on this machine.
+    **{
+        f"floor+{us}": _plus(_script_cmd("ws_floor.py"), "--handshake-work-us", str(us))
+        for us in (10, 20, 30)
+    },
 }
 
 #: Plain-HTTP servers, a separate set: the WebSocket echo servers above have no HTTP handler,
@@ -173,6 +184,9 @@ HTTP_SERVERS: dict[str, Callable[[int], list[str]]] = {
 ECHO_SERVERS = ["websockets", "aiohttp", "picows", "swoolish"]
 #: The servers that accept permessage-deflate (picows has no compression).
 DEFLATE_SERVERS = ["websockets", "aiohttp", "swoolish"]
+
+#: Scenarios run only when named in ``--only``: studies, not figures of the targets.
+ON_REQUEST = {"stormwork"}
 
 #: name -> (kind, parameters, participants)
 SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
@@ -198,6 +212,13 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     # server per measurement, every server with a listen backlog of 2048.
     "storm5k": ("storm", {"conns": 5_000, "size": 64}, [*ECHO_SERVERS, "floor"]),
     "storm10k": ("storm", {"conns": 10_000, "size": 64}, [*ECHO_SERVERS, "floor"]),
+    # storm5k against the floor with 0, 10, 20 and 30 µs of work per handshake: the rate
+    # a server doing that much work of its own can reach here (docs/performance.md)
+    "stormwork": (
+        "storm",
+        {"conns": 5_000, "size": 64},
+        ["picows", "floor", "floor+10", "floor+20", "floor+30", "swoolish"],
+    ),
     # One 32 MiB binary message per fresh connection, answered with its length.
     "large32m": ("large", {"mib": 32, "runs": 5}, ECHO_SERVERS),
     # Live hand-off of 1,000 idle connections: the longest pause of a busy client.
@@ -1008,7 +1029,7 @@ def _rotated(items: list[str], r: int) -> list[str]:
 
 
 async def amain(args: argparse.Namespace, cfg: dict, logdir: Path) -> dict[str, Any]:
-    selected = args.only or list(SCENARIOS)
+    selected = args.only or [s for s in SCENARIOS if s not in ON_REQUEST]
     raw: dict[str, dict[str, list[dict]]] = {name: {} for name in selected}
 
     # Long-lived echo servers, started once and shared by the echo scenarios.
@@ -1164,7 +1185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        help=f"comma-separated scenarios: {', '.join(SCENARIOS)}",
+        help=f"comma-separated scenarios: {', '.join(SCENARIOS)} "
+        f"({', '.join(sorted(ON_REQUEST))} only when named)",
     )
     p.add_argument("--no-save", action="store_true", help="do not write the JSON file")
     args = p.parse_args(argv)

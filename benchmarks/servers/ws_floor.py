@@ -15,8 +15,13 @@ distance from the floor is what its own code costs.
   message ``go`` makes every worker write one frame, encoded once, to each of its
   connections: the trigger's worker writes one byte to each other worker's pipe, and each
   worker's loop is one ``transport.write`` per connection (``broadcast_bench.py --floor``).
+- ``--handshake-work-us U`` spends U µs of CPU in each handshake (a busy loop after the
+  101 is written): a server whose own work per handshake costs U µs and nothing else
+  (``run.py``'s ``stormwork``). What that does to a storm's rate tells how much work of
+  its own a server may do per handshake and still reach a given rate on this machine.
 
-``python benchmarks/servers/ws_floor.py --port P [--workers N] [--broadcast]``
+``python benchmarks/servers/ws_floor.py --port P [--workers N] [--broadcast]
+[--handshake-work-us U]``
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 import uvloop
 
@@ -81,9 +87,10 @@ class Worker:
 class Floor(asyncio.Protocol):
     """A connection: the handshake, then frames echoed (or a broadcast triggered)."""
 
-    def __init__(self, worker: Worker, broadcast: bool) -> None:
+    def __init__(self, worker: Worker, broadcast: bool, work: float = 0.0) -> None:
         self.worker = worker
         self.broadcast = broadcast
+        self.work = work  # seconds of CPU spent per handshake (--handshake-work-us)
         self.buf = b""
         self.open = False
         self.transport: asyncio.Transport | None = None
@@ -108,6 +115,8 @@ class Floor(asyncio.Protocol):
                 self.transport.close()  # type: ignore[union-attr]
                 return
             self.transport.write(answer)  # type: ignore[union-attr]
+            if self.work:
+                spend(self.work)
             self.open = True
             self.worker.transports.add(self.transport)  # type: ignore[arg-type]
             buf = buf[end + 4 :]
@@ -143,6 +152,13 @@ class Floor(asyncio.Protocol):
             transport.write(frame_head(opcode, len(payload)) + payload)
 
 
+def spend(seconds: float) -> None:
+    """Keep the CPU busy for ``seconds`` (this thread's CPU time, not the wall clock)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 def frame_head(opcode: int, n: int) -> bytes:
     """The unmasked header of an ``n``-byte frame (RFC 6455 §5.2)."""
     if n < 126:
@@ -159,13 +175,20 @@ def woken(pipe: int, worker: Worker) -> None:
 
 
 async def serve(
-    sock: socket.socket, backlog: int, worker: Worker, pipe: int | None, broadcast: bool
+    sock: socket.socket,
+    backlog: int,
+    worker: Worker,
+    pipe: int | None,
+    broadcast: bool,
+    work: float = 0.0,
 ) -> None:
     loop = asyncio.get_running_loop()
     if pipe is not None:
         loop.add_reader(pipe, woken, pipe, worker)
     # create_server listens again on ``sock``, with its own backlog (100 unless told)
-    server = await loop.create_server(lambda: Floor(worker, broadcast), sock=sock, backlog=backlog)
+    server = await loop.create_server(
+        lambda: Floor(worker, broadcast, work), sock=sock, backlog=backlog
+    )
     async with server:
         await server.serve_forever()
 
@@ -177,11 +200,15 @@ def main() -> None:
     p.add_argument("--backlog", type=int, default=2048, help="listen backlog (2048, as swoolish)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--broadcast", action="store_true", help='a text "go" broadcasts')
+    p.add_argument(
+        "--handshake-work-us", type=float, default=0.0, help="CPU µs spent in each handshake"
+    )
     a = p.parse_args()
+    work = a.handshake_work_us / 1e6
     sock = socket.create_server((a.host, a.port), backlog=a.backlog)
     sock.setblocking(False)
     if a.workers == 1:
-        uvloop.run(serve(sock, a.backlog, Worker([]), None, a.broadcast))
+        uvloop.run(serve(sock, a.backlog, Worker([]), None, a.broadcast, work))
         return
     pipes = [os.pipe() for _ in range(a.workers)]
     children = []
@@ -189,7 +216,7 @@ def main() -> None:
         pid = os.fork()
         if pid == 0:
             siblings = [w for i, (_, w) in enumerate(pipes) if i != me]
-            uvloop.run(serve(sock, a.backlog, Worker(siblings), pipes[me][0], a.broadcast))
+            uvloop.run(serve(sock, a.backlog, Worker(siblings), pipes[me][0], a.broadcast, work))
             os._exit(0)
         children.append(pid)
 

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .flow import FlowControl, Reason
+from .flow import FlowControl, Reason, kernel_unsent
 from .host import WorkerHost
 
 __all__ = ["MAX_QUEUED_BYTES", "MAX_QUEUED_HANDLERS", "Connection", "high_water"]
@@ -179,11 +179,23 @@ class Connection:
         connection counts against max_connections until it is lost, and ``_linger``
         arms the deadline past which it is reset (docs/quickstart.md, "Bad input"). One
         size check: a connection closing with nothing unsent costs nothing more."""
-        if self._lingering or not transport.get_write_buffer_size():
+        if self._lingering or not self._owed(transport):
             return
         self._lingering = True
         self._worker.closing_with_output += 1
         self._linger(transport)
+
+    def _owed(self, transport: asyncio.Transport) -> int:
+        """The bytes its client is still owed, as far as the worker can tell: the
+        transport's buffer and, over TLS, the socket's send queue in the kernel, as
+        uvloop's TLS transport keeps none of what it passed on (flow.kernel_unsent). A
+        TLS client that asked for an answer and then took nothing was otherwise never
+        let go: its transport looked empty, so no deadline was armed, and uvloop waits
+        for ever to send what it holds before it closes the socket."""
+        unsent = transport.get_write_buffer_size()
+        if self._worker.settings.ssl_cert_file is not None:
+            unsent += kernel_unsent(transport)
+        return unsent
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Arm the deadline of a connection closed with output unsent (the subclass's)."""

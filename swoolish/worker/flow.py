@@ -10,12 +10,15 @@ one cause ending (the client catching up) can never resume reading that another 
 
 from __future__ import annotations
 
+import array
 import enum
+import fcntl
 import socket
 import sys
+import termios
 from typing import Any, Protocol
 
-__all__ = ["FlowControl", "Reason", "bytes_acked"]
+__all__ = ["FlowControl", "Reason", "bytes_acked", "kernel_unsent"]
 
 #: ``struct tcp_info`` (linux/tcp.h): ``tcpi_bytes_acked`` is the u64 at offset 120
 #: (Linux 4.1 on), after the fields of 32 bits and the two pacing rates.
@@ -88,8 +91,8 @@ def bytes_acked(transport: Any) -> int | None:
     holds bytes for a client it has stopped reading from (``BACKPRESSURE``), the client
     shows it is there by taking them, not by what it sends.
     """
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    sock = _tcp_socket(transport)
+    if sock is None:
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
@@ -98,3 +101,32 @@ def bytes_acked(transport: Any) -> int | None:
     if len(info) < _TCP_INFO_SIZE:
         return None
     return int.from_bytes(info[_BYTES_ACKED], sys.byteorder)
+
+
+def kernel_unsent(transport: Any) -> int:
+    """The bytes in this TCP connection's send queue in the kernel, not yet acknowledged
+    by the client (``SIOCOUTQ``, tcp(7)); 0 where the kernel does not say.
+
+    What a TLS connection still owes is there, not in its transport: uvloop's TLS
+    transport hands what it encrypts to a TCP transport below it at once, and its own
+    buffer is empty while that one, out of the worker's sight, waits for a client that
+    does not read. That transport buffers only what the socket refuses, so when it
+    holds anything, this queue is full.
+    """
+    sock = _tcp_socket(transport)
+    if sock is None:
+        return 0
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, queued)
+    except (OSError, AttributeError, ValueError):
+        return 0
+    return queued[0]
+
+
+def _tcp_socket(transport: Any) -> Any:
+    """The transport's socket if it is a TCP one (IPv4 or IPv6), else None."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return sock

@@ -23,7 +23,7 @@ from ..core.proxy import Client, TrustedPeers, forwarded_client
 from ..core.settings import normalize_origin
 from .access import log_request, request_client
 from .connection import Connection, high_water
-from .flow import FlowControl, Reason
+from .flow import FlowControl, Reason, bytes_acked
 from .handshake import HandshakeConfig, Opening, open_handshake
 from .host import WorkerHost
 from .request import (
@@ -85,6 +85,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         "_headers",
         "_in_flight",
         "_keep_alive",
+        "_linger_mark",
         "_parser",
         "_pending_upgrade_bytes",
         "_pumping",
@@ -129,6 +130,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         self._pumping = False  # _pump is running (it is never re-entered)
         self._stall_since = 0.0  # since when the unsent bytes have not gone down
         self._stall_size = 0
+        self._linger_mark = 0  # _taken when the lingering deadline was armed (_linger)
         # with access_log on: the request being answered, and since when (perf_counter)
         self._access: tuple[Request, float] | None = None
         self._direct: tuple[str, int] = ("", 0)  # the peer itself (a proxy, perhaps)
@@ -280,19 +282,26 @@ class HttpConnection(Connection, asyncio.Protocol):
         end of keep-alive): the heartbeat's rule goes on, on this connection's own timer.
         It is reset once heartbeat_idle_time passes in which its client took none of
         what waits, and a slow client that reads still gets all of a large answer."""
-        self._stall_size = transport.get_write_buffer_size()
+        self._linger_mark = self._taken(transport)
         self._arm_timer(self._worker.settings.heartbeat_idle_time, self._check_lingering)
 
     def _check_lingering(self) -> None:
         transport = self.transport
         if transport is None:
             return
-        unsent = transport.get_write_buffer_size()
-        if unsent and unsent >= self._stall_size:
+        if self._owed(transport) and self._taken(transport) <= self._linger_mark:
             self._worker.stats["closed_idle"] += 1
             self.abort()
         else:
             self._linger(transport)  # it took some: another heartbeat_idle_time
+
+    def _taken(self, transport: asyncio.Transport) -> int:
+        """A count that grows while the client takes what it is owed: the bytes its TCP
+        acknowledged (``bytes_acked``) or, where the kernel does not say, its unsent
+        bytes going down. Over TLS the second would not do: the kernel's send queue a
+        slow client reads from stays full, refilled from the TLS layer's buffer."""
+        acked = bytes_acked(transport)
+        return -self._owed(transport) if acked is None else acked
 
     # ------------------------------------------------------------------ parsing
 

@@ -657,3 +657,67 @@ def test_a_fin_the_worker_has_not_read_yet_still_lets_its_connection_go(tmp_path
         finally:
             with contextlib.suppress(OSError):
                 _https_get_path(server.port, context, "/unstick")
+
+
+SIZED_ANSWER_APP = """
+    from swoolish import WebSocketServer
+
+    server = WebSocketServer()
+
+    @server.on("request")
+    def on_request(request, response):
+        response.end(bytes(int(request.path[1:])))  # GET /N: N bytes
+"""
+
+
+def _queued(server_port: int, client_port: int) -> int:
+    """Bytes of the answer to the client on ``client_port`` in the kernel: in the
+    server socket's send queue and in the client socket's receive queue."""
+    sent, received = tcp_row(server_port, client_port), tcp_row(client_port, server_port)
+    return sum(int(row[4].split(":")[i], 16) for row, i in ((sent, 0), (received, 1)) if row)
+
+
+def _steady_queue(server_port: int, client_port: int) -> int:
+    """_queued once it has stopped growing (the same over a tenth of a second)."""
+    seen: list[int] = []
+
+    def steady() -> int:
+        seen.append(_queued(server_port, client_port))
+        return seen[-1] if len(seen) > 5 and seen[-1] and len(set(seen[-6:])) == 1 else 0
+
+    return wait_until(steady, what="the kernel's queues to stop growing")
+
+
+def test_a_client_that_asked_for_an_answer_and_takes_none_is_let_go(tmp_path, certs):
+    """1. a first https client asks for 16 MB and reads nothing: what the kernel holds
+    of it once that stops growing (some 4 MiB) is what both sockets' buffers take
+    2. a second client asks for that much and 16 KiB more, closes its side of the TCP
+    connection without close_notify, and reads nothing: every byte has left uvloop's
+    TLS transport, the last ones wait in the TCP transport below it  3. the worker
+    lets go of it once keepalive_timeout and then heartbeat_idle_time have passed
+    with nothing taken, as over plain TCP. Before, the TLS transport looked empty, the
+    close armed no deadline, and uvloop waited for ever to send the rest before
+    closing the socket: the connection was held in CLOSE_WAIT for good."""
+    app = str(write_app(tmp_path, SIZED_ANSWER_APP, "sized_app.py")) + ":server"
+    options = ("--keepalive-timeout", "1", "--heartbeat-idle-time", "2")
+    with serving(app, tmp_path, *certs.options(), *options) as server:
+        (worker,) = server.workers()
+        context = certs.client_context()
+        with tls_socket(server.port, context) as probe:
+            probe.sendall(b"GET /16000000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            taken = _steady_queue(server.port, probe.getsockname()[1])
+        with tls_socket(server.port, context) as sock:
+            client_port = sock.getsockname()[1]
+            size = taken + 16 * 1024
+            sock.sendall(f"GET /{size} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            _steady_queue(server.port, client_port)
+            sock.shutdown(socket.SHUT_WR)  # drops TLS first: a FIN, no close_notify
+
+            def held_by_worker() -> bool:
+                return any(
+                    c.raddr and c.raddr.port == client_port for c in worker.net_connections("tcp")
+                )
+
+            wait_until(
+                lambda: not held_by_worker(), 20, what="the worker to let go of the connection"
+            )

@@ -11,6 +11,7 @@ client names the worker serving it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import json
 
@@ -25,25 +26,23 @@ def test_every_slot_of_every_worker_is_used_before_a_client_is_refused(tmp_path)
     """1. 4 workers of max_connections 10  2. 40 WebSocket clients connect one after the
     other, each staying: every one is accepted, 10 on each worker  3. the next client
     (an HTTP request) is answered 503, and the 40 are still served."""
-    with serving(TARGET, tmp_path, "--max-connections", str(LIMIT), workers=WORKERS) as server:
+    with (
+        serving(TARGET, tmp_path, "--max-connections", str(LIMIT), workers=WORKERS) as server,
+        contextlib.ExitStack() as stack,
+    ):
         clients = []
+        worker_ids = []
+        for _ in range(WORKERS * LIMIT):
+            ws = stack.enter_context(server.connect())  # closed by the stack, also on failure
+            clients.append(ws)
+            worker_ids.append(json.loads(ws.recv(timeout=timeout(5)))["worker_id"])
+        assert collections.Counter(worker_ids) == {w: LIMIT for w in range(WORKERS)}
+        refused = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout(5))
         try:
-            for _ in range(WORKERS * LIMIT):
-                ws = server.connect()
-                clients.append(ws)
-                hello = json.loads(ws.recv(timeout=timeout(5)))
-                clients[-1].worker_id = hello["worker_id"]  # type: ignore[attr-defined]
-            spread = collections.Counter(ws.worker_id for ws in clients)  # type: ignore[attr-defined]
-            assert spread == {w: LIMIT for w in range(WORKERS)}
-            refused = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout(5))
-            try:
-                refused.request("GET", "/")
-                assert refused.getresponse().status == 503
-            finally:
-                refused.close()
-            for ws in clients:
-                ws.send("ping")
-                assert ws.recv(timeout=timeout(5)) == "pong"
+            refused.request("GET", "/")
+            assert refused.getresponse().status == 503
         finally:
-            for ws in clients:
-                ws.close()
+            refused.close()
+        for ws in clients:
+            ws.send("ping")
+            assert ws.recv(timeout=timeout(5)) == "pong"

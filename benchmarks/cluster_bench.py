@@ -257,10 +257,6 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-
-
-
-
 def cpu_seconds(procs: list[Any]) -> float:
     """user+sys of the processes and their live children (swoolish forks its workers)."""
     return tree_cpu_seconds([proc.pid for proc in procs])

@@ -38,7 +38,7 @@ from websockets.sync.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 64
 
-APP = f'''
+APP = f"""
 import asyncio, json, time
 from swoolish import WebSocketServer
 
@@ -60,7 +60,7 @@ async def on_message(server, frame):
         for _ in range(n // {CONCURRENCY}):
             await asyncio.gather(*(server.taskwait(None, 10) for _ in range({CONCURRENCY})))
     server.push(frame.fd, json.dumps({{"seconds": time.perf_counter() - started}}))
-'''
+"""
 
 
 def _noop() -> None:

@@ -52,9 +52,7 @@ def available() -> bool:
 
 def missing_message() -> str:
     """The one line ``--reload`` exits 2 with when watchfiles cannot be imported."""
-    return (
-        "--reload needs watchfiles: pip install watchfiles (or pip install 'swoolish[reload]')"
-    )
+    return "--reload needs watchfiles: pip install watchfiles (or pip install 'swoolish[reload]')"
 
 
 # ---------------------------------------------------------------------- the master's side

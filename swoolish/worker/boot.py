@@ -57,7 +57,7 @@ def _shown(filename: str, lineno: int | None) -> str:
     """``file:line``, the file relative to the working directory when it is below it."""
     path = os.path.abspath(filename)
     cwd = os.path.join(os.getcwd(), "")
-    return f"{path[len(cwd):] if path.startswith(cwd) else path}:{lineno}"
+    return f"{path[len(cwd) :] if path.startswith(cwd) else path}:{lineno}"
 
 
 def boot_failure(exc: BaseException) -> BootFailed:

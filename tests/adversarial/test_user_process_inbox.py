@@ -177,7 +177,6 @@ def test_a_slow_user_process_stays_bounded_and_takes_messages_in_order(tmp_path,
         assert process.memory_info().rss - base <= BOUND
 
 
-
 def test_a_user_process_with_a_full_inbox_still_hears_its_stop(tmp_path):
     """1. the target takes nothing: its inbox is full, the process has read as far
     ahead as it may, and the master's queue for it is full too  2. the server stops: the

@@ -163,8 +163,16 @@ def test_the_chat_example_runs_on_two_nodes_unchanged(tmp_path, redis_server):
     try:
         for _ in range(2):
             port = free_port()
-            args = ["serve", "examples/chat.py:server", "--port", str(port), "--workers", "2",
-                    "--redis-url", redis_server.url]
+            args = [
+                "serve",
+                "examples/chat.py:server",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--redis-url",
+                redis_server.url,
+            ]
             started.append(ServerProcess(args, port, ROOT, tmp_path / f"chat-{port}.log"))
         for node in started:
             node.wait_ready(2)
@@ -193,8 +201,15 @@ def test_no_redis_at_start_is_one_line_and_exit_2(tmp_path):
     """A node whose Redis does not answer cannot take a node number: it retries for a
     few seconds, then says so in one line and exits 2 (nothing bound is left behind)."""
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    result = run_cli("serve", "tests/apps/global_app.py:server", "--port", str(free_port()),
-                     "--redis-url", dead, seconds=30)
+    result = run_cli(
+        "serve",
+        "tests/apps/global_app.py:server",
+        "--port",
+        str(free_port()),
+        "--redis-url",
+        dead,
+        seconds=30,
+    )
     assert result.returncode == 2
     assert f"swoolish: cannot reach Redis at {dead}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -247,8 +262,11 @@ def test_close_and_broadcast_to_chosen_sessions_across_nodes(tmp_path, redis_ser
             assert alice.ask(f"close:{carol.fd}") == {"closed": True}
             wait_until(lambda: carol.closed is not None, 10, what="carol closed")
             assert carol.closed.rcvd is not None and carol.closed.rcvd.code == 1000
-            wait_until(lambda: not alice.ask(f"exists:{carol.fd}")[str(carol.fd)][0], 10,
-                       what="carol's close seen on node A")
+            wait_until(
+                lambda: not alice.ask(f"exists:{carol.fd}")[str(carol.fd)][0],
+                10,
+                what="carol's close seen on node A",
+            )
             assert bob.closed is None
         finally:
             for client in (alice, dave, bob, carol):

@@ -28,6 +28,7 @@ __all__ = [
     "ANY_SERVER",
     "AppSpec",
     "app_directory",
+    "import_warning_after",
     "load",
     "parse_target",
     "purge_user_modules",
@@ -109,13 +110,24 @@ def load(spec: AppSpec, expected: type[T]) -> T:
     return server
 
 
+def import_warning_after() -> float:
+    """IMPORT_WARNING_AFTER, or the seconds of ``SWOOLISH_IMPORT_WARNING_AFTER`` when it
+    holds a number > 0: a test's knob, so anything else is ignored rather than made a
+    traceback of every start."""
+    try:
+        seconds = float(os.environ.get(IMPORT_WARNING_ENV) or IMPORT_WARNING_AFTER)
+    except ValueError:
+        return IMPORT_WARNING_AFTER
+    return seconds if 0 < seconds < float("inf") else IMPORT_WARNING_AFTER
+
+
 @contextlib.contextmanager
 def warn_if_import_hangs(spec: AppSpec) -> Iterator[None]:
     """Around the master's import of the app: one warning if it still runs after
     ``IMPORT_WARNING_AFTER`` seconds, with the line it is at. Module-level code that
     blocks (a loop, a network call) would otherwise leave ``swoolish serve`` silent
     forever; the import is left to go on, as a slow one may yet finish."""
-    after = float(os.environ.get(IMPORT_WARNING_ENV) or IMPORT_WARNING_AFTER)
+    after = import_warning_after()
     importer = threading.get_ident()
     done = threading.Event()
 

@@ -74,3 +74,16 @@ def test_the_apps_directory_of_each_kind_of_target(tmp_path, monkeypatch):
     assert loader.app_directory(loader.parse_target(f"{script}:server")) == str(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert loader.app_directory(loader.parse_target("some.module:server")) == str(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "-1", "0"])
+def test_a_bad_import_warning_knob_keeps_the_default(monkeypatch, value):
+    """SWOOLISH_IMPORT_WARNING_AFTER (a test's knob) that is not seconds > 0 is ignored:
+    before, ``abc`` made every start a ValueError traceback."""
+    monkeypatch.setenv(loader.IMPORT_WARNING_ENV, value)
+    assert loader.import_warning_after() == loader.IMPORT_WARNING_AFTER
+
+
+def test_the_import_warning_knob_shortens_the_wait(monkeypatch):
+    monkeypatch.setenv(loader.IMPORT_WARNING_ENV, "0.2")
+    assert loader.import_warning_after() == 0.2

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .flow import FlowControl, Reason
+from .flow import FlowControl, Reason, kernel_unsent
 from .host import WorkerHost
 
 __all__ = ["MAX_QUEUED_BYTES", "MAX_QUEUED_HANDLERS", "Connection", "high_water"]
@@ -187,8 +187,15 @@ class Connection:
 
     def _owed(self, transport: asyncio.Transport) -> int:
         """The bytes its client is still owed, as far as the worker can tell: the
-        transport's buffer (HttpConnection adds what TLS hides)."""
-        return transport.get_write_buffer_size()
+        transport's buffer and, over TLS, the socket's send queue in the kernel, as
+        uvloop's TLS transport keeps none of what it passed on (flow.kernel_unsent). A
+        TLS client that asked for an answer and then took nothing was otherwise never
+        let go: its transport looked empty, so its close armed no deadline, and uvloop
+        waits for ever to send what it holds before it closes the socket."""
+        unsent = transport.get_write_buffer_size()
+        if self._worker.settings.ssl_cert_file is not None:
+            unsent += kernel_unsent(transport)
+        return unsent
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Arm the deadline of a connection closed with output unsent (the subclass's)."""

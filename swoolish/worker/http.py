@@ -23,7 +23,7 @@ from ..core.proxy import Client, TrustedPeers, forwarded_client
 from ..core.settings import normalize_origin
 from .access import log_request, request_client
 from .connection import Connection, high_water
-from .flow import FlowControl, Reason, bytes_acked, kernel_unsent
+from .flow import FlowControl, Reason, bytes_acked
 from .handshake import HandshakeConfig, Opening, open_handshake
 from .host import WorkerHost
 from .request import (
@@ -294,19 +294,6 @@ class HttpConnection(Connection, asyncio.Protocol):
             self.abort()
         else:
             self._linger(transport)  # it took some: another heartbeat_idle_time
-
-    def _owed(self, transport: asyncio.Transport) -> int:
-        """The transport's buffer and, over TLS, the socket's send queue in the kernel,
-        as uvloop's TLS transport keeps none of what it passed on (flow.kernel_unsent).
-        An https client that asked for an answer and then took nothing was otherwise
-        never let go: the TLS transport looked empty, so its close armed no deadline,
-        and uvloop waits for ever to send what it holds before it closes the socket.
-        A WebSocket keeps the transport's count: by this one its close frame, still in
-        flight when its transport closes, would arm CLOSE_TIMEOUT's reset."""
-        unsent = transport.get_write_buffer_size()
-        if self._secure:
-            unsent += kernel_unsent(transport)
-        return unsent
 
     def _taken(self, transport: asyncio.Transport) -> int:
         """A count that grows while the client takes what it is owed: the bytes its TCP

@@ -819,8 +819,12 @@ class WsConnection(Connection, asyncio.Protocol):
 
     def _reset_lingering(self) -> None:
         """CLOSE_TIMEOUT passed and the client has still not taken what it is owed:
-        reset, counted in closed_idle as an HTTP client that takes none of its answer."""
-        if self.transport is not None:
+        reset, counted in closed_idle as an HTTP client that takes none of its answer.
+        Only if something is still owed: over TLS the close frame itself is counted
+        while in flight (``_owed``), and a session that owes nothing is left to end
+        its TLS shutdown."""
+        transport = self.transport
+        if transport is not None and self._owed(transport):
             self._worker.stats["closed_idle"] += 1
             self.abort()
 

@@ -721,3 +721,55 @@ def test_a_client_that_asked_for_an_answer_and_takes_none_is_let_go(tmp_path, ce
             wait_until(
                 lambda: not held_by_worker(), 20, what="the worker to let go of the connection"
             )
+
+
+DUMP_APP = """
+    import json
+    from swoolish import WebSocketServer
+
+    server = WebSocketServer()
+
+    @server.on("message")
+    def on_message(server, frame):
+        if frame.data == "stats":
+            server.push(frame.fd, json.dumps(server.stats()))
+        else:
+            server.push(frame.fd, bytes(int(frame.data.split()[1])))  # "dump N": N bytes
+"""
+
+
+def test_a_wss_client_that_closes_after_asking_for_pushes_and_takes_none_is_reset(tmp_path, certs):
+    """1. a first wss client asks for 16 MB and reads nothing: what the kernel holds of
+    it once that stops growing is what both sockets' buffers take  2. a second client
+    asks for that much and 16 KiB more and sends a close frame in the same write, then
+    reads nothing: the server echoes the close and closes with every byte gone below
+    uvloop's TLS transport  3. the worker lets go of it within the closing handshake's
+    bound (CLOSE_TIMEOUT, 2 s), counted in closed_idle, as over plain TCP. Before, the
+    TLS transport looked empty, the close armed no deadline, and uvloop waited to send
+    the rest for good."""
+    app = str(write_app(tmp_path, DUMP_APP, "dump_app.py")) + ":server"
+    options = ("--heartbeat-check-interval", "0")
+    with serving(app, tmp_path, *certs.options(), *options) as server:
+        (worker,) = server.workers()
+        context = certs.client_context()
+        with tls_socket(server.port, context) as probe:
+            assert upgrade(probe) == b""
+            probe.sendall(masked_frame(0x1, b"dump 16000000"))
+            taken = _steady_queue(server.port, probe.getsockname()[1])
+        with tls_socket(server.port, context) as sock:
+            client_port = sock.getsockname()[1]
+            assert upgrade(sock) == b""
+            dump = masked_frame(0x1, f"dump {taken + 16 * 1024}".encode())
+            sock.sendall(dump + masked_frame(0x8, (1000).to_bytes(2, "big")))
+
+            def held_by_worker() -> bool:
+                return any(
+                    c.raddr and c.raddr.port == client_port for c in worker.net_connections("tcp")
+                )
+
+            wait_until(
+                lambda: not held_by_worker(), 10, what="the worker to let go of the connection"
+            )
+        with wss(server, certs) as ws:
+            ws.send("stats")
+            assert json.loads(ws.recv(timeout=timeout(5)))["closed_idle"] == 1

@@ -197,7 +197,7 @@ class ControlClient:
     registered (a ``KeyError`` that ended the master).
     """
 
-    def __init__(self, sock: socket.socket, unregister: Callable[[socket.socket], None]) -> None:
+    def __init__(self, sock: socket.socket, unregister: Callable[[socket.socket], object]) -> None:
         self.sock = sock
         self.unregister = unregister
         self.buffer = b""
@@ -245,7 +245,7 @@ class ControlServer:
     def __init__(
         self,
         on_request: Callable[[ControlClient, dict[str, Any]], None],
-        unregister: Callable[[socket.socket], None],
+        unregister: Callable[[socket.socket], object],
         directory: str | None = None,
     ) -> None:
         self.on_request = on_request

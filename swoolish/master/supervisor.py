@@ -261,7 +261,7 @@ class Master:
                     self.settings.redis_url, self.settings.cluster_name, self.node_token
                 )
             self.metrics = self._start_metrics()
-            self.control = ControlServer(self._on_control_request, self._forget)
+            self.control = ControlServer(self._on_control_request, self.selector.unregister)
         except BaseException:
             if self.metrics is not None:
                 self.metrics.close()
@@ -658,13 +658,13 @@ class Master:
             if not pids:
                 self._drain_watches.remove((clients, pids))
                 for client in clients:
-                    self._drop_control(client)
+                    client.close()
 
     def _notify_waiters(self, message: dict[str, Any], final: bool = False) -> None:
         for client in self._reload_waiters:
             client.send(message)
             if final:
-                self._drop_control(client)
+                client.close()
         if final:
             self._reload_waiters = []
 
@@ -728,7 +728,7 @@ class Master:
         CLI then waits for the master's process to end."""
         self._tell_stop_waiters({"event": "exiting", "pid": os.getpid()})
         for client in self._stop_waiters:
-            self._drop_control(client)
+            client.close()
         self._stop_waiters = []
 
     # ------------------------------------------------------------------ stopping
@@ -740,7 +740,7 @@ class Master:
         self._execute(self.plan.abort())
         for client in self._reload_waiters + self._next_reload_waiters:
             client.send({"event": "finished", "ok": False, "reason": "server shutting down"})
-            self._drop_control(client)
+            client.close()
         self._reload_waiters, self._next_reload_waiters = [], []
         self.relay.close()
         deadline = self._stop_deadline()
@@ -1566,15 +1566,7 @@ class Master:
             self.control.faults.failed(exc)
             keep = False
         if not keep:
-            self._drop_control(client)
-
-    def _forget(self, sock: socket.socket) -> None:
-        """Take a control client's socket out of the selector (before it is closed)."""
-        self.selector.unregister(sock)
-
-    def _drop_control(self, client: ControlClient) -> None:
-        """Hang up on a control client (ControlClient.close unregisters it first)."""
-        client.close()
+            client.close()
 
     def _on_control_request(self, client: ControlClient, request: dict[str, Any]) -> None:
         command = request.get("command")
@@ -1585,14 +1577,14 @@ class Master:
                 client.send({"event": "queued", "generation": self.plan.latest + 1})
             if not self.request_reload("swoolish reload"):
                 client.send({"event": "finished", "ok": False, "reason": "server shutting down"})
-                self._drop_control(client)
+                client.close()
         elif command == "status":
             self._request_stats(client)
         elif command == "stop":
             self._on_stop_request(client)
         else:
             client.send({"error": f"unknown command {command!r}; use reload, stop or status"})
-            self._drop_control(client)
+            client.close()
 
     def _on_stop_request(self, client: ControlClient) -> None:
         """``swoolish stop``: the graceful shutdown of SIGTERM, followed to its end: the
@@ -1644,7 +1636,7 @@ class Master:
                 self._send(request.reply_to, reply)
                 continue
             request.client.send(self.status())
-            self._drop_control(request.client)
+            request.client.close()
 
     def server_stats(self) -> dict[str, Any]:
         """Every worker's own figures and their totals, for ``server.server_stats()``."""

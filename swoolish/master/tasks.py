@@ -110,7 +110,7 @@ class TaskRelay:
         if 0 <= task.slot < self.count:
             received = self.received.get(task.src_pid)
             if received is None:
-                received = self.received[task.src_pid] = array("q", bytes(8 * self.count))
+                received = self.received[task.src_pid] = self._per_slot()
             received[task.slot] += 1
         self._run(self.book.submit(task))
 
@@ -118,7 +118,7 @@ class TaskRelay:
         """Event worker ``pid`` was reaped, its channel read to the end: the tasks it
         claimed in the load (its ``row``) that never reached the master are counted off,
         or every task worker would look that much fuller for the master's life."""
-        received = self.received.pop(pid, None) or array("q", bytes(8 * self.count))
+        received = self.received.pop(pid, None) or self._per_slot()
         if self.load is None or row is None:
             return
         lost = sum(self.load.sender_gone(row, received))
@@ -131,6 +131,10 @@ class TaskRelay:
                 pid,
                 lost,
             )
+
+    def _per_slot(self) -> array[int]:
+        """A count per task worker slot, all 0."""
+        return array("q", bytes(8 * self.count))
 
     def answered(self, pid: int, result: TaskResult) -> None:
         task = self.book.answered(pid, result.src_pid, result.task_id)

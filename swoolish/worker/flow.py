@@ -18,7 +18,7 @@ import sys
 import termios
 from typing import Any, Protocol
 
-__all__ = ["FlowControl", "Reason", "bytes_acked", "kernel_unsent"]
+__all__ = ["FlowControl", "Reason", "bytes_acked", "kernel_unsent", "tcp_socket"]
 
 #: ``struct tcp_info`` (linux/tcp.h): ``tcpi_bytes_acked`` is the u64 at offset 120
 #: (Linux 4.1 on), after the fields of 32 bits and the two pacing rates.
@@ -91,7 +91,7 @@ def bytes_acked(transport: Any) -> int | None:
     holds bytes for a client it has stopped reading from (``BACKPRESSURE``), the client
     shows it is there by taking them, not by what it sends.
     """
-    sock = _tcp_socket(transport)
+    sock = tcp_socket(transport)
     if sock is None:
         return None
     try:
@@ -113,7 +113,7 @@ def kernel_unsent(transport: Any) -> int:
     does not read. That transport buffers only what the socket refuses, so when it
     holds anything, this queue is full.
     """
-    sock = _tcp_socket(transport)
+    sock = tcp_socket(transport)
     if sock is None:
         return 0
     queued = array.array("i", [0])
@@ -124,7 +124,7 @@ def kernel_unsent(transport: Any) -> int:
     return queued[0]
 
 
-def _tcp_socket(transport: Any) -> Any:
+def tcp_socket(transport: Any) -> Any:
     """The transport's socket if it is a TCP one (IPv4 or IPv6), else None."""
     sock = transport.get_extra_info("socket")
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):

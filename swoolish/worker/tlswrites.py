@@ -27,6 +27,8 @@ import asyncio
 import socket
 from typing import Any, cast
 
+from .flow import tcp_socket
+
 __all__ = ["TLS_SLICE", "sliced_writes"]
 
 TLS_SLICE = 64 * 1024  # bytes per write handed to the TLS transport
@@ -40,9 +42,7 @@ class _SlicedWrites:
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        sock = transport.get_extra_info("socket")
-        tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
-        self._socket = sock if tcp else None  # None: not looked at
+        self._socket = tcp_socket(transport)  # None: not looked at
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._socket is not None and self._peer_closed():

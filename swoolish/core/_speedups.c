@@ -26,6 +26,21 @@
  * Frame(fd, data, opcode, finish=True) is the message a `message` handler gets, the
  * Python class swoolish.core.frames.PyFrame in C: built once per message, its
  * constructor is a Python call there (about 9% of an echo's Python) and none here.
+ *
+ * upgrade_head(data, max_fields, max_bytes) reads a WebSocket opening handshake's
+ * request head of the plainest kind, the one every client sends, so that the worker
+ * need not make a parser and hear its callbacks: `GET`, an origin-form target of
+ * RFC 3986 characters, HTTP/1.1 or 1.0, at most `max_fields` fields of a token name and
+ * a value of visible ASCII, spaces and tabs, within `max_bytes`, ending in data (RFC 9112
+ * §2-§5), with a non-empty `Upgrade` field and `upgrade` among the `Connection` options, as
+ * llhttp decides an upgrade. It returns (target, version, fields, by_name, end,
+ * keep_alive) (fields as [(name, value)], the value without the spaces before it;
+ * by_name {lower-case name: [values]}, as websockets' Headers keeps them; end the
+ * offset after the head's blank line; keep_alive as llhttp's should_keep_alive) or None for
+ * anything else, left to httptools: a head cut by the read, a body's framing
+ * (Content-Length, Transfer-Encoding), Proxy-Connection, any other character. The
+ * worker (swoolish.worker.http) checks it against httptools on the same inputs
+ * (tests/unit/test_upgrade_head.py).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -511,11 +526,275 @@ static PyTypeObject Frame_Type = {
     .tp_methods = frame_methods,
 };
 
+
+/* ------------------------------------------------------------------ upgrade_head */
+
+/* tchar (RFC 9110 §5.6.2) */
+static int
+is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* an origin-form target's character: unreserved, sub-delims, ":", "@", "/", "?", "%"
+ * (RFC 3986 §2-§3; "#" is not sent) */
+static int
+is_target_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("-._~!$&'()*+,;=:@/?%", c) != NULL);
+}
+
+/* `s` (n bytes) equals the lower-case `word`, in any case */
+static int
+equals_word(const unsigned char *s, Py_ssize_t n, const char *word)
+{
+    Py_ssize_t i;
+    if ((size_t)n != strlen(word)) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 'A' && c <= 'Z') {
+            c += 'a' - 'A';
+        }
+        if (c != (unsigned char)word[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+#define CONN_CLOSE 1
+#define CONN_KEEP_ALIVE 2
+#define CONN_UPGRADE 4
+
+/* The options of one Connection value (comma-separated tokens, spaces and tabs around
+ * them) as CONN_* flags; -1 for a value that is not such a list. */
+static int
+connection_options(const unsigned char *v, Py_ssize_t n)
+{
+    int flags = 0;
+    Py_ssize_t i = 0;
+    while (i <= n) {
+        Py_ssize_t start, end;
+        while (i < n && (v[i] == ' ' || v[i] == '\t')) {
+            i++;
+        }
+        start = i;
+        while (i < n && is_tchar(v[i])) {
+            i++;
+        }
+        end = i;
+        while (i < n && (v[i] == ' ' || v[i] == '\t')) {
+            i++;
+        }
+        if (end == start || (i < n && v[i] != ',')) {
+            return -1;
+        }
+        if (equals_word(v + start, end - start, "upgrade")) {
+            flags |= CONN_UPGRADE;
+        }
+        else if (equals_word(v + start, end - start, "close")) {
+            flags |= CONN_CLOSE;
+        }
+        else if (equals_word(v + start, end - start, "keep-alive")) {
+            flags |= CONN_KEEP_ALIVE;
+        }
+        i++; /* past the comma (or the end) */
+    }
+    return flags;
+}
+
+/* Append `value` to by_name[the lower-case name], a new list for a name first seen. */
+static int
+add_by_name(PyObject *by_name, const unsigned char *name, Py_ssize_t n, PyObject *value)
+{
+    char low[256];
+    PyObject *key, *values;
+    Py_ssize_t i;
+    int status;
+    if (n > (Py_ssize_t)sizeof(low)) {
+        PyObject *text = PyUnicode_DecodeLatin1((const char *)name, n, NULL);
+        key = text == NULL ? NULL : PyObject_CallMethod(text, "lower", NULL);
+        Py_XDECREF(text);
+    }
+    else {
+        for (i = 0; i < n; i++) {
+            unsigned char c = name[i];
+            low[i] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+        }
+        key = PyUnicode_DecodeLatin1(low, n, NULL);
+    }
+    if (key == NULL) {
+        return -1;
+    }
+    values = PyDict_GetItemWithError(by_name, key);
+    if (values != NULL) {
+        status = PyList_Append(values, value);
+    }
+    else if (PyErr_Occurred()) {
+        status = -1;
+    }
+    else {
+        values = PyList_New(1);
+        if (values == NULL) {
+            status = -1;
+        }
+        else {
+            Py_INCREF(value);
+            PyList_SET_ITEM(values, 0, value);
+            status = PyDict_SetItem(by_name, key, values);
+            Py_DECREF(values);
+        }
+    }
+    Py_DECREF(key);
+    return status;
+}
+
+static PyObject *
+upgrade_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    const unsigned char *d;
+    Py_ssize_t n, pos, target_start, target_end, max_fields, max_bytes;
+    int minor, connection = 0, upgrade_field = 0, keep_alive;
+    PyObject *fields = NULL, *by_name = NULL, *out = NULL, *target = NULL;
+
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "upgrade_head(data: bytes, max_fields, max_bytes)");
+        return NULL;
+    }
+    max_fields = PyLong_AsSsize_t(args[1]);
+    max_bytes = PyLong_AsSsize_t(args[2]);
+    if ((max_fields == -1 || max_bytes == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    n = PyBytes_GET_SIZE(args[0]);
+    if (n > max_bytes) {
+        n = max_bytes; /* a longer head is the parser's to refuse */
+    }
+    /* the request line: GET SP origin-form SP HTTP/1.x CRLF */
+    if (n < 5 || memcmp(d, "GET /", 5) != 0) {
+        Py_RETURN_NONE;
+    }
+    pos = 4;
+    target_start = pos;
+    while (pos < n && is_target_char(d[pos])) {
+        pos++;
+    }
+    target_end = pos;
+    if (n - pos < 11 || memcmp(d + pos, " HTTP/1.", 8) != 0 ||
+        (d[pos + 8] != '0' && d[pos + 8] != '1') || d[pos + 9] != '\r' || d[pos + 10] != '\n') {
+        Py_RETURN_NONE;
+    }
+    minor = d[pos + 8] - '0';
+    pos += 11;
+    fields = PyList_New(0);
+    by_name = PyDict_New();
+    if (fields == NULL || by_name == NULL) {
+        goto fail;
+    }
+    /* field lines: token ":" OWS value OWS CRLF, then the blank line */
+    for (;;) {
+        Py_ssize_t name_start, name_end, value_start, value_end;
+        PyObject *name, *value, *pair;
+        if (n - pos >= 2 && d[pos] == '\r' && d[pos + 1] == '\n') {
+            pos += 2;
+            break;
+        }
+        if (PyList_GET_SIZE(fields) >= max_fields) {
+            goto none;
+        }
+        name_start = pos;
+        while (pos < n && is_tchar(d[pos])) {
+            pos++;
+        }
+        name_end = pos;
+        if (name_end == name_start || pos >= n || d[pos] != ':') {
+            goto none;
+        }
+        pos++;
+        while (pos < n && (d[pos] == ' ' || d[pos] == '\t')) {
+            pos++;
+        }
+        value_start = pos;
+        while (pos < n && ((d[pos] >= 0x21 && d[pos] <= 0x7E) || d[pos] == ' ' || d[pos] == '\t')) {
+            pos++;
+        }
+        value_end = pos;
+        if (n - pos < 2 || d[pos] != '\r' || d[pos + 1] != '\n') {
+            goto none;
+        }
+        pos += 2; /* llhttp keeps the spaces after a value: so does this */
+        if (equals_word(d + name_start, name_end - name_start, "content-length") ||
+            equals_word(d + name_start, name_end - name_start, "transfer-encoding") ||
+            equals_word(d + name_start, name_end - name_start, "proxy-connection")) {
+            goto none;
+        }
+        if (equals_word(d + name_start, name_end - name_start, "connection")) {
+            int options = connection_options(d + value_start, value_end - value_start);
+            if (options < 0) {
+                goto none;
+            }
+            connection |= options;
+        }
+        else if (equals_word(d + name_start, name_end - name_start, "upgrade") &&
+                 value_end > value_start) {
+            upgrade_field = 1; /* an empty Upgrade is none to llhttp */
+        }
+        name = PyUnicode_DecodeLatin1((const char *)d + name_start, name_end - name_start, NULL);
+        if (name == NULL) {
+            goto fail;
+        }
+        value = PyUnicode_DecodeLatin1((const char *)d + value_start, value_end - value_start,
+                                       NULL);
+        if (value == NULL) {
+            Py_DECREF(name);
+            goto fail;
+        }
+        pair = PyTuple_Pack(2, name, value);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (pair == NULL || PyList_Append(fields, pair) < 0 ||
+            add_by_name(by_name, d + name_start, name_end - name_start,
+                        PyTuple_GET_ITEM(pair, 1)) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
+    }
+    if (!upgrade_field || !(connection & CONN_UPGRADE)) {
+        goto none;
+    }
+    keep_alive = minor == 1 ? !(connection & CONN_CLOSE) : !!(connection & CONN_KEEP_ALIVE);
+    target = PyUnicode_DecodeLatin1((const char *)d + target_start, target_end - target_start,
+                                    NULL);
+    if (target == NULL) {
+        goto fail;
+    }
+    out = Py_BuildValue("(NsNNnO)", target, minor == 1 ? "1.1" : "1.0", fields, by_name, pos,
+                        keep_alive ? Py_True : Py_False);
+    return out;
+none:
+    Py_DECREF(fields);
+    Py_DECREF(by_name);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(fields);
+    Py_XDECREF(by_name);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"next_frame", (PyCFunction)(void (*)(void))next_frame, METH_FASTCALL,
      "next_frame(data, pos, limit, compressed_ok) -> (end, kind, value) | None"},
     {"encode_message", (PyCFunction)(void (*)(void))encode_message, METH_FASTCALL,
      "encode_message(data, opcode) -> bytes: one unmasked, final server frame"},
+    {"upgrade_head", (PyCFunction)(void (*)(void))upgrade_head, METH_FASTCALL,
+     "upgrade_head(data, max_fields, max_bytes) -> (target, version, fields, by_name, end, "
+     "keep_alive) | None"},
     {NULL, NULL, 0, NULL},
 };
 

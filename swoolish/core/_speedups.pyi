@@ -11,3 +11,7 @@ class Frame:
     opcode: int
     finish: bool
     def __init__(self, fd: int, data: str | bytes, opcode: int, finish: bool = True) -> None: ...
+
+def upgrade_head(
+    data: bytes, max_fields: int, max_bytes: int
+) -> tuple[str, str, list[tuple[str, str]], dict[str, list[str]], int, bool] | None: ...

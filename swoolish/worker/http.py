@@ -19,6 +19,7 @@ from typing import Any, cast
 import httptools
 from websockets.datastructures import Headers
 
+from ..core.heads import upgrade_head
 from ..core.proxy import Client, TrustedPeers, forwarded_client
 from ..core.settings import normalize_origin
 from .access import log_request, request_client
@@ -30,6 +31,7 @@ from .request import (
     Request,
     Response,
     field,
+    grouped_headers,
     list_members,
     offers_websocket,
     parsed_headers,
@@ -96,13 +98,17 @@ class HttpConnection(Connection, asyncio.Protocol):
         "_stall_size",
         "_unfed",
         "_unix",
+        "_unread",
         "_url",
         "tls_began",
     )
 
     def __init__(self, worker: WorkerHost) -> None:
         super().__init__(worker)
+        # made when the first read is not a plain handshake (_upgrade_at_once); None
+        # once parsing stopped for good (a refusal, an upgrade, the connection's end)
         self._parser: httptools.HttpRequestParser | None = None
+        self._unread = True  # no byte of this connection was parsed yet
         # The parser's scratch state rests on shared empty values between requests, not on
         # per-connection lists (on_message_begin makes fresh ones): nothing of a handshake
         # stays with the session.
@@ -181,7 +187,6 @@ class HttpConnection(Connection, asyncio.Protocol):
         worker.connections.accepted(self.sid, self)
         worker.stats["accepted"] += 1
         worker.listener.accepted()  # the accept balance looks at the counts soon
-        self._parser = httptools.HttpRequestParser(self)
         self._arm_timer(self._request_time_left(), self._on_request_timeout)
 
     def _request_time_left(self) -> float:
@@ -249,7 +254,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._in_flight
             or self._requests
             or self._unfed
-            or (self._parser is not None and not self._answered)
+            or (self._parsing() and not self._answered)
         ):
             # Busy, or accepted just before this worker stopped accepting and its first
             # request is still on its way: answer it (Connection: close), then close.
@@ -326,7 +331,7 @@ class HttpConnection(Connection, asyncio.Protocol):
                 elif (
                     self._unfed
                     and not (self._requests and self._pipeline_full())
-                    and self._parser is not None
+                    and self._parsing()
                     and self._pending_upgrade_bytes is None
                 ):
                     self._feed_parser()
@@ -354,10 +359,19 @@ class HttpConnection(Connection, asyncio.Protocol):
             or self._bodies_waiting >= self._worker.settings.max_request_size
         )
 
+    def _parsing(self) -> bool:
+        """Whether requests are still read from this connection (its first bytes, or
+        the parser's)."""
+        return self._parser is not None or self._unread
+
     def _feed_parser(self) -> None:
         """Give the parser the next FEED_SIZE bytes (a view: nothing is copied)."""
         parser = self._parser
-        assert parser is not None
+        if parser is None:  # the connection's first bytes (see _parsing)
+            self._unread = False
+            if self._upgrade_at_once():
+                return
+            parser = self._parser = httptools.HttpRequestParser(self)
         unfed, start = self._unfed, self._fed
         end = start + FEED_SIZE
         if end < len(unfed):
@@ -381,6 +395,27 @@ class HttpConnection(Connection, asyncio.Protocol):
                 "Bad Request: the request is not valid HTTP/1.1.\n",
             )
             self._refuse(status, text)
+
+    def _upgrade_at_once(self) -> bool:
+        """Take the connection's first read, if it holds a whole WebSocket handshake
+        request of the plainest kind, without a parser (``upgrade_head``,
+        swoolish/core/_speedups.c): what every client sends. The request is the one
+        httptools would have made of the same bytes (tests/unit/test_upgrade_head.py);
+        making the parser and hearing its callbacks cost a handshake some 4 µs of a
+        reconnect storm's CPU (docs/performance.md, "Reconnect storm"). Anything else,
+        or without the compiled module, goes to the parser."""
+        unfed = self._unfed
+        if upgrade_head is None or self._fed or type(unfed) is not bytes:
+            return False
+        head = upgrade_head(unfed, MAX_HEADER_FIELDS, MAX_HEADER_BYTES)
+        if head is None:
+            return False
+        target, version, fields, by_name, end, keep_alive = head
+        self._unfed = b""
+        headers = grouped_headers(fields, by_name)
+        self._request_parsed("GET", target, headers, b"", version, keep_alive)
+        self._on_upgrade(unfed[end:])
+        return True
 
     def _refuse(self, status: int, text: str) -> None:
         """Refuse the request being parsed: nothing more is parsed, ``status`` is sent,
@@ -531,27 +566,37 @@ class HttpConnection(Connection, asyncio.Protocol):
     def on_message_complete(self) -> None:
         parser = self._parser
         assert parser is not None
-        headers = parsed_headers(self._headers)
-        client = self._client(headers)
         method = parser.get_method()
         body = self._body
-        request = Request(
+        self._request_parsed(
             _METHODS.get(method) or method.decode("ascii", "replace"),
             self._url.decode("latin-1"),
-            headers,
+            parsed_headers(self._headers),  # the fields are the request's from here on
             body if type(body) is bytes else bytes(body),
             parser.get_http_version(),
-            self.sid,
-            client.addr,
-            client.secure,
             parser.should_keep_alive(),
         )
         self._url = b""
-        self._headers = _NO_ITEMS  # now owned by the request
+        self._headers = _NO_ITEMS
         self._body = b""
         self._began = False
+
+    def _request_parsed(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        version: str,
+        keep_alive: bool,
+    ) -> None:
+        """Queue the request read, to be answered in turn (_pump)."""
+        client = self._client(headers)
+        request = Request(
+            method, target, headers, body, version, self.sid, client.addr, client.secure, keep_alive
+        )
         self._requests.append(request)
-        self._bodies_waiting += len(request.body)
+        self._bodies_waiting += len(body)
 
     def _client(self, headers: Headers) -> Client:
         """Who sent this request: the peer, or with ``proxy_headers`` the client a

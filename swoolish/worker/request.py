@@ -93,6 +93,13 @@ def parsed_headers(fields: list[tuple[str, str]]) -> Headers:
             by_name[key] = [value]
         else:
             values.append(value)
+    return grouped_headers(fields, by_name)
+
+
+def grouped_headers(fields: list[tuple[str, str]], by_name: dict[str, list[str]]) -> Headers:
+    """The ``Headers`` of ``fields`` with their values already grouped under their
+    lower-case names, in order (as ``upgrade_head`` returns them: see
+    swoolish.worker.http)."""
     headers = Headers.__new__(Headers)
     headers._dict = by_name
     headers._list = fields

@@ -9,9 +9,13 @@ byte with what a fresh ServerProtocol sends.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import logging
+import random
 import re
+import string
 
 import pytest
 from websockets.datastructures import Headers
@@ -233,3 +237,21 @@ def test_a_replayed_deflate_extension_inflates_and_deflates() -> None:
     assert [type(e) for e in again.extensions] == [PerMessageDeflate]
     assert _deflate_args(again.extensions) == _deflate_args(first.extensions)
     assert b"server_no_context_takeover; client_no_context_takeover" in again.wire
+
+
+def test_the_keys_taken_are_those_that_decode_to_16_bytes() -> None:
+    """``_KEY`` takes exactly the keys RFC 6455 §4.2.1 asks for, as the strict base64
+    decoding it replaced: every other key is left to websockets (which refuses it)."""
+    rng = random.Random(6455)
+    alphabet = string.ascii_letters + string.digits + "+/=-_ .\t\x00é"
+    keys = [base64.b64encode(rng.randbytes(n)).decode() for n in range(12, 20)]
+    keys += [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(20, 26))) for _ in range(20_000)
+    ]
+    keys += [k[:22] + "==" for k in keys[:5_000] if len(k) >= 22]
+    for key in keys:
+        try:
+            strict = len(base64.b64decode(key.encode("latin-1"), validate=True)) == 16
+        except binascii.Error:
+            strict = False
+        assert (handshake._KEY.fullmatch(key) is not None) is strict, key

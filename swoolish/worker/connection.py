@@ -81,9 +81,10 @@ class Connection:
         self._queued_bytes = 0  # the sizes of the messages in _handler_queue
         self._outliving = False  # lost, its handlers still working: see _count_if_outliving
         self._lingering = False  # closed by us, output still unsent: see _bound_unsent
-        # The connection's one timer (a request, idle or closing deadline); see _arm_timer
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0  # when the loop's handle fires
+        # The connection's one deadline (a request, idle or closing deadline), filed
+        # with the worker's Deadlines (worker/deadlines.py); see _arm_timer
+        self._timer = 0  # the tick it is filed under; 0: none is
+        self._timer_at = 0.0  # the deadline it is filed for
         self._timer_deadline = 0.0  # when the callback is due (never before _timer_at)
         self._timer_callback: Callable[[], None] | None = None
 
@@ -322,48 +323,52 @@ class Connection:
         raise NotImplementedError
 
     def _arm_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        """Call ``callback`` in ``delay`` seconds, replacing what was armed before.
+        """Call ``callback`` in ``delay`` seconds (up to ``deadlines.RESOLUTION`` later),
+        replacing what was armed before.
 
-        A keep-alive connection re-arms its deadline twice per request; a loop handle
-        already due no later than the new deadline is kept, and when it fires early it
-        waits on for the rest (``_timer_fired``), so steady traffic costs no new handle.
+        A keep-alive connection re-arms its deadline twice per request; a deadline
+        already filed no later than the new one is kept, and when it passes early it is
+        filed again for the rest (``deadline_passed``), so steady traffic files nothing
+        new. The worker's ``Deadlines`` hold every connection's, with one loop timer.
         """
-        loop = self._worker.loop
-        deadline = loop.time() + delay
+        worker = self._worker
+        deadline = worker.loop.time() + delay
         self._timer_deadline = deadline
         self._timer_callback = callback
-        timer = self._timer
-        if timer is not None:
+        if self._timer:
             if self._timer_at <= deadline:
                 return
-            timer.cancel()
+            worker.deadlines.withdraw(self, self._timer)
         self._timer_at = deadline
-        self._timer = loop.call_at(deadline, self._timer_fired)
+        self._timer = worker.deadlines.file(self, deadline)
 
-    def _timer_fired(self) -> None:
-        self._timer = None
+    def deadline_passed(self) -> None:
+        """The deadline filed came (``Deadlines``): call what is due, or file again for
+        a deadline re-armed for later meanwhile."""
+        self._timer = 0
         callback = self._timer_callback
         if callback is None:
             return  # disarmed meanwhile (_disarm_timer)
         deadline = self._timer_deadline
         if deadline > self._timer_at:  # re-armed for later meanwhile: wait for the rest
             self._timer_at = deadline
-            self._timer = self._worker.loop.call_at(deadline, self._timer_fired)
+            self._timer = self._worker.deadlines.file(self, deadline)
             return
         self._timer_callback = None
         callback()
 
     def _disarm_timer(self) -> None:
-        """Nothing is due until the next _arm_timer; the loop's handle, if any, is kept
+        """Nothing is due until the next _arm_timer; the deadline filed, if any, is kept
         for it (a request being answered, between two deadlines)."""
         self._timer_callback = None
 
     def _cancel_timer(self) -> None:
-        """Nothing is due any more, and the loop lets go of this connection."""
+        """Nothing is due any more, and the worker's deadlines let go of this
+        connection."""
         self._timer_callback = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timer:
+            self._worker.deadlines.withdraw(self, self._timer)
+            self._timer = 0
 
 
 def _then(

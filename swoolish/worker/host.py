@@ -17,6 +17,7 @@ from ..core.messages import Message, Operation, Target
 from ..core.settings import Settings
 from ..core.stats import Counts
 from ..core.timerwheel import TimerWheel
+from .deadlines import Deadlines
 from .listener import Listener
 from .sessions import SessionMap
 from .tlshandshakes import TlsHandshakes
@@ -64,6 +65,7 @@ class WorkerHost(Protocol):
     listener: Listener  # takes new connections, balanced against the other workers
     live: set[Any]  # every connection with a transport, closing ones included
     timers: TimerWheel
+    deadlines: Deadlines  # every connection's deadline (worker/deadlines.py)
     draining: bool
     handled_left: int = -1  # requests and messages before max_request (below 0: never)
     outliving_handlers: int = 0  # lost connections whose coroutine handlers still work

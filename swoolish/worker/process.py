@@ -65,6 +65,7 @@ from . import timers
 from .boot import BootWatch, boot_failure, stall_delay
 from .cluster import Cluster
 from .connection import Connection
+from .deadlines import Deadlines
 from .handoff import Adopter, hand_off
 from .heaptrim import HeapTrim
 from .http import HttpConnection
@@ -154,6 +155,7 @@ class Worker:
         self.loop = asyncio.get_event_loop()
         if self.channel is not None:
             self.channel.use_loop(self.loop)  # what the master does not take yet waits
+        self.deadlines = Deadlines(self.loop)
         self.timers = timers.uvloop_wheel(
             self.loop,
             spawn=self.track,

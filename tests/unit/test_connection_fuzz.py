@@ -42,6 +42,7 @@ from swoolish.core.settings import Settings
 from swoolish.core.stats import Counts
 from swoolish.core.timerwheel import TimerWheel
 from swoolish.worker import websocket
+from swoolish.worker.deadlines import Deadlines
 from swoolish.worker.host import WorkerHost
 from swoolish.worker.http import HttpConnection
 from swoolish.worker.sessions import SessionMap
@@ -212,6 +213,7 @@ class StubWorker(WorkerHost):
         self.worker_id = 0
         self.server = StubServer(self)
         self.timers = TimerWheel(clock=lambda: 0.0, wakeup=lambda deadline: None)
+        self.deadlines = Deadlines(self.loop)
         self.closed_events = 0
         self._handlers = {"message": self._on_message, "close": self._on_close}
         self.handler = self._handlers.get  # WorkerHost.handler
@@ -498,11 +500,9 @@ def run(deflate: bool, actions: list[tuple[str, Any]], send_eof: bool = True) ->
         # nothing may wait forever: an open close handshake has its timer
         conn = transport.protocol
         if conn.closing and not transport.closing:
-            armed = conn._timer_callback == conn.abort  # the connection's one timer
-            handle = conn._timer
-            assert armed and handle is not None and not handle.cancelled, (
-                "a close began with no timer to end it"
-            )
+            armed = conn._timer_callback == conn.abort  # the connection's one deadline
+            filed = conn in worker.deadlines._buckets.get(conn._timer, ())
+            assert armed and filed, "a close began with no timer to end it"
     conn = transport.protocol
     if send_eof and not transport.closing and not conn.eof_received():
         transport.close()  # what asyncio does when eof_received() returns a false value

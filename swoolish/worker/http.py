@@ -331,7 +331,7 @@ class HttpConnection(Connection, asyncio.Protocol):
                 elif (
                     self._unfed
                     and not (self._requests and self._pipeline_full())
-                    and self._parsing()
+                    and (self._parser is not None or self._unread)  # _parsing(), inline
                     and self._pending_upgrade_bytes is None
                 ):
                     self._feed_parser()

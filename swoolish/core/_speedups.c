@@ -34,7 +34,8 @@
  * a value of visible ASCII, spaces and tabs, within `max_bytes`, ending in data (RFC 9112
  * §2-§5), with a non-empty `Upgrade` field and `upgrade` among the `Connection` options, as
  * llhttp decides an upgrade. It returns (target, version, fields, by_name, end,
- * keep_alive) (fields as [(name, value)], the value without the spaces before it;
+ * keep_alive) (fields as [(name, value)], the value without the spaces and tabs around
+ * it, as the worker takes httptools' fields, RFC 9112 §5;
  * by_name {lower-case name: [values]}, as websockets' Headers keeps them; end the
  * offset after the head's blank line; keep_alive as llhttp's should_keep_alive) or None for
  * anything else, left to httptools: a head cut by the read, a body's framing
@@ -727,7 +728,10 @@ upgrade_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         if (n - pos < 2 || d[pos] != '\r' || d[pos + 1] != '\n') {
             goto none;
         }
-        pos += 2; /* llhttp keeps the spaces after a value: so does this */
+        pos += 2;
+        while (value_end > value_start && (d[value_end - 1] == ' ' || d[value_end - 1] == '\t')) {
+            value_end--; /* RFC 9112 §5: the OWS after a value is not part of it */
+        }
         if (equals_word(d + name_start, name_end - name_start, "content-length") ||
             equals_word(d + name_start, name_end - name_start, "transfer-encoding") ||
             equals_word(d + name_start, name_end - name_start, "proxy-connection")) {

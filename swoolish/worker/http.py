@@ -504,7 +504,9 @@ class HttpConnection(Connection, asyncio.Protocol):
         headers = self._headers
         if len(headers) >= MAX_HEADER_FIELDS:
             self._refuse_head(f"{MAX_HEADER_FIELDS} fields")
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # llhttp keeps the spaces and tabs after a value; they are not part of it (RFC
+        # 9112 §5: a field value is what is between the OWS around it)
+        headers.append((name.decode("latin-1"), value.decode("latin-1").rstrip(" \t")))
 
     def on_headers_complete(self) -> None:
         self._head_fed = _HEAD_READ

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
+import socket
 import threading
 
 import pytest
@@ -29,6 +32,57 @@ def test_echo_text_and_binary_round_trip(tmp_path, fast_path):
         assert ws.recv() == "ü" * 100
         ws.send("é" * 50_000)
         assert ws.recv() == "é" * 50_000
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "the server closed the connection"
+        data += chunk
+    return data
+
+
+def _read_text_frame(sock: socket.socket) -> str:
+    """One unmasked server text frame (RFC 6455 §5.2), 7- or 16-bit length."""
+    first, length = _read_exactly(sock, 2)
+    assert first == 0x81 and not length & 0x80
+    if length == 126:
+        length = int.from_bytes(_read_exactly(sock, 2), "big")
+    return _read_exactly(sock, length).decode()
+
+
+@pytest.mark.parametrize("fast_path", sorted(FAST_PATHS))
+def test_a_handshake_and_a_frame_in_one_write_are_served_in_order(tmp_path, fast_path):
+    """1. a handshake head (a query, a value with spaces after it) and a masked frame in
+    one write  2. the 101 with the right accept key  3. the open handler saw the query
+    4. the frame is echoed. The compiled path reads such a head without a parser
+    (docs/design.md, "The handshake without a parser"); the Python one with httptools."""
+    key = base64.b64encode(b"sixteen byte key").decode()
+    head = (
+        "GET /hello?a=1&b=%20x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13  \r\nUser-Agent: test\t\r\n\r\n"
+    ).encode()
+    mask = b"\x01\x02\x03\x04"
+    payload = b"behind the head"
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask
+    frame += bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    with serving(TARGET, tmp_path, env=FAST_PATHS[fast_path]) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head + frame)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(1)
+                assert chunk, "the server closed the connection"
+                answer += chunk
+            accept = base64.b64encode(
+                hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            ).decode()
+            assert answer.startswith(b"HTTP/1.1 101 ")
+            assert f"\r\nSec-WebSocket-Accept: {accept}\r\n".encode() in answer
+            assert json.loads(_read_text_frame(sock))["query"] == {"a": "1", "b": " x"}
+            assert _read_text_frame(sock) == payload.decode()
 
 
 def test_messages_of_one_connection_are_handled_in_order(tmp_path):

@@ -57,7 +57,8 @@ class Recorder:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name.decode("latin-1"), value.decode("latin-1")))
+        # as HttpConnection.on_header: without the spaces and tabs after the value
+        self.fields.append((name.decode("latin-1"), value.decode("latin-1").rstrip(" \t")))
 
     def on_message_complete(self) -> None:
         self.complete = True

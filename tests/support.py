@@ -697,3 +697,23 @@ def as_user(uid: int, gid: int, body: Callable[[], Any], seconds: float = 20.0) 
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
     return json.loads(data)
+
+
+def read_server_frame(sock: socket.socket) -> bytes:
+    """The payload of one unmasked server frame of up to 64-bit length (RFC 6455 §5.2),
+    read from a blocking socket (plain or TLS) with its own timeout."""
+
+    def exactly(count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            assert chunk, "the server closed the connection"
+            data += chunk
+        return data
+
+    length = exactly(2)[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(exactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(exactly(8), "big")
+    return exactly(length)

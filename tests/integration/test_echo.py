@@ -10,7 +10,7 @@ import socket
 import threading
 
 import pytest
-from support import serving
+from support import read_server_frame, serving
 from websockets.exceptions import ConnectionClosed
 
 TARGET = "tests/apps/echo_app.py:server"
@@ -32,24 +32,6 @@ def test_echo_text_and_binary_round_trip(tmp_path, fast_path):
         assert ws.recv() == "ü" * 100
         ws.send("é" * 50_000)
         assert ws.recv() == "é" * 50_000
-
-
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, "the server closed the connection"
-        data += chunk
-    return data
-
-
-def _read_text_frame(sock: socket.socket) -> str:
-    """One unmasked server text frame (RFC 6455 §5.2), 7- or 16-bit length."""
-    first, length = _read_exactly(sock, 2)
-    assert first == 0x81 and not length & 0x80
-    if length == 126:
-        length = int.from_bytes(_read_exactly(sock, 2), "big")
-    return _read_exactly(sock, length).decode()
 
 
 @pytest.mark.parametrize("fast_path", sorted(FAST_PATHS))
@@ -81,8 +63,8 @@ def test_a_handshake_and_a_frame_in_one_write_are_served_in_order(tmp_path, fast
             ).decode()
             assert answer.startswith(b"HTTP/1.1 101 ")
             assert f"\r\nSec-WebSocket-Accept: {accept}\r\n".encode() in answer
-            assert json.loads(_read_text_frame(sock))["query"] == {"a": "1", "b": " x"}
-            assert _read_text_frame(sock) == payload.decode()
+            assert json.loads(read_server_frame(sock))["query"] == {"a": "1", "b": " x"}
+            assert read_server_frame(sock) == payload
 
 
 def test_messages_of_one_connection_are_handled_in_order(tmp_path):

@@ -20,6 +20,7 @@ from support import (
     free_port,
     masked_frame,
     next_frame,
+    read_server_frame,
     run_cli,
     serving,
     tcp_row,
@@ -392,25 +393,6 @@ def _served_certificate(port: int) -> bytes:
     return der
 
 
-def _read_frame(sock: ssl.SSLSocket) -> bytes:
-    """The payload of one unmasked server frame of up to 64-bit length (RFC 6455 §5.2)."""
-
-    def exactly(count: int) -> bytes:
-        data = b""
-        while len(data) < count:
-            chunk = sock.recv(count - len(data))
-            assert chunk, "the server closed the connection"
-            data += chunk
-        return data
-
-    length = exactly(2)[1] & 0x7F
-    if length == 126:
-        length = int.from_bytes(exactly(2), "big")
-    elif length == 127:
-        length = int.from_bytes(exactly(8), "big")
-    return exactly(length)
-
-
 def test_a_tls_session_once_sent_1_mib_does_not_keep_a_megabyte(tmp_path, certs, app):
     """1. 30 wss clients each ask for a 1 MiB message and read it  2. the worker did not
     keep a megabyte per idle session: uvloop encrypts a write whole into the
@@ -424,12 +406,12 @@ def test_a_tls_session_once_sent_1_mib_does_not_keep_a_megabyte(tmp_path, certs,
                 sock = stack.enter_context(tls_socket(server.port, certs.client_context()))
                 assert upgrade(sock) == b""
                 sock.sendall(masked_frame(0x1, b"warm"))
-                assert _read_frame(sock) == b"warm"
+                assert read_server_frame(sock) == b"warm"
                 clients.append(sock)
             rss_before = worker.memory_info().rss
             for sock in clients:
                 sock.sendall(masked_frame(0x1, b"big"))
-                assert _read_frame(sock) == bytes(1 << 20)
+                assert read_server_frame(sock) == bytes(1 << 20)
             grown = worker.memory_info().rss - rss_before
     assert grown < 16 * 2**20, f"the worker kept {grown / 2**20:.0f} MiB"
 

@@ -108,7 +108,9 @@ class HttpConnection(Connection, asyncio.Protocol):
         # made when the first read is not a plain handshake (_upgrade_at_once); None
         # once parsing stopped for good (a refusal, an upgrade, the connection's end)
         self._parser: httptools.HttpRequestParser | None = None
-        self._unread = True  # no byte of this connection was parsed yet
+        # no byte of this connection was parsed yet: requests are read while this or a
+        # parser is there
+        self._unread = True
         # The parser's scratch state rests on shared empty values between requests, not on
         # per-connection lists (on_message_begin makes fresh ones): nothing of a handshake
         # stays with the session.
@@ -254,7 +256,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._in_flight
             or self._requests
             or self._unfed
-            or (self._parsing() and not self._answered)
+            or ((self._parser is not None or self._unread) and not self._answered)
         ):
             # Busy, or accepted just before this worker stopped accepting and its first
             # request is still on its way: answer it (Connection: close), then close.
@@ -331,7 +333,7 @@ class HttpConnection(Connection, asyncio.Protocol):
                 elif (
                     self._unfed
                     and not (self._requests and self._pipeline_full())
-                    and (self._parser is not None or self._unread)  # _parsing(), inline
+                    and (self._parser is not None or self._unread)
                     and self._pending_upgrade_bytes is None
                 ):
                     self._feed_parser()
@@ -359,15 +361,10 @@ class HttpConnection(Connection, asyncio.Protocol):
             or self._bodies_waiting >= self._worker.settings.max_request_size
         )
 
-    def _parsing(self) -> bool:
-        """Whether requests are still read from this connection (its first bytes, or
-        the parser's)."""
-        return self._parser is not None or self._unread
-
     def _feed_parser(self) -> None:
         """Give the parser the next FEED_SIZE bytes (a view: nothing is copied)."""
         parser = self._parser
-        if parser is None:  # the connection's first bytes (see _parsing)
+        if parser is None:  # so _unread: the connection's first bytes (see _pump)
             self._unread = False
             if self._upgrade_at_once():
                 return
@@ -405,7 +402,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         reconnect storm's CPU (docs/performance.md, "Reconnect storm"). Anything else,
         or without the compiled module, goes to the parser."""
         unfed = self._unfed
-        if upgrade_head is None or self._fed or type(unfed) is not bytes:
+        if upgrade_head is None or type(unfed) is not bytes:
             return False
         head = upgrade_head(unfed, MAX_HEADER_FIELDS, MAX_HEADER_BYTES)
         if head is None:

@@ -5,39 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from unit.test_connection_fuzz import FakeLoop
+
 from swoolish.worker.deadlines import RESOLUTION, Deadlines
 
 
-class Handle:
-    def __init__(self, when: float, callback: Any) -> None:
-        self.when, self.callback, self.cancelled = when, callback, False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class ManualLoop:
-    """A loop whose clock moves only when the test says; ``run_until`` fires the timers
-    due by then, in order, as a loop would."""
+class ManualLoop(FakeLoop):
+    """The connection tests' fake loop with its clock at 1000 s, the exception handler's
+    reports kept, and ``run_until``: fire the timers due by then, in order, as a loop
+    would."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.now = 1000.0
-        self.handles: list[Handle] = []
         self.errors: list[dict[str, Any]] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Any) -> Handle:
-        handle = Handle(when, callback)
-        self.handles.append(handle)
-        return handle
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
         self.errors.append(context)
-
-    def pending(self) -> list[Handle]:
-        return [h for h in self.handles if not h.cancelled]
 
     def run_until(self, until: float) -> None:
         while True:
@@ -48,7 +32,7 @@ class ManualLoop:
             handle = due[0]
             handle.cancelled = True  # fired: a handle fires once
             self.now = max(self.now, handle.when)
-            handle.callback()
+            handle.callback(*handle.args)
 
 
 class Conn:

@@ -536,10 +536,11 @@ class WsConnection(Connection, asyncio.Protocol):
         # completed after the ping). The close goes last, after echoed messages.
         writes = ws.data_to_send()
         w = 0
-        for frame in events:
+        in_progress = _after_last_message_end(events)
+        for index, frame in enumerate(events):
             opcode = frame.opcode
             if opcode is OP_TEXT or opcode is OP_BINARY or opcode is OP_CONT:
-                self._data_frame(opcode, cast(bytes, frame.data), frame.fin)
+                self._data_frame(opcode, cast(bytes, frame.data), frame.fin, index >= in_progress)
             elif opcode is OP_PING:
                 if w < len(writes) and writes[w][:1] == PONG_HEAD:
                     transport = self.transport
@@ -698,9 +699,10 @@ class WsConnection(Connection, asyncio.Protocol):
         pongs.clear()
         return not self.closing
 
-    def _data_frame(self, opcode: Any, payload: bytes, fin: bool) -> None:
+    def _data_frame(self, opcode: Any, payload: bytes, fin: bool, in_progress: bool) -> None:
         """A text, binary or continuation frame from the protocol object: a whole
-        message, or a fragment of one (worker/fragments.py)."""
+        message, or a fragment of one (worker/fragments.py). ``in_progress``: its message
+        is the one the protocol object is still reading (see _charge_fragment)."""
         if self.closing:
             return  # RFC 6455 §1.4: after a close is sent, data frames are discarded
         if opcode is not OP_CONT:
@@ -719,14 +721,18 @@ class WsConnection(Connection, asyncio.Protocol):
         if fin:
             self._fragments = None
             self._message_received(fragments.opcode, fragments.data)
-        elif len(payload) < FRAGMENT_CHARGE and self.ws is not None:
+        elif in_progress and len(payload) < FRAGMENT_CHARGE and self.ws is not None:
             self._charge_fragment(self.ws, len(payload))
 
     @staticmethod
     def _charge_fragment(ws: ServerProtocol, size: int) -> None:
         """Count a short fragment as FRAGMENT_CHARGE bytes of its message: the protocol
         object then refuses the message with 1009 once the charges and the payloads
-        reach max_message_size, as it refuses a long one."""
+        reach max_message_size, as it refuses a long one. The charge goes to the size
+        of the message the protocol object is reading now, so only a fragment of that
+        message is charged: one whose message ended later in the same read was counted
+        in full already, and its charge would fall on the next message (a client's
+        third fragmented message of one-byte fragments was refused with 1009)."""
         if ws.current_size is not None:
             ws.current_size += FRAGMENT_CHARGE - size
 
@@ -1188,3 +1194,13 @@ def fan_out(
     if over:
         stats["push_over_buffer"] += over
     return sent
+
+
+def _after_last_message_end(events: list[WsFrame]) -> int:
+    """The index after the last data frame of ``events`` that ends a message (its
+    ``fin`` set): the frames from there on belong to the message still being read."""
+    for index in range(len(events) - 1, -1, -1):
+        frame = events[index]
+        if frame.fin and frame.opcode in (OP_TEXT, OP_BINARY, OP_CONT):
+            return index + 1
+    return 0

@@ -576,6 +576,25 @@ def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return str(request.param)
 
 
+def test_short_fragments_of_messages_ended_in_one_read_are_not_charged_to_the_next():
+    """A short fragment counts as FRAGMENT_CHARGE bytes of its message (1009 past
+    MAX_MESSAGE), but only of its own: two messages of six one-byte fragments and the
+    first fragment of a third in one read, the rest of the third in the next. Each
+    message is charged about 320 bytes, under MAX_MESSAGE; charged to the third, the
+    first two's fragments refused it with 1009 (found by the property below)."""
+
+    def fragmented(text: bytes) -> list[bytes]:
+        first = [client_frame(0x1, text[:1], fin=False)]
+        middle = [client_frame(0x0, bytes([b]), fin=False) for b in text[1:-1]]
+        return [*first, *middle, client_frame(0x0, text[-1:])]
+
+    a, b, c = fragmented(b"abcdef"), fragmented(b"ghijkl"), fragmented(b"mnopqr")
+    first_read = handshake(False) + b"".join(a + b) + c[0]
+    worker, _, outcome = run(False, [("data", first_read), ("data", b"".join(c[1:]))])
+    check_output(worker, outcome)
+    assert worker.server.echoed == [(0x1, b"abcdef"), (0x1, b"ghijkl"), (0x1, b"mnopqr")]
+
+
 @FUZZ
 @given(data=st.data(), deflate=st.booleans())
 def test_valid_messages_are_all_echoed_in_order(data: st.DataObject, deflate: bool) -> None:

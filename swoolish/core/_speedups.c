@@ -530,21 +530,99 @@ static PyTypeObject Frame_Type = {
 
 /* ------------------------------------------------------------------ upgrade_head */
 
-/* tchar (RFC 9110 §5.6.2) */
-static int
-is_tchar(unsigned char c)
+/* Character classes as tables, filled once (init_char_tables): a head's every byte is
+ * looked up, and a table is one load where strchr is a scan. */
+#define CH_TCHAR 1  /* tchar (RFC 9110 §5.6.2) */
+#define CH_TARGET 2 /* an origin-form target's character: unreserved, sub-delims, ":", "@",
+                     * "/", "?", "%" (RFC 3986 §2-§3; "#" is not sent) */
+#define CH_VALUE 4  /* a field value's: visible ASCII, SP, HTAB (RFC 9110 §5.5, no obs-text) */
+static unsigned char char_class[256];
+
+static void
+init_char_tables(void)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    const char *p;
+    int c;
+    for (c = 0; c < 256; c++) {
+        int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        char_class[c] = (unsigned char)((alnum ? CH_TCHAR | CH_TARGET : 0) |
+                                        ((c >= 0x21 && c <= 0x7E) || c == ' ' || c == '\t'
+                                             ? CH_VALUE
+                                             : 0));
+    }
+    for (p = "!#$%&'*+-.^_`|~"; *p; p++) {
+        char_class[(unsigned char)*p] |= CH_TCHAR;
+    }
+    for (p = "-._~!$&'()*+,;=:@/?%"; *p; p++) {
+        char_class[(unsigned char)*p] |= CH_TARGET;
+    }
 }
 
-/* an origin-form target's character: unreserved, sub-delims, ":", "@", "/", "?", "%"
- * (RFC 3986 §2-§3; "#" is not sent) */
+#define is_tchar(c) (char_class[(unsigned char)(c)] & CH_TCHAR)
+#define is_target_char(c) (char_class[(unsigned char)(c)] & CH_TARGET)
+#define is_value_char(c) (char_class[(unsigned char)(c)] & CH_VALUE)
+
+/* The names and values every client's handshake carries, as str objects made once
+ * (init_known_text): a head of them costs no new str for them. A name is matched as
+ * spelt (the field list keeps the client's spelling) and, for its by_name key, in any
+ * case. */
+static const char *const known_names[] = {
+    "Host", "Upgrade", "Connection", "Sec-WebSocket-Key", "Sec-WebSocket-Version",
+    "Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol", "Origin", "User-Agent",
+    "Pragma", "Cache-Control", "Accept-Encoding", "Accept-Language", "Cookie",
+    "Authorization", NULL,
+};
+static const char *const known_values[] = {"websocket", "Upgrade", "upgrade", "13", NULL};
+#define N_KNOWN_NAMES (sizeof(known_names) / sizeof(known_names[0]) - 1)
+#define N_KNOWN_VALUES (sizeof(known_values) / sizeof(known_values[0]) - 1)
+static PyObject *known_name_str[N_KNOWN_NAMES];  /* as spelt above */
+static PyObject *known_name_key[N_KNOWN_NAMES];  /* in lower case */
+static PyObject *known_value_str[N_KNOWN_VALUES];
+static PyObject *version_str[2]; /* "1.0", "1.1" */
+
 static int
-is_target_char(unsigned char c)
+init_known_text(void)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("-._~!$&'()*+,;=:@/?%", c) != NULL);
+    size_t i, j;
+    char low[64];
+    for (i = 0; i < N_KNOWN_NAMES; i++) {
+        size_t n = strlen(known_names[i]);
+        for (j = 0; j < n; j++) {
+            char c = known_names[i][j];
+            low[j] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+        }
+        known_name_str[i] = PyUnicode_InternFromString(known_names[i]);
+        known_name_key[i] = PyUnicode_FromStringAndSize(low, (Py_ssize_t)n);
+        if (known_name_str[i] == NULL || known_name_key[i] == NULL) {
+            return -1;
+        }
+        PyUnicode_InternInPlace(&known_name_key[i]);
+    }
+    for (i = 0; i < N_KNOWN_VALUES; i++) {
+        known_value_str[i] = PyUnicode_InternFromString(known_values[i]);
+        if (known_value_str[i] == NULL) {
+            return -1;
+        }
+    }
+    version_str[0] = PyUnicode_InternFromString("1.0");
+    version_str[1] = PyUnicode_InternFromString("1.1");
+    return version_str[0] == NULL || version_str[1] == NULL ? -1 : 0;
+}
+
+/* A new reference to the str of `s` (n Latin-1 bytes): one of `known` (`count` ASCII
+ * str) if it is spelt the same, else a new str. */
+static PyObject *
+text_of(const unsigned char *s, Py_ssize_t n, PyObject *const *known, size_t count)
+{
+    size_t i;
+    for (i = 0; i < count; i++) {
+        if (PyUnicode_GET_LENGTH(known[i]) == n &&
+            memcmp(PyUnicode_DATA(known[i]), s, (size_t)n) == 0) {
+            Py_INCREF(known[i]);
+            return known[i];
+        }
+    }
+    return PyUnicode_DecodeLatin1((const char *)s, n, NULL);
 }
 
 /* `s` (n bytes) equals the lower-case `word`, in any case */
@@ -608,26 +686,40 @@ connection_options(const unsigned char *v, Py_ssize_t n)
     return flags;
 }
 
+/* A new reference to the lower-case str of the name `name` (n bytes). */
+static PyObject *
+lower_name(const unsigned char *name, Py_ssize_t n)
+{
+    char low[256];
+    Py_ssize_t i;
+    size_t k;
+    if (n > (Py_ssize_t)sizeof(low)) {
+        PyObject *text = PyUnicode_DecodeLatin1((const char *)name, n, NULL);
+        PyObject *key = text == NULL ? NULL : PyObject_CallMethod(text, "lower", NULL);
+        Py_XDECREF(text);
+        return key;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned char c = name[i];
+        low[i] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+    }
+    for (k = 0; k < N_KNOWN_NAMES; k++) {
+        if (PyUnicode_GET_LENGTH(known_name_key[k]) == n &&
+            memcmp(PyUnicode_DATA(known_name_key[k]), low, (size_t)n) == 0) {
+            Py_INCREF(known_name_key[k]);
+            return known_name_key[k];
+        }
+    }
+    return PyUnicode_DecodeLatin1(low, n, NULL);
+}
+
 /* Append `value` to by_name[the lower-case name], a new list for a name first seen. */
 static int
 add_by_name(PyObject *by_name, const unsigned char *name, Py_ssize_t n, PyObject *value)
 {
-    char low[256];
     PyObject *key, *values;
-    Py_ssize_t i;
     int status;
-    if (n > (Py_ssize_t)sizeof(low)) {
-        PyObject *text = PyUnicode_DecodeLatin1((const char *)name, n, NULL);
-        key = text == NULL ? NULL : PyObject_CallMethod(text, "lower", NULL);
-        Py_XDECREF(text);
-    }
-    else {
-        for (i = 0; i < n; i++) {
-            unsigned char c = name[i];
-            low[i] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
-        }
-        key = PyUnicode_DecodeLatin1(low, n, NULL);
-    }
+    key = lower_name(name, n);
     if (key == NULL) {
         return -1;
     }
@@ -660,7 +752,7 @@ upgrade_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     const unsigned char *d;
     Py_ssize_t n, pos, target_start, target_end, max_fields, max_bytes;
     int minor, connection = 0, upgrade_field = 0, keep_alive;
-    PyObject *fields = NULL, *by_name = NULL, *out = NULL, *target = NULL;
+    PyObject *fields = NULL, *by_name = NULL, *out = NULL, *target = NULL, *end;
 
     if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
         PyErr_SetString(PyExc_TypeError, "upgrade_head(data: bytes, max_fields, max_bytes)");
@@ -721,7 +813,7 @@ upgrade_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
             pos++;
         }
         value_start = pos;
-        while (pos < n && ((d[pos] >= 0x21 && d[pos] <= 0x7E) || d[pos] == ' ' || d[pos] == '\t')) {
+        while (pos < n && is_value_char(d[pos])) {
             pos++;
         }
         value_end = pos;
@@ -748,20 +840,25 @@ upgrade_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
                  value_end > value_start) {
             upgrade_field = 1; /* an empty Upgrade is none to llhttp */
         }
-        name = PyUnicode_DecodeLatin1((const char *)d + name_start, name_end - name_start, NULL);
+        name = text_of(d + name_start, name_end - name_start, known_name_str, N_KNOWN_NAMES);
         if (name == NULL) {
             goto fail;
         }
-        value = PyUnicode_DecodeLatin1((const char *)d + value_start, value_end - value_start,
-                                       NULL);
+        value = text_of(d + value_start, value_end - value_start, known_value_str,
+                        N_KNOWN_VALUES);
         if (value == NULL) {
             Py_DECREF(name);
             goto fail;
         }
-        pair = PyTuple_Pack(2, name, value);
-        Py_DECREF(name);
-        Py_DECREF(value);
-        if (pair == NULL || PyList_Append(fields, pair) < 0 ||
+        pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(pair, 0, name);
+        PyTuple_SET_ITEM(pair, 1, value);
+        if (PyList_Append(fields, pair) < 0 ||
             add_by_name(by_name, d + name_start, name_end - name_start,
                         PyTuple_GET_ITEM(pair, 1)) < 0) {
             Py_XDECREF(pair);
@@ -778,8 +875,20 @@ upgrade_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     if (target == NULL) {
         goto fail;
     }
-    out = Py_BuildValue("(NsNNnO)", target, minor == 1 ? "1.1" : "1.0", fields, by_name, pos,
-                        keep_alive ? Py_True : Py_False);
+    end = PyLong_FromSsize_t(pos);
+    out = end == NULL ? NULL : PyTuple_New(6);
+    if (out == NULL) {
+        Py_DECREF(target);
+        Py_XDECREF(end);
+        goto fail;
+    }
+    Py_INCREF(version_str[minor]);
+    PyTuple_SET_ITEM(out, 0, target);
+    PyTuple_SET_ITEM(out, 1, version_str[minor]);
+    PyTuple_SET_ITEM(out, 2, fields);
+    PyTuple_SET_ITEM(out, 3, by_name);
+    PyTuple_SET_ITEM(out, 4, end);
+    PyTuple_SET_ITEM(out, 5, PyBool_FromLong(keep_alive));
     return out;
 none:
     Py_DECREF(fields);
@@ -815,7 +924,8 @@ PyInit__speedups(void)
 {
     PyObject *module;
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
-    if (empty_bytes == NULL || PyType_Ready(&Frame_Type) < 0) {
+    init_char_tables();
+    if (empty_bytes == NULL || init_known_text() < 0 || PyType_Ready(&Frame_Type) < 0) {
         return NULL;
     }
     module = PyModule_Create(&speedups_module);

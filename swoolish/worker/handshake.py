@@ -45,6 +45,11 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: A key that is 16 bytes in base64 (§4.2.1, item 5): 22 digits and the padding, the
 #: only text ``base64.b64decode(key, validate=True)`` turns into 16 bytes.
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+#: The fields as clients send them (RFC 6455 §4.1), compared as a whole before they
+#: are looked at in detail.
+_AS_SENT_UPGRADE = ["websocket"]
+_AS_SENT_CONNECTION = ["Upgrade"]
+_VERSION = ["13"]
 #: How many different extension offers (per configuration) are remembered.
 MAX_LEARNT_OFFERS = 64
 #: Fields the server's answer to a handshake carries itself (RFC 6455 §4.2.2), and
@@ -96,7 +101,7 @@ def open_handshake(
     handshake handler's) to a 101, but those of SERVER_FIELDS."""
     if extra_headers:
         extra_headers = _app_fields(extra_headers)
-    offer = tuple(request.headers.get_all("Sec-WebSocket-Extensions"))
+    offer = tuple(request.headers._dict.get("sec-websocket-extensions", ()))  # get_all's
     learnt = _learnt.get((config, offer))
     accept = _plain_accept(request) if learnt is not None else None
     if accept is None or learnt is None:
@@ -145,13 +150,15 @@ def _plain_accept(request: Request) -> str | None:
         return None
     fields = request.headers._dict
     upgrade = fields.get("upgrade", ())
-    if len(upgrade) != 1 or upgrade[0].lower() != "websocket":
+    if upgrade != _AS_SENT_UPGRADE and (len(upgrade) != 1 or upgrade[0].lower() != "websocket"):
         return None
     connection = fields.get("connection", ())
-    if len(connection) != 1 or not _names_upgrade(connection[0]):
+    if connection != _AS_SENT_CONNECTION and (
+        len(connection) != 1 or not _names_upgrade(connection[0])
+    ):
         return None
     key = fields.get("sec-websocket-key", ())
-    if fields.get("sec-websocket-version") != ["13"] or len(key) != 1:
+    if fields.get("sec-websocket-version") != _VERSION or len(key) != 1:
         return None
     if _KEY.fullmatch(key[0]) is None:
         return None

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import inspect
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from websockets.datastructures import Headers
@@ -52,6 +52,9 @@ FEED_SIZE = 2048  # bytes handed to the parser at a time, so it stops near MAX_P
 #: on_message_begin replaces it with a fresh list before anything is appended). The body
 #: rests on b"": a request without one allocates nothing for it.
 _NO_ITEMS: Any = ()
+#: The client of a connection not made yet (connection_made sets the peer's): shared, as
+#: a NamedTuple costs a Python call to build
+_NO_CLIENT = Client("", False)
 #: A body shorter than this grows by concatenation (see on_body): 32 KiB copied at most.
 _SHORT_BODY = 256
 # looked up once: the pump checks them for every request
@@ -142,7 +145,7 @@ class HttpConnection(Connection, asyncio.Protocol):
         # with access_log on: the request being answered, and since when (perf_counter)
         self._access: tuple[Request, float] | None = None
         self._direct: tuple[str, int] = ("", 0)  # the peer itself (a proxy, perhaps)
-        self._direct_client = Client("", False)  # ... as every request's client, unproxied
+        self._direct_client = _NO_CLIENT  # ... as every request's client, unproxied
         self._unix = False  # the peer is on a Unix socket: it has no address
         self._secure = False  # TLS on this connection
         # the loop's time of the accept, for a TLS connection (Worker._tls_connection):
@@ -152,8 +155,10 @@ class HttpConnection(Connection, asyncio.Protocol):
     # ------------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's TCP or Unix transport, or its TLS transport over one of them
-        transport = cast(asyncio.Transport, transport)
+        # uvloop's TCP or Unix transport, or its TLS transport over one of them (said to
+        # the type checker alone: typing.cast is a Python call, once per connection)
+        if TYPE_CHECKING:
+            assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         worker = self._worker
         worker.live.add(self)
@@ -772,12 +777,12 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._worker.stats["origin_refused"] += 1
             self._reject(403, "Forbidden: WebSockets from this origin are not allowed.\n")
             return
+        handler = self._worker.handler("handshake")
+        if handler is None:  # answered now, within the request's own deadline
+            self._accept_websocket(request, None, rest=rest)
+            return
         self._arm_timer(self._worker.settings.handshake_timeout, self._on_request_timeout)
         self._pending_upgrade_bytes = bytearray(rest)
-        handler = self._worker.handler("handshake")
-        if handler is None:
-            self._accept_websocket(request, None)
-            return
         response = Response(lambda resp, body: None)  # sent by _accept_websocket
         result_box: list[Any] = []
 
@@ -795,9 +800,15 @@ class HttpConnection(Connection, asyncio.Protocol):
         )
 
     def _accept_websocket(
-        self, request: Request, custom: Response | None, result: list[Any] | None = None
+        self,
+        request: Request,
+        custom: Response | None,
+        result: list[Any] | None = None,
+        rest: bytes = b"",
     ) -> None:
-        """Complete the opening handshake (RFC 6455 §4.2.2) unless the app refused it."""
+        """Complete the opening handshake (RFC 6455 §4.2.2) unless the app refused it.
+        ``rest``: what the client sent after the request, unless the handshake handler
+        ran, which had it wait in ``_pending_upgrade_bytes``."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -831,7 +842,7 @@ class HttpConnection(Connection, asyncio.Protocol):
             self._close_transport(transport)
             return
         self._cancel_timer()
-        self._upgrade(opening, request)
+        self._upgrade(opening, request, rest)
 
     def _handshake_config(self) -> HandshakeConfig:
         settings = self._worker.settings
@@ -842,14 +853,15 @@ class HttpConnection(Connection, asyncio.Protocol):
         # compressor lives with a connection (docs/performance.md, "Compressed
         # connections").
         movable = settings.reload_handoff and not self._secure
-        return HandshakeConfig(
+        return _handshake_config(
             settings.websocket_compression,
             settings.websocket_compression_context_takeover,
             not movable,
         )
 
-    def _upgrade(self, opening: Opening, request: Request) -> None:
-        """Hand the transport and the session to a WebSocket connection."""
+    def _upgrade(self, opening: Opening, request: Request, rest: bytes) -> None:
+        """Hand the transport and the session to a WebSocket connection, with ``rest``
+        (or the bytes that waited while the handshake handler decided)."""
         transport = self.transport
         assert transport is not None and self.flow is not None
         worker = self._worker
@@ -862,8 +874,8 @@ class HttpConnection(Connection, asyncio.Protocol):
         self.transport = None
         self.closing = True
         transport.set_protocol(ws)
-        rest = bytes(self._pending_upgrade_bytes or b"")
-        self._pending_upgrade_bytes = None
+        waited, self._pending_upgrade_bytes = self._pending_upgrade_bytes, None
+        rest = bytes(waited if waited is not None else rest)  # rest itself if bytes
         flow.resume(Reason.PIPELINE)  # held while the handshake handler decided
         ws.upgraded(transport, flow, opening, request, rest)
 
@@ -872,6 +884,11 @@ def _too_large(limit: int) -> tuple[int, str]:
     """The refusal of a body over max_request_size: RFC 9110 §15.5.14's 413, not a
     generic 400, so the client knows what to fix."""
     return 413, f"Payload Too Large: the body may be {limit} bytes at most.\n"
+
+
+#: A worker's few HandshakeConfig values, made once each (a NamedTuple's constructor is a
+#: Python call, once per handshake otherwise)
+_handshake_config = functools.lru_cache(maxsize=8)(HandshakeConfig)
 
 
 @functools.lru_cache(maxsize=4)

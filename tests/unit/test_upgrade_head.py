@@ -199,3 +199,22 @@ def test_field_names_of_any_length_are_grouped_as_httptools_reads_them(length):
 def test_it_takes_bytes_only():
     with pytest.raises(TypeError):
         upgrade_head(bytearray(HANDSHAKES[0].encode()), MAX_HEADER_FIELDS, MAX_HEADER_BYTES)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "spelling", ["Sec-WebSocket-Key", "sec-websocket-key", "SEC-WEBSOCKET-KEY", "Sec-Websocket-Key"]
+)
+def test_known_names_in_any_spelling_are_read_as_sent_and_grouped_in_lower_case(spelling):
+    # The names and values every handshake carries are str objects made once; one spelt
+    # otherwise is still the client's spelling in the field list, and its values still
+    # go under the one lower-case key, with the field spelt as usual.
+    data = (
+        f"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}"
+        f"{spelling}: 13\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    assert check(data) == "read"
+    _, _, fields, by_name, _, _ = upgrade_head(data, MAX_HEADER_FIELDS, MAX_HEADER_BYTES)
+    assert fields[3] == (spelling, "13")
+    assert by_name["sec-websocket-key"] == ["dGhlIHNhbXBsZSBub25jZQ==", "13"]
+    assert by_name["sec-websocket-version"] == ["13"]
+    assert list(by_name) == ["upgrade", "connection", "sec-websocket-key", "sec-websocket-version"]

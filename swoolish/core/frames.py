@@ -237,8 +237,9 @@ class FrameCursor:
     def __init__(self, keep: int = 0) -> None:
         self.keep = keep
         # the frame in progress while it is at most `keep` bytes, and always its first 14
-        # (a header's most), which say how long it is
-        self._kept = bytearray()
+        # (a header's most), which say how long it is; b"" until there is any, so that a
+        # session between frames (nearly all of them) keeps no buffer (see _take)
+        self._kept: bytes | bytearray = b""
         self._seen = 0  # bytes of the frame in progress read so far (0: at a boundary)
         self._need = -1  # bytes still to come once its header is complete; -1: not yet
 
@@ -288,7 +289,7 @@ class FrameCursor:
                 self._need -= n
                 return
             pos = self._need
-            self._kept.clear()
+            self._kept = b""
             self._seen, self._need = 0, -1
         while pos < n:
             extent = frame_extent(data, pos)
@@ -303,13 +304,17 @@ class FrameCursor:
     def _take(self, data: bytes) -> None:
         self._seen += len(data)
         if self._seen <= max(self.keep, 14):
-            self._kept += data
+            kept = self._kept
+            if type(kept) is bytes:  # the first bytes kept
+                self._kept = bytearray(data)
+            else:
+                kept += data  # in place, into the bytearray
         elif self._kept:
-            self._kept.clear()  # too large to carry: only counted from here on
+            self._kept = b""  # too large to carry: only counted from here on
 
     def reset(self) -> None:
         """Forget the frame in progress (the stream is over)."""
-        self._kept.clear()
+        self._kept = b""
         self._seen, self._need = 0, -1
 
 

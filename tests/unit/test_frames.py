@@ -377,3 +377,33 @@ def _reads(total: int, cuts: list[int]) -> list[tuple[int, int]]:
         out.append((i, size))
         i, k = i + size, k + 1
     return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 125, 126, 300, 65536]), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(min_value=1, max_value=70000), min_size=1, max_size=8),
+    keep=st.sampled_from([0, 14, 200, 1000, 70000]),
+)
+def test_unparsed_is_what_follows_the_last_whole_frame_while_it_fits_the_keep(
+    sizes: list[int], cuts: list[int], keep: int
+) -> None:
+    """After every read, ``unparsed`` (a live hand-off's record of the frame in
+    progress) is the stream's bytes after its last whole frame if at most ``keep`` of
+    them came (b"" at a boundary), else None; the cursor starts with no buffer of its
+    own and makes one only for such bytes."""
+    frames_ = [_client_frame(bytes(size), True) for size in sizes]
+    stream = b"".join(frames_)
+    boundaries, at = [0], 0
+    for frame in frames_:
+        at += len(frame)
+        boundaries.append(at)
+    cursor, offset = FrameCursor(keep), 0
+    assert cursor.unparsed == b""
+    for start, size in _reads(len(stream), cuts):
+        cursor.feed(stream[start : start + size])
+        offset = start + len(stream[start : start + size])
+        last = max(b for b in boundaries if b <= offset)
+        expected = stream[last:offset] if offset - last <= keep else None
+        assert cursor.unparsed == expected
+    assert cursor.unparsed == b""

@@ -625,6 +625,17 @@ text_of(const unsigned char *s, Py_ssize_t n, PyObject *const *known, size_t cou
     return PyUnicode_DecodeLatin1((const char *)s, n, NULL);
 }
 
+/* The index of the first byte of `s` (n bytes) from `i` on that is not a space or tab
+ * (OWS, RFC 9110 §5.6.3). */
+static Py_ssize_t
+skip_ows(const unsigned char *s, Py_ssize_t i, Py_ssize_t n)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t')) {
+        i++;
+    }
+    return i;
+}
+
 /* `s` (n bytes) equals the lower-case `word`, in any case */
 static int
 equals_word(const unsigned char *s, Py_ssize_t n, const char *word)
@@ -658,17 +669,12 @@ connection_options(const unsigned char *v, Py_ssize_t n)
     Py_ssize_t i = 0;
     while (i <= n) {
         Py_ssize_t start, end;
-        while (i < n && (v[i] == ' ' || v[i] == '\t')) {
-            i++;
-        }
-        start = i;
+        start = i = skip_ows(v, i, n);
         while (i < n && is_tchar(v[i])) {
             i++;
         }
         end = i;
-        while (i < n && (v[i] == ' ' || v[i] == '\t')) {
-            i++;
-        }
+        i = skip_ows(v, i, n);
         if (end == start || (i < n && v[i] != ',')) {
             return -1;
         }
@@ -692,7 +698,6 @@ lower_name(const unsigned char *name, Py_ssize_t n)
 {
     char low[256];
     Py_ssize_t i;
-    size_t k;
     if (n > (Py_ssize_t)sizeof(low)) {
         PyObject *text = PyUnicode_DecodeLatin1((const char *)name, n, NULL);
         PyObject *key = text == NULL ? NULL : PyObject_CallMethod(text, "lower", NULL);
@@ -703,14 +708,7 @@ lower_name(const unsigned char *name, Py_ssize_t n)
         unsigned char c = name[i];
         low[i] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
     }
-    for (k = 0; k < N_KNOWN_NAMES; k++) {
-        if (PyUnicode_GET_LENGTH(known_name_key[k]) == n &&
-            memcmp(PyUnicode_DATA(known_name_key[k]), low, (size_t)n) == 0) {
-            Py_INCREF(known_name_key[k]);
-            return known_name_key[k];
-        }
-    }
-    return PyUnicode_DecodeLatin1(low, n, NULL);
+    return text_of((const unsigned char *)low, n, known_name_key, N_KNOWN_NAMES);
 }
 
 /* Append `value` to by_name[the lower-case name], a new list for a name first seen. */
@@ -808,11 +806,7 @@ upgrade_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         if (name_end == name_start || pos >= n || d[pos] != ':') {
             goto none;
         }
-        pos++;
-        while (pos < n && (d[pos] == ' ' || d[pos] == '\t')) {
-            pos++;
-        }
-        value_start = pos;
+        value_start = pos = skip_ows(d, pos + 1, n);
         while (pos < n && is_value_char(d[pos])) {
             pos++;
         }

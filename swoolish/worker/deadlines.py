@@ -60,8 +60,7 @@ class Deadlines:
         if bucket is None:
             bucket = self._buckets[tick] = set()
             heapq.heappush(self._ticks, tick)
-            if self._handle is None or tick < self._handle_tick:
-                self._wait_for(tick)
+            self._wait_for(tick)
         bucket.add(due)
         return tick
 
@@ -72,7 +71,10 @@ class Deadlines:
             bucket.discard(due)
 
     def _wait_for(self, tick: int) -> None:
+        """Have the loop call _fire at ``tick``'s end, unless it will by then anyway."""
         if self._handle is not None:
+            if self._handle_tick <= tick:
+                return
             self._handle.cancel()
         self._handle_tick = tick
         self._handle = self._loop.call_at(tick * RESOLUTION, self._fire)
@@ -98,7 +100,7 @@ class Deadlines:
                     del self._buckets[tick]
             finally:
                 self._firing = 0
-        if ticks and (self._handle is None or ticks[0] < self._handle_tick):
+        if ticks:
             self._wait_for(ticks[0])
 
     def _call_all(self, bucket: set[Due]) -> None:
